@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     importer = commands.add_parser("import", help="ingest DICOM P10 files and AHI JSON documents into a store")
     importer.add_argument("--store", required=True, help="store directory (created if missing)")
-    importer.add_argument("--datastore-id", help="datastore to import into (default: the store's only one, or a new one)")
+    importer.add_argument(
+        "--datastore-id", help="datastore to import into (default: the store's only one, or a new one)"
+    )
     importer.add_argument("paths", nargs="+", help="DICOM files, AHI JSON documents, or directories of them")
     importer.set_defaults(handler=_import)
     return parser
