@@ -33,10 +33,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from curation.errors import AHIError
     from curation.local.store import Store
 
     store = Store(args.store)
-    report = store.import_paths(args.paths, datastore_id=args.datastore_id)
+    try:
+        report = store.import_paths(args.paths, datastore_id=args.datastore_id)
+    except AHIError as exc:
+        print(f"ahi-curation import: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
     print(f"datastore {report.datastore_id}")
     for image_set_id in report.created:
         print(f"created {image_set_id}")
