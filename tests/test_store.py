@@ -736,6 +736,8 @@ def test_search_filters(searchable: tuple) -> None:
     assert search(store, datastore_id, between("updatedAt", now, now + timedelta(hours=1))) == []
     store.call("UpdateImageSetMetadata", study_update(datastore_id, ids[3], "1", "new"))
     assert search(store, datastore_id, between("updatedAt", now, now + timedelta(hours=1))) == [ids[3]]
+    created = get(store, datastore_id, ids[0])["createdAt"]  # a BETWEEN on a returned timestamp finds it
+    assert ids[0] in search(store, datastore_id, between("createdAt", created, created))
     for bad in (
         [equal(DICOMPatientId="P1"), equal(isPrimary=True), equal(DICOMStudyId="S1")],  # at most two filters
         [{"operator": "EQUAL", "values": [{"DICOMPatientId": "P1"}, {"DICOMPatientId": "P2"}]}],

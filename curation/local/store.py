@@ -107,6 +107,11 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def _now() -> float:
+    """The current time at the millisecond precision AHI answers with, so API timestamps match stored ones."""
+    return round(time.time(), 3)
+
+
 def _ts(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
@@ -479,7 +484,7 @@ class Store:
                 if row["name"] != params.get("datastoreName", row["name"]):
                     raise AHIError("ConflictException", "clientToken was already used with different parameters")
                 return row["datastore_id"], False
-        datastore_id, now = new_id(), time.time()
+        datastore_id, now = new_id(), _now()
         conn.execute(
             "INSERT INTO datastores (datastore_id, name, status, client_token, kms_key_arn, lambda_authorizer_arn, "
             "lossless_storage_format, created_at, updated_at) VALUES (?, ?, 'ACTIVE', ?, ?, ?, ?, ?, ?)",
@@ -551,7 +556,7 @@ class Store:
                 )
             conn.execute(
                 "UPDATE datastores SET status = 'DELETED', updated_at = ? WHERE datastore_id = ?",
-                (time.time(), datastore_id),
+                (_now(), datastore_id),
             )
             conn.execute("DELETE FROM frames WHERE datastore_id = ?", (datastore_id,))
         return {"datastoreId": datastore_id, "datastoreStatus": "DELETING"}
@@ -594,7 +599,7 @@ class Store:
         with self._transaction(write=False) as conn:
             row = self._image_set(conn, params["datastoreId"], params["imageSetId"], deleted=True)
             version = self._version_row(conn, row, params.get("versionId"))
-        out = self._properties(row, version, time.time())
+        out = self._properties(row, version, _now())
         out["datastoreId"] = row["datastore_id"]
         out["imageSetArn"] = self.datastore_arn(row["datastore_id"], row["image_set_id"])
         return out
@@ -612,7 +617,7 @@ class Store:
                 "FROM versions WHERE image_set_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
                 (row["image_set_id"], below, limit + 1),
             ).fetchall()
-        now = time.time()
+        now = _now()
         items = []
         for version in versions[:limit]:
             item = self._properties(row, version, now)
@@ -626,7 +631,7 @@ class Store:
     def _op_GetImageSetMetadata(self, params: dict[str, Any]) -> dict[str, Any]:
         with self._transaction(write=False) as conn:
             row = self._image_set(conn, params["datastoreId"], params["imageSetId"])
-            if time.time() < row["consistent_at"]:
+            if _now() < row["consistent_at"]:
                 raise AHIError("ConflictException", NOT_CONSISTENT)
             number = row["latest_version"] if params.get("versionId") is None else int(params["versionId"])
             blob = conn.execute(
@@ -797,7 +802,7 @@ class Store:
         if revert is not None and study_wide:
             raise _invalid("includeStudyImageSets cannot be used with revertToVersionId")
         with self._transaction(write=True) as conn:
-            now = time.time()
+            now = _now()
             row = self._image_set(conn, datastore_id, image_set_id)
             self._writable(row, now)
             self._check_latest(row, params["latestVersionId"])
@@ -917,7 +922,7 @@ class Store:
         if destination_info and promote:
             raise _invalid("promoteToPrimary copies to a new image set: omit destinationImageSet")
         with self._transaction(write=True) as conn:
-            now = time.time()
+            now = _now()
             source = self._image_set(conn, datastore_id, source_id)
             self._writable(source, now)
             self._check_latest(source, source_info["latestVersionId"])
@@ -1004,7 +1009,7 @@ class Store:
     def _op_DeleteImageSet(self, params: dict[str, Any]) -> dict[str, Any]:
         datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
         with self._transaction(write=True) as conn:
-            now = time.time()
+            now = _now()
             row = self._image_set(conn, datastore_id, image_set_id)
             self._writable(row, now)
             conn.execute(
@@ -1097,7 +1102,7 @@ class Store:
 
     def _import_document(self, datastore_id: str, document: dict[str, Any]) -> str:
         with self._transaction(write=True) as conn:
-            now = time.time()
+            now = _now()
             image_set_id = document.get("ImageSetID")
             if (
                 not (isinstance(image_set_id, str) and _ID.fullmatch(image_set_id))
@@ -1178,7 +1183,7 @@ class Store:
         """Place one series' records: into its primary image set where they fit, else new non-primary ones."""
         from curation.local import ingest
 
-        now = time.time()
+        now = _now()
         rows = conn.execute(
             "SELECT s.image_set_id, s.latest_version, s.is_primary FROM image_sets s "
             "JOIN image_set_series r USING (image_set_id) WHERE s.datastore_id = ? AND s.deleted = 0 "
