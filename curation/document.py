@@ -7,6 +7,7 @@ toolkit passes documents around as plain ``dict`` objects in exactly that shape.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,7 +51,7 @@ def parse_document(data: bytes | bytearray | memoryview | str) -> dict[str, Any]
     if data[:2] == GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise DocumentError(f"blob is not valid gzip: {exc}") from exc
     try:
         document = orjson.loads(data)

@@ -42,6 +42,7 @@ def test_iter_instances_visits_every_instance_once() -> None:
     ("blob", "message"),
     [
         (b"\x1f\x8b\x08\x00garbage", "not valid gzip"),
+        (b"\x1f\x8b\x08\x00 truncated gzip", "not valid gzip"),
         (b"{not json", "not JSON"),
         (b"[1, 2]", "must be a JSON object"),
     ],
