@@ -1,4 +1,4 @@
-"""The ``ahi-curation`` command: demo, serve, import."""
+"""The ``ahi-curation`` command: demo, serve, import, apply, revert."""
 
 from __future__ import annotations
 
@@ -52,6 +52,51 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if (report.created or report.updated or not report.failures) else 1
 
 
+def _aws_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint-url", help="service endpoint (e.g. http://127.0.0.1:8080 for `ahi-curation serve`)")
+    parser.add_argument("--profile", help="AWS profile name")
+    parser.add_argument("--region", help="AWS region")
+    parser.add_argument("--rate", type=float, default=0.25, help="updates per second (AHI's default quota: 0.25)")
+    parser.add_argument("--burst", type=float, default=1.0, help="updates allowed at once (AHI's default: 1)")
+    parser.add_argument("--max-workers", type=int, default=4, help="image sets worked on in parallel")
+    parser.add_argument("--dry-run", action="store_true", help="print the requests, send none")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from curation.apply import apply_plan_file
+
+    return apply_plan_file(
+        args.plan,
+        journal=args.journal,
+        endpoint_url=args.endpoint_url,
+        profile=args.profile,
+        region=args.region,
+        rate=args.rate,
+        burst=args.burst,
+        max_workers=args.max_workers,
+        dry_run=args.dry_run,
+        progress=args.progress,
+    )
+
+
+def _revert(args: argparse.Namespace) -> int:
+    from curation.apply import revert_journal_file
+
+    return revert_journal_file(
+        args.journal,
+        journal_out=args.journal_out,
+        endpoint_url=args.endpoint_url,
+        profile=args.profile,
+        region=args.region,
+        rate=args.rate,
+        burst=args.burst,
+        max_workers=args.max_workers,
+        dry_run=args.dry_run,
+        progress=args.progress,
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from curation.demo import run_demo
 
@@ -81,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     importer.add_argument("paths", nargs="+", help="DICOM files, AHI JSON documents, or directories of them")
     importer.set_defaults(handler=_import)
+
+    applier = commands.add_parser("apply", help="apply (or resume) a saved UpdatePlan JSON, journaled")
+    applier.add_argument("plan", help="the plan saved with UpdatePlan.save (reviewed in a notebook)")
+    applier.add_argument("--journal", required=True, help="journal file: created, or resumed when it exists")
+    _aws_options(applier)
+    applier.set_defaults(handler=_apply)
+
+    reverter = commands.add_parser("revert", help="return every image set an apply journal touched to its base version")
+    reverter.add_argument("journal", help="the journal an apply wrote")
+    reverter.add_argument("--journal-out", help="the revert's own journal (default: JOURNAL.revert)")
+    _aws_options(reverter)
+    reverter.set_defaults(handler=_revert)
     return parser
 
 
