@@ -61,6 +61,9 @@ class FetchResult:
     failures: pd.DataFrame
     #: the SearchImageSets summaries by image set ID (empty when IDs were given)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: isPrimary of each fetched image set when known: from the search summary, or GetImageSet when no version
+    #: was given (with explicit ``version_ids`` and no search it stays unknown, and plan assumes primary)
+    primary: dict[str, bool] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -349,8 +352,9 @@ def fetch_documents(
         except Exception as exc:
             raise _Failed(stage, error_code(exc), _message(exc)) from exc
 
-    def one(image_set_id: str) -> tuple[str, dict[str, Any]]:
+    def one(image_set_id: str) -> tuple[str, dict[str, Any], bool | None]:
         version = versions.get(image_set_id)
+        primary = summaries.get(image_set_id, {}).get("isPrimary")
         if version is None:
             info = call(
                 "GetImageSet",
@@ -358,6 +362,7 @@ def fetch_documents(
                 lambda: client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id),
             )
             version = str(info["versionId"])
+            primary = info.get("isPrimary", primary)
         params = {"datastoreId": datastore_id, "imageSetId": image_set_id, "versionId": version}
         blob = call(
             "GetImageSetMetadata", metadata_limiter, lambda: _read_blob(client.get_image_set_metadata(**params))
@@ -372,17 +377,18 @@ def fetch_documents(
         found = document.get("ImageSetID")
         if found != image_set_id:
             raise _Failed("parse", "DocumentError", f"image set {image_set_id}: document has ImageSetID {found!r}")
-        return version, document
+        return version, document, primary
 
     documents: dict[str, dict[str, Any]] = {}
     fetched_versions: dict[str, str] = {}
+    primaries: dict[str, bool] = {}
     failures: list[tuple[str, str, str, str]] = []
     ids: list[str] = []
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ahi-fetch")
     completed = False
     try:
         with tqdm(total=0, desc="GetImageSetMetadata", unit=" image sets", disable=not progress) as bar:
-            pending: dict[Future[tuple[str, dict[str, Any]]], str] = {}
+            pending: dict[Future[tuple[str, dict[str, Any], bool | None]], str] = {}
             for batch in targets:  # downloads start while the search is still paging
                 ids += batch
                 pending.update({executor.submit(one, image_set_id): image_set_id for image_set_id in batch})
@@ -391,7 +397,7 @@ def fetch_documents(
             for future in as_completed(pending):
                 image_set_id = pending[future]
                 try:
-                    version, document = future.result()
+                    version, document, primary = future.result()
                 except _Failed as exc:
                     failures.append((image_set_id, exc.stage, exc.code, exc.message))
                 except Exception as exc:
@@ -399,6 +405,8 @@ def fetch_documents(
                 else:
                     documents[image_set_id] = document
                     fetched_versions[image_set_id] = version
+                    if primary is not None:
+                        primaries[image_set_id] = bool(primary)
                 bar.update(1)
                 if failures:
                     bar.set_postfix(failed=len(failures), refresh=False)
@@ -414,6 +422,7 @@ def fetch_documents(
         version_ids={i: fetched_versions[i] for i in ids if i in documents},
         failures=_failure_table(failures),
         summaries=summaries,
+        primary={i: primaries[i] for i in ids if i in primaries},
     )
 
 
@@ -471,9 +480,11 @@ def to_snapshot(result: FetchResult) -> Snapshot:
     """Build the Snapshot of a FetchResult (flattening happens there)."""
     from curation.snapshot import Snapshot
 
-    return Snapshot.from_documents(
+    snapshot = Snapshot.from_documents(
         result.documents,
         datastore_id=result.datastore_id,
         version_ids=result.version_ids,
         failures=result.failures,
     )
+    snapshot.primary = {i: p for i, p in result.primary.items() if i in snapshot.documents}
+    return snapshot

@@ -28,6 +28,7 @@ from curation.document import encode_document, read_document
 from curation.fetch import (
     FAILURE_COLUMNS,
     SearchError,
+    fetch,
     fetch_documents,
     search_criteria,
 )
@@ -756,3 +757,18 @@ def test_the_rate_limiter_keeps_fetch_within_ahi_quotas(tmp_path):
     )
     assert len(unpaced.documents) == 100
     assert list(unpaced.failures["code"]) == ["ThrottlingException"] * 30
+
+
+def test_snapshot_knows_which_image_sets_are_primary(tmp_path):
+    store = store_module.Store(tmp_path)
+    document = read_document(str(REFERENCE / "ct-2025-htj2k-1-instance.json"))
+    primary_id = store.import_documents([document]).created[0]
+    report = store.import_documents([document])  # the same series again: a non-primary image set
+    duplicate_id = report.created[0]
+    client = local.client(store)
+    searched = fetch(client, report.datastore_id, progress=False)  # flags from the search summaries
+    assert searched.primary == {primary_id: True, duplicate_id: False}
+    by_id = fetch(client, report.datastore_id, [duplicate_id, primary_id], progress=False)  # from GetImageSet
+    assert by_id.primary == {primary_id: True, duplicate_id: False}
+    pinned = fetch(client, report.datastore_id, version_ids={duplicate_id: "1"}, progress=False)
+    assert pinned.primary == {}  # no search summary and no GetImageSet call: unknown, plan assumes primary
