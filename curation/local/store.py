@@ -419,10 +419,19 @@ class Store:
             ),
         )
         conn.execute(
-            "INSERT OR REPLACE INTO image_sets (image_set_id, datastore_id, latest_version, is_primary, deleted, "
+            # an upsert, not INSERT OR REPLACE: the row keeps its rowid, which orders search ties by creation
+            "INSERT INTO image_sets (image_set_id, datastore_id, latest_version, is_primary, deleted, "
             "created_at, updated_at, locked_until, lock_status, final_status, message, forced, consistent_at, "
             "patient_id, accession_number, study_id, study_uid, study_datetime, tags) "
-            "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (image_set_id) DO UPDATE SET datastore_id = excluded.datastore_id, "
+            "latest_version = excluded.latest_version, is_primary = excluded.is_primary, deleted = 0, "
+            "created_at = excluded.created_at, updated_at = excluded.updated_at, "
+            "locked_until = excluded.locked_until, lock_status = excluded.lock_status, "
+            "final_status = excluded.final_status, message = excluded.message, forced = excluded.forced, "
+            "consistent_at = excluded.consistent_at, patient_id = excluded.patient_id, "
+            "accession_number = excluded.accession_number, study_id = excluded.study_id, "
+            "study_uid = excluded.study_uid, study_datetime = excluded.study_datetime, tags = excluded.tags",
             (
                 image_set_id,
                 datastore_id,
@@ -723,12 +732,13 @@ class Store:
         if params.get("nextToken"):
             last = _decode_token(params["nextToken"], scope, 2)
             comparison = "<" if descending else ">"
-            where.append(f"({column} {comparison} ? OR ({column} = ? AND image_set_id {comparison} ?))")
+            where.append(f"({column} {comparison} ? OR ({column} = ? AND rowid {comparison} ?))")
             args += [last[0], last[0], last[1]]
         order = "DESC" if descending else "ASC"
         sql = (
-            f"SELECT image_set_id, latest_version, created_at, updated_at, is_primary, tags, {column} AS sort_key "
-            f"FROM image_sets WHERE {' AND '.join(where)} ORDER BY sort_key {order}, image_set_id {order} LIMIT ?"
+            "SELECT rowid, image_set_id, latest_version, created_at, updated_at, is_primary, tags, "
+            f"{column} AS sort_key FROM image_sets WHERE {' AND '.join(where)} "
+            f"ORDER BY sort_key {order}, rowid {order} LIMIT ?"
         )
         with self._transaction(write=False) as conn:
             self._datastore(conn, datastore_id)
@@ -749,7 +759,7 @@ class Store:
             out["sort"] = dict(criteria["sort"])
         if len(rows) > limit:
             last_row = rows[limit - 1]
-            out["nextToken"] = _encode_token({"s": scope, "k": [last_row["sort_key"], last_row["image_set_id"]]})
+            out["nextToken"] = _encode_token({"s": scope, "k": [last_row["sort_key"], last_row["rowid"]]})
         return out
 
     # ---------------------------------------------------------------- updates
