@@ -142,7 +142,8 @@ def _frames(edited: Any) -> list[tuple[str | None, pd.DataFrame]]:
     )
 
 
-def _check_vrs(vrs: Mapping[str, str] | None) -> dict[str, str]:
+def check_vrs(vrs: Mapping[str, str] | None) -> dict[str, str]:
+    """The user's ``vrs`` for private tags, keys upper-cased and each VR checked against pydicom's VRs."""
     out = {}
     for key, vr in (vrs or {}).items():
         if not dicom.is_tag_key(str(key)):
@@ -902,7 +903,7 @@ def diff(snapshot: Any, edited: Any, *, vrs: Mapping[str, str] | None = None, st
     ``vrs`` maps new private tags to their VR (``{"001910F9": "DS"}``). Problems are collected in
     ``ChangeSet.problems``; with ``strict=True`` a ``DiffError`` listing them all is raised instead.
     """
-    checked = _check_vrs(vrs)
+    checked = check_vrs(vrs)
     differ = _Differ(snapshot, checked)
     for hint, frame in _frames(edited):
         differ.add_frame(frame, hint)

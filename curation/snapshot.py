@@ -284,8 +284,8 @@ class Snapshot:
             for document in self._documents.values():
                 handle.write(orjson.dumps(document) + b"\n")
         for name in FRAME_NAMES:
-            manifest["frames"][name] = _write_frame(getattr(flat, name), os.path.join(path, f"{name}.parquet"))
-        manifest["frames"]["failures"] = _write_frame(self._failures, os.path.join(path, "failures.parquet"))
+            manifest["frames"][name] = write_frame(getattr(flat, name), os.path.join(path, f"{name}.parquet"))
+        manifest["frames"]["failures"] = write_frame(self._failures, os.path.join(path, "failures.parquet"))
         with open(os.path.join(path, "manifest.json"), "w") as handle:
             json.dump(manifest, handle, indent=1)
 
@@ -299,10 +299,10 @@ class Snapshot:
         with gzip.open(os.path.join(path, "documents.jsonl.gz"), "rb") as handle:
             documents = [orjson.loads(line) for line in handle if line.strip()]
         frames = {
-            name: _read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
+            name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
             for name in FRAME_NAMES
         }
-        failures = _read_frame(os.path.join(path, "failures.parquet"), manifest["frames"]["failures"])
+        failures = read_frame(os.path.join(path, "failures.parquet"), manifest["frames"]["failures"])
         flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]))
         snapshot = cls(
             documents,
@@ -340,20 +340,22 @@ class Snapshot:
 # --- Parquet encoding (lossless) -------------------------------------------------------------------------
 
 
-def _encode_cell(value: Any) -> str | None:
+def encode_cell(value: Any) -> str | None:
+    """A cell as JSON text for Parquet/CSV (NULL -> "null"); absent stays None."""
     if is_absent(value):
         return None
     return orjson.dumps(None if value is NULL else value).decode()
 
 
-def _decode_cell(text: Any) -> Any:
+def decode_cell(text: Any) -> Any:
+    """The cell that ``encode_cell`` wrote (exact: "null" -> NULL, lists and dicts as they were)."""
     if is_absent(text):
         return None
     value = orjson.loads(text)
     return NULL if value is None else value
 
 
-def _write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
+def write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
     """Write ``frame`` to Parquet with object columns as JSON text; returns how to read it back."""
     names = [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
     data: dict[str, Any] = {}
@@ -364,7 +366,7 @@ def _write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
         values = frame[column]
         if values.dtype == object:
             json_columns.append(column)
-            data[column] = pd.array([_encode_cell(v) for v in values.to_numpy()], dtype="str")
+            data[column] = pd.array([encode_cell(v) for v in values.to_numpy()], dtype="str")
         else:
             data[column] = values.array
     table = pd.DataFrame(data, index=range(len(frame)))
@@ -372,7 +374,8 @@ def _write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
     return {"index": names, "columns": [str(c) for c in frame.columns], "json_columns": json_columns}
 
 
-def _read_frame(path: str, info: dict[str, Any]) -> pd.DataFrame:
+def read_frame(path: str, info: dict[str, Any]) -> pd.DataFrame:
+    """Read a frame that ``write_frame`` wrote, with ``info`` the description it returned."""
     table = pd.read_parquet(path, engine="pyarrow")
     index_names = info["index"]
     index_columns = [table[_INDEX_PREFIX + n] for n in index_names]
@@ -381,7 +384,7 @@ def _read_frame(path: str, info: dict[str, Any]) -> pd.DataFrame:
     for column in info["columns"]:
         if column in json_columns:
             array = np.empty(len(table), dtype=object)
-            array[:] = [_decode_cell(v) for v in table[column].to_numpy(dtype=object)]
+            array[:] = [decode_cell(v) for v in table[column].to_numpy(dtype=object)]
             data[column] = pd.Series(array, dtype=object, copy=False)
         else:
             data[column] = table[column].reset_index(drop=True)
@@ -426,6 +429,6 @@ def export_frame(frame: pd.DataFrame) -> pd.DataFrame:
             data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Float64")
         else:
             data[target] = pd.array(
-                [None if is_absent(v) else v if type(v) is str else _encode_cell(v) for v in values], dtype="str"
+                [None if is_absent(v) else v if type(v) is str else encode_cell(v) for v in values], dtype="str"
             )
     return pd.DataFrame(data, index=range(len(frame)))

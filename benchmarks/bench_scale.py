@@ -1,0 +1,145 @@
+"""Whole-datastore fetch on Dask (``curation.scale.fetch_to_parquet``) against the in-memory path (``fetch``).
+
+The embedded service (``ahi-curation serve`` in a child process) holds two datastores: ``2,000 * scale`` image
+sets of 100 instances each (200,000 instances at scale 1) and half as many. Each path runs in its own child
+process so that its peak resident memory (``ru_maxrss``) is its own: the in-memory path fetches every document
+and flattens every level (``Snapshot.instances`` and ``frames``); the Dask path runs a ``LocalCluster`` of two
+worker processes (outside the measured driver) that fetch, flatten and write Parquet partitions of
+``200 * scale`` image sets. Both are unthrottled (``rate=None``), so the time is the work, not the quota.
+Wall time counts from the first SearchImageSets call (the cluster is started and its workers have imported
+the toolkit before). The point: the driver's
+peak stays flat when the datastore doubles; the in-memory path's grows with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks import Measurement
+
+REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference" / "ct-2025-htj2k-1-instance.json"
+FULL_IMAGE_SETS = 2000
+INSTANCES_PER_SET = 100
+FULL_PARTITION = 200
+
+
+def generated(count: int, offset: int) -> Iterator[dict[str, Any]]:
+    """``count`` image sets of ``INSTANCES_PER_SET`` instances each, from the reference CT, with new UIDs."""
+    from curation.document import read_document
+
+    base = read_document(str(REFERENCE))
+    base.pop("ImageSetID", None)
+    (series,) = base["Study"]["Series"].values()
+    (instance,) = series["Instances"].values()
+    for number in range(offset, offset + count):
+        doc = copy.deepcopy({**base, "Study": {**base["Study"], "Series": {}}})
+        doc["Patient"]["DICOM"]["PatientID"] = f"BENCH-{number:06d}"
+        doc["Study"]["DICOM"]["StudyInstanceUID"] = f"2.25.1{number:08d}"
+        series_uid = f"2.25.2{number:08d}"
+        node = {**copy.deepcopy({k: v for k, v in series.items() if k != "Instances"}), "Instances": {}}
+        node["DICOM"]["SeriesInstanceUID"] = series_uid
+        for k in range(INSTANCES_PER_SET):
+            item = copy.deepcopy(instance)
+            sop = f"2.25.3{number:08d}{k:04d}"
+            item["DICOM"]["SOPInstanceUID"] = sop
+            item["DICOM"]["InstanceNumber"] = k + 1
+            node["Instances"][sop] = item
+        doc["Study"]["Series"] = {series_uid: node}
+        yield doc
+
+
+def _child(kind: str, endpoint: str, datastore_id: str, directory: str, partition_size: int) -> dict[str, float]:
+    """Run one path in this (fresh) process; return its wall time and peak resident memory."""
+    import importlib
+    import resource
+    import time
+
+    if kind == "scale":
+        from distributed import Client, LocalCluster
+
+        from curation import scale
+
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            client.run(importlib.import_module, "curation.scale")  # worker imports are cluster start-up
+            start = time.perf_counter()
+            snapshot = scale.fetch_to_parquet(endpoint, datastore_id, directory, client=client, rate=None,
+                                              partition_size=partition_size, progress=False)
+            seconds = time.perf_counter() - start
+            image_sets = len(snapshot)
+    else:
+        from curation.fetch import fetch
+        from curation.scale import ClientFactory
+
+        client = ClientFactory.local(endpoint)()
+        start = time.perf_counter()
+        snapshot = fetch(client, datastore_id, rate=None, progress=False)
+        rows = len(snapshot.instances) + len(snapshot.frames) + len(snapshot.series) + len(snapshot.studies)
+        seconds = time.perf_counter() - start
+        image_sets = len(snapshot)
+        assert rows > 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak, "image_sets": image_sets}
+
+
+def _measure(kind: str, endpoint: str, datastore_id: str, directory: str, partition_size: int) -> dict[str, float]:
+    command = [sys.executable, "-m", "benchmarks.bench_scale", kind, endpoint, datastore_id, directory,
+               str(partition_size)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def run(scale: float) -> Iterable[Measurement]:
+    """Wall time and driver peak memory of both paths at two datastore sizes."""
+    from benchmarks.bench_fetch import served
+    from curation.local.store import Store
+
+    big = max(20, round(FULL_IMAGE_SETS * scale))
+    sizes = [big // 2, big]
+    partition_size = max(10, round(FULL_PARTITION * scale))
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as directory:
+        store = Store(Path(directory) / "store")
+        datastores = {}
+        for n, count in enumerate(sizes):
+            name = f"bench-scale-{count}"
+            created = store.call("CreateDatastore", {"datastoreName": name, "clientToken": name})["datastoreId"]
+            report = store.import_documents(generated(count, n * FULL_IMAGE_SETS), datastore_id=created)
+            assert not report.failures and len(report.created) == count, report.failures[:3]
+            datastores[count] = report.datastore_id
+        store.close()
+        results: dict[int, dict[str, dict[str, float]]] = {}
+        with served(str(Path(directory) / "store"), 0.0) as endpoint:
+            for count in sizes:
+                target = str(Path(directory) / f"snapshot-{count}")
+                results[count] = {kind: _measure(kind, endpoint, datastores[count], target, partition_size)
+                                  for kind in ("scale", "memory")}
+                for kind in ("scale", "memory"):
+                    assert results[count][kind]["image_sets"] == count, results[count]
+    for count in sizes:
+        ours, base = results[count]["scale"], results[count]["memory"]
+        label = f"{count} image sets / {count * INSTANCES_PER_SET} instances"
+        yield Measurement(f"scale fetch_to_parquet wall time, {label}", ours["seconds"], base["seconds"], "s",
+                          note=f"2 worker processes, partitions of {partition_size}; baseline: curation.fetch + "
+                          "flatten, in one process")
+        yield Measurement(f"scale driver peak RSS, {label}", ours["peak_mb"], base["peak_mb"], "MB",
+                          note="ru_maxrss of the driver process (workers excluded) vs the in-memory process")
+    small, large = (results[c] for c in sizes)
+    yield Measurement(
+        f"peak RSS growth from {sizes[0]} to {sizes[1]} image sets",
+        large["scale"]["peak_mb"] / small["scale"]["peak_mb"],
+        large["memory"]["peak_mb"] / small["memory"]["peak_mb"],
+        "x",
+        note="ours: the Dask driver; baseline: the in-memory path; 1.0 = bounded",
+    )
+
+
+if __name__ == "__main__":
+    kind, endpoint, datastore_id, directory, partition_size = sys.argv[1:6]
+    print(json.dumps(_child(kind, endpoint, datastore_id, directory, int(partition_size))))
