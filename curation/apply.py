@@ -272,13 +272,21 @@ class _Calls:
     def update(self, request_params: dict[str, Any], version: str) -> dict[str, Any]:
         """Send one update, retrying throttling, 5xx and ConflictException (locked) under the update limiter."""
 
+        attempts = 0
+
         def attempt() -> dict[str, Any]:
+            nonlocal attempts
             self.limiter.acquire()
             with self._count_lock:
                 self.update_calls += 1
+            attempts += 1
             return self.client.update_image_set_metadata(**request_params, latestVersionId=str(version))
 
-        return self.retries.call(attempt, retryable=_is_conflict)
+        try:
+            return self.retries.call(attempt, retryable=_is_conflict)
+        except Exception as exc:
+            exc.update_attempts = attempts  # type: ignore[attr-defined]
+            raise
 
     def wait_active(self, image_set_id: str) -> dict[str, Any]:
         """GetImageSet until the image set is not LOCKED (LockTimeout past the poll policy's timeout)."""
@@ -399,7 +407,14 @@ class _Runner:
             response = self.calls.update(request.params, version)
         except Exception as exc:
             if is_stale(exc):
-                # someone else's version, or ours when an answer was lost and the call retried
+                if not _was_retried(exc):  # answered on the first and only send: someone else's version
+                    latest = str(self.calls.wait_active(request.image_set_id)["versionId"])
+                    return _Outcome(
+                        "conflict",
+                        message=f"image set changed by someone else: expected version {version}, latest is {latest}",
+                        actual=latest,
+                    )
+                # ours when an answer was lost and the call was sent again: reconcile
                 outcome = self._reconcile(request, version)
                 if outcome.status == "unsent":
                     return _Outcome("conflict", message=_message(exc), actual=version)
@@ -652,6 +667,14 @@ def _run(
             runner.stop.set()
         executor.shutdown(wait=True, cancel_futures=not completed)
     return _result_frame(rows.values()), calls
+
+
+def _was_retried(exc: BaseException) -> bool:
+    """True when the update behind ``exc`` was sent more than once (by our retries or botocore's)."""
+    botocore_retries = 0
+    if isinstance(exc, ClientError):
+        botocore_retries = exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0
+    return getattr(exc, "update_attempts", 1) > 1 or botocore_retries > 0
 
 
 def _opt_str(value: Any) -> str | None:

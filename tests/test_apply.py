@@ -482,6 +482,36 @@ class _LosesAnswers:
         return result
 
 
+def test_another_writer_making_the_same_change_first_is_a_conflict_not_ours(populated: Any, tmp_path: Path) -> None:
+    store, datastore_id, ids = populated
+    victim = ids[0]
+    change = {"Study": {"DICOM": {"StudyDescription": "SAME"}}}
+    plan = UpdatePlan.build(datastore_id, {victim: "1"}, [_request(datastore_id, victim, 0, change)])
+    client = curation.local.client(store, config=NO_RETRIES)
+
+    def same_change_first(params: dict[str, Any], **_: Any) -> None:
+        if _latest(store, datastore_id, victim) == "1":
+            update = {"DICOMUpdates": {"updatableAttributes": _blob(change)}}
+            store.call(
+                "UpdateImageSetMetadata",
+                {
+                    "datastoreId": datastore_id,
+                    "imageSetId": victim,
+                    "latestVersionId": "1",
+                    "updateImageSetMetadataUpdates": update,
+                },
+            )
+
+    client.meta.events.register("provide-client-params.medical-imaging.UpdateImageSetMetadata", same_change_first)
+    journal = tmp_path / "j.jsonl"
+    row = apply(plan, client, journal, **FAST).set_index("ImageSetID").loc[victim]
+    # version 2 holds exactly our intended document, but it is theirs: never claimed as ours
+    assert row["status"] == "conflict" and row["requests_done"] == 0
+    assert "expected version 1, latest is 2" in row["error"]
+    assert not [r for r in read_journal(journal) if r.get("status") == "done"]
+    assert _latest(store, datastore_id, victim) == "2"
+
+
 def test_an_update_applied_whose_answer_was_lost_is_recognised_not_resent(populated: Any, tmp_path: Path) -> None:
     from curation.local.service import Service
 
