@@ -43,9 +43,10 @@ Bad input raises ``FlattenError`` (a ``DocumentError`` naming the image set); ``
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice, repeat
+from operator import is_
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,8 @@ class Flattened:
 def failures_frame(rows: Iterable[tuple[str | None, str, str]]) -> pd.DataFrame:
     """A failures table (ImageSetID, stage, error) from tuples."""
     rows = list(rows)
+    if not rows and _NO_FAILURES is not None:
+        return _NO_FAILURES.copy()
     return pd.DataFrame(
         {
             "ImageSetID": pd.Series([r[0] for r in rows], dtype=object),
@@ -150,6 +153,10 @@ def failures_frame(rows: Iterable[tuple[str | None, str, str]]) -> pd.DataFrame:
             "error": pd.Series([r[2] for r in rows], dtype=object),
         }
     )
+
+
+_NO_FAILURES: pd.DataFrame | None = None
+_NO_FAILURES = failures_frame([])
 
 
 def is_null(values: pd.Series | pd.DataFrame) -> pd.Series | pd.DataFrame:
@@ -177,7 +184,20 @@ def copy_value(value: Any) -> Any:
 
 
 def _copy_many(values: list) -> list:
-    """Copies of many JSON values at once (an orjson round trip in C; exact for JSON numbers)."""
+    """Copies of many JSON values at once: C-level ``list.copy``/``dict.copy`` when they hold no containers
+    (or a list of such dicts, as a sequence or a frame pyramid), else an orjson round trip."""
+    types = set(map(type, values))
+    if len(types) == 1 and (list in types or dict in types):
+        flat = list in types
+        inner = set(map(type, chain.from_iterable(values if flat else map(dict.values, values))))
+        if list not in inner and dict not in inner:
+            return list(map(list.copy if flat else dict.copy, values))
+        if flat and inner == {dict}:
+            items = list(chain.from_iterable(values))
+            nested = set(map(type, chain.from_iterable(map(dict.values, items))))
+            if list not in nested and dict not in nested:
+                copies = iter(list(map(dict.copy, items)))
+                return [list(islice(copies, len(value))) for value in values]
     try:
         return orjson.loads(orjson.dumps(values))
     except (orjson.JSONEncodeError, TypeError):  # e.g. an int beyond 64 bits: copy in Python
@@ -280,6 +300,24 @@ def build_index(arrays: list[list], names: tuple[str, ...]) -> pd.Index:
     return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
 
 
+def _child_index(parent: pd.Index, counts: list, arrays: list[list], names: tuple[str, ...]) -> pd.Index:
+    """The index of the next level down: ``build_index(arrays, names)``, made faster when every parent row has
+    children (``counts``, in parent order): then the parent's levels are exactly the child's, its codes repeated."""
+    if not len(parent) or None in counts or 0 in counts:
+        return build_index(arrays, names)
+    repeats = np.asarray(counts, dtype=np.int64)
+    if isinstance(parent, pd.MultiIndex):
+        levels, codes = list(parent.levels), [np.repeat(c, repeats) for c in parent.codes]
+    else:  # the studies index: unique ImageSetIDs
+        levels, codes = [parent], [np.repeat(np.arange(len(parent)), repeats)]
+    last = np.empty(len(arrays[-1]), dtype=np.int64 if names[-1] == "frame" else object)
+    last[:] = arrays[-1]
+    last_codes, uniques = pd.factorize(last)
+    levels.append(pd.Index(uniques, dtype="int64" if names[-1] == "frame" else "str"))
+    codes.append(last_codes)
+    return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
+
+
 def _frame(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
     """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference)."""
     data = {
@@ -344,71 +382,77 @@ def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: b
 
 
 _MISSING = object()
+_NONE_TYPE = type(None)
 _CONTAINERS = (list, dict)
 
 
-def _column(values: list | np.ndarray, copy: bool = True) -> np.ndarray:
-    """Object array of one column: missing -> None (absent), None -> NULL, containers copied if ``copy``."""
+def _column(values: Sequence, copy: bool = True) -> np.ndarray:
+    """Object array of one column: missing -> None (absent), None -> NULL, containers copied if ``copy``.
+
+    Plain str/int/float columns (the common case) go straight into the array; the others are fixed with
+    masks computed in C (``map``/``operator.is_``), no Python code per cell.
+    """
+    n = len(values)
+    array = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object, count=n)
     types = set(map(type, values))
     needs_copy = copy and (list in types or dict in types)
-    if not needs_copy and object not in types and type(None) not in types:
-        if isinstance(values, np.ndarray):
-            return values
-        array = np.empty(len(values), dtype=object)
-        array[:] = values
+    has_none = _NONE_TYPE in types
+    has_missing = object in types
+    if not (needs_copy or has_none or has_missing):
         return array
-    missing = _MISSING
     if needs_copy:
-        copies = iter(_copy_many([v for v in values if type(v) in _CONTAINERS]))
-        converted = [
-            None if v is missing else NULL if v is None else next(copies) if type(v) in _CONTAINERS else v
-            for v in values
-        ]
-    elif object in types or type(None) in types:
-        converted = [None if v is missing else NULL if v is None else v for v in values]
-    else:
-        converted = values
-    array = np.empty(len(values), dtype=object)
-    array[:] = converted
+        if len(types) == 1:
+            array = np.fromiter(_copy_many(list(values)), dtype=object, count=n)
+        else:
+            kinds = list(map(type, values))
+            mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
+            if dict in types:
+                mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
+            copies = _copy_many(array[mask].tolist())
+            array = array.copy() if array is values else array
+            array[mask] = np.fromiter(copies, dtype=object, count=len(copies))
+    elif array is values:
+        array = array.copy()
+    if has_none:
+        array[np.fromiter(map(is_, values, repeat(None)), dtype=bool, count=n)] = NULL
+    if has_missing:
+        array[np.fromiter(map(is_, values, repeat(_MISSING)), dtype=bool, count=n)] = None
     return array
+
+
+def _transpose(dicts: list[dict]) -> dict[str, tuple]:
+    """Columns of a list of row dicts: key -> tuple of values (``_MISSING`` where a row lacks the key).
+
+    Keys in first-seen order. Rows sharing one key sequence (instances of a series, usually) are transposed
+    in C (``zip``); otherwise each row is first laid out on the union of the keys (``{**template, **row}``,
+    also in C).
+    """
+    if not dicts:
+        return {}
+    signatures = list(map(tuple, dicts))
+    distinct = dict.fromkeys(signatures)
+    if len(distinct) == 1:
+        (keys,) = distinct
+        rows = list(map(tuple, map(dict.values, dicts)))  # row-major first: much kinder to the CPU cache
+    else:
+        template = dict.fromkeys(chain.from_iterable(distinct), _MISSING)
+        keys = tuple(template)
+        # a row whose keys are a prefix of the union only needs padding
+        pads = {sig: (_MISSING,) * (len(keys) - len(sig)) for sig in distinct if keys[: len(sig)] == sig}
+        rows = [
+            tuple(row.values()) + pad if (pad := pads.get(sig)) is not None else tuple({**template, **row}.values())
+            for row, sig in zip(dicts, signatures, strict=True)
+        ]
+    return dict(zip(keys, zip(*rows, strict=True), strict=True))
 
 
 def _columns(
     dicts: list[dict], skip: tuple[str, ...] = (), prefix: str = "", copy: bool = True
 ) -> dict[str, np.ndarray]:
-    """Column arrays of a list of row dicts (keys in first-seen order).
-
-    Rows are grouped by their key sequence (few groups in practice: instances of a series share their
-    keys), each group transposed in C (``zip``), then scattered into the columns.
-    """
-    n = len(dicts)
-    groups: dict[tuple, list[int]] = {}
-    for i, signature in enumerate(map(tuple, dicts)):
-        rows = groups.get(signature)
-        if rows is None:
-            groups[signature] = [i]
-        else:
-            rows.append(i)
-    missing = _MISSING
-    keys = [k for k in dict.fromkeys(chain.from_iterable(groups)) if k not in skip]
-    if len(groups) > 64 and len(groups) * 8 > n:  # keys vary too much to group: cell by cell
-        return {prefix + key: _column([d.get(key, missing) for d in dicts], copy) for key in keys}
-    if len(groups) == 1:
-        (signature,) = groups
-        rows = list(map(tuple, map(dict.values, dicts)))  # row-major first: much kinder to the CPU cache
-        transposed = dict(zip(signature, zip(*rows, strict=True), strict=True)) if n else {}
-        return {prefix + key: _column(list(transposed[key]), copy) for key in keys}
-    columns = {key: np.full(n, missing, dtype=object) for key in keys}
-    for signature, rows in groups.items():
-        positions = np.asarray(rows, dtype=np.int64)
-        members = list(map(tuple, map(dict.values, [dicts[i] for i in rows])))
-        for key, values in zip(signature, zip(*members, strict=True), strict=True):
-            target = columns.get(key)
-            if target is not None:
-                column = np.empty(len(values), dtype=object)
-                column[:] = values
-                target[positions] = column
-    return {prefix + key: _column(array.tolist(), copy) for key, array in columns.items()}
+    """Column arrays of a list of row dicts (keys in first-seen order; see ``_transpose`` and ``_column``)."""
+    return {
+        prefix + key: _column(values, copy) for key, values in _transpose(dicts).items() if key not in skip
+    }
 
 
 def _object_frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
@@ -571,21 +615,20 @@ def _build(
     for columns in (s_plain, s_other):
         for values in columns.values():
             values.extend([None] * (n_s - len(values)))
-    studies = _object_frame(
-        {k: _object_array(v) for k, v in {**s_plain, **s_other}.items()}, build_index([s_ids], STUDY_INDEX)
-    )
+    study_index = build_index([s_ids], STUDY_INDEX)
+    studies = _object_frame({k: _object_array(v) for k, v in {**s_plain, **s_other}.items()}, study_index)
+    series_counts = [len(document["Study"]["Series"]) for document in s_docs]
+    series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
     r_dicom = _columns([node["DICOM"] for node in r_nodes], copy=copy)
-    series_frame = _object_frame(
-        {**r_dicom, **_columns(r_nodes, ("DICOM", "Instances"), "@", copy)}, build_index(r_ids, SERIES_INDEX)
-    )
+    series_frame = _object_frame({**r_dicom, **_columns(r_nodes, ("DICOM", "Instances"), "@", copy)}, series_index)
+    instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
     i_dicom = _columns([node["DICOM"] for node in i_nodes], copy=copy)
     instances = _object_frame(
-        {**i_dicom, **_columns(i_nodes, ("DICOM", "ImageFrames"), "@", copy)}, build_index(i_ids, INSTANCE_INDEX)
+        {**i_dicom, **_columns(i_nodes, ("DICOM", "ImageFrames"), "@", copy)}, instance_index
     )
-    instances["@ImageFrames"] = pd.array(
-        [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes], dtype="Int64"
-    )
-    frames = _frames_frame(f_nodes, build_index(f_ids, FRAME_INDEX), copy)
+    frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
+    instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
+    frames = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX), copy)
     reserved = set()
     if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
         for document in s_docs:
@@ -613,7 +656,9 @@ def _int64(values: list, types: set) -> pd.api.extensions.ExtensionArray | None:
 def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFrame:
     """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
     missing = _MISSING
-    known = {key: [node.get(key, missing) for node in nodes] for key in FRAME_KEYS}
+    transposed = _transpose(nodes)
+    absent = (missing,) * len(nodes)
+    known: dict[str, Sequence] = {key: transposed.get(key, absent) for key in FRAME_KEYS}
     fulls = [p[-1] if type(p) is list and p and type(p[-1]) is dict else {} for p in known[PYRAMID]]
     for name in DERIVED_FRAME_COLUMNS:
         known[name] = [full.get(name, missing) for full in fulls]
@@ -629,8 +674,10 @@ def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFram
             columns[name] = _column(values, copy)
         if columns[name] is None:
             columns[name] = _column(values, copy)
-    if not _FRAME_KEY_SET.issuperset(chain.from_iterable(nodes)):
-        columns.update(_columns(nodes, FRAME_KEYS, "@", copy))
+    if not _FRAME_KEY_SET.issuperset(transposed):
+        columns.update(
+            {"@" + key: _column(values, copy) for key, values in transposed.items() if key not in _FRAME_KEY_SET}
+        )
     return _frame(columns, index)
 
 
