@@ -20,8 +20,10 @@ Choices (documented because AHI leaves them to the caller):
   instance whole when it fits, and its SeriesInstanceUID change last so earlier requests address the series by
   its old UID). An instance too large for one blob is split by attribute (its SOPInstanceUID change last); a
   single attribute that alone exceeds the limit is a problem naming it.
-- Every request is run through ``update.apply_to_document`` on the snapshot's document (chained per image set)
-  with the image set's primary flag, so what AHI would refuse is found before anything is sent. The primary
+- Every request is run through ``update.check_updates`` (exactly ``force_reasons`` then ``apply_to_document``,
+  with the blobs parsed once) on the snapshot's document, chained per image set by ``update.apply_checked``
+  (copies only the edited nodes), with the image set's primary flag, so what AHI would refuse is found before
+  anything is sent. The primary
   flags come from ``snapshot.primary`` (image set -> bool); an image set without a flag is treated as primary
   (strict) and the problem says so. An image set with any problem is planned not at all (never partially).
 - ``include_study_image_sets=True`` folds a Patient/Study-level change that every primary image set of a study
@@ -41,7 +43,7 @@ import html
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +51,10 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from curation.changes import CHANGE_COLUMNS, OPERATIONS, PROBLEM_COLUMNS, ChangeSet, empty_problems
+from curation.changes import OPERATIONS, PROBLEM_COLUMNS, ChangeSet, empty_problems
 from curation.errors import AHIError
 from curation.flatten import NULL
-from curation.update import apply_to_document, force_reasons
+from curation.update import apply_checked, apply_to_document, check_updates, force_reasons
 
 __all__ = ["PlanError", "PlannedRequest", "UpdatePlan", "plan", "revert_plan"]
 
@@ -477,6 +479,13 @@ def _study_part(params: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def _json_value(value: Any) -> Any:
     """A ChangeSet value as the JSON value sent (NULL -> null, NumPy scalars -> Python, tuples -> lists)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:
+        return value
+    if kind is float:
+        return None if value != value else value
+    if kind is list:
+        return [v if type(v) is str else _json_value(v) for v in value]
     if value is NULL or _missing(value):
         return None
     if isinstance(value, np.generic):
@@ -496,7 +505,7 @@ def _missing(value: Any) -> bool:
     return isinstance(value, float) and value != value
 
 
-@dataclass
+@dataclass(slots=True)
 class _Change:
     """One ChangeSet row, resolved against the current document."""
 
@@ -510,8 +519,8 @@ class _Change:
     vr: str | None
     row: Any
     column: Any
-    old: Any = None
-    fragments: list[tuple[str, tuple[str, ...], Any]] = field(default_factory=list)
+    old: Any = None  # as in the ChangeSet; _json_value when used
+    fragments: Sequence[tuple[str, tuple[str, ...], Any]] = field(default_factory=list)
 
     @property
     def spot(self) -> tuple:
@@ -566,17 +575,22 @@ def _current_node(document: dict[str, Any], change: _Change) -> dict[str, Any] |
 def _fragments(change: _Change, document: dict[str, Any], vrs: Mapping[str, str]) -> None:
     """The (blob, path, value) fragments that express one change."""
     path = _node_path(change)
-    if change.op == "remove_instance":
+    op = change.op
+    if op == "remove_instance":
         change.fragments = [("r", path, {})]
         return
-    if change.op == "remove_series":
+    if op == "remove_series":
         change.fragments = [("r", ("Study", "Series", change.series), {})]
         return
     key = change.attribute
+    if op != "remove" and (change.level != "Instance" or len(key) != 8 or not _HEX_KEY.fullmatch(key)):
+        change.fragments = (("u", (*path, "DICOM", key), change.new),)
+        return
     node = _current_node(document, change) or {}
     dicom = node.get("DICOM") or {}
     if change.op == "remove":
-        change.fragments = [("r", (*path, "DICOM", key), dicom.get(key, change.old))]
+        current = dicom[key] if key in dicom else _json_value(change.old)
+        change.fragments = [("r", (*path, "DICOM", key), current)]
         return
     change.fragments = [("u", (*path, "DICOM", key), change.new)]
     if _HEX_KEY.fullmatch(key) and change.level == "Instance" and key not in (node.get("DICOMVRs") or {}):
@@ -590,48 +604,67 @@ def _read_changes(changes: ChangeSet, snapshot: Any, problems: list[dict[str, An
     out: dict[str, list[_Change]] = {}
     documents = snapshot.documents
     table = changes.changes
-    names = [name for name in CHANGE_COLUMNS if name in table.columns]
-    columns = [table[name].to_numpy(dtype=object) for name in names]
-    for values in zip(*columns, strict=True):
-        record = dict(zip(names, values, strict=True))
-        change = _Change(
-            image_set=record.get("ImageSetID"),
-            level=record.get("level"),
-            series=None if _missing(record.get("SeriesInstanceUID")) else record.get("SeriesInstanceUID"),
-            sop=None if _missing(record.get("SOPInstanceUID")) else record.get("SOPInstanceUID"),
-            attribute=None if _missing(record.get("attribute")) else record.get("attribute"),
-            op=record.get("op"),
-            new=_json_value(record.get("new")),
-            vr=None if _missing(record.get("VR")) else record.get("VR"),
-            row=record.get("row"),
-            column=record.get("column"),
-            old=_json_value(record.get("old")),
-        )
+    count = len(table)
+
+    def column(name: str) -> list[Any]:
+        if name not in table.columns:
+            return [None] * count
+        return table[name].to_numpy(dtype=object).tolist()
+
+    def present(name: str) -> list[Any]:
+        return [v if type(v) is str else (None if _missing(v) else v) for v in column(name)]
+
+    def json_values(name: str) -> list[Any]:
+        return [v if type(v) is str else _json_value(v) for v in column(name)]
+
+    rows = zip(
+        column("ImageSetID"),
+        column("level"),
+        present("SeriesInstanceUID"),
+        present("SOPInstanceUID"),
+        present("attribute"),
+        column("op"),
+        json_values("new"),
+        present("VR"),
+        column("row"),
+        column("column"),
+        column("old"),
+        strict=True,
+    )
+    known: set[str] = set()
+    for values in rows:
+        change = _Change(*values)
+        image_set, op, level = change.image_set, change.op, change.level
         reason = None
-        if change.image_set not in documents:
-            reason = f"image set {change.image_set} is not in the snapshot"
-        elif change.op not in OPERATIONS:
-            reason = f"unknown operation {change.op!r}; expected one of {', '.join(OPERATIONS)}"
-        elif change.op == "remove_series":
+        if image_set not in known:
+            if image_set in documents:
+                known.add(image_set)
+            else:
+                reason = f"image set {image_set} is not in the snapshot"
+        if reason is not None:
+            pass
+        elif op not in OPERATIONS:
+            reason = f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}"
+        elif op == "remove_series":
             change.level = "Series"
             if change.series is None:
                 reason = "remove_series needs a SeriesInstanceUID"
-        elif change.op == "remove_instance":
+        elif op == "remove_instance":
             change.level = "Instance"
             if change.series is None or change.sop is None:
                 reason = "remove_instance needs a SeriesInstanceUID and a SOPInstanceUID"
-        elif change.level not in _LEVELS:
-            reason = f"unknown level {change.level!r}"
+        elif level not in _LEVELS:
+            reason = f"unknown level {level!r}"
         elif not isinstance(change.attribute, str) or not change.attribute:
-            reason = f"{change.op} needs an attribute"
-        elif change.level in ("Series", "Instance") and change.series is None:
-            reason = f"a {change.level}-level change needs a SeriesInstanceUID"
-        elif change.level == "Instance" and change.sop is None:
+            reason = f"{op} needs an attribute"
+        elif level in ("Series", "Instance") and change.series is None:
+            reason = f"a {level}-level change needs a SeriesInstanceUID"
+        elif level == "Instance" and change.sop is None:
             reason = "an Instance-level change needs a SOPInstanceUID"
         if reason:
             problems.append(change.problem(reason))
             continue
-        out.setdefault(change.image_set, []).append(change)
+        out.setdefault(image_set, []).append(change)
     return out
 
 
@@ -711,11 +744,13 @@ class _Blob:
 
     def add(self, path: tuple[str, ...], value: Any) -> tuple[dict, str, int]:
         node = self.root
+        last = len(path) - 1
         for depth, key in enumerate(path):
-            last = depth == len(path) - 1
-            if not last and key in node and isinstance(node[key], dict):
-                node = node[key]
-                continue
+            if depth != last:
+                child = node.get(key)
+                if isinstance(child, dict):
+                    node = child
+                    continue
             if key in node:
                 raise ValueError(f"path {'.'.join(path)} is set twice in one payload")
             sub = value
@@ -762,14 +797,15 @@ class _Pending:
 
     def try_add(self, unit: _Unit) -> bool:
         entries = []
+        blobs = self.blobs
         try:
             for change in unit.changes:
                 for kind, path, value in change.fragments:
-                    entries.append((kind, self.blobs[kind].add(path, value)))
+                    entries.append((kind, blobs[kind].add(path, value)))
         except ValueError:
             fits = False
         else:
-            fits = all(blob.size <= self.limit for blob in self.blobs.values())
+            fits = blobs["u"].size <= self.limit and blobs["r"].size <= self.limit
         if not fits:
             for kind, entry in reversed(entries):
                 self.blobs[kind].undo(entry)
@@ -906,7 +942,6 @@ def _row_problems(
 @dataclass
 class _Planned:
     requests: list[tuple[dict[str, Any], list[str], list[_Change]]]
-    document: dict[str, Any]
 
 
 def _plan_image_set(
@@ -929,13 +964,16 @@ def _plan_image_set(
         return None
     current = document
     requests = []
+    edits: list = []
     for request, flagged in pending:
         params = _params(datastore_id, image_set, request.updates())
         if flagged:
             params["includeStudyImageSets"] = True
         try:
-            params, reasons = _with_force(current, params, limit)
-            current = apply_to_document(current, params, is_primary=primary, max_blob_bytes=limit)
+            if edits:
+                current = apply_checked(current, edits)
+            updates = params["updateImageSetMetadataUpdates"]["DICOMUpdates"]
+            reasons, edits = check_updates(current, updates, is_primary=primary, max_blob_bytes=limit)
         except AHIError as exc:
             changes = [c for p, _ in pending for c in p.changes]
             found = _row_problems(datastore_id, image_set, document, changes, flag, limit)
@@ -955,8 +993,10 @@ def _plan_image_set(
                 ]
             problems.extend(found)
             return None
+        if reasons:
+            params = {**params, "force": True}
         requests.append((params, reasons, request.changes))
-    return _Planned(requests, current)
+    return _Planned(requests)
 
 
 def _description(changes: list[_Change]) -> str:
@@ -1169,7 +1209,9 @@ def _plan_fold(
         part = _study_part(params) if params.get("includeStudyImageSets") else None
         for sibling in siblings if part else []:
             try:
-                after[sibling] = apply_to_document(after[sibling], part, is_primary=True, max_blob_bytes=limit)
+                updates = part["updateImageSetMetadataUpdates"]["DICOMUpdates"]
+                _, edits = check_updates(after[sibling], updates, is_primary=True, max_blob_bytes=limit)
+                after[sibling] = apply_checked(after[sibling], edits)
             except AHIError:
                 return None
     return result, after

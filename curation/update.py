@@ -272,10 +272,46 @@ def _element_problem(vr: str, value: Any) -> str | None:
     return None
 
 
+_SCALAR_TYPES = (str, int, float, bool)
+_PROBLEM_CACHE: dict[tuple, str | None] = {}
+_PROBLEM_CACHE_SIZE = 65_536
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable key equal only for JSON values of the same types and contents (None for objects)."""
+    kind = type(value)
+    if kind in _SCALAR_TYPES:
+        return kind, value
+    if kind is list:
+        items = []
+        for item in value:
+            if type(item) not in _SCALAR_TYPES:
+                return None
+            items.append((type(item), item))
+        return list, tuple(items)
+    return None
+
+
 def value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
     """Why ``value`` (AHI JSON) is not compatible with VR/VM, or None when it is (or cannot be judged)."""
     if value is None or vr is None:
         return None
+    frozen = _frozen(value)
+    if frozen is None:
+        return _value_problem(vr, vm, value)
+    key = (vr, vm, frozen)
+    try:
+        return _PROBLEM_CACHE[key]
+    except KeyError:
+        pass
+    problem = _value_problem(vr, vm, value)
+    if len(_PROBLEM_CACHE) >= _PROBLEM_CACHE_SIZE:
+        _PROBLEM_CACHE.clear()
+    _PROBLEM_CACHE[key] = problem
+    return problem
+
+
+def _value_problem(vr: str, vm: str | None, value: Any) -> str | None:
     if vr == "SQ":
         if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
             return "VR SQ takes a JSON array of objects"
@@ -409,8 +445,11 @@ class _Planner:
                 raise _refuse(f"{path}.DICOMVRs.{key}: {vr!r} is not a DICOM VR")
             if op == "remove" and current_vrs.get(key) != vr:
                 raise _refuse(f"{path}.DICOMVRs.{key}: VR {vr} does not match the current VR {current_vrs.get(key)}")
+        current_dicom = current.get("DICOM") or {}
         for key, value in dicom.items():
-            self._attribute(level, f"{path}.DICOM.{key}", key, value, op, series, sop, current, vrs.get(key))
+            self._attribute(
+                level, f"{path}.DICOM.{key}", key, value, op, series, sop, current, current_dicom, vrs.get(key)
+            )
 
     def _current_node(self, level: str, series: str | None, sop: str | None) -> dict[str, Any]:
         if level == "Patient":
@@ -466,13 +505,14 @@ class _Planner:
         series: str | None,
         sop: str | None,
         current: dict[str, Any],
+        current_dicom: dict[str, Any],
         payload_vr: str | None,
     ) -> None:
         if key in AHI_GENERATED_KEYS or key in INTERNAL_INSTANCE_KEYS:
             raise _refuse(f"Cannot update the AWS HealthImaging generated attribute {key} ({path})")
         attribute = _attribute(key)
-        self._check_level(level, key, path)
-        current_dicom = current.get("DICOM") or {}
+        if key not in current_dicom:
+            self._check_level(level, key, path)
         vr = attribute.vr
         if attribute.hex_keyed:
             vr = payload_vr or (current.get("DICOMVRs") or {}).get(key)
@@ -565,7 +605,7 @@ class _Planner:
         self._check_new_uids()
 
     def _check_new_uids(self) -> None:
-        used_sops = {sop for series in self.series.values() for sop in series.get("Instances", {})}
+        used_sops: set[str] | None = None
         new_uids: set[str] = set()
         for edit in self.edits:
             if edit.op != "set" or edit.key not in ("SOPInstanceUID", "SeriesInstanceUID"):
@@ -577,6 +617,8 @@ class _Planner:
                 continue
             if not isinstance(edit.value, str) or not edit.value:
                 raise _refuse(f"{edit.path}: the new {edit.key} must be a non-empty string, it keys the document")
+            if used_sops is None:
+                used_sops = {sop for series in self.series.values() for sop in series.get("Instances", {})}
             taken = used_sops if edit.key == "SOPInstanceUID" else set(self.series)
             if edit.value in taken or edit.value in new_uids:
                 raise _refuse(f"{edit.path}: {edit.key} {edit.value} is already used in image set {self.image_set}")
@@ -655,6 +697,76 @@ def _rekey(mapping: dict[str, Any], old: str, new: str) -> None:
     mapping.update(items)
 
 
+class _Shared:
+    """Copy-on-write access to a document: the nodes on an edited path are copied once, the rest is shared."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.result = dict(document)
+        self._copied: set[int] = {id(self.result)}
+        self._keep: list[Any] = []
+
+    def own(self, parent: dict[str, Any], key: str) -> Any:
+        child = parent[key]
+        if id(child) not in self._copied and isinstance(child, dict):
+            child = dict(child)
+            parent[key] = child
+            self._copied.add(id(child))
+            self._keep.append(child)
+        return child
+
+    def node(self, edit: Edit) -> dict[str, Any]:
+        if edit.level in ("Patient", "Study"):
+            return self.own(self.result, edit.level)
+        series = self.own(self.series_map(), edit.series)
+        return series if edit.level == "Series" else self.own(self.own(series, "Instances"), edit.sop)
+
+    def series_map(self) -> dict[str, Any]:
+        study = self.own(self.result, "Study")
+        if "Series" not in study:
+            return {}
+        return self.own(study, "Series")
+
+
+def _apply_shared(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
+    """``_apply_edits`` without the deep copy: the result shares every node it does not change with
+    ``document`` (which stays untouched), so it must be treated as read-only."""
+    shared = _Shared(document)
+    for edit in edits:
+        if edit.op == "remove":
+            node = shared.node(edit)
+            del shared.own(node, "DICOM")[edit.key]
+            if _HEX_KEY.fullmatch(edit.key) and isinstance(node.get("DICOMVRs"), dict):
+                shared.own(node, "DICOMVRs").pop(edit.key, None)
+    for edit in edits:
+        if edit.op == "set":
+            node = shared.node(edit)
+            if "DICOM" in node:
+                shared.own(node, "DICOM")[edit.key] = edit.value
+            else:
+                node["DICOM"] = {edit.key: edit.value}
+            if edit.vr is not None:
+                if isinstance(node.get("DICOMVRs"), dict):
+                    shared.own(node, "DICOMVRs")
+                _set_vr(node, edit.key, edit.vr)
+    for edit in edits:
+        if edit.op == "remove_instance":
+            del shared.own(shared.own(shared.series_map(), edit.series), "Instances")[edit.sop]
+        elif edit.op == "remove_series":
+            del shared.series_map()[edit.series]
+    for edit in edits:
+        if edit.op == "set" and edit.level == "Instance" and edit.key == "SOPInstanceUID" and edit.value != edit.sop:
+            _rekey(shared.own(shared.own(shared.series_map(), edit.series), "Instances"), edit.sop, edit.value)
+    for edit in edits:
+        if (
+            edit.op == "set"
+            and edit.level == "Series"
+            and edit.key == "SeriesInstanceUID"
+            and edit.value != edit.series
+        ):
+            _rekey(shared.series_map(), edit.series, edit.value)
+    return shared.result
+
+
 def _apply_edits(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
     result = _copy(document)
     series_map = result["Study"].get("Series", {})
@@ -709,6 +821,39 @@ def _revert(
         if key in document:
             result[key] = document[key]
     return result
+
+
+def check_updates(
+    document: dict[str, Any],
+    updates: dict[str, Any],
+    *,
+    is_primary: bool = False,
+    max_blob_bytes: int | None = None,
+) -> tuple[list[str], list[Edit]]:
+    """The planner's fast path: ``(force_reasons(document, updates), the edits)``, the blobs parsed once.
+
+    Raises the same refusals, in the same order, as ``force_reasons`` followed by ``apply_to_document`` of the
+    DICOMUpdates ``updates`` with ``force`` set exactly when there are reasons (and ``is_primary``).
+    :func:`apply_checked` then gives the document that ``apply_to_document`` would return.
+    """
+    max_blob_bytes = model_max_blob_bytes() if max_blob_bytes is None else max_blob_bytes
+    updatable, removable = _parse_dicom_updates(updates, max_blob_bytes)
+    planner = _plan(document, ParsedUpdates(updatable, removable, None, False, False))
+    if is_primary and planner.primary_refusals:
+        raise _refuse(planner.primary_refusals[0])
+    if planner.reasons and is_primary:
+        why = "; ".join(planner.reasons)
+        raise _refuse(f"The force flag cannot override DICOM metadata constraints on a primary image set: {why}")
+    return list(planner.reasons), planner.edits
+
+
+def apply_checked(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
+    """``document`` with the ``edits`` of :func:`check_updates` applied, sharing every node it does not change.
+
+    Equal to what ``apply_to_document`` returns, without its deep copy: ``document`` is not mutated, and the
+    result aliases its unchanged parts, so treat both as read-only (or use ``apply_to_document``).
+    """
+    return _apply_shared(document, edits)
 
 
 def apply_to_document(

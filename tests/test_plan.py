@@ -9,13 +9,16 @@ from typing import Any
 import orjson
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from curation.changes import CHANGE_COLUMNS, ChangeSet, empty_problems
 from curation.document import read_document
+from curation.errors import AHIError
 from curation.flatten import NULL
 from curation.plan import PlanError, PlannedRequest, UpdatePlan, plan, revert_plan
 from curation.snapshot import Snapshot
-from curation.update import apply_to_document
+from curation.update import apply_checked, apply_to_document, check_updates, force_reasons
 
 REFERENCE = Path(__file__).parent / "data" / "reference"
 DATASTORE = "169224ef14db49839f628fb887d50291"
@@ -753,3 +756,115 @@ def test_folding_through_the_embedded_service(doppler: dict[str, Any], local_cli
     for name in names:
         assert metadata(local_client, report.datastore_id, name) == expected[name]
         assert expected[name]["Study"]["DICOM"]["StudyDescription"] == "ECHO"
+
+
+# --- the planner's fast validation path is apply_to_document ----------------------------------------------------
+
+_VALUES = st.one_of(
+    st.text("ABC^ 0123456789.", max_size=8),
+    st.text("0123456789", min_size=1, max_size=4),
+    st.integers(-3, 70000),
+    st.sampled_from((1.5, None, True)),
+    st.lists(st.text("AB0", max_size=3), max_size=3),
+    st.just([{"RegionFlags": 1}]),
+)
+
+
+@st.composite
+def _random_updates(draw: st.DrawFn, document: dict[str, Any]) -> dict[str, str]:
+    """DICOMUpdates on ``document``, valid or not: attribute sets and removals (current or wrong values) at every
+    level, new private tags with or without a VR, UID changes, instance and series removals."""
+    series = list(document["Study"]["Series"])
+    updatable: dict[str, Any] = {"SchemaVersion": 1.1}
+    removable: dict[str, Any] = {"SchemaVersion": 1.1}
+    for _ in range(draw(st.integers(1, 4))):
+        blob = draw(st.sampled_from((updatable, updatable, removable)))
+        level = draw(st.sampled_from(("Patient", "Study", "Series", "Instance", "Instance")))
+        uid = draw(st.sampled_from(series))
+        sops = list(document["Study"]["Series"][uid]["Instances"])
+        sop = draw(st.sampled_from(sops))
+        if level in ("Patient", "Study"):
+            path: tuple[str, ...] = (level,)
+            current = document[level]
+        elif level == "Series":
+            path, current = ("Study", "Series", uid), document["Study"]["Series"][uid]
+        else:
+            path = ("Study", "Series", uid, "Instances", sop)
+            current = document["Study"]["Series"][uid]["Instances"][sop]
+        kind = draw(st.sampled_from(("existing", "existing", "existing", "new", "private", "uid", "node")))
+        if kind == "node" and level in ("Series", "Instance"):
+            leaf: dict[str, Any] = {}
+        else:
+            if kind == "existing":
+                key = draw(st.sampled_from(sorted(current["DICOM"])))
+            elif kind == "new":
+                key = draw(st.sampled_from(("ImageComments", "StageName", "PatientComments", "StudyID", "Rows")))
+            elif kind == "private":
+                key = draw(st.sampled_from(("00191010", "7FDD0010", "7FDF1001")))
+            else:
+                key = {"Series": "SeriesInstanceUID", "Instance": "SOPInstanceUID"}.get(level, "StudyInstanceUID")
+            same = blob is removable and key in current["DICOM"] and draw(st.integers(0, 3)) > 0
+            value = current["DICOM"][key] if same else draw(_VALUES)
+            leaf = {"DICOM": {key: value}}
+            if kind == "private" and draw(st.booleans()):
+                leaf["DICOMVRs"] = {key: draw(st.sampled_from(("LO", "UN", "DS")))}
+        node = blob
+        for name in path[:-1]:
+            node = node.setdefault(name, {})
+        if not isinstance(node, dict) or path[-1] in node:
+            continue
+        node[path[-1]] = leaf
+    updates = {}
+    for name, payload in (("updatableAttributes", updatable), ("removableAttributes", removable)):
+        if len(payload) > 1 or draw(st.booleans()):
+            updates[name] = orjson.dumps(payload).decode()
+    return updates or {"updatableAttributes": orjson.dumps(updatable).decode()}
+
+
+OUTCOMES = {"ok": 0, "refused": 0}
+
+
+def _reference(document: dict[str, Any], updates: dict[str, str], primary: bool) -> tuple:
+    """What plan used to do: force_reasons, then apply_to_document with force exactly when needed."""
+    try:
+        reasons = force_reasons(document, updates, max_blob_bytes=30_000)
+        params = {"updateImageSetMetadataUpdates": {"DICOMUpdates": updates}, "force": bool(reasons)}
+        result = apply_to_document(document, params, is_primary=primary, max_blob_bytes=30_000)
+    except AHIError as exc:
+        return ("refused", exc.code, exc.message), None
+    return ("ok", reasons, orjson.dumps(result)), result
+
+
+def _fast(document: dict[str, Any], updates: dict[str, str], primary: bool) -> tuple:
+    try:
+        reasons, edits = check_updates(document, updates, is_primary=primary, max_blob_bytes=30_000)
+    except AHIError as exc:
+        return ("refused", exc.code, exc.message), None
+    result = apply_checked(document, edits)
+    return ("ok", reasons, orjson.dumps(result)), result
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), primary=st.booleans())
+def test_check_updates_and_apply_checked_equal_force_reasons_then_apply_to_document(
+    doppler_source: dict[str, Any], data: st.DataObject, primary: bool
+) -> None:
+    document = copy.deepcopy(doppler_source)
+    uid = next(iter(document["Study"]["Series"]))
+    second = copy.deepcopy(document["Study"]["Series"][uid])
+    sops = list(second["Instances"])
+    second["Instances"] = {f"{sop}.9": second["Instances"][sop] for sop in sops[:2]}
+    document["Study"]["Series"][f"{uid}.9"] = second
+    before = orjson.dumps(document)
+    for _ in range(2):  # a second update on the first one's result checks chaining on shared nodes
+        updates = data.draw(_random_updates(document))
+        expected, reference = _reference(document, updates, primary)
+        OUTCOMES[expected[0]] += 1
+        got, result = _fast(document, updates, primary)
+        assert got == expected, updates
+        assert orjson.dumps(document) == before, "the input document was mutated"
+        if result is None:
+            break
+        assert result is not document and reference is not None
+        document = result  # its changed nodes are new: the input was not mutated, yet it equals the reference
+        before = orjson.dumps(document)
