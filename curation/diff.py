@@ -61,6 +61,7 @@ from curation import dicom, values
 from curation.changes import CHANGE_COLUMNS, PROBLEM_COLUMNS, ChangeSet
 from curation.document import AHI_GENERATED_KEYS
 from curation.flatten import NULL, flatten, split_column
+from curation.gcpause import gc_paused
 from curation.levels import level_of
 from curation.update import (
     _ALL_VRS,
@@ -904,10 +905,11 @@ def diff(snapshot: Any, edited: Any, *, vrs: Mapping[str, str] | None = None, st
     ``ChangeSet.problems``; with ``strict=True`` a ``DiffError`` listing them all is raised instead.
     """
     checked = check_vrs(vrs)
-    differ = _Differ(snapshot, checked)
-    for hint, frame in _frames(edited):
-        differ.add_frame(frame, hint)
-    changes = differ.result(checked)
+    with gc_paused():
+        differ = _Differ(snapshot, checked)
+        for hint, frame in _frames(edited):
+            differ.add_frame(frame, hint)
+        changes = differ.result(checked)
     if strict and not changes.problems.empty:
         raise DiffError(changes.problems)
     return changes

@@ -42,7 +42,6 @@ Bad input raises ``FlattenError`` (a ``DocumentError`` naming the image set); ``
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice, repeat
@@ -55,6 +54,7 @@ import pandas as pd
 
 from curation.dicom import VALID_VRS
 from curation.document import DocumentError
+from curation.gcpause import gc_paused
 
 __all__ = [
     "NULL",
@@ -348,15 +348,8 @@ def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True) -> F
 
 
 def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
-    # The cyclic GC would rescan the whole (large, acyclic) document graph many times while the columns
-    # are built; pausing it for the duration is safe (nothing here creates cycles) and much faster.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _flatten_documents(list(documents), strict=strict, copy=copy)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:

@@ -54,6 +54,7 @@ import pandas as pd
 from curation.changes import OPERATIONS, PROBLEM_COLUMNS, ChangeSet, empty_problems
 from curation.errors import AHIError
 from curation.flatten import NULL
+from curation.gcpause import gc_paused
 from curation.update import apply_checked, apply_to_document, check_updates, force_reasons
 
 __all__ = ["PlanError", "PlannedRequest", "UpdatePlan", "plan", "revert_plan"]
@@ -1104,6 +1105,22 @@ def plan(
     pass validation is planned: an image set with a refusal is left out whole, while the changes the ChangeSet
     kept despite its own problems (e.g. a value breaking a VR rule, which ``force`` lets through) are sent.
     """
+    with gc_paused():
+        return _plan(
+            changes,
+            max_blob_bytes=max_blob_bytes,
+            include_study_image_sets=include_study_image_sets,
+            allow_problems=allow_problems,
+        )
+
+
+def _plan(
+    changes: ChangeSet,
+    *,
+    max_blob_bytes: int = 30_000,
+    include_study_image_sets: bool = False,
+    allow_problems: bool = False,
+) -> UpdatePlan:
     snapshot = changes.snapshot
     if snapshot is None:
         raise ValueError("the ChangeSet has no snapshot: plan needs the documents the edits were made on")
