@@ -40,6 +40,7 @@ from botocore.exceptions import ClientError
 from curation.document import DocumentError, parse_document
 from curation.journal import FINAL_STATUSES, UNKNOWN_STATUSES, Journal, JournalError, read_journal
 from curation.throttle import RateLimiter, RetryPolicy, error_code, is_transient
+from curation.update import study_part
 
 RESULT_COLUMNS = (
     "ImageSetID",
@@ -204,26 +205,6 @@ def _version_number(version: str | None) -> int | None:
         return int(str(version))
     except (TypeError, ValueError):
         return None
-
-
-def study_part(params: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What ``includeStudyImageSets`` sends to the study's other image sets: the Patient and Study.DICOM parts."""
-    updates = (params.get("updateImageSetMetadataUpdates") or {}).get("DICOMUpdates") or {}
-    kept: dict[str, Any] = {}
-    for key in ("updatableAttributes", "removableAttributes"):
-        if not updates.get(key):
-            continue
-        blob = parse_document(updates[key])
-        part: dict[str, Any] = {}
-        if "Patient" in blob:
-            part["Patient"] = blob["Patient"]
-        if isinstance(blob.get("Study"), dict) and "DICOM" in blob["Study"]:
-            part["Study"] = {"DICOM": blob["Study"]["DICOM"]}
-        if part:
-            kept[key] = orjson.dumps({"SchemaVersion": blob.get("SchemaVersion", 1.1), **part}).decode()
-    if not kept:
-        return None
-    return {**params, "updateImageSetMetadataUpdates": {"DICOMUpdates": kept}, "includeStudyImageSets": False}
 
 
 class _Calls:

@@ -55,7 +55,7 @@ from curation.changes import OPERATIONS, PROBLEM_COLUMNS, ChangeSet, empty_probl
 from curation.errors import AHIError
 from curation.flatten import NULL
 from curation.gcpause import gc_paused
-from curation.update import apply_checked, apply_to_document, check_updates, force_reasons
+from curation.update import apply_checked, apply_to_document, check_updates, force_reasons, study_part
 
 __all__ = ["PlanError", "PlannedRequest", "UpdatePlan", "plan", "revert_plan"]
 
@@ -304,7 +304,7 @@ class UpdatePlan:
                 max_blob_bytes=max_blob_bytes,
             )
             if request.affects:
-                part = _study_part(request.params)
+                part = study_part(request.params)
                 for other in request.affects if part else []:
                     if other in result:
                         result[other] = apply_to_document(
@@ -449,30 +449,6 @@ def _from_jsonable(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_from_jsonable(v) for v in value["tuple"])
     return value
-
-
-def _study_part(params: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The request restricted to its Patient and Study.DICOM paths: what the other primary image sets of the
-    study receive with ``includeStudyImageSets``."""
-    updates = params["updateImageSetMetadataUpdates"].get("DICOMUpdates") or {}
-    kept: dict[str, str] = {}
-    for name in ("updatableAttributes", "removableAttributes"):
-        blob = updates.get(name)
-        if not blob:
-            continue
-        payload = orjson.loads(blob)
-        part: dict[str, Any] = {}
-        if "Patient" in payload:
-            part["Patient"] = payload["Patient"]
-        if isinstance(payload.get("Study"), dict) and "DICOM" in payload["Study"]:
-            part["Study"] = {"DICOM": payload["Study"]["DICOM"]}
-        if part:
-            kept[name] = orjson.dumps({"SchemaVersion": payload.get("SchemaVersion", SCHEMA_VERSION), **part}).decode()
-    if not kept:
-        return None
-    out = {k: v for k, v in params.items() if k != "includeStudyImageSets"}
-    out["updateImageSetMetadataUpdates"] = {"DICOMUpdates": kept}
-    return out
 
 
 # --- changes -> fragments ----------------------------------------------------------------------------------
@@ -1223,7 +1199,7 @@ def _plan_fold(
         return None
     after = {sibling: documents[sibling] for sibling in siblings}
     for params, _, _ in result.requests:
-        part = _study_part(params) if params.get("includeStudyImageSets") else None
+        part = study_part(params) if params.get("includeStudyImageSets") else None
         for sibling in siblings if part else []:
             try:
                 updates = part["updateImageSetMetadataUpdates"]["DICOMUpdates"]

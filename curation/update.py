@@ -55,7 +55,7 @@ import orjson
 from pydicom import datadict
 from pydicom.valuerep import VALIDATORS
 
-from curation.document import AHI_GENERATED_KEYS, INSTANCE_SYSTEM_KEYS
+from curation.document import AHI_GENERATED_KEYS, INSTANCE_SYSTEM_KEYS, parse_document
 from curation.errors import AHIError
 from curation.levels import level_of
 
@@ -854,6 +854,30 @@ def apply_checked(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]
     result aliases its unchanged parts, so treat both as read-only (or use ``apply_to_document``).
     """
     return _apply_shared(document, edits)
+
+
+def study_part(request: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``includeStudyImageSets`` applies to the study's other primary image sets: ``request`` restricted
+    to its Patient and ``Study.DICOM`` paths (series and instances stay with the image set addressed), or None
+    when it changes nothing there. The blobs come back as compact JSON text."""
+    updates = (request.get("updateImageSetMetadataUpdates") or {}).get("DICOMUpdates") or {}
+    kept: dict[str, str] = {}
+    for key in ("updatableAttributes", "removableAttributes"):
+        blob = updates.get(key)
+        if not blob:
+            continue
+        payload = parse_document(blob)
+        part: dict[str, Any] = {}
+        if "Patient" in payload:
+            part["Patient"] = payload["Patient"]
+        if isinstance(payload.get("Study"), dict) and "DICOM" in payload["Study"]:
+            part["Study"] = {"DICOM": payload["Study"]["DICOM"]}
+        if part:
+            kept[key] = orjson.dumps({"SchemaVersion": payload.get("SchemaVersion", 1.1), **part}).decode()
+    if not kept:
+        return None
+    rest = {k: v for k, v in request.items() if k != "includeStudyImageSets"}
+    return {**rest, "updateImageSetMetadataUpdates": {"DICOMUpdates": kept}}
 
 
 def apply_to_document(

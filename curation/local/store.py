@@ -54,6 +54,7 @@ import orjson
 from curation.document import DocumentError, check_document, encode_document, iter_instances, parse_document
 from curation.errors import AHIError
 from curation.local.validate import to_datetime, validate
+from curation.update import study_part
 
 STALE_VERSION = "Requested version(s) of ImageSet(s) is not the latest."
 NOT_CONSISTENT = "Requested ImageSet metadata is not consistent yet. Please retry after a few seconds."
@@ -781,26 +782,6 @@ class Store:
         except DocumentError as exc:
             raise _invalid(str(exc)) from exc
 
-    @staticmethod
-    def _study_part(request: dict[str, Any]) -> dict[str, Any] | None:
-        """The request restricted to its Patient and Study.DICOM paths (what study siblings receive)."""
-        updates = request["updateImageSetMetadataUpdates"]["DICOMUpdates"]
-        kept: dict[str, Any] = {}
-        for key in ("updatableAttributes", "removableAttributes"):
-            if not updates.get(key):
-                continue
-            blob = parse_document(updates[key])
-            part: dict[str, Any] = {}
-            if "Patient" in blob:
-                part["Patient"] = blob["Patient"]
-            if isinstance(blob.get("Study"), dict) and "DICOM" in blob["Study"]:
-                part["Study"] = {"DICOM": blob["Study"]["DICOM"]}
-            if part:
-                kept[key] = orjson.dumps({"SchemaVersion": blob.get("SchemaVersion", 1.1), **part})
-        if not kept:
-            return None
-        return {**request, "updateImageSetMetadataUpdates": {"DICOMUpdates": kept}, "includeStudyImageSets": False}
-
     def _op_UpdateImageSetMetadata(self, params: dict[str, Any]) -> dict[str, Any]:
         datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
         updates = params["updateImageSetMetadataUpdates"]
@@ -827,7 +808,7 @@ class Store:
                 document = self._apply(current, params, history, bool(row["is_primary"]))
             targets = [(row, current, document, "UPDATING")]
             if study_wide:
-                sibling_request = self._study_part(params)
+                sibling_request = study_part(params)
                 siblings = conn.execute(
                     "SELECT * FROM image_sets WHERE datastore_id = ? AND study_uid IS ? AND is_primary = 1 "
                     "AND deleted = 0 AND image_set_id != ? ORDER BY image_set_id",
