@@ -18,7 +18,6 @@ from curation.local.server import serving
 AWS = Path(sys.executable).parent / "aws"
 REFERENCE = Path(__file__).parent / "data" / "reference"
 
-pytestmark = pytest.mark.skipif(not AWS.exists(), reason="the AWS CLI (awscli package) is not installed")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import functools
+import importlib
 import io
 import threading
 import uuid
@@ -501,8 +502,8 @@ def test_progress_bar_can_be_on(small_document, capsys):
 
 # --- integration: the embedded service -------------------------------------------------------------------
 
-local = pytest.importorskip("curation.local")
-store_module = pytest.importorskip("curation.local.store")
+local = importlib.import_module("curation.local")
+store_module = importlib.import_module("curation.local.store")
 
 
 def renumbered(document: dict[str, Any], number: int) -> dict[str, Any]:
@@ -693,7 +694,6 @@ def test_fetch_over_http(populated):
 
 
 def test_fetch_returns_a_snapshot_with_versions_and_failures(populated):
-    pytest.importorskip("curation.snapshot")
     from curation.fetch import fetch
 
     store, datastore_id, expected = populated
