@@ -33,22 +33,41 @@ def operation_model(name: str) -> OperationModel:
 
 
 @cache
-def _pattern(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]"))
+def _pattern(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]"))
+    except re.error:
+        return None  # not a Python regex: not checked
+
+
+def bad_value(path: str, value: Any, constraint: str) -> str:
+    """One problem in AWS's wording: ``Value '...' at 'path' failed to satisfy constraint: ...``."""
+    if isinstance(value, bytes | bytearray):
+        shown = f"<{len(value)} bytes>"
+    elif isinstance(value, dict | list):
+        shown = type(value).__name__
+    else:
+        shown = str(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return f"Value '{shown}' at '{path}' failed to satisfy constraint: {constraint}"
+
+
+def validation_error(messages: list[str]) -> AHIError:
+    """A ValidationException listing every problem, as AWS answers (``2 validation errors detected: ...``)."""
+    count = len(messages)
+    noun = "error" if count == 1 else "errors"
+    return AHIError("ValidationException", f"{count} validation {noun} detected: " + "; ".join(messages))
 
 
 def _fail(path: str, value: Any, constraint: str) -> AHIError:
-    shown = value if isinstance(value, (str, int, float, bool)) else type(value).__name__
-    if isinstance(shown, str) and len(shown) > 64:
-        shown = shown[:64] + "..."
-    return AHIError(
-        "ValidationException",
-        f"1 validation error detected: Value '{shown}' at '{path}' failed to satisfy constraint: {constraint}",
-    )
+    return validation_error([bad_value(path, value, constraint)])
 
 
 def validate(operation: str, params: Any) -> dict[str, Any]:
-    """Check ``params`` against the operation's input shape; return them (a dict) or raise ValidationException."""
+    """Check ``params`` against the operation's input shape; return them (a dict) or raise one
+    ValidationException listing every problem: required members, unknown members, one member per union,
+    lengths, ranges, enums, patterns (matched in full) and timestamps, all as the model states them."""
     model = operation_model(operation)
     if params is None:
         params = {}
@@ -56,76 +75,94 @@ def validate(operation: str, params: Any) -> dict[str, Any]:
         if params:
             raise _fail("", params, f"{operation} takes no parameters")
         return {}
-    _check(model.input_shape, params, "")
+    problems: list[str] = []
+    _check(model.input_shape, params, "", problems)
+    if problems:
+        raise validation_error(problems)
     return params
 
 
-def _check(shape: Shape, value: Any, path: str) -> None:
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _check(shape: Shape, value: Any, path: str, problems: list[str]) -> None:
     kind = shape.type_name
     meta = shape.metadata
-    label = path or "input"
+    label = path or shape.name
     if kind == "structure":
         if not isinstance(value, dict):
-            raise _fail(label, value, "Member must be an object")
-        unknown = sorted(set(value) - set(shape.members))
-        if unknown:
-            raise _fail(f"{path}.{unknown[0]}" if path else unknown[0], value[unknown[0]], "Member is not known")
-        present = [k for k, v in value.items() if v is not None]
+            problems.append(bad_value(label, value, "Member must be an object"))
+            return
+        for name in sorted(set(value) - set(shape.members)):
+            problems.append(bad_value(_join(path, name), value[name], "Member is not known"))
         for name in shape.required_members:
             if value.get(name) is None:
-                raise _fail(f"{path}.{name}" if path else name, "null", "Member must not be null")
-        if shape.metadata.get("union") and len(present) != 1:
-            raise AHIError(
-                "ValidationException",
-                f"Exactly one member of {label} must be set, not {len(present)} ({', '.join(sorted(present))})",
+                problems.append(bad_value(_join(path, name), "null", "Member must not be null"))
+        present = [name for name, item in value.items() if item is not None and name in shape.members]
+        if shape.is_tagged_union and len(present) != 1:
+            problems.append(
+                bad_value(label, value, f"Exactly one member must be set, got {len(present)} ({', '.join(present)})")
             )
         for name in present:
-            _check(shape.members[name], value[name], f"{path}.{name}" if path else name)
+            _check(shape.members[name], value[name], _join(path, name), problems)
     elif kind == "list":
-        if not isinstance(value, (list, tuple)):
-            raise _fail(label, value, "Member must be a list")
-        _length(len(value), meta, label, value)
+        if not isinstance(value, list | tuple):
+            problems.append(bad_value(label, value, "Member must be a list"))
+            return
+        _length(len(value), meta, label, value, problems)
         for index, item in enumerate(value):
-            _check(shape.member, item, f"{label}.{index + 1}")
+            _check(shape.member, item, f"{label}.{index + 1}", problems)
     elif kind == "map":
         if not isinstance(value, dict):
-            raise _fail(label, value, "Member must be a map")
+            problems.append(bad_value(label, value, "Member must be a map"))
+            return
+        _length(len(value), meta, label, value, problems)
         for key, item in value.items():
-            _check(shape.key, key, f"{label}.key")
-            _check(shape.value, item, f"{label}.{key}")
+            _check(shape.key, key, f"{label}.key", problems)
+            _check(shape.value, item, f"{label}.{key}", problems)
     elif kind == "string":
         if not isinstance(value, str):
-            raise _fail(label, value, "Member must be a string")
-        _length(len(value), meta, label, value)
+            problems.append(bad_value(label, value, "Member must be a string"))
+            return
+        _length(len(value), meta, label, value, problems)
         if shape.enum and value not in shape.enum:
-            raise _fail(label, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]")
-        if "pattern" in meta and not _pattern(meta["pattern"]).fullmatch(value):
-            raise _fail(label, value, f"Member must satisfy regular expression pattern: {meta['pattern']}")
+            problems.append(bad_value(label, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]"))
+        pattern = meta.get("pattern")
+        compiled = _pattern(pattern) if pattern else None
+        if compiled is not None and not compiled.fullmatch(value):
+            problems.append(bad_value(label, value, f"Member must satisfy regular expression pattern: {pattern}"))
     elif kind == "blob":
         if isinstance(value, str):
-            value = value.encode()
-        if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise _fail(label, value, "Member must be a blob")
-        _length(len(value), meta, label, value)
+            value = value.encode("utf-8")
+        if isinstance(value, bytes | bytearray | memoryview):
+            _length(len(value), meta, label, value, problems)
+        elif not hasattr(value, "read"):
+            problems.append(bad_value(label, value, "Member must be a blob"))
     elif kind == "boolean":
         if not isinstance(value, bool):
-            raise _fail(label, value, "Member must be a boolean")
-    elif kind in ("integer", "long"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(label, value, "Member must be an integer")
+            problems.append(bad_value(label, value, "Member must be a boolean"))
+    elif kind in ("integer", "long", "float", "double"):
+        integral = kind in ("integer", "long")
+        if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
+            problems.append(bad_value(label, value, f"Member must be a{'n integer' if integral else ' number'}"))
+            return
         if "min" in meta and value < meta["min"]:
-            raise _fail(label, value, f"Member must have value greater than or equal to {meta['min']}")
+            problems.append(bad_value(label, value, f"Member must have value greater than or equal to {meta['min']}"))
         if "max" in meta and value > meta["max"]:
-            raise _fail(label, value, f"Member must have value less than or equal to {meta['max']}")
+            problems.append(bad_value(label, value, f"Member must have value less than or equal to {meta['max']}"))
     elif kind == "timestamp":
-        to_datetime(value, label)
+        try:
+            to_datetime(value, label)
+        except AHIError:
+            problems.append(bad_value(label, value, "Member must be a timestamp"))
 
 
-def _length(length: int, meta: dict[str, Any], label: str, value: Any) -> None:
+def _length(length: int, meta: dict[str, Any], label: str, value: Any, problems: list[str]) -> None:
     if "min" in meta and length < meta["min"]:
-        raise _fail(label, value, f"Member must have length greater than or equal to {meta['min']}")
+        problems.append(bad_value(label, value, f"Member must have length greater than or equal to {meta['min']}"))
     if "max" in meta and length > meta["max"]:
-        raise _fail(label, value, f"Member must have length less than or equal to {meta['max']}")
+        problems.append(bad_value(label, value, f"Member must have length less than or equal to {meta['max']}"))
 
 
 def to_datetime(value: Any, label: str = "timestamp") -> dt.datetime:

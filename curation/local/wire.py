@@ -36,6 +36,7 @@ from botocore.model import OperationModel, ServiceModel, Shape
 from botocore.utils import parse_timestamp
 
 from curation.errors import AHIError
+from curation.local.validate import bad_value, validate, validation_error
 
 SERVICE_NAME = "medical-imaging"
 
@@ -144,27 +145,9 @@ def match_route(method: str, path: str, query: Mapping[str, list[str]]) -> tuple
 # ------------------------------------------------------------------------------------ request parsing
 
 
-def _validation_error(messages: list[str]) -> AHIError:
-    count = len(messages)
-    noun = "error" if count == 1 else "errors"
-    return AHIError("ValidationException", f"{count} validation {noun} detected: " + "; ".join(messages))
-
-
-def _bad_value(path: str, value: Any, constraint: str) -> str:
-    if isinstance(value, bytes | bytearray):
-        shown = f"<{len(value)} bytes>"
-    elif isinstance(value, dict | list):
-        shown = type(value).__name__
-    else:
-        shown = str(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return f"Value '{shown}' at '{path}' failed to satisfy constraint: {constraint}"
-
-
 class _ParseError(Exception):
     def __init__(self, path: str, value: Any, constraint: str) -> None:
-        super().__init__(_bad_value(path, value, constraint))
+        super().__init__(bad_value(path, value, constraint))
 
 
 def _to_datetime(value: Any) -> dt.datetime:
@@ -368,12 +351,12 @@ def parse_request(
         if leftovers:
             params[name] = leftovers
     if problems:
-        raise _validation_error(problems)
+        raise validation_error(problems)
     try:
         params.update(_parse_body(shape, body_members, raw_body))
     except _ParseError as exc:
-        raise _validation_error([str(exc)]) from exc
-    validate_params(operation, params)
+        raise validation_error([str(exc)]) from exc
+    validate(operation.name, params)
     return operation.name, params
 
 
@@ -418,111 +401,8 @@ def _parse_body(shape: Shape, body_members: dict[str, Shape], raw: bytes) -> dic
     return parsed
 
 
-# ---------------------------------------------------------------------------------------- validation
-
-
-@cache
-def _compiled(pattern: str) -> re.Pattern[str] | None:
-    translated = pattern.replace(r"\p{ASCII}", r"[\x00-\x7f]")
-    try:
-        return re.compile(translated)
-    except re.error:
-        logger.warning("pattern %r of the service model is not a Python regex; not checked", pattern)
-        return None
-
-
-def validate_params(operation: OperationModel | str, params: dict[str, Any]) -> None:
-    """Check ``params`` against the operation's input shape; raise ValidationException listing every problem.
-
-    Checks what the model states: required members, one member per union, string/blob/list/map lengths,
-    integer and float ranges, enums, and patterns (matched in full, as the store does).
-    """
-    if isinstance(operation, str):
-        operation = service_model().operation_model(operation)
-    if operation.input_shape is None:
-        return
-    problems: list[str] = []
-    _check(operation.input_shape, params, "", problems)
-    if problems:
-        raise _validation_error(problems)
-
-
-def _check(shape: Shape, value: Any, path: str, problems: list[str]) -> None:
-    kind = shape.type_name
-    meta = shape.metadata
-    where = path or shape.name
-    if kind == "structure":
-        if not isinstance(value, dict):
-            problems.append(_bad_value(where, value, "Member must be an object"))
-            return
-        for name in shape.required_members:
-            if value.get(name) is None:
-                problems.append(_bad_value(_join(path, name), "null", "Member must not be null"))
-        present = [name for name, item in value.items() if item is not None and name in shape.members]
-        if shape.is_tagged_union and len(present) != 1:
-            problems.append(
-                _bad_value(where, value, f"Exactly one member must be set, got {len(present)} ({', '.join(present)})")
-            )
-        for name in present:
-            _check(shape.members[name], value[name], _join(path, name), problems)
-    elif kind == "list":
-        if not isinstance(value, list | tuple):
-            problems.append(_bad_value(where, value, "Member must be a list"))
-            return
-        _check_length(len(value), meta, where, value, problems)
-        for index, item in enumerate(value):
-            _check(shape.member, item, f"{where}.{index + 1}", problems)
-    elif kind == "map":
-        if not isinstance(value, dict):
-            problems.append(_bad_value(where, value, "Member must be a map"))
-            return
-        _check_length(len(value), meta, where, value, problems)
-        for key, item in value.items():
-            _check(shape.key, key, f"{where}.key", problems)
-            _check(shape.value, item, f"{where}.{key}", problems)
-    elif kind == "string":
-        if not isinstance(value, str):
-            problems.append(_bad_value(where, value, "Member must be a string"))
-            return
-        _check_length(len(value), meta, where, value, problems)
-        if shape.enum and value not in shape.enum:
-            problems.append(_bad_value(where, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]"))
-        pattern = meta.get("pattern")
-        compiled = _compiled(pattern) if pattern else None
-        if compiled is not None and not compiled.fullmatch(value):
-            problems.append(_bad_value(where, value, f"Member must satisfy regular expression pattern: {pattern}"))
-    elif kind == "blob":
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if isinstance(value, bytes | bytearray | memoryview):
-            _check_length(len(value), meta, where, value, problems)
-        elif not hasattr(value, "read"):
-            problems.append(_bad_value(where, value, "Member must be a blob"))
-    elif kind == "boolean":
-        if not isinstance(value, bool):
-            problems.append(_bad_value(where, value, "Member must be a boolean"))
-    elif kind in ("integer", "long", "float", "double"):
-        integral = kind in ("integer", "long")
-        if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
-            problems.append(_bad_value(where, value, f"Member must be a{'n integer' if integral else ' number'}"))
-            return
-        if "min" in meta and value < meta["min"]:
-            problems.append(_bad_value(where, value, f"Member must have value greater than or equal to {meta['min']}"))
-        if "max" in meta and value > meta["max"]:
-            problems.append(_bad_value(where, value, f"Member must have value less than or equal to {meta['max']}"))
-    elif kind == "timestamp" and not isinstance(value, dt.datetime):
-        problems.append(_bad_value(where, value, "Member must be a timestamp"))
-
-
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
-
-
-def _check_length(length: int, meta: dict[str, Any], where: str, value: Any, problems: list[str]) -> None:
-    if "min" in meta and length < meta["min"]:
-        problems.append(_bad_value(where, value, f"Member must have length greater than or equal to {meta['min']}"))
-    if "max" in meta and length > meta["max"]:
-        problems.append(_bad_value(where, value, f"Member must have length less than or equal to {meta['max']}"))
 
 
 # ------------------------------------------------------------------------------- response serializing
