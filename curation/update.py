@@ -768,37 +768,8 @@ def _apply_shared(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]
 
 
 def _apply_edits(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
-    result = _copy(document)
-    series_map = result["Study"].get("Series", {})
-    for edit in edits:
-        if edit.op == "remove":
-            node = _node(result, edit)
-            del node["DICOM"][edit.key]
-            if _HEX_KEY.fullmatch(edit.key) and isinstance(node.get("DICOMVRs"), dict):
-                node["DICOMVRs"].pop(edit.key, None)
-    for edit in edits:
-        if edit.op == "set":
-            node = _node(result, edit)
-            node.setdefault("DICOM", {})[edit.key] = edit.value
-            if edit.vr is not None:
-                _set_vr(node, edit.key, edit.vr)
-    for edit in edits:
-        if edit.op == "remove_instance":
-            del series_map[edit.series]["Instances"][edit.sop]
-        elif edit.op == "remove_series":
-            del series_map[edit.series]
-    for edit in edits:
-        if edit.op == "set" and edit.level == "Instance" and edit.key == "SOPInstanceUID" and edit.value != edit.sop:
-            _rekey(series_map[edit.series]["Instances"], edit.sop, edit.value)
-    for edit in edits:
-        if (
-            edit.op == "set"
-            and edit.level == "Series"
-            and edit.key == "SeriesInstanceUID"
-            and edit.value != edit.series
-        ):
-            _rekey(series_map, edit.series, edit.value)
-    return result
+    """``edits`` applied to an independent copy: the shared-path result, deep-copied so nothing aliases."""
+    return _copy(_apply_shared(document, edits))
 
 
 def _revert(
