@@ -39,6 +39,7 @@ from botocore.exceptions import ClientError
 
 from curation.document import DocumentError, parse_document
 from curation.journal import FINAL_STATUSES, UNKNOWN_STATUSES, Journal, JournalError, read_journal
+from curation.plan import PlannedRequest, UpdatePlan
 from curation.throttle import RateLimiter, RetryPolicy, error_code, is_transient
 from curation.update import study_part
 
@@ -86,35 +87,6 @@ class LockTimeout(Exception):
 # --- plans as plain data (the journal keeps them; revert makes them) -----------------------------------
 
 
-@dataclass
-class Request:
-    """One planned UpdateImageSetMetadata call, as ``curation.plan.PlannedRequest`` (the fields apply reads)."""
-
-    image_set_id: str
-    index: int
-    params: dict[str, Any]
-    affects: list[str] = field(default_factory=list)
-    description: str = ""
-    force_reasons: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Plan:
-    """The fields of ``curation.plan.UpdatePlan`` that apply needs; what a journal stores and revert makes."""
-
-    plan_id: str
-    datastore_id: str
-    base_versions: dict[str, str]
-    requests: list[Request]
-
-    def by_image_set(self) -> dict[str, list[Request]]:
-        """The requests grouped by image set, each group in request order."""
-        return _by_image_set(self)
-
-    def __len__(self) -> int:
-        return len(self.requests)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode()
@@ -144,14 +116,14 @@ def plan_record(plan: Any) -> dict[str, Any]:
     }
 
 
-def plan_from_record(record: Mapping[str, Any]) -> Plan:
-    """The Plan a journal record (or ``plan_record`` output) holds."""
-    return Plan(
+def plan_from_record(record: Mapping[str, Any]) -> UpdatePlan:
+    """The UpdatePlan a journal record (or ``plan_record`` output) holds."""
+    return UpdatePlan(
         plan_id=record["plan_id"],
         datastore_id=record["datastore_id"],
         base_versions=dict(record["base_versions"]),
         requests=[
-            Request(
+            PlannedRequest(
                 image_set_id=r["image_set_id"],
                 index=int(r["index"]),
                 params=dict(r["params"]),
@@ -925,7 +897,7 @@ def touched_versions(records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, st
     return {k: v for k, v in before.items() if k in last}, last
 
 
-def revert_plan_from_journal(records: list[dict[str, Any]]) -> Plan:
+def revert_plan_from_journal(records: list[dict[str, Any]]) -> UpdatePlan:
     """The plan that returns every image set the journal touched to its pre-plan version."""
     header = records[0] if records and records[0].get("kind") == "plan" else None
     if header is None:
@@ -937,7 +909,7 @@ def revert_plan_from_journal(records: list[dict[str, Any]]) -> Plan:
     before = dict(sorted(before.items(), key=lambda item: order.get(item[0], len(order))))
     datastore_id = header["datastore_id"]
     requests = [
-        Request(
+        PlannedRequest(
             image_set_id=image_set_id,
             index=0,
             params={
@@ -950,7 +922,7 @@ def revert_plan_from_journal(records: list[dict[str, Any]]) -> Plan:
         for image_set_id, version in before.items()
     ]
     plan_id = content_id("revert", header["plan_id"], datastore_id, last, before)
-    return Plan(plan_id=plan_id, datastore_id=datastore_id, base_versions=dict(last), requests=requests)
+    return UpdatePlan(plan_id=plan_id, datastore_id=datastore_id, base_versions=dict(last), requests=requests)
 
 
 def revert(
@@ -1030,12 +1002,9 @@ def _last_states(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], 
 def load_plan(path: str | os.PathLike[str]) -> Any:
     """A plan saved by ``UpdatePlan.save`` (or ``plan_record`` output saved as JSON)."""
     text = Path(path).read_text()
-    try:
-        from curation.plan import UpdatePlan  # type: ignore[import-not-found]
-
+    if json.loads(text).get("format") is not None:  # UpdatePlan.save writes its format; plan_record does not
         return UpdatePlan.from_json(text)
-    except Exception:
-        return plan_from_record(json.loads(text))
+    return plan_from_record(json.loads(text))
 
 
 def make_client(*, endpoint_url: str | None = None, profile: str | None = None, region: str | None = None) -> Any:
@@ -1152,9 +1121,7 @@ def main_apply(args: Any) -> int:
 __all__ = [
     "FINAL_STATUSES",
     "JournalError",
-    "Plan",
     "PollPolicy",
-    "Request",
     "apply",
     "apply_plan_file",
     "main_apply",
