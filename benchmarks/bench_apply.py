@@ -2,8 +2,8 @@
 
 The datastore holds ``1000 * scale`` copies of the one-instance reference CT (each its own study). The
 ChangeSet comes from a pandas edit of the fetched Snapshot: two Study-level attributes of every image set
-and an instance-level one (three changes per image set), planned with ``curation.plan.plan`` and applied
-with ``curation.apply`` at 50 UpdateImageSetMetadata per second (burst 1), journaled, against the embedded
+and an instance-level one (three changes per image set), planned with ``curation.curate.planner.plan`` and applied
+with ``curation.run.applying`` at 50 UpdateImageSetMetadata per second (burst 1), journaled, against the embedded
 service in this process (no quotas, no latency; GetImageSet polling limited to 100 per second, as an
 account whose update quota was raised to 50/s would have). The achieved rate is the number of updates over
 the wall time of the whole apply call (journal fsyncs and LOCKED polling included), against the limit.
@@ -28,12 +28,12 @@ RATE = 50.0
 def run(scale: float) -> Iterable[Measurement]:
     """Achieved update rate against the limit, and requests sent against the fewest possible."""
     import curation.local
-    from curation.apply import PollPolicy, apply
-    from curation.diff import diff
-    from curation.document import read_document
-    from curation.fetch import fetch
+    from curation.curate.differ import diff
+    from curation.curate.planner import plan
     from curation.local.store import Store
-    from curation.plan import plan
+    from curation.model.document import read_document
+    from curation.run.applying import PollPolicy, apply
+    from curation.run.fetching import fetch
 
     count = max(20, round(FULL_SIZE * scale))
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as directory:

@@ -63,7 +63,7 @@ def _value(vr: str, vm: str, number: int, variant: int) -> Any:
 
 
 def _spec() -> list[tuple[str, str, str]]:
-    from curation.values import vr_vm_of
+    from curation.model.values import vr_vm_of
 
     out = []
     for keyword in KEYWORDS[:60]:
@@ -118,11 +118,11 @@ def edit(frame: Any, fraction: float, seed: int = 5) -> Any:
 
 
 def run(scale: float) -> Iterable[Measurement]:
-    from curation.diff import diff
-    from curation.snapshot import Snapshot
+    from curation.curate.differ import diff
+    from curation.frames.snapshot import Snapshot
 
     try:
-        from curation.plan import plan
+        from curation.curate.planner import plan
     except ImportError:  # pragma: no cover - plan.py is another helper's module
         plan = None
     instances = max(PER_IMAGE_SET, int(FULL_INSTANCES * scale))

@@ -2,7 +2,7 @@
 
 The datastore holds ``500 * scale`` copies of the one-instance reference CT under new UIDs. The baseline is
 what a notebook user writes today: a loop of ``get_image_set_metadata`` over known IDs, reading and parsing
-each blob. Ours is ``curation.fetch.fetch_documents`` (fetch without flattening, which the flatten
+each blob. Ours is ``curation.run.fetching.fetch_documents`` (fetch without flattening, which the flatten
 benchmark measures), including its SearchImageSets paging, once with the defaults (8 workers under AHI's
 50/s GetImageSetMetadata quota, which caps it whatever the latency) and once unthrottled with 32 workers,
 as with a raised quota. The service runs as ``ahi-curation serve`` in a child process, as AWS is not in
@@ -91,7 +91,7 @@ def _client(endpoint: str, pool: int) -> Any:
 
 
 def _sequential(client: Any, datastore_id: str, image_set_ids: list[str]) -> float:
-    from curation.document import parse_document
+    from curation.model.document import parse_document
 
     start = time.perf_counter()
     for image_set_id in image_set_ids:
@@ -102,9 +102,9 @@ def _sequential(client: Any, datastore_id: str, image_set_ids: list[str]) -> flo
 
 def run(scale: float) -> Iterable[Measurement]:
     """Throughput (image sets per second) of fetch against the sequential loop, same store, same run."""
-    from curation.document import read_document
-    from curation.fetch import fetch_documents
     from curation.local.store import Store
+    from curation.model.document import read_document
+    from curation.run.fetching import fetch_documents
 
     count = max(20, round(FULL_SIZE * scale))
     with tempfile.TemporaryDirectory(prefix="bench-fetch-") as directory:

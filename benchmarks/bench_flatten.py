@@ -33,7 +33,7 @@ import orjson
 import pandas as pd
 
 from benchmarks import Measurement, best_of
-from curation.flatten import flatten_many, wide_view
+from curation.frames.flattening import flatten_many, wide_view
 
 REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
 INSTANCES_PER_SET = 500

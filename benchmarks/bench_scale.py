@@ -32,7 +32,7 @@ FULL_PARTITION = 200
 
 def generated(count: int, offset: int) -> Iterator[dict[str, Any]]:
     """``count`` image sets of ``INSTANCES_PER_SET`` instances each, from the reference CT, with new UIDs."""
-    from curation.document import read_document
+    from curation.model.document import read_document
 
     base = read_document(str(REFERENCE))
     base.pop("ImageSetID", None)
@@ -75,7 +75,7 @@ def _child(kind: str, endpoint: str, datastore_id: str, directory: str, partitio
             seconds = time.perf_counter() - start
             image_sets = len(snapshot)
     else:
-        from curation.fetch import fetch
+        from curation.run.fetching import fetch
         from curation.scale import ClientFactory
 
         client = ClientFactory.local(endpoint)()
@@ -126,7 +126,7 @@ def run(scale: float) -> Iterable[Measurement]:
         ours, base = results[count]["scale"], results[count]["memory"]
         label = f"{count} image sets / {count * INSTANCES_PER_SET} instances"
         yield Measurement(f"scale fetch_to_parquet wall time, {label}", ours["seconds"], base["seconds"], "s",
-                          note=f"2 worker processes, partitions of {partition_size}; baseline: curation.fetch + "
+                          note=f"2 worker processes, partitions of {partition_size}; baseline: curation.run.fetching + "
                           "flatten, in one process")
         yield Measurement(f"scale driver peak RSS, {label}", ours["peak_mb"], base["peak_mb"], "MB",
                           note="ru_maxrss of the driver process (workers excluded) vs the in-memory process")

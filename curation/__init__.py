@@ -1,24 +1,29 @@
 """ahi-curation: curate DICOM metadata in AWS HealthImaging with pandas.
 
-The workflow: ``fetch`` image-set metadata into a Snapshot of DataFrames, edit them with pandas,
-``diff`` the edits into a ChangeSet, ``plan`` the UpdateImageSetMetadata requests, ``apply`` them (journaled),
-``verify`` the result and ``revert`` it. ``curation.local`` is the embedded HealthImaging service.
+The workflow, one subpackage per stage:
 
-The public functions share their names with the modules that define them (``curation.fetch`` is the
-function); import a module's other names with ``from curation.<module> import ...``.
+- ``curation.model``: the AHI metadata document and AHI's rules (levels, VRs, values, what an update does);
+- ``curation.frames``: documents <-> DataFrames (``flatten``, ``Snapshot``, typed views);
+- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``);
+- ``curation.run``: everything that holds a client (``fetch``, ``apply``, ``verify``, ``revert``, ``history``);
+- ``curation.local``: the embedded HealthImaging service (``Store``, ``client``, ``serving``);
+- ``curation.ui``: the notebook panel and plots; ``curation.scale``: the same workflow on Dask.
+
+The names below are the public API; each is defined in the module its docstring names.
 """
 
-from curation.apply import apply, revert, verify
-from curation.changes import ChangeSet
-from curation.diff import DiffError, diff, diff_documents
-from curation.document import DocumentError, encode_document, parse_document, read_document
-from curation.fetch import fetch
-from curation.flatten import NULL, flatten, flatten_many, unflatten
-from curation.history import history
-from curation.plan import PlanError, UpdatePlan, plan, revert_plan
-from curation.snapshot import Snapshot
-from curation.update import apply_to_document
-from curation.views import explode, typed
+from curation.curate.changeset import ChangeSet
+from curation.curate.differ import DiffError, diff, diff_documents
+from curation.curate.planner import plan, revert_plan
+from curation.curate.updateplan import PlanError, UpdatePlan
+from curation.frames.flattening import NULL, flatten, flatten_many, unflatten
+from curation.frames.snapshot import Snapshot
+from curation.frames.views import explode, typed
+from curation.model.document import DocumentError, encode_document, parse_document, read_document
+from curation.model.updates import apply_to_document
+from curation.run.applying import apply, revert, verify
+from curation.run.fetching import fetch
+from curation.run.history import history, version_diff
 
 __all__ = [
     "NULL",
@@ -46,5 +51,6 @@ __all__ = [
     "typed",
     "unflatten",
     "verify",
+    "version_diff",
 ]
 __version__ = "0.1.0"

@@ -33,8 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from curation.errors import AHIError
     from curation.local.store import Store
+    from curation.model.errors import AHIError
 
     store = Store(args.store)
     try:
@@ -64,7 +64,7 @@ def _aws_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from curation.apply import apply_plan_file
+    from curation.run.applying import apply_plan_file
 
     return apply_plan_file(
         args.plan,
@@ -81,7 +81,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 
 def _revert(args: argparse.Namespace) -> int:
-    from curation.apply import revert_journal_file
+    from curation.run.applying import revert_journal_file
 
     return revert_journal_file(
         args.journal,

@@ -50,7 +50,7 @@ def demo_files() -> list[str]:
 def correct_studies(snapshot: Any) -> pd.DataFrame:
     """The curator's pandas edit: normalized StudyDescription (upper case, one space, from the modality when
     missing) and placeholder accession numbers where they are empty."""
-    from curation.flatten import is_null
+    from curation.frames.flattening import is_null
 
     studies = snapshot.studies
     modality = snapshot.series.groupby(level="ImageSetID")["Modality"].first().reindex(studies.index)
@@ -76,12 +76,12 @@ def run_demo(store_path: str | os.PathLike[str] | None = None) -> int:
 
 def _run(store_dir: Path) -> int:
     import curation.local
-    from curation.apply import apply, revert, verify
-    from curation.diff import diff
-    from curation.fetch import fetch
-    from curation.history import history, version_diff
+    from curation.curate.differ import diff
+    from curation.curate.planner import plan
     from curation.local.store import Store
-    from curation.plan import plan
+    from curation.run.applying import apply, revert, verify
+    from curation.run.fetching import fetch
+    from curation.run.history import history, version_diff
 
     store = Store(store_dir, lock_seconds=0.05)
     _section("1. Import DICOM files shipped with pydicom into an embedded datastore")
@@ -152,7 +152,7 @@ def _run(store_dir: Path) -> int:
 
 def _restored(client: Any, datastore_id: str, base_versions: dict[str, str]) -> int:
     """How many image sets' latest documents equal their documents at the base version."""
-    from curation.history import version_document
+    from curation.run.history import version_document
 
     count = 0
     for image_set_id, base in base_versions.items():

@@ -23,12 +23,12 @@ Needs the optional ``scale`` extra (``pip install 'ahi-curation[scale]'``: dask[
   rather than ``read_parquet``: partitions hold different columns (a column can even be JSON text in one and
   ``Int64`` in another), and each read conforms its partition to the snapshot-wide schema of the manifest.
   ``save_frames`` writes edited frames back the same way (lossless), for ``diff`` or a later session.
-- ``diff(snapshot, edited)`` and ``plan(changes)``: the in-memory ``curation.diff.diff`` and
-  ``curation.plan.plan``, run per partition on a Snapshot of that partition's documents, against the edited
+- ``diff(snapshot, edited)`` and ``plan(changes)``: the in-memory ``curation.curate.differ.diff`` and
+  ``curation.curate.planner.plan``, run per partition on a Snapshot of that partition's documents, against the edited
   partition holding the same image sets. Edits that keep the partitioning (filters, ``assign``, ``where``,
   ``map_partitions``) are aligned by construction; a repartitioned frame is refused. The changes and
   requests are those of the in-memory path, in the same order; problem rows are the same, listed partition
-  by partition. Applying stays one rate-limited, journaled stream: ``curation.apply.apply(plan, client,
+  by partition. Applying stays one rate-limited, journaled stream: ``curation.run.applying.apply(plan, client,
   journal)`` on the plan ``plan`` returns (AHI's update quota is per account, 0.25/s: nothing to gain from
   spreading it over workers).
 - ``sql(path, query)``: DuckDB over the Parquet files, with views ``studies``, ``series``, ``instances`` and
@@ -53,9 +53,8 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from curation.changes import ChangeSet, empty_changes, empty_problems
-from curation.fetch import CONTROL_QUOTA, DEFAULT_RETRIES, GET_METADATA_QUOTA, fetch_documents, iter_search_pages
-from curation.flatten import (
+from curation.curate.changeset import ChangeSet, empty_changes, empty_problems
+from curation.frames.flattening import (
     FRAME_INDEX,
     INSTANCE_INDEX,
     SERIES_INDEX,
@@ -63,11 +62,12 @@ from curation.flatten import (
     build_index,
     flatten_many,
 )
-from curation.snapshot import FRAME_NAMES, Snapshot, decode_cell, read_frame, write_frame
-from curation.throttle import RateLimiter, RetryPolicy
+from curation.frames.snapshot import FRAME_NAMES, Snapshot, decode_cell, read_frame, write_frame
+from curation.run.fetching import CONTROL_QUOTA, DEFAULT_RETRIES, GET_METADATA_QUOTA, fetch_documents, iter_search_pages
+from curation.run.retries import RateLimiter, RetryPolicy
 
 if TYPE_CHECKING:
-    from curation.plan import UpdatePlan
+    from curation.curate.updateplan import UpdatePlan
 
 __all__ = ["ClientFactory", "ScaleSnapshot", "diff", "fetch_to_parquet", "open_snapshot", "plan", "save_frames",
            "sql", "to_flat", "to_pandas"]
@@ -359,7 +359,7 @@ def fetch_to_parquet(
     - ``rate``/``burst``: the global GetImageSetMetadata limit, shared equally by the partitions that can run
       at once (the cluster's threads); each partition fetches with ``max_workers`` threads.
 
-    Image sets that fail are listed in ``failures`` (as ``curation.fetch.fetch``). Returns the snapshot handle.
+    Image sets that fail are listed in ``failures`` (as ``curation.run.fetching.fetch``). Returns the snapshot handle.
     """
     _dask()
     from distributed import Client, LocalCluster, as_completed
@@ -694,8 +694,8 @@ def _split(frame: pd.DataFrame, snapshot: ScaleSnapshot) -> list[pd.DataFrame]:
 
 def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.DataFrame]],
                     vrs: Mapping[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """On a worker: ``curation.diff.diff`` of one partition's edited frames against its documents."""
-    from curation.diff import diff as diff_frames
+    """On a worker: ``curation.curate.differ.diff`` of one partition's edited frames against its documents."""
+    from curation.curate.differ import diff as diff_frames
 
     snapshot = _opened(path)
     part = snapshot.partitions[number]
@@ -736,13 +736,13 @@ def diff(
     strict: bool = False,
     client: Any = None,
 ) -> ChangeSet:
-    """``curation.diff.diff`` on a scale snapshot, partition by partition (see the module docstring).
+    """``curation.curate.differ.diff`` on a scale snapshot, partition by partition (see the module docstring).
 
     - ``snapshot``: the scale snapshot's path, its ``ScaleSnapshot`` or ``open_snapshot``'s result.
     - ``edited``: Dask DataFrames from ``open_snapshot`` after edits (a dict names their levels; otherwise
       they are recognised by their columns), the path ``save_frames`` wrote them to, or pandas frames
       (Snapshot shape or Dask layout; e.g. from ``sql``): a pandas frame counts as the whole frame of its
-      level, exactly as in ``curation.diff``.
+      level, exactly as in ``curation.curate.differ``.
     - ``client``: a ``dask.distributed.Client`` (default: Dask's current scheduler).
 
     The ChangeSet's ``snapshot`` is the ``ScaleSnapshot``: give the ChangeSet to ``curation.scale.plan``.
@@ -751,7 +751,7 @@ def diff(
     import dask
     import dask.dataframe as dd
 
-    from curation.diff import DiffError, check_vrs
+    from curation.curate.differ import DiffError, check_vrs
 
     scale = _as_scale(snapshot)
     checked = check_vrs(vrs)
@@ -784,8 +784,8 @@ def diff(
 
 def _plan_partition(path: str, number: int, changes: pd.DataFrame, problems: pd.DataFrame,
                     vrs: Mapping[str, str], options: Mapping[str, Any]) -> UpdatePlan:
-    """On a worker: ``curation.plan.plan`` of one partition's changes against its documents."""
-    from curation.plan import plan as plan_changes
+    """On a worker: ``curation.curate.planner.plan`` of one partition's changes against its documents."""
+    from curation.curate.planner import plan as plan_changes
 
     snapshot = _opened(path)
     local = _partition_snapshot(path, snapshot.datastore_id, snapshot.partitions[number])
@@ -800,14 +800,14 @@ def plan(
     allow_problems: bool = False,
     client: Any = None,
 ) -> UpdatePlan:
-    """``curation.plan.plan`` of a ChangeSet from ``curation.scale.diff``, partition by partition.
+    """``curation.curate.planner.plan`` of a ChangeSet from ``curation.scale.diff``, partition by partition.
 
     Same arguments and result as the in-memory ``plan`` (a study is never split across partitions, so
-    ``include_study_image_sets`` folds as it does in memory). Apply the plan with ``curation.apply.apply``:
+    ``include_study_image_sets`` folds as it does in memory). Apply the plan with ``curation.run.applying.apply``:
     one rate-limited, journaled stream.
     """
     dask = _dask()
-    from curation.plan import PlanError, UpdatePlan
+    from curation.curate.updateplan import PlanError, UpdatePlan
 
     scale = _as_scale(changes.snapshot)
     count = len(scale.partitions)
@@ -884,7 +884,7 @@ def sql(path: str | os.PathLike, query: str) -> pd.DataFrame:
     text with ``Modality->>'$' = 'CT'``, items with ``ImageType->>'$[0]'``). In the result, JSON columns are
     decoded as ``Snapshot`` cells (JSON null -> ``NULL``, SQL NULL -> absent), and when the result holds
     ``ImageSetID`` (and the other index levels of its level) they become the index, so that ``SELECT *``
-    from a view gives the Snapshot's frame shape (for ``curation.diff``: remember that instance rows left out
+    from a view gives the Snapshot's frame shape (for ``curation.curate.differ``: remember that instance rows left out
     of an edited ``instances`` frame mean "remove").
     """
     duckdb = _duckdb()

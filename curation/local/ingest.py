@@ -1,7 +1,7 @@
 """DICOM P10 files -> the pieces of an AHI metadata document, as HealthImaging's import writes them.
 
 One instance is read with pydicom into an :class:`InstanceRecord`: its Patient, Study and Series level
-attributes (placed by :func:`curation.levels.level_of`), its instance node (``DICOM``, ``DICOMVRs``,
+attributes (placed by :func:`curation.model.levels.level_of`), its instance node (``DICOM``, ``DICOMVRs``,
 ``StoredTransferSyntaxUID``, ``ChecksumType``, ``ImageFrames``) and its stored frame bytes. Records become a
 document with :func:`build_document` or join an existing one with :func:`merge_records`.
 
@@ -38,8 +38,8 @@ from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
-from curation.document import SCHEMA_VERSION, read_document
-from curation.levels import level_of
+from curation.model.document import SCHEMA_VERSION, read_document
+from curation.model.levels import level_of
 
 BINARY_VRS = frozenset({"OB", "OW", "OB or OW", "OW or OB", "UN", "OF", "OD", "OL", "OV"})
 NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "US or SS", "US or OW", "US or SS or OW"})

@@ -44,7 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from curation.local import make_service
+from curation.local.inprocess import make_service
 from curation.local.service import Service
 from curation.local.wire import handle_http
 

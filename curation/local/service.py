@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from curation.errors import AHIError
+from curation.model.errors import AHIError
 
 Quotas = Literal["none", "ahi"]
 

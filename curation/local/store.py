@@ -51,10 +51,10 @@ from typing import Any, ClassVar
 
 import orjson
 
-from curation.document import DocumentError, check_document, encode_document, iter_instances, parse_document
-from curation.errors import AHIError
 from curation.local.validate import to_datetime, validate
-from curation.update import study_part
+from curation.model.document import DocumentError, check_document, encode_document, iter_instances, parse_document
+from curation.model.errors import AHIError
+from curation.model.updates import study_part
 
 STALE_VERSION = "Requested version(s) of ImageSet(s) is not the latest."
 NOT_CONSISTENT = "Requested ImageSet metadata is not consistent yet. Please retry after a few seconds."
@@ -772,7 +772,7 @@ class Store:
         history: Callable[[str], dict[str, Any]],
         is_primary: bool,
     ) -> dict[str, Any]:
-        from curation.update import apply_to_document
+        from curation.model.updates import apply_to_document
 
         kwargs: dict[str, Any] = {"history": history}
         if "is_primary" in inspect.signature(apply_to_document).parameters:

@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.model import OperationModel, ServiceModel, Shape
 
-from curation.errors import AHIError
+from curation.model.errors import AHIError
 
 
 @cache

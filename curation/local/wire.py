@@ -3,7 +3,7 @@
 The reverse of botocore's rest-json serializer and parser: :func:`parse_request` turns an HTTP request
 (method, path, query string, headers, body) into ``(operation_name, params)`` with botocore's member names,
 :func:`serialize_response` turns an operation's output dict into ``(status, headers, body)``, and
-:func:`serialize_error` renders an :class:`~curation.errors.AHIError` as AWS rest-json errors look
+:func:`serialize_error` renders an :class:`~curation.model.errors.AHIError` as AWS rest-json errors look
 (``x-amzn-ErrorType`` header and ``{"message": ...}`` body), so botocore raises a ``ClientError`` whose
 ``Error.Code`` and ``Error.Message`` are AHI's. Both transports (in-process and HTTP) go through
 :func:`handle_http`, so they share every line of this module.
@@ -35,8 +35,8 @@ import orjson
 from botocore.model import OperationModel, ServiceModel, Shape
 from botocore.utils import parse_timestamp
 
-from curation.errors import AHIError
 from curation.local.validate import bad_value, validate, validation_error
+from curation.model.errors import AHIError
 
 SERVICE_NAME = "medical-imaging"
 

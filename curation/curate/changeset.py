@@ -1,0 +1,184 @@
+"""ChangeSet: the tidy table of what a curator's edits change, one row per change, between diff and plan.
+
+A ChangeSet is plain data: a DataFrame with the columns of ``CHANGE_COLUMNS`` (one row per change), the
+problems found while validating them, and the VRs the user gave for new private tags. ``diff`` makes one,
+``plan`` turns it into requests, notebooks display it.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pandas as pd
+
+from curation.model.rules import change_force_reasons
+
+#: The columns of ``ChangeSet.changes``, in display order.
+CHANGE_COLUMNS = (
+    "ImageSetID",  # the image set the change is sent to
+    "level",  # "Patient" | "Study" | "Series" | "Instance": where the attribute lives in the document
+    "SeriesInstanceUID",  # the series addressed (its UID before any change); None above Series level
+    "SOPInstanceUID",  # the instance addressed (its UID before any change); None above Instance level
+    "attribute",  # keyword or 8-hex tag; None for remove_instance / remove_series
+    "VR",  # the attribute's VR (pydicom's dictionary, DICOMVRs, or the user's vrs=); None for removals of nodes
+    "old",  # the current value exactly as AHI encodes it (NULL for present-and-null); None when absent
+    "new",  # the value to send, coerced to AHI's encoding (NULL to make it empty); None for removals
+    "op",  # one of OPERATIONS
+    "row",  # the edited frame's index label the change came from (for messages); None when not from a row
+    "column",  # the edited frame's column the change came from
+)
+
+OPERATIONS = ("add", "update", "remove", "remove_instance", "remove_series")
+
+#: The columns of ``ChangeSet.problems``: what is wrong, where, and whether planning must stop for it.
+PROBLEM_COLUMNS = ("ImageSetID", "row", "column", "attribute", "reason")
+
+
+def empty_changes() -> pd.DataFrame:
+    """A ChangeSet table with no rows and every column (object dtype, values kept as they are)."""
+    return pd.DataFrame({name: pd.Series([], dtype=object) for name in CHANGE_COLUMNS})
+
+
+def empty_problems() -> pd.DataFrame:
+    """A problems table with no rows."""
+    return pd.DataFrame({name: pd.Series([], dtype=object) for name in PROBLEM_COLUMNS})
+
+
+@dataclass
+class ChangeSet:
+    """What the edits change (``changes``), what is wrong with them (``problems``), and their context.
+
+    ``snapshot`` is the Snapshot the edits were made on: plan reads the current documents, version IDs and
+    primary flags from it. ``vrs`` maps new private tags to the VR the user gave.
+    """
+
+    changes: pd.DataFrame = field(default_factory=empty_changes)
+    problems: pd.DataFrame = field(default_factory=empty_problems)
+    snapshot: Any = None
+    vrs: dict[str, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem stops planning."""
+        return self.problems.empty
+
+    @property
+    def image_set_ids(self) -> list[str]:
+        """The image sets this ChangeSet touches, in first-seen order."""
+        return list(dict.fromkeys(self.changes["ImageSetID"]))
+
+    # --- display (added with diff) ------------------------------------------------------------------------
+
+    def force_reasons(self) -> pd.Series:
+        """Per change, why it needs ``force`` (a list of reasons; empty when it does not): information only."""
+        reasons = [
+            change_force_reasons(attribute, vr, op)
+            for attribute, vr, op in zip(self.changes["attribute"], self.changes["VR"], self.changes["op"],
+                                         strict=True)
+        ]
+        return pd.Series(reasons, index=self.changes.index, dtype=object, name="force_reasons")
+
+    def summary(self) -> pd.DataFrame:
+        """Number of changes per image set and operation (one row per image set, one column per operation)."""
+        if self.changes.empty:
+            return pd.DataFrame(columns=list(OPERATIONS), index=pd.Index([], name="ImageSetID"), dtype="int64")
+        counts = self.changes.groupby(["ImageSetID", "op"], sort=False).size().unstack(fill_value=0)
+        return counts.reindex(columns=list(OPERATIONS), fill_value=0).astype("int64")
+
+    def by_image_set(self) -> dict[str, pd.DataFrame]:
+        """The changes split per image set (first-seen order)."""
+        return {image_set: group for image_set, group in self.changes.groupby("ImageSetID", sort=False)}
+
+    def __repr__(self) -> str:
+        ops = self.changes["op"].value_counts()
+        parts = ", ".join(f"{int(ops[op])} {op}" for op in OPERATIONS if op in ops.index)
+        sets = len(self.image_set_ids)
+        text = f"ChangeSet({len(self.changes)} change(s) in {sets} image set(s)"
+        text += f": {parts}" if parts else ""
+        problems = len(self.problems)
+        return text + (f"; {problems} problem(s))" if problems else "; no problems)")
+
+    def _repr_html_(self, max_rows: int = 200) -> str:
+        """Problems first (row, column, reason), then old -> new per attribute, grouped by image set."""
+        esc = html.escape
+        out = [f"<div class='ahi-changeset'><p><b>{esc(repr(self))}</b></p>"]
+        if not self.problems.empty:
+            out.append("<table style='border-collapse:collapse'><tr style='background:#fdd'>"
+                       "<th>problem: image set</th><th>row</th><th>column</th><th>reason</th></tr>")
+            for p in self.problems.head(max_rows).to_dict("records"):
+                out.append("<tr style='background:#fee'>" + "".join(
+                    f"<td>{esc(_cell_text(p[name], 120))}</td>" for name in ("ImageSetID", "row", "column"))
+                    + f"<td>{esc(str(p['reason']))}</td></tr>")
+            if len(self.problems) > max_rows:
+                out.append(f"<tr><td colspan=4>... {len(self.problems) - max_rows} more problem(s)</td></tr>")
+            out.append("</table>")
+        shown = 0
+        forced = self.force_reasons() if not self.changes.empty else pd.Series([], dtype=object)
+        for image_set, group in self.by_image_set().items():
+            if shown >= max_rows:
+                out.append(f"<p>... {len(self.changes) - shown} more change(s)</p>")
+                break
+            out.append(f"<h4>image set {esc(str(image_set))} ({len(group)} change(s))</h4>"
+                       "<table><tr><th>op</th><th>level</th><th>series / instance</th><th>attribute</th>"
+                       "<th>VR</th><th>old</th><th></th><th>new</th><th>force</th></tr>")
+            head = group.head(max_rows - shown)
+            for position, change in zip(head.index, head.to_dict("records"), strict=True):
+                shown += 1
+                op = str(change["op"])
+                color = _OP_COLORS.get(op, "#eee")
+                where = "/".join(_tail(change[k]) for k in ("SeriesInstanceUID", "SOPInstanceUID")
+                                 if change[k] is not None)
+                reasons = forced.get(position) or []
+                out.append(
+                    f"<tr><td style='background:{color}'>{esc(op)}</td><td>{esc(str(change['level']))}</td>"
+                    f"<td title='{esc(where)}'>{esc(where[-40:])}</td><td>{esc(_cell_text(change['attribute']))}</td>"
+                    f"<td>{esc(_cell_text(change['VR']))}</td><td>{_value_html(change['old'], op == 'add')}</td>"
+                    f"<td>&rarr;</td><td>{_value_html(change['new'], op.startswith('remove'))}</td>"
+                    f"<td title='{esc('; '.join(reasons))}'>{'force' if reasons else ''}</td></tr>"
+                )
+            out.append("</table>")
+        out.append("</div>")
+        return "".join(out)
+
+
+_OP_COLORS = {
+    "add": "#dfd",
+    "update": "#def",
+    "remove": "#fed",
+    "remove_instance": "#fcc",
+    "remove_series": "#f99",
+}
+
+
+def _tail(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else "…" + text[-23:]
+
+
+def _value_html(value: Any, absent: bool) -> str:
+    """An old/new value for the HTML table: escaped text, or an italic marker for "absent"/"removed"."""
+    if absent:
+        return "<i>absent</i>"
+    return html.escape(_cell_text(value))
+
+
+def _cell_text(value: Any, limit: int = 80) -> str:
+    """A short readable text of a cell value (NULL, absent and JSON values)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if type(value).__name__ == "_Null":
+        return "NULL"
+    if isinstance(value, list | dict):
+        try:
+            text = orjson.dumps(value).decode()
+        except TypeError:
+            text = repr(value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

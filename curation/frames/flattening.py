@@ -1,0 +1,839 @@
+"""AHI metadata documents <-> level DataFrames, losslessly (``unflatten(flatten(doc)) == [doc]``).
+
+Frames (``Flattened``):
+
+- ``studies``: one row per image set, index ``ImageSetID``; the Patient and Study ``DICOM`` attributes.
+- ``series``: index (``ImageSetID``, ``SeriesInstanceUID``); the series ``DICOM`` attributes.
+- ``instances``: index (``ImageSetID``, ``SeriesInstanceUID``, ``SOPInstanceUID``); the instance ``DICOM``
+  attributes and the instance node's other keys (see below).
+- ``frames``: one row per image frame, index = the instance's + ``frame`` (1-based, the DICOM frame number);
+  columns ``ID``, ``FrameSizeInBytes``, ``MinPixelValue``, ``MaxPixelValue``, the full-resolution ``Width``,
+  ``Height``, ``Checksum`` (last pyramid level, for convenience) and the whole
+  ``PixelDataChecksumFromBaseToFullResolution`` list (the lossless source).
+
+Cells hold the values exactly as AHI encodes them: strings with their padding, arrays as lists, sequences as
+lists of dicts, numbers as ``int``/``float``. A present attribute whose value is JSON ``null`` holds the
+sentinel ``NULL``; an absent attribute is missing (``None``, which ``isna`` reports). Attribute columns are
+``object`` dtype so that any edit works (``= "CHEST"``, ``= NULL``, ``= None`` to remove); in ``frames`` a
+column of integers is ``Int64`` and a column of strings ``str`` (AHI-generated, not editable).
+
+Column names (never collide with a DICOM key, which never starts with ``@``):
+
+- ``Keyword`` / ``7FDF1001``: a DICOM attribute at the frame's level. In ``studies`` the level of a plain
+  column is where the batch first puts it (Patient before Study); ``Flattened.levels`` records it.
+- ``@Key``: a non-DICOM key of the frame's node (instances: ``@StoredTransferSyntaxUID``, ``@ChecksumType``,
+  ``@DICOMVRs``, any unknown key; series: unknown series-node keys; studies: the document's top-level keys
+  such as ``@SchemaVersion``, ``@DatastoreID``). ``@ImageFrames`` in ``instances`` is the number of frames
+  (their rows are in ``frames``), missing when the instance node has no ``ImageFrames``. In ``frames``, an
+  unknown frame key ``K`` is ``@K``.
+- ``@Level:Name``: column ``Name`` placed at ``Level`` where its plain column is at another level: an
+  attribute both at Patient and at Study level (``@Study:PatientName``), Patient/Study node keys
+  (``@Patient:@Key``), and lower-level duplicates in the wide view (``@Instance:Modality``).
+
+Documents whose DICOM keys start with ``@`` or whose node keys contain ``:`` cannot be represented and are
+refused (AHI never writes such keys).
+
+Round trip: ``unflatten(flatten(doc)) == [doc]`` (``unflatten`` always returns a list, one document per
+``studies`` row); equal as JSON (an int stays an int, a float a float), key order within an object may
+differ. ``flatten`` never modifies its input; by default (``copy=True``) no list/dict cell is shared with it.
+Bad input raises ``FlattenError`` (a ``DocumentError`` naming the image set); ``flatten_many`` lists it in
+``failures`` instead and returns the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain, islice, repeat
+from operator import is_
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from curation.frames.gcpause import gc_paused
+from curation.model.dictionary import VALID_VRS
+from curation.model.document import DocumentError
+from curation.model.missing import NULL, is_absent
+
+__all__ = [
+    "NULL",
+    "FlattenError",
+    "Flattened",
+    "flatten",
+    "flatten_many",
+    "is_null",
+    "unflatten",
+    "wide_view",
+]
+
+
+STUDY_INDEX = ("ImageSetID",)
+SERIES_INDEX = ("ImageSetID", "SeriesInstanceUID")
+INSTANCE_INDEX = ("ImageSetID", "SeriesInstanceUID", "SOPInstanceUID")
+FRAME_INDEX = ("ImageSetID", "SeriesInstanceUID", "SOPInstanceUID", "frame")
+PYRAMID = "PixelDataChecksumFromBaseToFullResolution"
+FRAME_KEYS = ("ID", PYRAMID, "MinPixelValue", "MaxPixelValue", "FrameSizeInBytes")
+FRAME_COLUMNS = ("ID", "FrameSizeInBytes", "MinPixelValue", "MaxPixelValue", "Width", "Height", "Checksum", PYRAMID)
+DERIVED_FRAME_COLUMNS = ("Width", "Height", "Checksum")
+QUALIFIER_LEVELS = ("Patient", "Study", "Series", "Instance")
+_ROOT_STRUCTURE = ("ImageSetID", "Patient", "Study")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+class FlattenError(DocumentError):
+    """A document that cannot be flattened; ``image_set_id`` names it (None when it has no ID)."""
+
+    def __init__(self, image_set_id: str | None, message: str) -> None:
+        super().__init__(f"image set {image_set_id}: {message}")
+        self.image_set_id = image_set_id
+        self.reason = message
+
+
+@dataclass
+class Flattened:
+    """The level frames of a batch of documents, plus what ``unflatten`` needs to rebuild them."""
+
+    studies: pd.DataFrame
+    series: pd.DataFrame
+    instances: pd.DataFrame
+    frames: pd.DataFrame
+    #: level ("Patient" or "Study") of each plain attribute column of ``studies``
+    levels: dict[str, str] = field(default_factory=dict)
+    #: documents that could not be flattened: ImageSetID, stage ("flatten"), error
+    failures: pd.DataFrame = field(default_factory=lambda: failures_frame([]))
+
+    def __repr__(self) -> str:
+        return (
+            f"Flattened(studies={len(self.studies)}, series={len(self.series)}, "
+            f"instances={len(self.instances)}, frames={len(self.frames)}, failures={len(self.failures)})"
+        )
+
+
+def failures_frame(rows: Iterable[tuple[str | None, str, str]]) -> pd.DataFrame:
+    """A failures table (ImageSetID, stage, error) from tuples."""
+    rows = list(rows)
+    if not rows and _NO_FAILURES is not None:
+        return _NO_FAILURES.copy()
+    return pd.DataFrame(
+        {
+            "ImageSetID": pd.Series([r[0] for r in rows], dtype=object),
+            "stage": pd.Series([r[1] for r in rows], dtype=object),
+            "error": pd.Series([r[2] for r in rows], dtype=object),
+        }
+    )
+
+
+_NO_FAILURES: pd.DataFrame | None = None
+_NO_FAILURES = failures_frame([])
+
+
+def is_null(values: pd.Series | pd.DataFrame) -> pd.Series | pd.DataFrame:
+    """Boolean mask of cells that hold ``NULL`` (present with a null value); ``isna`` finds absent ones."""
+    return values.map(lambda v: v is NULL)
+
+
+# --- values ------------------------------------------------------------------------------------------------
+
+
+def copy_value(value: Any) -> Any:
+    """A copy of a JSON value that shares no list or dict with the original."""
+    t = type(value)
+    if t is list:
+        types = set(map(type, value))
+        if list in types or dict in types:
+            return [copy_value(x) for x in value]
+        return value.copy()
+    if t is dict:
+        types = set(map(type, value.values()))
+        if list in types or dict in types:
+            return {k: copy_value(x) for k, x in value.items()}
+        return value.copy()
+    return value
+
+
+def _copy_many(values: list) -> list:
+    """Copies of many JSON values at once: C-level ``list.copy``/``dict.copy`` when they hold no containers
+    (or a list of such dicts, as a sequence or a frame pyramid), else an orjson round trip."""
+    types = set(map(type, values))
+    if len(types) == 1 and (list in types or dict in types):
+        flat = list in types
+        inner = set(map(type, chain.from_iterable(values if flat else map(dict.values, values))))
+        if list not in inner and dict not in inner:
+            return list(map(list.copy if flat else dict.copy, values))
+        if flat and inner == {dict}:
+            items = list(chain.from_iterable(values))
+            nested = set(map(type, chain.from_iterable(map(dict.values, items))))
+            if list not in nested and dict not in nested:
+                copies = iter(list(map(dict.copy, items)))
+                return [list(islice(copies, len(value))) for value in values]
+    try:
+        return orjson.loads(orjson.dumps(values))
+    except (orjson.JSONEncodeError, TypeError):  # e.g. an int beyond 64 bits: copy in Python
+        return [copy_value(v) for v in values]
+
+
+def _restore(value: Any) -> Any:
+    """A cell value back to its JSON value (NULL -> None, NumPy scalars -> Python, containers copied)."""
+    if value is NULL:
+        return None
+    t = type(value)
+    if t is list or t is dict:
+        return copy_value(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --- checks ------------------------------------------------------------------------------------------------
+
+
+def _node(parent: dict, key: str, what: str, image_set_id: str) -> dict:
+    node = parent.get(key)
+    if not isinstance(node, dict):
+        raise FlattenError(image_set_id, f"{what} is missing or not an object")
+    if not isinstance(node.get("DICOM"), dict):
+        raise FlattenError(image_set_id, f"{what} has no DICOM object")
+    return node
+
+
+def _check_node_keys(node: dict, skip: tuple[str, ...], what: str, image_set_id: str) -> None:
+    for key in node:
+        if key not in skip and ":" in key:
+            raise FlattenError(image_set_id, f"{what} has key {key!r} containing ':' (cannot be a column)")
+
+
+def check(document: Any, *, scan_keys: bool = True) -> str:
+    """Check that ``document`` can be flattened; return its ImageSetID or raise ``FlattenError``.
+
+    Checks the levels, the DICOMVRs (every VR must be one pydicom knows), ImageFrames, duplicate
+    SOPInstanceUIDs across series, node keys; with ``scan_keys`` also that no DICOM key starts with ``@``.
+    """
+    image_set_id = _collect(document, set(), [[], []], [], [[], [], []], [], [[], [], [], []], [])
+    if scan_keys:
+        dicoms = [document["Patient"]["DICOM"], document["Study"]["DICOM"]]
+        for series in document["Study"]["Series"].values():
+            dicoms.append(series["DICOM"])
+            dicoms.extend(instance["DICOM"] for instance in series["Instances"].values())
+        for dicom in dicoms:
+            for key in dicom:
+                if key[:1] == "@":
+                    raise FlattenError(image_set_id, f"DICOM key {key!r} starts with '@' (reserved)")
+    return image_set_id
+
+
+# --- flatten -----------------------------------------------------------------------------------------------
+
+
+def _put(columns: dict[str, list], row: int, items: Iterable[tuple[str, Any]]) -> None:
+    """Append one row's ``(column, value)`` pairs to per-column lists (absent cells padded with None)."""
+    for key, value in items:
+        col = columns.get(key)
+        if col is None:
+            col = columns[key] = [None] * row
+        elif len(col) != row:
+            col.extend([None] * (row - len(col)))
+        t = type(value)
+        if t is str or t is int or t is float:
+            col.append(value)
+        elif value is None:
+            col.append(NULL)
+        else:
+            col.append(copy_value(value))
+
+
+def _object_array(values: list) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def build_index(arrays: list[list], names: tuple[str, ...]) -> pd.Index:
+    """The level index (``str`` levels; ``frame`` int), built from codes (faster than from_arrays)."""
+    if len(names) == 1:
+        return pd.Index(arrays[0], name=names[0], dtype="str")
+    levels, codes = [], []
+    for values, name in zip(arrays, names, strict=True):
+        array = np.empty(len(values), dtype=np.int64 if name == "frame" else object)
+        array[:] = values
+        level_codes, uniques = pd.factorize(array)
+        codes.append(level_codes)
+        levels.append(pd.Index(uniques, dtype="int64" if name == "frame" else "str"))
+    return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
+
+
+def _child_index(parent: pd.Index, counts: list, arrays: list[list], names: tuple[str, ...]) -> pd.Index:
+    """The index of the next level down: ``build_index(arrays, names)``, made faster when every parent row has
+    children (``counts``, in parent order): then the parent's levels are exactly the child's, its codes repeated."""
+    if not len(parent) or None in counts or 0 in counts:
+        return build_index(arrays, names)
+    repeats = np.asarray(counts, dtype=np.int64)
+    if isinstance(parent, pd.MultiIndex):
+        levels, codes = list(parent.levels), [np.repeat(c, repeats) for c in parent.codes]
+    else:  # the studies index: unique ImageSetIDs
+        levels, codes = [parent], [np.repeat(np.arange(len(parent)), repeats)]
+    last = np.empty(len(arrays[-1]), dtype=np.int64 if names[-1] == "frame" else object)
+    last[:] = arrays[-1]
+    last_codes, uniques = pd.factorize(last)
+    levels.append(pd.Index(uniques, dtype="int64" if names[-1] == "frame" else "str"))
+    codes.append(last_codes)
+    return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
+
+
+def _frame(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference)."""
+    data = {
+        name: pd.Series(values, dtype=object, copy=False) if isinstance(values, np.ndarray) else values
+        for name, values in columns.items()
+    }
+    frame = pd.DataFrame(data, columns=list(data)) if data else pd.DataFrame(index=range(len(index)))
+    frame.index = index
+    return frame
+
+
+def flatten(document: dict[str, Any], *, copy: bool = True) -> Flattened:
+    """Flatten one document into level frames; raises ``FlattenError`` (a DocumentError) on bad input.
+
+    The input is never modified. With ``copy=False`` list/dict cells are the document's own objects (faster;
+    for callers such as ``Snapshot`` that own the documents and hand out copies).
+    """
+    return _flatten([document], strict=True, copy=copy)
+
+
+def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True) -> Flattened:
+    """Flatten many documents at once (columns built in plain lists, each frame made once).
+
+    A document that cannot be flattened (missing level, unknown VR, duplicate UIDs, an ImageSetID already
+    seen in the batch) is left out and listed in ``failures``; the rest are returned.
+    """
+    return _flatten(documents, strict=False, copy=copy)
+
+
+def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
+    with gc_paused():
+        return _flatten_documents(list(documents), strict=strict, copy=copy)
+
+
+def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
+    failures: list[tuple[str | None, str, str]] = []
+    flat, reserved = _build(documents, copy, strict, failures)
+    if reserved:
+        # rare: some DICOM key starts with "@"; find those documents and flatten the others
+        keep = []
+        for document in documents:
+            image_set_id = document.get("ImageSetID") if isinstance(document, dict) else None
+            if image_set_id not in reserved:
+                keep.append(document)
+                continue
+            try:
+                check(document)
+            except FlattenError as exc:
+                if strict:
+                    raise
+                failures.append((exc.image_set_id, "flatten", str(exc)))
+        flat, _ = _build(keep, copy, strict, [])
+    flat.failures = failures_frame(failures)
+    return flat
+
+
+_MISSING = object()
+_NONE_TYPE = type(None)
+_CONTAINERS = (list, dict)
+
+
+def _column(values: Sequence, copy: bool = True) -> np.ndarray:
+    """Object array of one column: missing -> None (absent), None -> NULL, containers copied if ``copy``.
+
+    Plain str/int/float columns (the common case) go straight into the array; the others are fixed with
+    masks computed in C (``map``/``operator.is_``), no Python code per cell.
+    """
+    n = len(values)
+    array = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object, count=n)
+    types = set(map(type, values))
+    needs_copy = copy and (list in types or dict in types)
+    has_none = _NONE_TYPE in types
+    has_missing = object in types
+    if not (needs_copy or has_none or has_missing):
+        return array
+    if needs_copy:
+        if len(types) == 1:
+            array = np.fromiter(_copy_many(list(values)), dtype=object, count=n)
+        else:
+            kinds = list(map(type, values))
+            mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
+            if dict in types:
+                mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
+            copies = _copy_many(array[mask].tolist())
+            array = array.copy() if array is values else array
+            array[mask] = np.fromiter(copies, dtype=object, count=len(copies))
+    elif array is values:
+        array = array.copy()
+    if has_none:
+        array[np.fromiter(map(is_, values, repeat(None)), dtype=bool, count=n)] = NULL
+    if has_missing:
+        array[np.fromiter(map(is_, values, repeat(_MISSING)), dtype=bool, count=n)] = None
+    return array
+
+
+def _transpose(dicts: list[dict]) -> dict[str, tuple]:
+    """Columns of a list of row dicts: key -> tuple of values (``_MISSING`` where a row lacks the key).
+
+    Keys in first-seen order. Rows sharing one key sequence (instances of a series, usually) are transposed
+    in C (``zip``); otherwise each row is first laid out on the union of the keys (``{**template, **row}``,
+    also in C).
+    """
+    if not dicts:
+        return {}
+    signatures = list(map(tuple, dicts))
+    distinct = dict.fromkeys(signatures)
+    if len(distinct) == 1:
+        (keys,) = distinct
+        rows = list(map(tuple, map(dict.values, dicts)))  # row-major first: much kinder to the CPU cache
+    else:
+        template = dict.fromkeys(chain.from_iterable(distinct), _MISSING)
+        keys = tuple(template)
+        # a row whose keys are a prefix of the union only needs padding
+        pads = {sig: (_MISSING,) * (len(keys) - len(sig)) for sig in distinct if keys[: len(sig)] == sig}
+        rows = [
+            tuple(row.values()) + pad if (pad := pads.get(sig)) is not None else tuple({**template, **row}.values())
+            for row, sig in zip(dicts, signatures, strict=True)
+        ]
+    return dict(zip(keys, zip(*rows, strict=True), strict=True))
+
+
+def _columns(
+    dicts: list[dict], skip: tuple[str, ...] = (), prefix: str = "", copy: bool = True
+) -> dict[str, np.ndarray]:
+    """Column arrays of a list of row dicts (keys in first-seen order; see ``_transpose`` and ``_column``)."""
+    return {
+        prefix + key: _column(values, copy) for key, values in _transpose(dicts).items() if key not in skip
+    }
+
+
+def _object_frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
+    """An all-object frame made from one 2-D block (no per-column inference or consolidation)."""
+    block = np.empty((len(index), len(columns)), dtype=object)
+    for j, values in enumerate(columns.values()):
+        block[:, j] = values
+    return pd.DataFrame(block, index=index, columns=list(columns), dtype=object, copy=False)
+
+
+_INSTANCE_KEYS = frozenset({"DICOM", "DICOMVRs", "StoredTransferSyntaxUID", "ChecksumType", "ImageFrames"})
+_SERIES_KEYS = frozenset({"DICOM", "Instances"})
+_FRAME_KEY_SET = frozenset(FRAME_KEYS)
+
+
+def _slow_key_check(node: dict, allowed: frozenset, what: str, image_set_id: str) -> None:
+    _check_node_keys(node, tuple(allowed), what, image_set_id)
+
+
+def _collect(
+    document: Any,
+    seen_ids: set[str],
+    r_ids: list[list[str]],
+    r_nodes: list[dict],
+    i_ids: list[list[str]],
+    i_nodes: list[dict],
+    f_ids: list[list],
+    f_nodes: list[dict],
+) -> str:
+    """Append one document's series, instance and frame nodes, checking them; raise FlattenError if bad."""
+    if type(document) is not dict:
+        raise FlattenError(None, f"document must be a JSON object, not {type(document).__name__}")
+    image_set_id = document.get("ImageSetID")
+    if type(image_set_id) is not str or not image_set_id:
+        raise FlattenError(None, "document has no ImageSetID")
+    if image_set_id in seen_ids:
+        raise FlattenError(image_set_id, "duplicate ImageSetID in the batch")
+    _check_node_keys(document, _ROOT_STRUCTURE, "document", image_set_id)
+    patient = _node(document, "Patient", "Patient level", image_set_id)
+    study = _node(document, "Study", "Study level", image_set_id)
+    _check_node_keys(patient, ("DICOM",), "Patient", image_set_id)
+    _check_node_keys(study, ("DICOM", "Series"), "Study", image_set_id)
+    all_series = study.get("Series")
+    if type(all_series) is not dict:
+        raise FlattenError(image_set_id, "Study.Series is missing or not an object")
+    seen: dict[str, str] = {}
+    r_a, r_b = r_ids
+    i_a, i_b, i_c = i_ids
+    f_a, f_b, f_c, f_d = f_ids
+    valid_vrs = VALID_VRS
+    for series_uid, series in all_series.items():
+        if type(series) is not dict or type(series.get("DICOM")) is not dict:
+            raise FlattenError(image_set_id, f"series {series_uid} is not an object with a DICOM object")
+        instances = series.get("Instances")
+        if type(instances) is not dict:
+            raise FlattenError(image_set_id, f"series {series_uid} has no Instances object")
+        if not _SERIES_KEYS.issuperset(series):
+            _slow_key_check(series, _SERIES_KEYS, f"series {series_uid}", image_set_id)
+        r_a.append(image_set_id)
+        r_b.append(series_uid)
+        r_nodes.append(series)
+        for sop_uid, instance in instances.items():
+            if type(instance) is not dict or type(instance.get("DICOM")) is not dict:
+                raise FlattenError(image_set_id, f"instance {sop_uid} is not an object with a DICOM object")
+            if sop_uid in seen:
+                raise FlattenError(
+                    image_set_id, f"duplicate SOPInstanceUID {sop_uid} in series {seen[sop_uid]} and {series_uid}"
+                )
+            seen[sop_uid] = series_uid
+            if not _INSTANCE_KEYS.issuperset(instance):
+                _slow_key_check(instance, _INSTANCE_KEYS, f"instance {sop_uid}", image_set_id)
+            vrs = instance.get("DICOMVRs")
+            if vrs:
+                if type(vrs) is not dict:
+                    raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
+                if not valid_vrs.issuperset(vrs.values()):
+                    tag, vr = next((t, v) for t, v in vrs.items() if v not in valid_vrs)
+                    raise FlattenError(image_set_id, f"instance {sop_uid}: unknown VR {vr!r} for {tag} in DICOMVRs")
+            elif vrs is not None and type(vrs) is not dict:
+                raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
+            i_a.append(image_set_id)
+            i_b.append(series_uid)
+            i_c.append(sop_uid)
+            i_nodes.append(instance)
+            if "ImageFrames" in instance:
+                frames = instance["ImageFrames"]
+                if type(frames) is not list:
+                    raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
+                for number, frame in enumerate(frames, 1):
+                    if type(frame) is not dict:
+                        raise FlattenError(
+                            image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects"
+                        )
+                    if not _FRAME_KEY_SET.issuperset(frame):
+                        _slow_key_check(frame, _FRAME_KEY_SET, f"instance {sop_uid} ImageFrames", image_set_id)
+                    f_a.append(image_set_id)
+                    f_b.append(series_uid)
+                    f_c.append(sop_uid)
+                    f_d.append(number)
+                    f_nodes.append(frame)
+    return image_set_id
+
+
+def _build(
+    documents: list[dict[str, Any]], copy: bool, strict: bool, failures: list
+) -> tuple[Flattened, set[str]]:
+    """Collect the nodes of every valid document (checked on the way, see ``check``) and build the frames.
+
+    Returns the frames and the image sets whose DICOM keys start with ``@`` (then refused by the caller).
+    """
+    levels: dict[str, str] = {}
+    s_ids: list[str] = []
+    s_plain: dict[str, list] = {}
+    s_other: dict[str, list] = {}
+    r_ids: list[list[str]] = [[], []]
+    r_nodes: list[dict] = []
+    i_ids: list[list[str]] = [[], [], []]
+    i_nodes: list[dict] = []
+    f_ids: list[list] = [[], [], [], []]
+    f_nodes: list[dict] = []
+    seen_ids: set[str] = set()
+    s_docs: list[dict] = []
+    all_lists = (*r_ids, r_nodes, *i_ids, i_nodes, *f_ids, f_nodes)
+
+    for document in documents:
+        marks = [len(x) for x in all_lists]
+        try:
+            image_set_id = _collect(document, seen_ids, r_ids, r_nodes, i_ids, i_nodes, f_ids, f_nodes)
+        except FlattenError as exc:
+            for lst, mark in zip(all_lists, marks, strict=True):
+                del lst[mark:]
+            if strict:
+                raise
+            failures.append((exc.image_set_id, "flatten", str(exc)))
+            continue
+        seen_ids.add(image_set_id)
+        s_docs.append(document)
+
+    for row, document in enumerate(s_docs):
+        image_set_id = document["ImageSetID"]
+        s_ids.append(image_set_id)
+        _put(s_other, row, (("@" + k, v) for k, v in document.items() if k not in _ROOT_STRUCTURE))
+        for level in ("Patient", "Study"):
+            node = document[level]
+            plain = []
+            qualified = []
+            for key, value in node["DICOM"].items():
+                if levels.setdefault(key, level) == level:
+                    plain.append((key, value))
+                else:
+                    qualified.append((f"@{level}:{key}", value))
+            _put(s_plain, row, plain)
+            if qualified:
+                _put(s_other, row, qualified)
+            extra = [(f"@{level}:@{k}", v) for k, v in node.items() if k not in ("DICOM", "Series")]
+            if extra:
+                _put(s_other, row, extra)
+
+    n_s = len(s_ids)
+    for columns in (s_plain, s_other):
+        for values in columns.values():
+            values.extend([None] * (n_s - len(values)))
+    study_index = build_index([s_ids], STUDY_INDEX)
+    studies = _object_frame({k: _object_array(v) for k, v in {**s_plain, **s_other}.items()}, study_index)
+    series_counts = [len(document["Study"]["Series"]) for document in s_docs]
+    series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
+    r_dicom = _columns([node["DICOM"] for node in r_nodes], copy=copy)
+    series_frame = _object_frame({**r_dicom, **_columns(r_nodes, ("DICOM", "Instances"), "@", copy)}, series_index)
+    instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
+    i_dicom = _columns([node["DICOM"] for node in i_nodes], copy=copy)
+    instances = _object_frame(
+        {**i_dicom, **_columns(i_nodes, ("DICOM", "ImageFrames"), "@", copy)}, instance_index
+    )
+    frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
+    instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
+    frames = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX), copy)
+    reserved = set()
+    if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
+        for document in s_docs:
+            try:
+                check(document)
+            except FlattenError as exc:
+                reserved.add(exc.image_set_id)
+    flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain})
+    return flat, reserved
+
+
+def _int64(values: list, types: set) -> pd.api.extensions.ExtensionArray | None:
+    """An ``Int64`` array of ints (``_MISSING`` -> NA), or None when a value does not fit int64."""
+    mask = None
+    if object in types:
+        mask = np.fromiter((v is _MISSING for v in values), dtype=bool, count=len(values))
+        values = [0 if v is _MISSING else v for v in values]
+    try:
+        data = np.fromiter(values, dtype=np.int64, count=len(values))
+    except OverflowError:
+        return None
+    return pd.arrays.IntegerArray(data, np.zeros(len(values), dtype=bool) if mask is None else mask)
+
+
+def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFrame:
+    """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
+    missing = _MISSING
+    transposed = _transpose(nodes)
+    absent = (missing,) * len(nodes)
+    known: dict[str, Sequence] = {key: transposed.get(key, absent) for key in FRAME_KEYS}
+    fulls = [p[-1] if type(p) is list and p and type(p[-1]) is dict else {} for p in known[PYRAMID]]
+    for name in DERIVED_FRAME_COLUMNS:
+        known[name] = [full.get(name, missing) for full in fulls]
+    columns: dict[str, Any] = {}
+    for name in FRAME_COLUMNS:
+        values = known[name]
+        types = set(map(type, values))
+        if name == "ID" and types <= {str}:
+            columns[name] = pd.array(values, dtype="str")
+        elif name not in ("ID", PYRAMID) and types <= {int, object}:
+            columns[name] = _int64(values, types) if types else pd.array([], dtype="Int64")
+        else:
+            columns[name] = _column(values, copy)
+        if columns[name] is None:
+            columns[name] = _column(values, copy)
+    if not _FRAME_KEY_SET.issuperset(transposed):
+        columns.update(
+            {"@" + key: _column(values, copy) for key, values in transposed.items() if key not in _FRAME_KEY_SET}
+        )
+    return _frame(columns, index)
+
+
+# --- unflatten ---------------------------------------------------------------------------------------------
+
+
+def _default_study_level(key: str) -> str:
+    """Level for a plain ``studies`` column the batch never placed (a new column): Patient or Study."""
+    try:
+        from curation.model.levels import level_of
+    except ImportError:  # pragma: no cover - levels.py is another helper's module
+        return "Study"
+    try:
+        return "Patient" if level_of(key) == "Patient" else "Study"
+    except (KeyError, ValueError):
+        return "Study"
+
+
+def split_column(column: str) -> tuple[str | None, str, bool]:
+    """``(qualifier level or None, key, is_node_key)`` of a column name (see the module docstring)."""
+    level = None
+    if column.startswith("@"):
+        head, sep, rest = column[1:].partition(":")
+        if sep and head in QUALIFIER_LEVELS:
+            level, column = head, rest
+    if column.startswith("@"):
+        return level, column[1:], True
+    return level, column, False
+
+
+def _cells(frame: pd.DataFrame, column: str) -> Iterator[tuple[int, Any]]:
+    """``(row position, JSON value)`` of every present cell of ``frame[column]``."""
+    values = frame[column].to_numpy(dtype=object)
+    for i, value in enumerate(values):
+        if not is_absent(value):
+            yield i, _restore(value)
+
+
+def _positions(index: pd.Index) -> list[tuple]:
+    return [k if isinstance(k, tuple) else (k,) for k in index]
+
+
+def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
+    """Rebuild the documents of ``flattened`` (one per ``studies`` row, in order).
+
+    Rows whose parent row is missing (an instance whose series row was dropped) are ignored. Derived
+    ``frames`` columns (Width, Height, Checksum) are ignored: the pyramid list is the source.
+    """
+    studies, series, instances, frames = flattened.studies, flattened.series, flattened.instances, flattened.frames
+    documents: dict[str, dict[str, Any]] = {}
+    roots: list[dict[str, Any]] = []
+    for (image_set_id,) in _positions(studies.index):
+        root = {"_extra": {}, "ImageSetID": image_set_id, "Patient": {"DICOM": {}}, "Study": {"DICOM": {}}}
+        roots.append(root)
+        documents[image_set_id] = root
+    for column in studies.columns:
+        level, key, node_key = split_column(column)
+        if level is None and node_key:
+            for i, value in _cells(studies, column):
+                roots[i]["_extra"][key] = value
+            continue
+        if level is None:
+            level = flattened.levels.get(key) or _default_study_level(key)
+        if level not in ("Patient", "Study"):
+            raise ValueError(f"studies column {column!r} names level {level}")
+        for i, value in _cells(studies, column):
+            node = roots[i][level]
+            if node_key:
+                node[key] = value
+            else:
+                node["DICOM"][key] = value
+    for root in roots:
+        root["Study"]["Series"] = {}
+    series_nodes = _rebuild_level(series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances")
+    instance_nodes = _rebuild_level(instances, series_nodes, 3, lambda node: node["Instances"], None)
+    _attach_frames(frames, instances, instance_nodes)
+    result = []
+    for root in roots:
+        extra = root.pop("_extra")
+        result.append({**extra, **root})
+    return result
+
+
+def _rebuild_level(
+    frame: pd.DataFrame, parents: dict, depth: int, children_of: Any, child_key: str | None
+) -> dict[tuple, dict]:
+    """Create a node per row of ``frame`` under its parent; returns nodes by index tuple."""
+    nodes: dict[tuple, dict] = {}
+    row_nodes: list[dict | None] = []
+    for key in _positions(frame.index):
+        parent = parents.get(key[0] if depth == 2 else key[:-1])
+        if parent is None:
+            row_nodes.append(None)
+            continue
+        node: dict[str, Any] = {"DICOM": {}}
+        children_of(parent)[key[-1]] = node
+        nodes[key] = node
+        row_nodes.append(node)
+    for column in frame.columns:
+        if column == "@ImageFrames":
+            continue
+        level, key, node_key = split_column(column)
+        if level is not None:
+            raise ValueError(f"column {column!r} is qualified with a level; unflatten takes level frames")
+        for i, value in _cells(frame, column):
+            node = row_nodes[i]
+            if node is None:
+                continue
+            if node_key:
+                node[key] = value
+            else:
+                node["DICOM"][key] = value
+    if child_key is not None:
+        for node in nodes.values():
+            node[child_key] = {}
+    return nodes
+
+
+def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes: dict[tuple, dict]) -> None:
+    counts: dict[tuple, Any] = {}
+    if "@ImageFrames" in instances.columns:
+        for key, count in zip(_positions(instances.index), instances["@ImageFrames"].to_numpy(dtype=object),
+                              strict=True):
+            counts[key] = count
+    lists: dict[tuple, list] = {}
+    for key in _positions(instances.index):
+        node = instance_nodes.get(key)
+        if node is None:
+            continue
+        if key in counts and is_absent(counts[key]):
+            continue
+        lists[key] = node["ImageFrames"] = []
+    if not len(frames):
+        for key, items in lists.items():
+            if key not in counts and not items:
+                del instance_nodes[key]["ImageFrames"]
+        return
+    columns = [c for c in frames.columns if c not in DERIVED_FRAME_COLUMNS]
+    arrays = {c: frames[c].to_numpy(dtype=object) for c in columns}
+    names = {c: (c[1:] if c.startswith("@") else c) for c in columns}
+    for i, key in enumerate(_positions(frames.index)):
+        target = lists.get(key[:3])
+        if target is None:
+            continue
+        item = {}
+        for c in (*(n for n in FRAME_KEYS if n in arrays), *(c for c in columns if c not in FRAME_KEYS)):
+            value = arrays[c][i]
+            if not is_absent(value):
+                item[names[c]] = _restore(value)
+        target.append(item)
+    for key, items in lists.items():
+        if key not in counts and not items:
+            del instance_nodes[key]["ImageFrames"]
+
+
+# --- joined view -------------------------------------------------------------------------------------------
+
+
+def wide_view(studies: pd.DataFrame, series: pd.DataFrame, instances: pd.DataFrame) -> pd.DataFrame:
+    """Instance-level frame with every level joined: studies, then series, then instance columns.
+
+    A name already taken by a higher level is qualified with the lower level: ``@Series:Name`` or
+    ``@Instance:Name`` (the higher level keeps the plain name). Series without instances have no row.
+    """
+    index = instances.index
+    study_keys = pd.Index(index.get_level_values(0))
+    series_keys = pd.MultiIndex.from_arrays([index.get_level_values(0), index.get_level_values(1)])
+    parts = []
+    taken: set[str] = set()
+    for frame, keys, level in ((studies, study_keys, None), (series, series_keys, "Series"),
+                               (instances, None, "Instance")):
+        if keys is None:
+            part = frame
+        else:
+            positions = frame.index.get_indexer(keys)
+            part = frame.iloc[positions].set_axis(index, axis=0) if len(frame.columns) else None
+            if part is not None and (positions < 0).any():
+                part = part.mask(pd.Series(positions < 0, index=index), other=None)
+        if part is None:
+            continue
+        renamed = {c: f"@{level}:{c}" for c in part.columns if c in taken}
+        taken.update(renamed.values(), (c for c in part.columns if c not in renamed))
+        parts.append(part.rename(columns=renamed) if renamed else part)
+    if not parts:
+        return pd.DataFrame(index=index)
+    return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0].copy()
+
+
+def deep_copy_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose list/dict cells are copies too (so edits in place cannot leak back)."""
+    out = frame.copy()
+    for position in range(out.shape[1]):
+        values = out.iloc[:, position]
+        if values.dtype != object:
+            continue
+        array = values.to_numpy()
+        types = set(map(type, array))
+        if list in types or dict in types:
+            copies = iter(_copy_many([v for v in array if type(v) in _CONTAINERS]))
+            copied = np.empty(len(array), dtype=object)
+            copied[:] = [next(copies) if type(v) in _CONTAINERS else v for v in array]
+            out.isetitem(position, pd.Series(copied, index=out.index, dtype=object))
+    return out

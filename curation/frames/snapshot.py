@@ -1,0 +1,434 @@
+"""Snapshot: fetched AHI documents (with datastore and version IDs) and their level frames, saved and loaded.
+
+The documents are the truth; the frames (``studies``, ``series``, ``instances``, ``frames``, ``wide``) are built
+lazily from them by ``curation.frames.flattening`` and cached. Every frame handed out is a copy (list/dict cells
+included), so editing it never changes the snapshot.
+
+``wide`` joins every level at instance level: studies columns, then series, then instance columns. A name
+already taken by a higher level is qualified with the lower one (``@Series:Name``, ``@Instance:Name``): the
+higher level keeps the plain name, as AHI normalizes attributes upwards.
+
+On disk (``save``/``load``) a snapshot is a directory: ``manifest.json`` (format version, datastore ID,
+version IDs, image set order, column levels), ``documents.jsonl.gz`` (one raw document per line), and one
+Parquet file per frame plus ``failures.parquet``. In those Parquet files the object columns hold the cells as
+JSON text (``null`` for NULL, Parquet null for absent), so loading restores them exactly. ``to_csv`` and
+``to_parquet`` are exports for other tools instead (see ``export_frame``): readable, not lossless.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from curation.frames.flattening import (
+    NULL,
+    Flattened,
+    FlattenError,
+    build_index,
+    check,
+    copy_value,
+    deep_copy_cells,
+    failures_frame,
+    flatten_many,
+    is_absent,
+    split_column,
+    wide_view,
+)
+from curation.model import dictionary as dicom
+
+FORMAT = "ahi-curation-snapshot"
+FORMAT_VERSION = 1
+FRAME_NAMES = ("studies", "series", "instances", "frames")
+FAILURE_COLUMNS = ("ImageSetID", "stage", "error")
+_INDEX_PREFIX = "@index:"
+
+
+def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
+    if failures is None:
+        return failures_frame([])
+    if isinstance(failures, pd.DataFrame):
+        frame = failures.reset_index(drop=True).copy()
+    else:
+        rows = [dict(zip(FAILURE_COLUMNS, r, strict=False)) if not isinstance(r, Mapping) else dict(r)
+                for r in failures]
+        frame = pd.DataFrame(rows, dtype=object)
+    for column in FAILURE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series([None] * len(frame), dtype=object)
+    rest = [c for c in frame.columns if c not in FAILURE_COLUMNS]
+    return frame[[*FAILURE_COLUMNS, *rest]].astype(object)
+
+
+class Snapshot:
+    """Fetched documents + lazily built level frames. Build with ``Snapshot.from_documents``."""
+
+    def __init__(
+        self,
+        documents: list[dict[str, Any]],
+        *,
+        datastore_id: str,
+        version_ids: dict[str, str],
+        failures: pd.DataFrame,
+        flattened: Flattened | None = None,
+    ) -> None:
+        self._documents = {doc["ImageSetID"]: doc for doc in documents}
+        self.datastore_id = datastore_id
+        self._version_ids = dict(version_ids)
+        self._failures = failures
+        self._flat = flattened
+        self._cache: dict[str, pd.DataFrame] = {}
+        self._private_vrs: dict[str, str] | None = None
+        #: isPrimary of each image set when known (e.g. from SearchImageSets summaries); saved with the snapshot
+        self.primary: dict[str, bool] = {}
+
+    @classmethod
+    def from_documents(
+        cls,
+        documents: Iterable[dict[str, Any]],
+        *,
+        datastore_id: str,
+        version_ids: dict[str, str] | None = None,
+        failures: pd.DataFrame | list | None = None,
+    ) -> Snapshot:
+        """A snapshot of ``documents`` (kept as given, not copied: hand over documents you own).
+
+        Documents that cannot be flattened (missing level, unknown VR, duplicate UIDs, an ImageSetID seen
+        before) are left out and added to ``failures`` with stage ``"flatten"``; frames are built lazily.
+        """
+        table = _failures(failures)
+        kept, extra, seen = [], [], set()
+        for document in documents:
+            try:
+                image_set_id = check(document)
+                if image_set_id in seen:
+                    raise FlattenError(image_set_id, "duplicate ImageSetID in the batch")
+            except FlattenError as exc:
+                extra.append({"ImageSetID": exc.image_set_id, "stage": "flatten",
+                              "error": str(exc)})
+                continue
+            seen.add(image_set_id)
+            kept.append(document)
+        if extra:
+            table = pd.concat([table, pd.DataFrame(extra, dtype=object)], ignore_index=True).astype(object)
+        versions = {k: str(v) for k, v in (version_ids or {}).items()}
+        return cls(kept, datastore_id=datastore_id, version_ids=versions, failures=table)
+
+    # --- contents ----------------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._documents)
+
+    def __repr__(self) -> str:
+        return (
+            f"Snapshot(datastore_id={self.datastore_id!r}, image_sets={len(self)}, "
+            f"failures={len(self._failures)})"
+        )
+
+    @property
+    def image_set_ids(self) -> list[str]:
+        """Image set IDs in fetch order."""
+        return list(self._documents)
+
+    @property
+    def documents(self) -> Mapping[str, dict[str, Any]]:
+        """The documents as fetched, by ImageSetID (read-only view: do not modify them)."""
+        return MappingProxyType(self._documents)
+
+    def document(self, image_set_id: str) -> dict[str, Any]:
+        """A copy of one document."""
+        return copy_value(self._documents[image_set_id])
+
+    @property
+    def version_ids(self) -> dict[str, str]:
+        """The version ID of each document, by ImageSetID (a copy)."""
+        return dict(self._version_ids)
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """Per-image-set failures: ImageSetID, stage (e.g. "fetch", "parse", "flatten"), error."""
+        return self._failures.copy()
+
+    # --- frames ------------------------------------------------------------------------------------------
+
+    def _flattened(self) -> Flattened:
+        if self._flat is None:
+            flat = flatten_many(self._documents.values(), copy=False)
+            if len(flat.failures):
+                bad = set(flat.failures["ImageSetID"])
+                self._documents = {k: v for k, v in self._documents.items() if k not in bad}
+                self._failures = pd.concat([self._failures, flat.failures], ignore_index=True).astype(object)
+            self._flat = flat
+        return self._flat
+
+    def _frame(self, name: str) -> pd.DataFrame:
+        if name == "wide":
+            if "wide" not in self._cache:
+                flat = self._flattened()
+                self._cache["wide"] = wide_view(flat.studies, flat.series, flat.instances)
+            return deep_copy_cells(self._cache["wide"])
+        return deep_copy_cells(getattr(self._flattened(), name))
+
+    @property
+    def studies(self) -> pd.DataFrame:
+        """Patient and Study attributes, one row per image set (index ImageSetID). A copy."""
+        return self._frame("studies")
+
+    @property
+    def series(self) -> pd.DataFrame:
+        """Series attributes (index ImageSetID, SeriesInstanceUID). A copy."""
+        return self._frame("series")
+
+    @property
+    def instances(self) -> pd.DataFrame:
+        """Instance attributes (index ImageSetID, SeriesInstanceUID, SOPInstanceUID). A copy."""
+        return self._frame("instances")
+
+    @property
+    def frames(self) -> pd.DataFrame:
+        """One row per image frame (instance index + 1-based ``frame``). A copy."""
+        return self._frame("frames")
+
+    @property
+    def wide(self) -> pd.DataFrame:
+        """Instance-level view with every level joined (see the module docstring for name collisions)."""
+        return self._frame("wide")
+
+    @property
+    def flattened(self) -> Flattened:
+        """The level frames as one ``Flattened`` (copies), e.g. for ``curation.frames.flattening.unflatten``."""
+        flat = self._flattened()
+        return Flattened(
+            *(deep_copy_cells(getattr(flat, n)) for n in FRAME_NAMES), dict(flat.levels), flat.failures.copy()
+        )
+
+    # --- column metadata ---------------------------------------------------------------------------------
+
+    def level(self, column: str) -> str | None:
+        """Level of a column of any frame: where the documents put it.
+
+        ``@Level:Name`` columns are at ``Level``; a plain name present at several levels answers the highest
+        (the one ``wide`` shows under the plain name). Document-level keys (``@SchemaVersion``) answer None;
+        ``frames`` columns answer "Instance" (ImageFrames belong to the instance node).
+        """
+        flat = self._flattened()
+        qualifier, _, node_key = split_column(column)
+        if qualifier is not None:
+            return qualifier
+        if column in flat.studies.columns:
+            if node_key:
+                return None
+            return flat.levels.get(column, "Study")
+        if column in flat.series.columns:
+            return "Series"
+        if column in flat.instances.columns or column in flat.frames.columns:
+            return "Instance"
+        raise KeyError(f"no column {column!r} in this snapshot")
+
+    def vr(self, column: str) -> str | None:
+        """VR of a column: pydicom's dictionary for keywords, the documents' ``DICOMVRs`` for private tags.
+
+        None for non-DICOM columns (``@...`` node keys, ``frames`` columns) and for keys neither knows.
+        Ambiguous dictionary VRs are returned as pydicom gives them (``"US or SS"``).
+        """
+        _, key, node_key = split_column(column)
+        flat = self._flattened()
+        if node_key or (column in flat.frames.columns and column not in flat.instances.columns):
+            return None
+        return dicom.vr_of(key, self._dicom_vrs())
+
+    def _dicom_vrs(self) -> dict[str, str]:
+        """Every DICOMVRs entry of the documents (first seen wins)."""
+        if self._private_vrs is None:
+            found: dict[str, str] = {}
+            for document in self._documents.values():
+                for series in document["Study"]["Series"].values():
+                    for instance in series["Instances"].values():
+                        for tag, vr in (instance.get("DICOMVRs") or {}).items():
+                            found.setdefault(tag, vr)
+            self._private_vrs = found
+        return self._private_vrs
+
+    def vrs(self, frame: pd.DataFrame) -> dict[str, str | None]:
+        """``{column: VR}`` for the columns of a frame of this snapshot (unknown columns: dictionary VR)."""
+        out = {}
+        for column in frame.columns:
+            _, key, node_key = split_column(column)
+            out[column] = None if node_key else dicom.vr_of(key, self._dicom_vrs())
+        return out
+
+    # --- persistence -------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the snapshot to directory ``path`` (created; existing snapshot files are replaced)."""
+        os.makedirs(path, exist_ok=True)
+        flat = self._flattened()
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "datastore_id": self.datastore_id,
+            "version_ids": self._version_ids,
+            "image_set_ids": self.image_set_ids,
+            "levels": flat.levels,
+            "primary": dict(self.primary),
+            "frames": {},
+        }
+        with gzip.open(os.path.join(path, "documents.jsonl.gz"), "wb", compresslevel=6) as handle:
+            for document in self._documents.values():
+                handle.write(orjson.dumps(document) + b"\n")
+        for name in FRAME_NAMES:
+            manifest["frames"][name] = write_frame(getattr(flat, name), os.path.join(path, f"{name}.parquet"))
+        manifest["frames"]["failures"] = write_frame(self._failures, os.path.join(path, "failures.parquet"))
+        with open(os.path.join(path, "manifest.json"), "w") as handle:
+            json.dump(manifest, handle, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Snapshot:
+        """Read a snapshot written by ``save``."""
+        with open(os.path.join(path, "manifest.json")) as handle:
+            manifest = json.load(handle)
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path} is not an ahi-curation snapshot of format version {FORMAT_VERSION}")
+        with gzip.open(os.path.join(path, "documents.jsonl.gz"), "rb") as handle:
+            documents = [orjson.loads(line) for line in handle if line.strip()]
+        frames = {
+            name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
+            for name in FRAME_NAMES
+        }
+        failures = read_frame(os.path.join(path, "failures.parquet"), manifest["frames"]["failures"])
+        flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]))
+        snapshot = cls(
+            documents,
+            datastore_id=manifest["datastore_id"],
+            version_ids=manifest["version_ids"],
+            failures=failures.reset_index(drop=True),
+            flattened=flat,
+        )
+        snapshot.primary = {k: bool(v) for k, v in manifest.get("primary", {}).items()}
+        return snapshot
+
+    def to_csv(self, directory: str | os.PathLike) -> list[str]:
+        """Export the level frames as ``<frame>.csv`` files (see ``export_frame``); returns the paths."""
+        return self._export(directory, "csv")
+
+    def to_parquet(self, directory: str | os.PathLike) -> list[str]:
+        """Export the level frames as ``<frame>.parquet`` files (see ``export_frame``); returns the paths."""
+        return self._export(directory, "parquet")
+
+    def _export(self, directory: str | os.PathLike, kind: str) -> list[str]:
+        os.makedirs(directory, exist_ok=True)
+        paths = []
+        flat = self._flattened()
+        for name in FRAME_NAMES:
+            frame = export_frame(getattr(flat, name))
+            target = os.path.join(directory, f"{name}.{kind}")
+            if kind == "csv":
+                frame.to_csv(target, index=False)
+            else:
+                frame.to_parquet(target, index=False)
+            paths.append(target)
+        return paths
+
+
+# --- Parquet encoding (lossless) -------------------------------------------------------------------------
+
+
+def encode_cell(value: Any) -> str | None:
+    """A cell as JSON text for Parquet/CSV (NULL -> "null"); absent stays None."""
+    if is_absent(value):
+        return None
+    return orjson.dumps(None if value is NULL else value).decode()
+
+
+def decode_cell(text: Any) -> Any:
+    """The cell that ``encode_cell`` wrote (exact: "null" -> NULL, lists and dicts as they were)."""
+    if is_absent(text):
+        return None
+    value = orjson.loads(text)
+    return NULL if value is None else value
+
+
+def write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
+    """Write ``frame`` to Parquet with object columns as JSON text; returns how to read it back."""
+    names = [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
+    data: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        data[_INDEX_PREFIX + name] = frame.index.get_level_values(i)
+    json_columns = []
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object:
+            json_columns.append(column)
+            data[column] = pd.array([encode_cell(v) for v in values.to_numpy()], dtype="str")
+        else:
+            data[column] = values.array
+    table = pd.DataFrame(data, index=range(len(frame)))
+    table.to_parquet(path, index=False, engine="pyarrow")
+    return {"index": names, "columns": [str(c) for c in frame.columns], "json_columns": json_columns}
+
+
+def read_frame(path: str, info: dict[str, Any]) -> pd.DataFrame:
+    """Read a frame that ``write_frame`` wrote, with ``info`` the description it returned."""
+    table = pd.read_parquet(path, engine="pyarrow")
+    index_names = info["index"]
+    index_columns = [table[_INDEX_PREFIX + n] for n in index_names]
+    json_columns = set(info["json_columns"])
+    data: dict[str, Any] = {}
+    for column in info["columns"]:
+        if column in json_columns:
+            array = np.empty(len(table), dtype=object)
+            array[:] = [decode_cell(v) for v in table[column].to_numpy(dtype=object)]
+            data[column] = pd.Series(array, dtype=object, copy=False)
+        else:
+            data[column] = table[column].reset_index(drop=True)
+    frame = pd.DataFrame(data, columns=info["columns"]) if data else pd.DataFrame(index=range(len(table)))
+    if index_names == ["level_0"]:
+        frame.index = pd.RangeIndex(len(table))
+    elif len(index_names) == 1:
+        frame.index = pd.Index(index_columns[0].to_numpy(dtype=object), dtype="str", name=index_names[0])
+    else:
+        frame.index = build_index([c.tolist() for c in index_columns], tuple(index_names))
+    return frame
+
+
+# --- exports (readable, for other tools) -----------------------------------------------------------------
+
+
+def export_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame for CSV/Parquet export: index levels as leading columns, cells readable.
+
+    Per object column: all integers -> Int64; all numbers -> Float64; otherwise strings stay as they are and
+    every other value (lists, dicts, numbers, NULL) is written as JSON text (NULL as ``null``); absent cells
+    are empty. A column named like an index level is exported as ``@<Level>:<name>`` (e.g. the DICOM
+    ``SeriesInstanceUID`` of ``series``). Exports are one-way: use ``Snapshot.save`` to keep everything.
+    """
+    data: dict[str, Any] = {}
+    index_names = [n for n in frame.index.names if n is not None]
+    for i, name in enumerate(frame.index.names):
+        if name is not None:
+            data[name] = np.asarray(frame.index.get_level_values(i))
+    level = {"SeriesInstanceUID": "Series", "SOPInstanceUID": "Instance"}
+    for column in frame.columns:
+        values = frame[column]
+        target = column if column not in index_names else f"@{level.get(column, 'Study')}:{column}"
+        if values.dtype != object:
+            data[target] = values.array
+            continue
+        present = [v for v in values.to_numpy() if not is_absent(v)]
+        kinds = set(map(type, present))
+        if present and kinds <= {int}:
+            data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Int64")
+        elif present and kinds <= {int, float}:
+            data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Float64")
+        else:
+            data[target] = pd.array(
+                [None if is_absent(v) else v if type(v) is str else encode_cell(v) for v in values], dtype="str"
+            )
+    return pd.DataFrame(data, index=range(len(frame)))

@@ -1,0 +1,155 @@
+"""Snapshot: construction contract, copies handed out, VR/level lookups, save/load, CSV/Parquet export."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import orjson
+import pandas as pd
+import pytest
+
+from curation.frames.flattening import NULL, unflatten
+from curation.frames.snapshot import Snapshot
+from curation.model.document import read_document
+
+REFERENCE = Path(__file__).parents[1] / "data" / "reference"
+NAMES = ("ct-2025-htj2k-1-instance.json", "us-doppler-9-instances.json", "ct-588-instances.json")
+DATASTORE = "0" * 32
+
+
+def canonical(value: object) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+@pytest.fixture
+def documents() -> list[dict]:
+    return [read_document(str(REFERENCE / name)) for name in NAMES]
+
+
+@pytest.fixture
+def snapshot(documents: list[dict]) -> Snapshot:
+    versions = {d["ImageSetID"]: str(i + 1) for i, d in enumerate(documents)}
+    return Snapshot.from_documents(documents, datastore_id=DATASTORE, version_ids=versions)
+
+
+def test_contents_and_level_frames(snapshot: Snapshot, documents: list[dict]) -> None:
+    ids = [d["ImageSetID"] for d in documents]
+    assert snapshot.image_set_ids == ids and len(snapshot) == 3
+    assert snapshot.datastore_id == DATASTORE
+    assert snapshot.version_ids == {ids[0]: "1", ids[1]: "2", ids[2]: "3"}
+    assert list(snapshot.studies.index) == ids
+    assert len(snapshot.series) == 3 and len(snapshot.instances) == 1 + 9 + 588
+    assert len(snapshot.frames) == 1 + 22 + 588
+    assert snapshot.failures.empty and list(snapshot.failures.columns) == ["ImageSetID", "stage", "error"]
+    assert snapshot.documents[ids[1]] is documents[1]
+    assert [canonical(d) for d in unflatten(snapshot.flattened)] == [canonical(d) for d in documents]
+
+
+def test_wide_joins_every_level(snapshot: Snapshot, documents: list[dict]) -> None:
+    wide = snapshot.wide
+    assert wide.index.equals(snapshot.instances.index)
+    us = wide.xs(documents[1]["ImageSetID"], level="ImageSetID")
+    assert set(us["PatientName"]) == {"US Echo"} and set(us["Modality"]) == {"US"}
+    assert set(us["StageName"]) >= {"Im Post 400"}
+    ct = wide.loc[(wide["Modality"] == "CT") & (wide["PatientSex"] == "F")]
+    assert len(ct) == 588
+    # StudyComments sits at instance level in the CT document: no collision, plain name
+    assert snapshot.level("StudyComments") == "Instance"
+
+
+def test_frames_handed_out_are_copies(snapshot: Snapshot, documents: list[dict]) -> None:
+    before = canonical(documents)
+    series = snapshot.series
+    series.loc[:, "BodyPartExamined"] = "CHEST"
+    instances = snapshot.instances
+    instances.iloc[0]["ImageType"].append("EDITED")
+    instances.loc[instances.index[0], "KVP"] = NULL
+    wide = snapshot.wide
+    wide["New"] = 1
+    assert "CHEST" not in set(snapshot.series["BodyPartExamined"])
+    assert "EDITED" not in snapshot.instances.iloc[0]["ImageType"]
+    assert snapshot.instances.iloc[0]["KVP"] == "120 "
+    assert "New" not in snapshot.wide.columns
+    assert canonical(documents) == before
+
+
+def test_vr_and_level_of_columns(snapshot: Snapshot) -> None:
+    assert snapshot.vr("PatientName") == "PN" and snapshot.level("PatientName") == "Patient"
+    assert snapshot.vr("StudyDate") == "DA" and snapshot.level("StudyDate") == "Study"
+    assert snapshot.vr("BodyPartExamined") == "CS" and snapshot.level("BodyPartExamined") == "Series"
+    assert snapshot.vr("KVP") == "DS" and snapshot.level("KVP") == "Instance"
+    assert snapshot.vr("7FDF1001") == "UN" and snapshot.vr("7FDD0010") == "LO"
+    assert snapshot.level("7FDF1001") == "Instance"
+    assert snapshot.vr("@StoredTransferSyntaxUID") is None
+    assert snapshot.level("@SchemaVersion") is None
+    assert snapshot.vr("FrameSizeInBytes") is None and snapshot.level("FrameSizeInBytes") == "Instance"
+    with pytest.raises(KeyError):
+        snapshot.level("NoSuchColumn")
+
+
+def test_bad_documents_become_failures(documents: list[dict]) -> None:
+    broken = copy.deepcopy(documents[1])
+    broken["ImageSetID"] = "b" * 32
+    del broken["Patient"]
+    earlier = pd.DataFrame([{"ImageSetID": "c" * 32, "stage": "fetch", "error": "ThrottlingException"}])
+    snapshot = Snapshot.from_documents(
+        [documents[0], broken, documents[0]], datastore_id=DATASTORE, failures=earlier
+    )
+    assert snapshot.image_set_ids == [documents[0]["ImageSetID"]]
+    failures = snapshot.failures
+    assert list(failures["ImageSetID"]) == ["c" * 32, "b" * 32, documents[0]["ImageSetID"]]
+    assert list(failures["stage"]) == ["fetch", "flatten", "flatten"]
+    assert "no Patient level" in failures["error"][1] or "Patient level" in failures["error"][1]
+    assert "duplicate ImageSetID" in failures["error"][2]
+    listed = Snapshot.from_documents([], datastore_id=DATASTORE, failures=[("d" * 32, "fetch", "boom")])
+    assert listed.failures.iloc[0].tolist() == ["d" * 32, "fetch", "boom"] and len(listed) == 0
+
+
+def test_save_and_load_round_trip(snapshot: Snapshot, tmp_path: Path) -> None:
+    snapshot.primary = {snapshot.image_set_ids[0]: True, snapshot.image_set_ids[1]: False}
+    snapshot.save(tmp_path / "snap")
+    manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["datastore_id"] == DATASTORE
+    assert (tmp_path / "snap" / "documents.jsonl.gz").exists()
+    assert (tmp_path / "snap" / "instances.parquet").exists()
+    loaded = Snapshot.load(tmp_path / "snap")
+    assert loaded.datastore_id == DATASTORE and loaded.version_ids == snapshot.version_ids
+    assert loaded.primary == snapshot.primary
+    assert loaded.image_set_ids == snapshot.image_set_ids
+    assert [canonical(d) for d in loaded.documents.values()] == [canonical(d) for d in snapshot.documents.values()]
+    for name in ("studies", "series", "instances", "frames", "wide"):
+        pd.testing.assert_frame_equal(getattr(loaded, name), getattr(snapshot, name))
+    pd.testing.assert_frame_equal(loaded.failures, snapshot.failures)
+    studies = loaded.studies
+    assert studies.iloc[0]["PatientSex"] is NULL  # NULL survives Parquet
+    instance = loaded.instances.iloc[0]
+    assert instance["KVP"] == "120 " and instance["ImageType"] == ["DERIVED", "PRIMARY", "AXIAL"]
+    assert loaded.level("PatientName") == "Patient"
+    assert [canonical(d) for d in unflatten(loaded.flattened)] == [
+        canonical(d) for d in snapshot.documents.values()
+    ]
+
+
+def test_csv_and_parquet_export(snapshot: Snapshot, tmp_path: Path) -> None:
+    paths = snapshot.to_csv(tmp_path / "csv")
+    assert sorted(Path(p).name for p in paths) == ["frames.csv", "instances.csv", "series.csv", "studies.csv"]
+    instances = pd.read_csv(tmp_path / "csv" / "instances.csv", dtype=str, keep_default_na=False)
+    first = instances.iloc[0]
+    assert first["ImageSetID"] == snapshot.image_set_ids[0]
+    assert json.loads(first["ImageType"]) == ["DERIVED", "PRIMARY", "AXIAL"]
+    assert first["KVP"] == "120 "
+    assert first["AcquisitionNumber"] == "null"  # NULL is written as JSON null; absent cells are empty
+    assert first["StageName"] == ""
+    assert "@Instance:SOPInstanceUID" in instances.columns
+    snapshot.to_parquet(tmp_path / "pq")
+    series = pd.read_parquet(tmp_path / "pq" / "series.parquet")
+    assert list(series.columns[:2]) == ["ImageSetID", "SeriesInstanceUID"]
+    assert "@Series:SeriesInstanceUID" in series.columns
+    frames = pd.read_parquet(tmp_path / "pq" / "frames.parquet")
+    assert str(frames["FrameSizeInBytes"].dtype) == "Int64"
+    pyramid = json.loads(frames["PixelDataChecksumFromBaseToFullResolution"].iloc[0])
+    assert pyramid == [{"Width": 640, "Height": 640, "Checksum": 989529591}]
+    instances_pq = pd.read_parquet(tmp_path / "pq" / "instances.parquet")
+    assert str(instances_pq["Rows"].dtype) == "Int64" and instances_pq["Rows"].iloc[0] == 640
