@@ -11,17 +11,10 @@ import re
 from functools import cache
 from typing import Any
 
-from botocore.model import OperationModel, ServiceModel, Shape
+from botocore.model import OperationModel, Shape
 
 from curation.model.errors import AHIError
-
-
-@cache
-def service_model() -> ServiceModel:
-    """The ``medical-imaging`` service model shipped with botocore."""
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model("medical-imaging")
+from curation.model.service import service_model
 
 
 def operation_model(name: str) -> OperationModel:

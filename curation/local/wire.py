@@ -32,13 +32,12 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from botocore.model import OperationModel, ServiceModel, Shape
+from botocore.model import OperationModel, Shape
 from botocore.utils import parse_timestamp
 
 from curation.local.validate import bad_value, validate, validation_error
 from curation.model.errors import AHIError
-
-SERVICE_NAME = "medical-imaging"
+from curation.model.service import SERVICE_NAME, service_model
 
 logger = logging.getLogger(__name__)
 
@@ -57,14 +56,6 @@ class Handler(Protocol):
     """Whatever answers operations for the wire: a :class:`~curation.local.service.Service` or a test fake."""
 
     def handle(self, operation_name: str, params: dict[str, Any]) -> dict[str, Any]: ...
-
-
-@cache
-def service_model() -> ServiceModel:
-    """botocore's ``medical-imaging`` service model."""
-    import botocore.session
-
-    return botocore.session.get_session().get_service_model(SERVICE_NAME)
 
 
 # --------------------------------------------------------------------------------------------- routing

@@ -11,9 +11,9 @@ from functools import cache
 
 @cache
 def _error_statuses() -> dict[str, int]:
-    import botocore.session
+    from curation.model.service import service_model
 
-    model = botocore.session.get_session().get_service_model("medical-imaging")
+    model = service_model()
     return {shape.name: shape.metadata["error"]["httpStatusCode"] for shape in model.error_shapes}
 
 

@@ -77,10 +77,9 @@ def _refuse(message: str) -> AHIError:
 @cache
 def model_max_blob_bytes() -> int:
     """The maximum length of a DICOMUpdates blob in botocore's ``medical-imaging`` model (30,000 today)."""
-    import botocore.session
+    from curation.model.service import shape as model_shape
 
-    model = botocore.session.get_session().get_service_model("medical-imaging")
-    shape = model.shape_for("DICOMUpdates").members["updatableAttributes"]
+    shape = model_shape("DICOMUpdates").members["updatableAttributes"]
     return int(shape.metadata["max"])
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from botocore.paginate import TokenEncoder
 
 from curation.model.document import DocumentError, check_document, parse_document
+from curation.model.service import shape
 from curation.run.retries import (
     RateLimiter,
     RetryPolicy,
@@ -78,10 +79,7 @@ class FetchResult:
 @cache
 def _filter_members() -> dict[str, str]:
     """Lower-case aliases -> SearchByAttributeValue member names, read from botocore's model."""
-    import botocore.session
-
-    model = botocore.session.get_session().get_service_model("medical-imaging")
-    members = list(model.shape_for("SearchByAttributeValue").members)
+    members = list(shape("SearchByAttributeValue").members)
     aliases: dict[str, str] = {}
     for name in members:
         aliases[name.lower()] = name
@@ -92,10 +90,7 @@ def _filter_members() -> dict[str, str]:
 
 @cache
 def _sort_members() -> tuple[frozenset[str], frozenset[str]]:
-    import botocore.session
-
-    model = botocore.session.get_session().get_service_model("medical-imaging")
-    sort = model.shape_for("Sort")
+    sort = shape("Sort")
     return frozenset(sort.members["sortField"].enum), frozenset(sort.members["sortOrder"].enum)
 
 
