@@ -1,9 +1,17 @@
 """UpdatePlan: the exact requests a ChangeSet becomes, as plain data a person reviews and a file keeps.
 
 ``PlannedRequest`` is one call (boto3's keyword arguments, without ``latestVersionId``); ``UpdatePlan`` holds
-them in order with the versions they were planned against, its content hash as ``plan_id``, the problems
-that kept image sets out, a preview (every request applied with ``apply_to_document``) and its displays.
-``curation.curate.planner`` builds plans; ``curation.run`` applies them.
+them in order with the versions they were planned against, the problems that kept image sets out, a preview
+(every request applied with ``apply_to_document``) and its displays. ``curation.curate.planner`` builds plans;
+``curation.run`` applies them.
+
+A plan is content-addressed: ``plan_id`` is the hash of everything it holds (``to_dict`` is its one
+serialisation, which files and journals keep), recomputed whenever a plan is loaded or applied, so a plan
+edited after it was made (a blob, a base version, a flag, the problems) is refused before anything is sent,
+with one line naming the part that differs (``PlanEditedError``). The first request of each image set also
+records ``planned_on``, the digest of the document it was planned on, which apply compares with the document
+at the version it is about to send against: a base version edited *and* re-hashed still cannot send a
+request onto another writer's version.
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ import hashlib
 import html
 import json
 import os
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,14 +33,24 @@ from curation.curate.changeset import PROBLEM_COLUMNS, empty_problems
 from curation.frames.flattening import NULL
 from curation.model.updates import apply_to_document, study_part
 
-__all__ = ["PlanError", "PlannedRequest", "UpdatePlan"]
+__all__ = [
+    "PlanEditedError",
+    "PlanError",
+    "PlanFormatError",
+    "PlannedRequest",
+    "UpdatePlan",
+    "content_digest",
+    "document_digest",
+]
 
 FORMAT = "ahi-curation-plan"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SCHEMA_VERSION = 1.1
 UNKNOWN_PRIMARY = "primary flag unknown (snapshot.primary has no entry): treated as primary"
+DIGEST_CHARS = 32
 _HTML_IMAGE_SETS = 50
 _HTML_JSON_CHARS = 20_000
+_ID = re.compile(r"[0-9a-z]{1,64}")
 
 
 class PlanError(ValueError):
@@ -45,6 +64,14 @@ class PlanError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class PlanFormatError(ValueError):
+    """Data that is not a usable plan of this format: the message is one line saying what is wrong."""
+
+
+class PlanEditedError(PlanFormatError):
+    """A plan whose content no longer hashes to its ``plan_id``: it was changed after it was made."""
+
+
 def _problem_text(record: Mapping[str, Any]) -> str:
     where = [f"image set {record.get('ImageSetID')}"]
     for name in ("row", "column", "attribute"):
@@ -54,12 +81,30 @@ def _problem_text(record: Mapping[str, Any]) -> str:
     return f"{', '.join(where)}: {record.get('reason')}"
 
 
+# --- content hashes ----------------------------------------------------------------------------------------
+
+
+def content_digest(value: Any) -> str:
+    """The hash of JSON-able ``value`` (keys sorted): what plan IDs and document digests are made of."""
+    data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=_json_default)
+    return hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
+
+
+def document_digest(document: Mapping[str, Any]) -> str:
+    """The digest of a metadata document (what ``PlannedRequest.planned_on`` records)."""
+    return content_digest(document)
+
+
 # --- plan data ---------------------------------------------------------------------------------------------
 
 
 @dataclass
 class PlannedRequest:
-    """One UpdateImageSetMetadata call: ``params`` are boto3's kwargs except ``latestVersionId``."""
+    """One UpdateImageSetMetadata call: ``params`` are boto3's kwargs except ``latestVersionId``.
+
+    ``planned_on`` is the ``document_digest`` of the document the request was planned against (set on each
+    image set's first request by the planner; None where unknown, e.g. a revert plan made from a journal).
+    """
 
     image_set_id: str
     index: int
@@ -67,6 +112,7 @@ class PlannedRequest:
     force_reasons: list[str] = field(default_factory=list)
     affects: list[str] = field(default_factory=list)
     description: str = ""
+    planned_on: str | None = None
 
     @property
     def force(self) -> bool:
@@ -95,6 +141,10 @@ class PlannedRequest:
         blob = self.blobs.get(name)
         return None if blob is None else orjson.loads(blob)
 
+    def call(self, latest_version_id: str) -> dict[str, Any]:
+        """The keyword arguments of ``update_image_set_metadata`` sent against ``latest_version_id``."""
+        return {**self.params, "latestVersionId": str(latest_version_id)}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "image_set_id": self.image_set_id,
@@ -103,38 +153,83 @@ class PlannedRequest:
             "force_reasons": list(self.force_reasons),
             "affects": list(self.affects),
             "description": self.description,
+            "planned_on": self.planned_on,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PlannedRequest:
-        return cls(
-            image_set_id=data["image_set_id"],
-            index=int(data["index"]),
-            params=data["params"],
-            force_reasons=list(data.get("force_reasons") or []),
-            affects=list(data.get("affects") or []),
-            description=data.get("description") or "",
-        )
+    def from_dict(cls, data: Mapping[str, Any], datastore_id: str, number: int = 0) -> PlannedRequest:
+        """A request from ``to_dict`` output, checked (``PlanFormatError`` names request ``number``)."""
+        return _RequestReader(data, datastore_id, number).read()
 
 
-def _plan_id(datastore_id: str, base_versions: Mapping[str, str], requests: list[PlannedRequest]) -> str:
-    content = {
-        "datastore_id": datastore_id,
-        "base_versions": dict(base_versions),
-        "requests": [[r.image_set_id, r.index, r.params, r.affects] for r in requests],
-    }
-    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+@dataclass(frozen=True)
+class PlanDigests:
+    """The digest of each part of a plan; ``plan_id`` is the digest of these (so an edit names its part)."""
+
+    datastore_id: str
+    base_versions: str
+    problems: str
+    requests: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "datastore_id": self.datastore_id,
+            "base_versions": self.base_versions,
+            "problems": self.problems,
+            "requests": list(self.requests),
+        }
+
+    @property
+    def plan_id(self) -> str:
+        return content_digest({"format_version": FORMAT_VERSION, **self.to_dict()})
+
+    def difference(self, other: PlanDigests, requests: Sequence[PlannedRequest]) -> str:
+        """One line saying which part of ``other`` (the plan now) differs from ``self`` (the plan as made)."""
+        if len(other.requests) != len(self.requests):
+            return f"it has {len(other.requests)} request(s), {len(self.requests)} were planned"
+        for number, (then, now) in enumerate(zip(self.requests, other.requests, strict=True)):
+            if then != now:
+                request = requests[number]
+                return (
+                    f"request {number} (image set {request.image_set_id}, #{request.index}) differs from the "
+                    "request that was planned"
+                )
+        for part in ("datastore_id", "base_versions", "problems"):
+            if getattr(self, part) != getattr(other, part):
+                return f"its {part} differ from what was planned"
+        return "its plan_id does not match its content"
+
+
+def _problem_records(problems: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{name: _jsonable(record.get(name)) for name in PROBLEM_COLUMNS} for record in problems.to_dict("records")]
+
+
+def _digests(
+    datastore_id: str, base_versions: Mapping[str, str], requests: Sequence[PlannedRequest], problems: pd.DataFrame
+) -> PlanDigests:
+    return PlanDigests(
+        datastore_id=content_digest(datastore_id),
+        base_versions=content_digest(dict(base_versions)),
+        problems=content_digest(_problem_records(problems)),
+        requests=tuple(content_digest(r.to_dict()) for r in requests),
+    )
 
 
 @dataclass(eq=False)
 class UpdatePlan:
-    """The requests that express a ChangeSet, per image set in order, with the versions they were made against."""
+    """The requests that express a ChangeSet, per image set in order, with the versions they were made against.
+
+    Make plans with ``UpdatePlan.build`` (or ``curation.plan``), which sets ``plan_id`` to the hash of the
+    content; ``check()`` tells whether the content still matches it.
+    """
 
     plan_id: str
     datastore_id: str
     base_versions: dict[str, str]
     requests: list[PlannedRequest]
     problems: pd.DataFrame = field(default_factory=empty_problems)
+    #: the digests of the parts as made (build) or as saved (from_dict); None for a plan made by hand
+    digests: PlanDigests | None = field(default=None, repr=False)
 
     @classmethod
     def build(
@@ -146,13 +241,9 @@ class UpdatePlan:
     ) -> UpdatePlan:
         """A plan whose ``plan_id`` is the hash of its content."""
         versions = {k: str(v) for k, v in base_versions.items()}
-        return cls(
-            _plan_id(datastore_id, versions, requests),
-            datastore_id,
-            versions,
-            requests,
-            empty_problems() if problems is None else problems.reset_index(drop=True),
-        )
+        table = empty_problems() if problems is None else problems.reset_index(drop=True)
+        digests = _digests(datastore_id, versions, requests, table)
+        return cls(digests.plan_id, datastore_id, versions, requests, table, digests)
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -182,20 +273,35 @@ class UpdatePlan:
             groups.setdefault(request.image_set_id, []).append(request)
         return {key: sorted(value, key=lambda r: r.index) for key, value in groups.items()}
 
+    # --- integrity ---------------------------------------------------------------------------------------
+
+    def current_digests(self) -> PlanDigests:
+        """The digests of the plan's content as it is now."""
+        return _digests(self.datastore_id, self.base_versions, self.requests, self.problems)
+
+    def check(self) -> None:
+        """Raise ``PlanEditedError`` (one line) unless the content still hashes to ``plan_id``, and
+        ``PlanFormatError`` when a request names another datastore or image set than the plan does."""
+        now = self.current_digests()
+        if now.plan_id != self.plan_id:
+            made = self.digests if self.digests is not None and self.digests.plan_id == self.plan_id else None
+            what = made.difference(now, self.requests) if made is not None else "its content does not hash to it"
+            raise PlanEditedError(f"plan {self.plan_id} was changed after it was made: {what}")
+        _check_consistency(self)
+
     # --- persistence -------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON-able data: what ``save`` writes and what the apply journal's first record holds."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "plan_id": self.plan_id,
+            "digests": (self.digests or self.current_digests()).to_dict(),
             "datastore_id": self.datastore_id,
             "base_versions": self.base_versions,
             "requests": [r.to_dict() for r in self.requests],
-            "problems": [
-                {name: _jsonable(record.get(name)) for name in PROBLEM_COLUMNS}
-                for record in self.problems.to_dict("records")
-            ],
+            "problems": _problem_records(self.problems),
         }
 
     def to_json(self) -> str:
@@ -203,33 +309,36 @@ class UpdatePlan:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2, default=_json_default).decode()
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> UpdatePlan:
-        data = orjson.loads(text)
-        if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"not an ahi-curation plan of format version {FORMAT_VERSION}")
-        problems = pd.DataFrame(
-            {
-                name: pd.Series([_from_jsonable(p.get(name)) for p in data.get("problems", [])], dtype=object)
-                for name in PROBLEM_COLUMNS
-            }
-        )
-        return cls(
-            plan_id=data["plan_id"],
-            datastore_id=data["datastore_id"],
-            base_versions={k: str(v) for k, v in data["base_versions"].items()},
-            requests=[PlannedRequest.from_dict(r) for r in data["requests"]],
-            problems=problems,
-        )
+    def from_dict(cls, data: Any, *, source: str = "the plan") -> UpdatePlan:
+        """The plan ``to_dict`` made, checked: ``PlanFormatError`` (``PlanEditedError`` for an edited plan)
+        with one line naming ``source`` and what is wrong."""
+        try:
+            plan = _PlanReader(data).read()
+            plan.check()
+        except PlanFormatError as exc:
+            raise type(exc)(f"{source}: {exc}") from None
+        return plan
 
-    def save(self, path: str | os.PathLike) -> None:
+    @classmethod
+    def from_json(cls, text: str | bytes, *, source: str = "the plan") -> UpdatePlan:
+        """``from_dict`` of JSON text."""
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise PlanFormatError(f"{source}: {_json_problem(text, exc)}") from None
+        return cls.from_dict(data, source=source)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the plan as JSON to ``path``."""
         with open(path, "w", encoding="utf-8") as handle:
             handle.write(self.to_json())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> UpdatePlan:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_json(handle.read())
+    def load(cls, path: str | os.PathLike[str]) -> UpdatePlan:
+        """The plan saved at ``path``, checked (``PlanFormatError`` names the file and what is wrong)."""
+        with open(path, "rb") as handle:
+            return cls.from_json(handle.read(), source=os.fspath(path))
+
 
     # --- preview -----------------------------------------------------------------------------------------
 
@@ -409,3 +518,170 @@ def _from_jsonable(value: Any) -> Any:
     return value
 
 
+
+
+# --- reading plans back ------------------------------------------------------------------------------------
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
+
+
+def _json_problem(text: str | bytes, exc: Exception) -> str:
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    if not data.strip():
+        return "the file is empty, not a plan"
+    first = data.split(b"\n", 1)[0]
+    try:
+        head = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        head = None
+    if isinstance(head, dict) and head.get("kind") == "plan":
+        return "this is an apply journal (JSON lines), not a plan: give it as the journal"
+    return f"not valid JSON (truncated or not a plan file): {exc}"
+
+
+def _need(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in data:
+        raise PlanFormatError(f"{where} has no {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise PlanFormatError(f"{where}: {key!r} is {_kind(value)}, which is not what a plan holds there")
+    return value
+
+
+def _string_list(data: Mapping[str, Any], key: str, where: str) -> list[str]:
+    values = data.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise PlanFormatError(f"{where}: {key!r} must be a list of strings")
+    return list(values)
+
+
+def _update_members() -> frozenset[str]:
+    from curation.model.service import shape
+
+    return frozenset(shape("UpdateImageSetMetadataRequest").members) - {"latestVersionId"}
+
+
+class _RequestReader:
+    """Reads and checks one request of a saved plan (``PlanFormatError`` names the request)."""
+
+    def __init__(self, data: Any, datastore_id: str, number: int) -> None:
+        self.data = data
+        self.datastore_id = datastore_id
+        self.where = f"request {number}"
+
+    def read(self) -> PlannedRequest:
+        if not isinstance(self.data, dict):
+            raise PlanFormatError(f"{self.where} is {_kind(self.data)}, not a request object")
+        image_set_id = _need(self.data, "image_set_id", str, self.where)
+        index = _need(self.data, "index", int, self.where)
+        if index < 0 or not _ID.fullmatch(image_set_id):
+            raise PlanFormatError(f"{self.where}: image set {image_set_id!r} #{index} is not a request position")
+        params = _need(self.data, "params", dict, self.where)
+        self._check_params(params, image_set_id)
+        planned_on = self.data.get("planned_on")
+        if planned_on is not None and not isinstance(planned_on, str):
+            raise PlanFormatError(f"{self.where}: 'planned_on' must be a digest string or null")
+        description = self.data.get("description") or ""
+        if not isinstance(description, str):
+            raise PlanFormatError(f"{self.where}: 'description' must be a string")
+        return PlannedRequest(
+            image_set_id=image_set_id,
+            index=index,
+            params=params,
+            force_reasons=_string_list(self.data, "force_reasons", self.where),
+            affects=_string_list(self.data, "affects", self.where),
+            description=description,
+            planned_on=planned_on,
+        )
+
+    def _check_params(self, params: dict[str, Any], image_set_id: str) -> None:
+        unknown = sorted(set(params) - _update_members())
+        if unknown:
+            raise PlanFormatError(f"{self.where}: {', '.join(unknown)} is not an UpdateImageSetMetadata parameter")
+        if params.get("datastoreId") != self.datastore_id:
+            raise PlanFormatError(
+                f"{self.where} is for datastore {params.get('datastoreId')!r}, the plan for {self.datastore_id!r}"
+            )
+        if params.get("imageSetId") != image_set_id:
+            raise PlanFormatError(f"{self.where} sends to image set {params.get('imageSetId')!r}, not {image_set_id}")
+        updates = params.get("updateImageSetMetadataUpdates")
+        if not isinstance(updates, dict) or len(set(updates) & {"DICOMUpdates", "revertToVersionId"}) != 1:
+            raise PlanFormatError(f"{self.where}: its updates need DICOMUpdates or revertToVersionId, one of them")
+        blobs = updates.get("DICOMUpdates", {})
+        if not isinstance(blobs, dict) or not all(isinstance(v, str) for v in blobs.values()):
+            raise PlanFormatError(f"{self.where}: the DICOMUpdates blobs must be JSON text")
+
+
+class _PlanReader:
+    """Reads and checks a saved plan's structure (the hash is checked by ``UpdatePlan.check``)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def read(self) -> UpdatePlan:
+        data = self.data
+        if not isinstance(data, dict):
+            raise PlanFormatError(f"holds {_kind(data)}, not a plan object")
+        if data.get("kind") == "plan" or data.get("format") == "ahi-curation-journal":
+            raise PlanFormatError("this is an apply journal's record, not a plan: give it as the journal")
+        if data.get("format") != FORMAT:
+            raise PlanFormatError(f"not an ahi-curation plan (format {data.get('format')!r})")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise PlanFormatError(
+                f"plan format version {data.get('format_version')!r}; this ahi-curation reads version "
+                f"{FORMAT_VERSION} (plan the changes again)"
+            )
+        datastore_id = _need(data, "datastore_id", str, "the plan")
+        versions = _need(data, "base_versions", dict, "the plan")
+        if not all(isinstance(k, str) and isinstance(v, str | int) for k, v in versions.items()):
+            raise PlanFormatError("the plan: 'base_versions' must map image set IDs to version IDs")
+        listed = _need(data, "requests", list, "the plan")
+        requests = [PlannedRequest.from_dict(r, datastore_id, n) for n, r in enumerate(listed)]
+        return UpdatePlan(
+            plan_id=_need(data, "plan_id", str, "the plan"),
+            datastore_id=datastore_id,
+            base_versions={k: str(v) for k, v in versions.items()},
+            requests=requests,
+            problems=self._problems(),
+            digests=self._digests(),
+        )
+
+    def _problems(self) -> pd.DataFrame:
+        records = _need(self.data, "problems", list, "the plan")
+        if not all(isinstance(p, dict) for p in records):
+            raise PlanFormatError("the plan: every problem must be an object")
+        return pd.DataFrame(
+            {
+                name: pd.Series([_from_jsonable(p.get(name)) for p in records], dtype=object)
+                for name in PROBLEM_COLUMNS
+            }
+        )
+
+    def _digests(self) -> PlanDigests:
+        digests = _need(self.data, "digests", dict, "the plan")
+        parts = [digests.get(k) for k in ("datastore_id", "base_versions", "problems")]
+        requests = digests.get("requests")
+        if not all(isinstance(p, str) for p in parts) or not isinstance(requests, list):
+            raise PlanFormatError("the plan: 'digests' is not what a plan holds there")
+        return PlanDigests(*parts, requests=tuple(str(r) for r in requests))
+
+
+def _check_consistency(plan: UpdatePlan) -> None:
+    """Every request names the plan's datastore and its own image set, once per index, with a base version."""
+    seen: set[tuple[str, int]] = set()
+    for number, request in enumerate(plan.requests):
+        where = f"request {number} (image set {request.image_set_id}, #{request.index})"
+        if request.params.get("datastoreId") != plan.datastore_id:
+            raise PlanFormatError(
+                f"{where} is for datastore {request.params.get('datastoreId')!r}, the plan for {plan.datastore_id!r}"
+            )
+        if request.params.get("imageSetId") != request.image_set_id:
+            raise PlanFormatError(f"{where} sends to image set {request.params.get('imageSetId')!r}")
+        if (request.image_set_id, request.index) in seen:
+            raise PlanFormatError(f"{where} appears twice")
+        seen.add((request.image_set_id, request.index))
+        if request.image_set_id not in plan.base_versions:
+            raise PlanFormatError(f"{where}: the plan has no base version for its image set")
