@@ -21,9 +21,11 @@ from curation.frames.snapshot import Snapshot
 from curation.frames.views import explode, typed
 from curation.model.document import DocumentError, encode_document, parse_document, read_document
 from curation.model.updates import apply_to_document
-from curation.run.applying import apply, revert, verify
+from curation.run.applying import apply
 from curation.run.fetching import fetch
 from curation.run.history import history, version_diff
+from curation.run.reverting import revert
+from curation.run.verifying import verify
 
 __all__ = [
     "NULL",

@@ -79,9 +79,11 @@ def _run(store_dir: Path) -> int:
     from curation.curate.differ import diff
     from curation.curate.planner import plan
     from curation.local.store import Store
-    from curation.run.applying import apply, revert, verify
+    from curation.run.applying import apply
     from curation.run.fetching import fetch
     from curation.run.history import history, version_diff
+    from curation.run.reverting import revert
+    from curation.run.verifying import verify
 
     store = Store(store_dir, lock_seconds=0.05)
     _section("1. Import DICOM files shipped with pydicom into an embedded datastore")

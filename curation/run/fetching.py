@@ -25,27 +25,27 @@ import pandas as pd
 from botocore.paginate import TokenEncoder
 
 from curation.model.document import DocumentError, check_document, parse_document
+from curation.model.quotas import DOCUMENTED_QUOTAS, Action, TokenBucket
 from curation.model.service import shape
-from curation.run.retries import (
-    RateLimiter,
-    RetryPolicy,
-    error_code,
-    is_not_consistent_yet,
-)
+from curation.run.limits import AUTO, Limiters, Rate
+from curation.run.retries import DEFAULT_RETRIES, RetryPolicy, error_code, error_message, is_not_consistent_yet
+from curation.run.servicecalls import read_blob
 
 if TYPE_CHECKING:
     from curation.frames.snapshot import Snapshot
 
-#: AHI's default quotas (requests per second, burst) for the calls fetch makes.
-GET_METADATA_QUOTA = (50.0, 100.0)
-CONTROL_QUOTA = (25.0, 50.0)  # SearchImageSets, GetImageSet
+#: AHI's documented quotas (requests per second, burst) of the calls fetch makes (``curation.model.quotas``).
+GET_METADATA_QUOTA = (
+    DOCUMENTED_QUOTAS[Action.GET_IMAGE_SET_METADATA].rate,
+    DOCUMENTED_QUOTAS[Action.GET_IMAGE_SET_METADATA].burst,
+)
+CONTROL_QUOTA = (DOCUMENTED_QUOTAS[Action.GET_IMAGE_SET].rate, DOCUMENTED_QUOTAS[Action.GET_IMAGE_SET].burst)
 #: ImageSetID, stage and error as in Snapshot.failures (error is "code: message"), plus code and message apart
 FAILURE_COLUMNS = ("ImageSetID", "stage", "error", "code", "message")
 #: Operators whose values are a (lowerBound, upperBound) pair; AHI only takes ranges of dates.
 RANGE_FILTERS = frozenset({"createdAt", "updatedAt", "DICOMStudyDateAndTime"})
 MAX_FILTERS = 2
 SEARCH_PAGE_SIZE = 50
-DEFAULT_RETRIES = RetryPolicy()
 
 
 class SearchError(ValueError):
@@ -175,22 +175,48 @@ def search_criteria(
     return criteria or None
 
 
+def fetch_limiters(rate: Rate | TokenBucket = AUTO, burst: float | None = None) -> Limiters:
+    """The limiters of a fetch: GetImageSetMetadata at ``rate`` (``"auto"``: the quota's, adapting; None: no
+    limit) and SearchImageSets/GetImageSet at half of it (as AHI's quotas are), or at their own quotas."""
+    if isinstance(rate, TokenBucket):  # a bucket of the previous API: its rate and burst as ceilings
+        rate, burst = (None if rate.unlimited else rate.rate), rate.burst
+    reads = (Action.SEARCH_IMAGE_SETS, Action.GET_IMAGE_SET)
+    if rate is None or rate == AUTO:
+        return Limiters(rates={a: rate for a in (Action.GET_IMAGE_SET_METADATA, *reads)})
+    rates: dict[str, Rate] = {Action.GET_IMAGE_SET_METADATA: float(rate)}
+    rates.update(dict.fromkeys(reads, float(rate) / 2))
+    bursts = {}
+    if burst is not None:
+        bursts = {Action.GET_IMAGE_SET_METADATA: burst, **dict.fromkeys(reads, max(1.0, burst / 2))}
+    return Limiters(rates=rates, bursts=bursts)
+
+
+def _search_limiters(limiter: TokenBucket | Limiters | None) -> Limiters:
+    if isinstance(limiter, Limiters):
+        return limiter
+    if isinstance(limiter, TokenBucket):
+        rate = None if limiter.unlimited else limiter.rate
+        return Limiters(rates={Action.SEARCH_IMAGE_SETS: rate}, bursts={Action.SEARCH_IMAGE_SETS: limiter.burst})
+    return Limiters()
+
+
 def iter_search_pages(
     client: Any,
     datastore_id: str,
     search: Mapping[str, Any] | None = None,
     *,
     sort: str | tuple[str, str] | None = None,
-    limiter: RateLimiter | None = None,
+    limiter: TokenBucket | Limiters | None = None,
     retries: RetryPolicy | int | None = DEFAULT_RETRIES,
 ) -> Iterator[list[dict[str, Any]]]:
     """Yield the image-set summaries of each SearchImageSets page for ``search`` (see ``search_criteria``).
 
-    Pages through boto3's ``search_image_sets`` paginator one page at a time, so that a throttled page is
-    retried from its own ``nextToken`` instead of restarting the search.
+    Pages through boto3's ``search_image_sets`` paginator one page at a time, so that a page is retried (by
+    botocore) from its own ``nextToken`` instead of restarting the search. ``limiter``: the run's
+    ``Limiters`` (or a ``TokenBucket`` for SearchImageSets); default AHI's quota, adapting.
     """
     policy = RetryPolicy.coerce(retries)
-    limiter = limiter or RateLimiter(*CONTROL_QUOTA)
+    limiters = _search_limiters(limiter)
     kwargs: dict[str, Any] = {"datastoreId": datastore_id}
     criteria = search_criteria(search, sort=sort)
     if criteria:
@@ -199,15 +225,16 @@ def iter_search_pages(
     encoder = TokenEncoder()
 
     def page(token: str | None) -> dict[str, Any]:
-        limiter.acquire()
         config: dict[str, Any] = {"PageSize": SEARCH_PAGE_SIZE}
         if token is not None:
             config["StartingToken"] = encoder.encode({"nextToken": token})
-        return next(iter(paginator.paginate(**kwargs, PaginationConfig=config)))
+        return limiters.call(
+            client, Action.SEARCH_IMAGE_SETS, lambda: next(iter(paginator.paginate(**kwargs, PaginationConfig=config)))
+        )
 
     token: str | None = None
     while True:
-        response = policy.call(partial(page, token))
+        response = policy.call(partial(page, token), retryable=is_not_consistent_yet)
         yield list(response.get("imageSetsMetadataSummaries", []))
         token = response.get("nextToken")
         if not token:
@@ -220,7 +247,7 @@ def search_image_sets(
     search: Mapping[str, Any] | None = None,
     *,
     sort: str | tuple[str, str] | None = None,
-    limiter: RateLimiter | None = None,
+    limiter: TokenBucket | Limiters | None = None,
     retries: RetryPolicy | int | None = DEFAULT_RETRIES,
 ) -> list[dict[str, Any]]:
     """Every image-set summary SearchImageSets returns for ``search``, in order, each image set once.
@@ -243,67 +270,119 @@ class _Failed(Exception):
         self.stage, self.code, self.message = stage, code, message
 
 
-def _message(exc: BaseException) -> str:
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
-    return str(exc)
-
-
 def _failure_table(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
     records = [(i, stage, f"{code}: {message}", code, message) for i, stage, code, message in rows]
     return pd.DataFrame(records, columns=list(FAILURE_COLUMNS), dtype=object)
 
 
-def _read_blob(response: Mapping[str, Any]) -> bytes:
-    body = response["imageSetMetadataBlob"]
-    return body.read() if hasattr(body, "read") else bytes(body)
+@dataclass
+class _Targets:
+    """What to fetch: image set IDs arrive in batches (a search page at a time) with versions and summaries."""
+
+    versions: dict[str, str] = field(default_factory=dict)
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def batches(
+        self,
+        client: Any,
+        datastore_id: str,
+        image_set_ids: Iterable[str] | None,
+        search: Mapping[str, Any] | None,
+        version_ids: Mapping[str, Any] | None,
+        sort: str | tuple[str, str] | None,
+        limiters: Limiters,
+        policy: RetryPolicy,
+    ) -> Iterator[list[str]]:
+        """Yield batches of new image set IDs to fetch, filling in versions and summaries."""
+        if image_set_ids is not None and search is not None:
+            raise ValueError("give image_set_ids or search, not both")
+        self.versions.update({str(k): str(v) for k, v in (version_ids or {}).items() if v is not None})
+        if isinstance(image_set_ids, str):
+            image_set_ids = [image_set_ids]
+        if image_set_ids is None and search is None and version_ids:
+            image_set_ids = list(version_ids)
+        if image_set_ids is not None:
+            yield list(dict.fromkeys(str(i) for i in image_set_ids))
+            return
+        for page in iter_search_pages(client, datastore_id, search, sort=sort, limiter=limiters, retries=policy):
+            batch = []
+            for summary in page:
+                image_set_id = summary["imageSetId"]
+                if image_set_id in self.summaries:
+                    continue
+                self.summaries[image_set_id] = summary
+                if image_set_id not in self.versions and summary.get("version") is not None:
+                    self.versions[image_set_id] = str(summary["version"])
+                batch.append(image_set_id)
+            yield batch
 
 
-def _limiters(rate: float | RateLimiter | None, burst: float) -> tuple[RateLimiter, RateLimiter]:
-    """The GetImageSetMetadata limiter and the SearchImageSets/GetImageSet one (half of it, as AHI's quotas)."""
-    if isinstance(rate, RateLimiter):
-        return rate, RateLimiter(*CONTROL_QUOTA)
-    if rate is None:
-        return RateLimiter(None), RateLimiter(None)
-    return RateLimiter(rate, burst), RateLimiter(rate / 2, max(1.0, burst / 2))
+class _Fetcher:
+    """Fetches and parses one image set's document (a worker's task), under the fetch's limiters."""
+
+    def __init__(self, client: Any, datastore_id: str, targets: _Targets, limiters: Limiters, policy: RetryPolicy):
+        self.client, self.datastore_id = client, datastore_id
+        self.targets, self.limiters, self.policy = targets, limiters, policy
+
+    def call(self, stage: Action, fn: Callable[[], Any]) -> Any:
+        try:
+            return self.policy.call(
+                lambda: self.limiters.call(self.client, stage, fn), retryable=is_not_consistent_yet
+            )
+        except Exception as exc:
+            raise _Failed(str(stage), error_code(exc), error_message(exc)) from exc
+
+    def __call__(self, image_set_id: str) -> tuple[str, dict[str, Any], bool | None]:
+        version = self.targets.versions.get(image_set_id)
+        primary = self.targets.summaries.get(image_set_id, {}).get("isPrimary")
+        if version is None:
+            info = self.call(
+                Action.GET_IMAGE_SET,
+                lambda: self.client.get_image_set(datastoreId=self.datastore_id, imageSetId=image_set_id),
+            )
+            version = str(info["versionId"])
+            primary = info.get("isPrimary", primary)
+        params = {"datastoreId": self.datastore_id, "imageSetId": image_set_id, "versionId": version}
+        blob = self.call(
+            Action.GET_IMAGE_SET_METADATA, lambda: read_blob(self.client.get_image_set_metadata(**params))
+        )
+        return version, self.parse(image_set_id, blob), primary
+
+    @staticmethod
+    def parse(image_set_id: str, blob: bytes) -> dict[str, Any]:
+        try:
+            document = parse_document(blob)
+            check_document(document)
+        except DocumentError as exc:
+            raise _Failed("parse", "DocumentError", f"image set {image_set_id}: {exc}") from exc
+        except (zlib.error, EOFError, OSError) as exc:  # parse_document lets some gzip errors through
+            raise _Failed("parse", "DocumentError", f"image set {image_set_id}: blob is not valid gzip: {exc}") from exc
+        found = document.get("ImageSetID")
+        if found != image_set_id:
+            raise _Failed("parse", "DocumentError", f"image set {image_set_id}: document has ImageSetID {found!r}")
+        return document
 
 
-def _targets(
-    client: Any,
-    datastore_id: str,
-    image_set_ids: Iterable[str] | None,
-    search: Mapping[str, Any] | None,
-    version_ids: Mapping[str, Any] | None,
-    sort: str | tuple[str, str] | None,
-    control: RateLimiter,
-    policy: RetryPolicy,
-    versions: dict[str, str],
-    summaries: dict[str, dict[str, Any]],
-) -> Iterator[list[str]]:
-    """Yield batches of new image set IDs to fetch (a search page at a time), filling in versions and summaries."""
-    if image_set_ids is not None and search is not None:
-        raise ValueError("give image_set_ids or search, not both")
-    versions.update({str(k): str(v) for k, v in (version_ids or {}).items() if v is not None})
-    if isinstance(image_set_ids, str):
-        image_set_ids = [image_set_ids]
-    if image_set_ids is None and search is None and version_ids:
-        image_set_ids = list(version_ids)
-    if image_set_ids is not None:
-        yield list(dict.fromkeys(str(i) for i in image_set_ids))
-        return
-    for page in iter_search_pages(client, datastore_id, search, sort=sort, limiter=control, retries=policy):
-        batch = []
-        for summary in page:
-            image_set_id = summary["imageSetId"]
-            if image_set_id in summaries:
-                continue
-            summaries[image_set_id] = summary
-            if image_set_id not in versions and summary.get("version") is not None:
-                versions[image_set_id] = str(summary["version"])
-            batch.append(image_set_id)
-        yield batch
+@dataclass
+class _Collected:
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    primary: dict[str, bool] = field(default_factory=dict)
+    failures: list[tuple[str, str, str, str]] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def take(self, image_set_id: str, future: Future[tuple[str, dict[str, Any], bool | None]]) -> None:
+        try:
+            version, document, primary = future.result()
+        except _Failed as exc:
+            self.failures.append((image_set_id, exc.stage, exc.code, exc.message))
+        except Exception as exc:
+            self.failures.append((image_set_id, "fetch", type(exc).__name__, str(exc)))
+        else:
+            self.documents[image_set_id] = document
+            self.versions[image_set_id] = version
+            if primary is not None:
+                self.primary[image_set_id] = bool(primary)
 
 
 def fetch_documents(
@@ -315,10 +394,11 @@ def fetch_documents(
     *,
     sort: str | tuple[str, str] | None = None,
     max_workers: int = 8,
-    rate: float | RateLimiter | None = GET_METADATA_QUOTA[0],
-    burst: float = GET_METADATA_QUOTA[1],
+    rate: Rate | TokenBucket = AUTO,
+    burst: float | None = None,
     progress: bool = True,
     retries: RetryPolicy | int | None = DEFAULT_RETRIES,
+    limiters: Limiters | None = None,
 ) -> FetchResult:
     """Fetch and parse the metadata documents; the work of ``fetch`` without building the Snapshot.
 
@@ -330,94 +410,39 @@ def fetch_documents(
     if max_workers < 1:
         raise ValueError("max_workers must be at least 1")
     policy = RetryPolicy.coerce(retries)
-    metadata_limiter, control = _limiters(rate, burst)
-    versions: dict[str, str] = {}
-    summaries: dict[str, dict[str, Any]] = {}
-    targets = _targets(
-        client, datastore_id, image_set_ids, search, version_ids, sort, control, policy, versions, summaries
-    )
-
-    def call(stage: str, limiter: RateLimiter, fn: Callable[[], Any]) -> Any:
-        def attempt() -> Any:
-            limiter.acquire()
-            return fn()
-
-        try:
-            return policy.call(attempt, retryable=is_not_consistent_yet)
-        except Exception as exc:
-            raise _Failed(stage, error_code(exc), _message(exc)) from exc
-
-    def one(image_set_id: str) -> tuple[str, dict[str, Any], bool | None]:
-        version = versions.get(image_set_id)
-        primary = summaries.get(image_set_id, {}).get("isPrimary")
-        if version is None:
-            info = call(
-                "GetImageSet",
-                control,
-                lambda: client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id),
-            )
-            version = str(info["versionId"])
-            primary = info.get("isPrimary", primary)
-        params = {"datastoreId": datastore_id, "imageSetId": image_set_id, "versionId": version}
-        blob = call(
-            "GetImageSetMetadata", metadata_limiter, lambda: _read_blob(client.get_image_set_metadata(**params))
-        )
-        try:
-            document = parse_document(blob)
-            check_document(document)
-        except DocumentError as exc:
-            raise _Failed("parse", "DocumentError", f"image set {image_set_id}: {exc}") from exc
-        except (zlib.error, EOFError, OSError) as exc:  # parse_document lets some gzip errors through
-            raise _Failed("parse", "DocumentError", f"image set {image_set_id}: blob is not valid gzip: {exc}") from exc
-        found = document.get("ImageSetID")
-        if found != image_set_id:
-            raise _Failed("parse", "DocumentError", f"image set {image_set_id}: document has ImageSetID {found!r}")
-        return version, document, primary
-
-    documents: dict[str, dict[str, Any]] = {}
-    fetched_versions: dict[str, str] = {}
-    primaries: dict[str, bool] = {}
-    failures: list[tuple[str, str, str, str]] = []
-    ids: list[str] = []
+    limiters = limiters or fetch_limiters(rate, burst)
+    targets = _Targets()
+    batches = targets.batches(client, datastore_id, image_set_ids, search, version_ids, sort, limiters, policy)
+    fetcher = _Fetcher(client, datastore_id, targets, limiters, policy)
+    got = _Collected()
     executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ahi-fetch")
     completed = False
     try:
         with tqdm(total=0, desc="GetImageSetMetadata", unit=" image sets", disable=not progress) as bar:
             pending: dict[Future[tuple[str, dict[str, Any], bool | None]], str] = {}
-            for batch in targets:  # downloads start while the search is still paging
-                ids += batch
-                pending.update({executor.submit(one, image_set_id): image_set_id for image_set_id in batch})
-                bar.total = len(ids)
+            for batch in batches:  # downloads start while the search is still paging
+                got.ids += batch
+                pending.update({executor.submit(fetcher, image_set_id): image_set_id for image_set_id in batch})
+                bar.total = len(got.ids)
                 bar.refresh()
             for future in as_completed(pending):
-                image_set_id = pending[future]
-                try:
-                    version, document, primary = future.result()
-                except _Failed as exc:
-                    failures.append((image_set_id, exc.stage, exc.code, exc.message))
-                except Exception as exc:
-                    failures.append((image_set_id, "fetch", type(exc).__name__, str(exc)))
-                else:
-                    documents[image_set_id] = document
-                    fetched_versions[image_set_id] = version
-                    if primary is not None:
-                        primaries[image_set_id] = bool(primary)
+                got.take(pending[future], future)
                 bar.update(1)
-                if failures:
-                    bar.set_postfix(failed=len(failures), refresh=False)
+                if got.failures:
+                    bar.set_postfix(failed=len(got.failures), refresh=False)
         completed = True
     finally:
         # interrupted (e.g. Ctrl-C in a notebook) or the search failed: drop queued work, do not wait for it
         executor.shutdown(wait=completed, cancel_futures=True)
-    order = {image_set_id: i for i, image_set_id in enumerate(ids)}
-    failures.sort(key=lambda row: order[row[0]])
+    order = {image_set_id: i for i, image_set_id in enumerate(got.ids)}
+    got.failures.sort(key=lambda row: order[row[0]])
     return FetchResult(
         datastore_id=datastore_id,
-        documents=[documents[i] for i in ids if i in documents],
-        version_ids={i: fetched_versions[i] for i in ids if i in documents},
-        failures=_failure_table(failures),
-        summaries=summaries,
-        primary={i: primaries[i] for i in ids if i in primaries},
+        documents=[got.documents[i] for i in got.ids if i in got.documents],
+        version_ids={i: got.versions[i] for i in got.ids if i in got.documents},
+        failures=_failure_table(got.failures),
+        summaries=targets.summaries,
+        primary={i: got.primary[i] for i in got.ids if i in got.primary},
     )
 
 
@@ -430,14 +455,16 @@ def fetch(
     *,
     sort: str | tuple[str, str] | None = None,
     max_workers: int = 8,
-    rate: float | RateLimiter | None = GET_METADATA_QUOTA[0],
-    burst: float = GET_METADATA_QUOTA[1],
+    rate: Rate | TokenBucket = AUTO,
+    burst: float | None = None,
     progress: bool = True,
     retries: RetryPolicy | int | None = DEFAULT_RETRIES,
+    limiters: Limiters | None = None,
 ) -> Snapshot:
     """Fetch image-set metadata documents into a ``Snapshot``.
 
-    - ``client``: any boto3 ``medical-imaging`` client (AWS, or ``curation.local.client(...)``).
+    - ``client``: any boto3 ``medical-imaging`` client (AWS, or ``curation.local.client(...)``); create your own
+      with ``Config(retries={"mode": "standard"})`` so that botocore retries throttling and 5xx.
     - ``image_set_ids``: the image sets to fetch; without them (and without ``version_ids``) every image
       set matching ``search`` is fetched (all of the datastore when ``search`` is None too). ``search`` is
       plain Python, e.g. ``{"PatientId": "X", "StudyDate": ("20200101", "20201231")}``; see
@@ -445,11 +472,13 @@ def fetch(
     - ``version_ids``: ``{image_set_id: version}`` to fetch older versions. Otherwise the search summary's
       version is used, or GetImageSet's latest for given IDs; the document is always requested at that
       version, so the Snapshot records exactly the version each document is.
-    - ``max_workers`` concurrent downloads under a ``rate`` per second (``burst`` tokens) client-side limit,
-      AHI's GetImageSetMetadata quota by default; SearchImageSets/GetImageSet run at half of it (AHI's
-      quotas for them). ``rate=None`` disables the limit; a ``RateLimiter`` can be shared between calls.
-    - ``retries``: a ``RetryPolicy`` (or a number of attempts; None: no retry) for throttling, 5xx,
-      connection errors and the "not consistent yet" ConflictException, on top of botocore's own retries.
+    - ``max_workers`` concurrent downloads under a client-side limit: ``rate="auto"`` (default) starts at AHI's
+      GetImageSetMetadata quota (50 per second, burst 100; SearchImageSets and GetImageSet at theirs) and
+      adapts to ThrottlingExceptions; a number is a ceiling (``burst`` tokens; the search and GetImageSet
+      at half of it); None: no limit. ``limiters`` (``curation.run.limits.Limiters``) share one set of
+      limits between calls.
+    - ``retries``: a ``RetryPolicy`` (or a number of attempts) for AHI's "not consistent yet"
+      ConflictException, which botocore does not retry.
     - ``progress``: a tqdm bar (``tqdm.auto``: a widget in notebooks, text in a terminal).
 
     An image set that cannot be fetched or parsed does not fail the fetch: it is listed in the Snapshot's
@@ -467,6 +496,7 @@ def fetch(
         burst=burst,
         progress=progress,
         retries=retries,
+        limiters=limiters,
     )
     return to_snapshot(result)
 

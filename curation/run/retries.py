@@ -1,113 +1,63 @@
-"""Client-side rate limiting and retries for AHI calls: a token bucket and jittered exponential backoff.
+"""The one retry policy: botocore's standard retry mode, plus our own waiting for what botocore cannot know.
 
-AHI enforces per-action quotas (GetImageSetMetadata 50/s burst 100, SearchImageSets and GetImageSet 25/s
-burst 50, updates 0.25/s burst 1). Staying under them client-side is cheaper than being throttled, and what
-still fails transiently is retried here with "full jitter" backoff (delay drawn uniformly in
-``[0, min(max_delay, base_delay * 2**retry)]``), so that many workers do not retry in lockstep.
+Throttling, 5xx and connection errors are botocore's to retry, inside each call: the clients this package makes
+use ``client_config()`` (botocore's ``"standard"`` retry mode, 3 attempts, with botocore's own list of
+throttling codes and its backoff). A client you make yourself retries the same way when created with
+``botocore.config.Config(retries={"mode": "standard"})`` (botocore's default since 1.36; ``"adaptive"`` adds
+botocore's client-side rate limiter, which ``curation.run.limits`` already does per action, so keep
+``"standard"``). Nothing here retries those errors again.
 
-These retries sit on top of botocore's own: every boto3 client already retries throttling (429,
-``ThrottlingException``), 5xx and connection errors inside one call (botocore 1.44 defaults to the
-"standard" retry mode, 3 attempts; "legacy" makes 5). ``retry_call`` therefore only sees what survived
-those, plus errors botocore never retries, such as AHI's ConflictException "metadata is not consistent yet".
-Clock and sleep are injectable so that tests never depend on wall time.
+What botocore cannot know is AHI's own ``ConflictException``: an image set that is ``LOCKED`` by an update in
+progress, and "Requested ImageSet metadata is not consistent yet. Please retry after a few seconds." right after
+an import. ``RetryPolicy`` waits those out with full-jitter exponential backoff (delay drawn uniformly in
+``[0, min(max_delay, base_delay * 2**retry)]``), only when the caller's predicate says so. Sleep and
+randomness are injectable, so tests never depend on wall time.
+
+The classification helpers reuse botocore's checkers, so the codes stay botocore's: ``is_throttling`` (the
+detector of botocore's standard and adaptive modes), ``is_transient`` (throttling, 5xx, connection errors),
+``never_sent`` (the connection was never made: nothing reached the service).
 """
 
 from __future__ import annotations
 
-import math
 import random
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TypeVar
 
+from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.retries import standard
+
+from curation.model.quotas import TokenBucket
+from curation.model.service import operation_model
 
 T = TypeVar("T")
 
-#: Error codes that mean "slow down" (botocore's standard retry mode uses the same family).
-THROTTLING_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "SlowDown",
-    }
-)
-#: Error codes of a transient server-side failure.
-SERVER_ERROR_CODES = frozenset({"InternalServerException", "InternalFailure", "ServiceUnavailable"})
+#: Attempts per call in botocore's standard retry mode (its default; the first try included).
+STANDARD_ATTEMPTS = 3
+#: Seconds to wait for a TCP connection before botocore's retry (a refused one fails at once anyway).
+CONNECT_TIMEOUT = 10
 NOT_CONSISTENT_YET = "not consistent yet"
+STALE_TEXT = "not the latest"
 
 
-class RateLimiter:
-    """A thread-safe token bucket: ``rate_per_second`` tokens refill continuously, up to ``burst``.
+def client_config(config: Config | None = None, *, endpoint_url: str | None = None) -> Config:
+    """The botocore Config of the clients this package makes: standard retry mode, a bounded connect
+    timeout, and no host prefix for an ``endpoint_url`` (``ahi-curation serve``); ``config`` overrides."""
+    ours = Config(
+        retries={"mode": "standard", "total_max_attempts": STANDARD_ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT,
+    )
+    if endpoint_url:
+        ours = ours.merge(Config(inject_host_prefix=False))
+    return ours.merge(config) if config is not None else ours
 
-    ``acquire()`` blocks until a token is available. Callers reserve their token under the lock (the bucket
-    may go negative) and sleep outside it, so waiting threads are served in arrival order at exactly
-    ``rate_per_second`` and never hold the lock while sleeping. A rate of ``None`` or ``inf`` never waits.
-    """
 
-    def __init__(
-        self,
-        rate_per_second: float | None,
-        burst: float = 1.0,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], object] = time.sleep,
-    ) -> None:
-        if rate_per_second is not None and not rate_per_second > 0:
-            raise ValueError(f"rate_per_second must be positive, not {rate_per_second!r}")
-        if not burst >= 1:
-            raise ValueError(f"burst must be at least 1, not {burst!r}")
-        self.rate = math.inf if rate_per_second is None else float(rate_per_second)
-        self.burst = float(burst)
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tokens = self.burst
-        self._updated = clock()
-
-    def __repr__(self) -> str:
-        return f"RateLimiter(rate_per_second={self.rate:g}, burst={self.burst:g})"
-
-    def _refill(self, now: float) -> None:
-        elapsed = max(0.0, now - self._updated)
-        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
-        self._updated = now
-
-    def reserve(self, tokens: float = 1.0) -> float:
-        """Take ``tokens`` now and return how many seconds the caller must wait before using them."""
-        if math.isinf(self.rate):
-            return 0.0
-        if tokens > self.burst:
-            raise ValueError(f"cannot take {tokens} tokens from a bucket of {self.burst}")
-        with self._lock:
-            self._refill(self._clock())
-            self._tokens -= tokens
-            return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-    def acquire(self, tokens: float = 1.0) -> float:
-        """Block until ``tokens`` are available; return the seconds waited."""
-        wait = self.reserve(tokens)
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-    def try_acquire(self, tokens: float = 1.0) -> bool:
-        """Take ``tokens`` if they are available right now, without waiting."""
-        if math.isinf(self.rate):
-            return True
-        with self._lock:
-            self._refill(self._clock())
-            if self._tokens >= tokens:
-                self._tokens -= tokens
-                return True
-            return False
+# --- classification -----------------------------------------------------------------------------------------
 
 
 def error_code(exc: BaseException) -> str:
@@ -115,6 +65,13 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", "")) or type(exc).__name__
     return type(exc).__name__
+
+
+def error_message(exc: BaseException) -> str:
+    """The service's message of a ``ClientError`` (else ``str(exc)``)."""
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Message", "")) or str(exc)
+    return str(exc)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -125,27 +82,84 @@ def http_status(exc: BaseException) -> int | None:
     return None
 
 
+class _Status:
+    """The part of an HTTP response botocore's checkers read."""
+
+    def __init__(self, status_code: int | None, headers: Mapping[str, str]) -> None:
+        self.status_code = status_code
+        self.headers = dict(headers)
+
+
+def _context(exc: ClientError) -> standard.RetryContext:
+    try:
+        model = operation_model(exc.operation_name)
+    except Exception:  # another service's error, or no operation name: no model to consult
+        model = None
+    metadata = exc.response.get("ResponseMetadata", {})
+    return standard.RetryContext(
+        attempt_number=1,
+        operation_model=model,
+        parsed_response=exc.response,
+        http_response=_Status(metadata.get("HTTPStatusCode"), metadata.get("HTTPHeaders") or {}),
+    )
+
+
+@cache
+def _throttling_detector() -> standard.ThrottlingErrorDetector:
+    return standard.ThrottlingErrorDetector(retry_event_adapter=standard.RetryEventAdapter())
+
+
+def throttling_detector() -> standard.ThrottlingErrorDetector:
+    """botocore's throttling detector (the one its standard and adaptive retry modes use)."""
+    return _throttling_detector()
+
+
+def is_throttling(exc: BaseException) -> bool:
+    """True for a throttling answer, by botocore's own codes, status 429 and the service model."""
+    return isinstance(exc, ClientError) and _throttling_detector().is_throttling_error_from_context(_context(exc))
+
+
 def is_transient(exc: BaseException) -> bool:
-    """True for errors worth retrying on any AHI call: throttling, 5xx, botocore connection errors."""
+    """True for what botocore's standard mode retries: throttling, 5xx, connection and HTTP client errors."""
     if isinstance(exc, BotocoreConnectionError | HTTPClientError):
         return True
-    if isinstance(exc, ClientError):
-        status = http_status(exc)
-        code = error_code(exc)
-        return (
-            code in THROTTLING_CODES
-            or code in SERVER_ERROR_CODES
-            or status == 429
-            or (status is not None and status >= 500)
-        )
-    return False
+    if not isinstance(exc, ClientError):
+        return False
+    return is_throttling(exc) or standard.TransientRetryableChecker().is_retryable(_context(exc))
+
+
+def never_sent(exc: BaseException) -> bool:
+    """True when no connection was ever made (refused, unresolvable, connect timeout): nothing was sent."""
+    return isinstance(exc, BotocoreConnectionError)
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """AHI's ConflictException (the image set is LOCKED, or its metadata not consistent yet)."""
+    return isinstance(exc, ClientError) and error_code(exc) == "ConflictException"
 
 
 def is_not_consistent_yet(exc: BaseException) -> bool:
     """True for AHI's ConflictException "Requested ImageSet metadata is not consistent yet. Please retry"."""
-    if not isinstance(exc, ClientError) or error_code(exc) != "ConflictException":
-        return False
-    return NOT_CONSISTENT_YET in str(exc.response.get("Error", {}).get("Message", "")).lower()
+    return is_conflict(exc) and NOT_CONSISTENT_YET in error_message(exc).lower()
+
+
+def is_stale(exc: BaseException) -> bool:
+    """True for AHI's answer to a stale ``latestVersionId`` (ResourceNotFoundException "... not the latest.")."""
+    return (
+        isinstance(exc, ClientError)
+        and error_code(exc) == "ResourceNotFoundException"
+        and STALE_TEXT in error_message(exc).lower()
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """``Code: message`` of a ClientError, else ``Class: message``."""
+    if isinstance(exc, ClientError):
+        return f"{error_code(exc)}: {error_message(exc)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# --- our own waiting -------------------------------------------------------------------------------------------
 
 
 def backoff_delay(retry: int, *, base_delay: float, max_delay: float, rng: Callable[[], float]) -> float:
@@ -157,7 +171,7 @@ def backoff_delay(retry: int, *, base_delay: float, max_delay: float, rng: Calla
 def retry_call(
     fn: Callable[[], T],
     *,
-    retryable: Callable[[BaseException], bool] | None = None,
+    retryable: Callable[[BaseException], bool],
     max_attempts: int = 6,
     base_delay: float = 0.5,
     max_delay: float = 20.0,
@@ -165,10 +179,9 @@ def retry_call(
     rng: Callable[[], float] = random.random,
     on_retry: Callable[[int, BaseException, float], object] | None = None,
 ) -> T:
-    """Call ``fn()`` until it succeeds, retrying transient errors with full-jitter exponential backoff.
+    """Call ``fn()`` until it succeeds, waiting out the errors ``retryable`` accepts (and only those).
 
-    An exception is retried when ``is_transient`` says so or the caller's ``retryable`` predicate
-    returns True, and fewer than ``max_attempts`` calls were made; otherwise the last exception is raised
+    Full-jitter exponential backoff between attempts; after ``max_attempts`` calls the last exception is raised
     unchanged. ``on_retry(attempt, exc, delay)`` is called before each sleep (for logging or counting).
     """
     if max_attempts < 1:
@@ -178,8 +191,7 @@ def retry_call(
         try:
             return fn()
         except Exception as exc:
-            worth_it = is_transient(exc) or (retryable is not None and retryable(exc))
-            if not worth_it or attempt >= max_attempts:
+            if not retryable(exc) or attempt >= max_attempts:
                 raise
             delay = backoff_delay(attempt - 1, base_delay=base_delay, max_delay=max_delay, rng=rng)
             if on_retry is not None:
@@ -190,7 +202,8 @@ def retry_call(
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How ``retry_call`` retries: attempts, backoff bounds, and the (injectable) sleep and randomness."""
+    """How long we wait out AHI's ConflictException (LOCKED, "not consistent yet"): attempts, backoff bounds,
+    and the (injectable) sleep and randomness. Throttling and 5xx are botocore's (``client_config``)."""
 
     max_attempts: int = 6
     base_delay: float = 0.5
@@ -200,11 +213,11 @@ class RetryPolicy:
 
     @classmethod
     def coerce(cls, value: RetryPolicy | int | None) -> RetryPolicy:
-        """A policy from a policy, a number of attempts (1 = no retry), or None (no retry)."""
+        """A policy from a policy, a number of attempts (1 = no wait), or None (the defaults)."""
         if isinstance(value, RetryPolicy):
             return value
         if value is None:
-            return cls(max_attempts=1)
+            return cls()
         if isinstance(value, int) and not isinstance(value, bool):
             return cls(max_attempts=value)
         raise TypeError(f"retries must be a RetryPolicy, an int or None, not {type(value).__name__}")
@@ -213,7 +226,7 @@ class RetryPolicy:
         self,
         fn: Callable[[], T],
         *,
-        retryable: Callable[[BaseException], bool] | None = None,
+        retryable: Callable[[BaseException], bool],
         on_retry: Callable[[int, BaseException, float], object] | None = None,
     ) -> T:
         """``retry_call(fn)`` with this policy."""
@@ -227,3 +240,9 @@ class RetryPolicy:
             rng=self.rng,
             on_retry=on_retry,
         )
+
+
+DEFAULT_RETRIES = RetryPolicy()
+
+#: The project's one token bucket under its earlier name (``curation.scale`` still imports it from here).
+RateLimiter = TokenBucket

@@ -531,15 +531,14 @@ class CurationPanel:
             raise ValueError("nothing to undo")
         if self.client is None:
             raise RuntimeError("the panel has no client")
-        from curation.run import applying as applier
+        from curation.run import reverting
+        from curation.run.journal import read_journal, touched_versions
 
         path = self.journals[-1]
-        from curation.run.journal import read_journal
-
-        before, _ = applier.touched_versions(read_journal(path))
+        before, _ = touched_versions(read_journal(path))
         self.progress.description = "undoing"
-        with _JournalProgress(self.progress, applier.default_revert_journal(path), dict.fromkeys(before, 1)):
-            result = applier.revert(path, self.client, progress=False, **self.apply_options)
+        with _JournalProgress(self.progress, reverting.default_revert_journal(path), dict.fromkeys(before, 1)):
+            result = reverting.revert(path, self.client, progress=False, **self.apply_options)
         self.progress.description = "undone"
         self.journals.pop()
         self.last_undo = result

@@ -32,7 +32,8 @@ from curation.run.fetching import (
     fetch_documents,
     search_criteria,
 )
-from curation.run.retries import RateLimiter, RetryPolicy
+from curation.run.limits import Limiters
+from curation.run.retries import RetryPolicy
 
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 DATASTORE = "5bb1dcedf7c14ece969d7fe73c5b87a1"
@@ -304,20 +305,29 @@ def test_version_ids_pin_the_version_without_get_image_set(client, small_documen
     assert result.version_ids == {docs[0]["ImageSetID"]: "1", docs[1]["ImageSetID"]: "2"}
 
 
-def test_throttling_and_not_consistent_yet_are_retried(client, small_document):
+def test_not_consistent_yet_is_waited_out_and_throttling_is_left_to_botocore(client, small_document):
+    """Our waits cover AHI's ConflictException only: a Stubber client has no botocore retries, so a throttle
+    or a 500 that reaches fetch is a failure, never retried a second time on top of botocore's attempts."""
     doc = copy_of(small_document)
     image_set_id = doc["ImageSetID"]
     clock = FakeClock()
     stub = Stubber(client)
-    stub.add_client_error("get_image_set_metadata", "ThrottlingException", "Rate exceeded", 429)
     stub.add_client_error("get_image_set_metadata", "ConflictException", NOT_CONSISTENT, 409)
-    stub.add_client_error("get_image_set_metadata", "InternalServerException", "oops", 500)
+    stub.add_client_error("get_image_set_metadata", "ConflictException", NOT_CONSISTENT, 409)
     stub.add_response("get_image_set_metadata", metadata_response(encode_document(doc, compress=True)))
     policy = RetryPolicy(max_attempts=4, base_delay=1.0, sleep=clock.sleep, rng=lambda: 1.0)
     with stub:
         result = fetch_documents(client, DATASTORE, version_ids={image_set_id: "1"}, **quiet(retries=policy))
     assert result.documents == [doc]
-    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert clock.sleeps == [1.0, 2.0]
+    for code, status in (("ThrottlingException", 429), ("InternalServerException", 500)):
+        stub = Stubber(client)
+        stub.add_client_error("get_image_set_metadata", code, "no", status)
+        with stub:
+            result = fetch_documents(client, DATASTORE, version_ids={image_set_id: "1"}, **quiet(retries=policy))
+            stub.assert_no_pending_responses()
+        assert list(result.failures["code"]) == [code]
+    assert clock.sleeps == [1.0, 2.0]
 
 
 def test_other_conflicts_and_exhausted_retries_become_failures(client, small_document):
@@ -326,7 +336,7 @@ def test_other_conflicts_and_exhausted_retries_become_failures(client, small_doc
     stub = Stubber(client)
     stub.add_client_error("get_image_set_metadata", "ConflictException", "Image set is locked", 409)
     for _ in range(2):
-        stub.add_client_error("get_image_set_metadata", "ThrottlingException", "Rate exceeded", 429)
+        stub.add_client_error("get_image_set_metadata", "ConflictException", NOT_CONSISTENT, 409)
     stub.add_response("get_image_set_metadata", metadata_response(encode_document(docs[2], compress=True)))
     with stub:
         result = fetch_documents(
@@ -349,9 +359,9 @@ def test_other_conflicts_and_exhausted_retries_become_failures(client, small_doc
         {
             "ImageSetID": ids[1],
             "stage": "GetImageSetMetadata",
-            "error": "ThrottlingException: Rate exceeded",
-            "code": "ThrottlingException",
-            "message": "Rate exceeded",
+            "error": f"ConflictException: {NOT_CONSISTENT}",
+            "code": "ConflictException",
+            "message": NOT_CONSISTENT,
         },
     ]
 
@@ -412,7 +422,7 @@ def test_a_failed_search_is_raised(client):
         fetch_documents(client, DATASTORE, **quiet())
 
 
-def test_a_throttled_search_page_resumes_from_its_token(client, small_document):
+def test_a_search_page_not_consistent_yet_resumes_from_its_token(client, small_document):
     doc_a, doc_b = copy_of(small_document), copy_of(small_document)
     reader = new_client()
     stub, reading = Stubber(client), Stubber(reader)
@@ -421,7 +431,7 @@ def test_a_throttled_search_page_resumes_from_its_token(client, small_document):
         {"imageSetsMetadataSummaries": [summary(doc_a["ImageSetID"], 1)], "nextToken": "t/2=="},
         {"datastoreId": DATASTORE, "maxResults": 50},
     )
-    stub.add_client_error("search_image_sets", "ThrottlingException", "slow down", 429)
+    stub.add_client_error("search_image_sets", "ConflictException", NOT_CONSISTENT, 409)
     stub.add_response(
         "search_image_sets",
         {"imageSetsMetadataSummaries": [summary(doc_b["ImageSetID"], 4)]},
@@ -484,9 +494,12 @@ def test_every_metadata_call_goes_through_the_rate_limiter(small_document):
     docs = [copy_of(small_document) for _ in range(6)]
     fake = CountingClient(docs)
     clock = FakeClock()
-    limiter = RateLimiter(10, burst=2, clock=clock, sleep=clock.sleep)
+    limiters = Limiters(
+        rates={"GetImageSetMetadata": 10}, bursts={"GetImageSetMetadata": 2}, adaptive=False, clock=clock,
+        sleep=clock.sleep,
+    )
     versions = {d["ImageSetID"]: "1" for d in docs}
-    result = fetch_documents(fake, DATASTORE, version_ids=versions, max_workers=3, rate=limiter, progress=False)
+    result = fetch_documents(fake, DATASTORE, version_ids=versions, max_workers=3, limiters=limiters, progress=False)
     assert len(result.documents) == 6
     assert len(fake.calls) == 6
     assert sum(clock.sleeps) == pytest.approx(0.4)  # 2 free, then 4 tokens at 10/s
@@ -631,15 +644,15 @@ def test_version_ids_fetch_an_older_version(tmp_path):
     assert older.documents == [as_stored(document, datastore_id, image_set_id)]
 
 
-def test_injected_faults_are_retried_until_every_image_set_is_fetched(populated):
+def test_injected_faults_are_retried_by_botocore_until_every_image_set_is_fetched(populated, fast_botocore_backoff):
     from botocore.config import Config
 
     store, datastore_id, expected = populated
-    client = local.client(store, fault_rate=0.2, seed=7, config=Config(retries={"total_max_attempts": 1}))
-    policy = RetryPolicy(max_attempts=10, base_delay=0.001, max_delay=0.005)
-    result = fetch_documents(client, datastore_id, max_workers=4, progress=False, retries=policy)
+    client = local.client(store, fault_rate=0.2, seed=7, config=Config(retries={"mode": "standard",
+                                                                                "total_max_attempts": 10}))
+    result = fetch_documents(client, datastore_id, max_workers=4, progress=False)
     calls = client.meta.local_service.calls
-    assert calls["GetImageSetMetadata"] > len(expected)  # faults were injected, and retried by us
+    assert calls["GetImageSetMetadata"] > len(expected)  # faults were injected, and retried by botocore
     fetched = {d["ImageSetID"] for d in result.documents}
     assert fetched | set(result.failures["ImageSetID"]) == set(expected)
     assert fetched == set(expected)  # 10 attempts at a 20% fault rate: seed 7 loses none
@@ -736,9 +749,12 @@ def test_the_rate_limiter_keeps_fetch_within_ahi_quotas(tmp_path):
     def sleep(seconds: float) -> None:
         clock.sleep(seconds + 1e-6)  # a real sleep never returns early
 
-    limiter = RateLimiter(*GET_METADATA_QUOTA, clock=clock, sleep=sleep)
+    rate, burst = GET_METADATA_QUOTA
+    limiters = Limiters(
+        rates={"GetImageSetMetadata": rate}, bursts={"GetImageSetMetadata": burst}, clock=clock, sleep=sleep
+    )
     paced = fetch_documents(
-        client, report.datastore_id, version_ids=versions, rate=limiter, max_workers=1, progress=False, retries=None
+        client, report.datastore_id, version_ids=versions, limiters=limiters, max_workers=1, progress=False
     )
     assert len(paced.documents) == 130 and paced.failures.empty
     assert service.calls["GetImageSetMetadata"] == 130
@@ -746,7 +762,7 @@ def test_the_rate_limiter_keeps_fetch_within_ahi_quotas(tmp_path):
 
     service.quotas = "ahi"  # full buckets again
     unpaced = fetch_documents(
-        client, report.datastore_id, version_ids=versions, rate=None, max_workers=1, progress=False, retries=None
+        client, report.datastore_id, version_ids=versions, rate=None, max_workers=1, progress=False
     )
     assert len(unpaced.documents) == 100
     assert list(unpaced.failures["code"]) == ["ThrottlingException"] * 30
