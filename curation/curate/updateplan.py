@@ -72,7 +72,7 @@ class PlanEditedError(PlanFormatError):
     """A plan whose content no longer hashes to its ``plan_id``: it was changed after it was made."""
 
 
-def _problem_text(record: Mapping[str, Any]) -> str:
+def _problem_text(record: Mapping[Any, Any]) -> str:
     where = [f"image set {record.get('ImageSetID')}"]
     for name in ("row", "column", "attribute"):
         value = record.get(name)
@@ -370,9 +370,9 @@ class UpdatePlan:
                 is_primary=bool(primary.get(image_set, False)),
                 max_blob_bytes=max_blob_bytes,
             )
-            if request.affects:
-                part = study_part(request.params)
-                for other in request.affects if part else []:
+            part = study_part(request.params) if request.affects else None
+            if part is not None:
+                for other in request.affects:
                     if other in result:
                         result[other] = apply_to_document(
                             result[other],
@@ -559,9 +559,13 @@ def _string_list(data: Mapping[str, Any], key: str, where: str) -> list[str]:
 
 
 def _update_members() -> frozenset[str]:
+    from botocore.model import StructureShape
+
     from curation.model.service import shape
 
-    return frozenset(shape("UpdateImageSetMetadataRequest").members) - {"latestVersionId"}
+    request = shape("UpdateImageSetMetadataRequest")
+    assert isinstance(request, StructureShape)
+    return frozenset(request.members) - {"latestVersionId"}
 
 
 class _RequestReader:
@@ -666,7 +670,8 @@ class _PlanReader:
         requests = digests.get("requests")
         if not all(isinstance(p, str) for p in parts) or not isinstance(requests, list):
             raise PlanFormatError("the plan: 'digests' is not what a plan holds there")
-        return PlanDigests(*parts, requests=tuple(str(r) for r in requests))
+        datastore_id, base_versions, problems = (str(p) for p in parts)
+        return PlanDigests(datastore_id, base_versions, problems, tuple(str(r) for r in requests))
 
 
 def _check_consistency(plan: UpdatePlan) -> None:

@@ -22,6 +22,7 @@ from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from botocore.model import StringShape, StructureShape
 from botocore.paginate import TokenEncoder
 
 from curation.model.document import DocumentError, check_document, parse_document
@@ -76,10 +77,16 @@ class FetchResult:
 # --- search criteria -------------------------------------------------------------------------------------
 
 
+def _structure(name: str) -> StructureShape:
+    found = shape(name)
+    assert isinstance(found, StructureShape), name
+    return found
+
+
 @cache
 def _filter_members() -> dict[str, str]:
     """Lower-case aliases -> SearchByAttributeValue member names, read from botocore's model."""
-    members = list(shape("SearchByAttributeValue").members)
+    members = list(_structure("SearchByAttributeValue").members)
     aliases: dict[str, str] = {}
     for name in members:
         aliases[name.lower()] = name
@@ -90,8 +97,10 @@ def _filter_members() -> dict[str, str]:
 
 @cache
 def _sort_members() -> tuple[frozenset[str], frozenset[str]]:
-    sort = shape("Sort")
-    return frozenset(sort.members["sortField"].enum), frozenset(sort.members["sortOrder"].enum)
+    sort = _structure("Sort")
+    fields, orders = sort.members["sortField"], sort.members["sortOrder"]
+    assert isinstance(fields, StringShape) and isinstance(orders, StringShape)
+    return frozenset(fields.enum), frozenset(orders.enum)
 
 
 def _date_string(value: Any) -> str:
@@ -179,13 +188,14 @@ def fetch_limiters(rate: Rate | TokenBucket = AUTO, burst: float | None = None) 
     """The limiters of a fetch: GetImageSetMetadata at ``rate`` (``"auto"``: the quota's, adapting; None: no
     limit) and SearchImageSets/GetImageSet at half of it (as AHI's quotas are), or at their own quotas."""
     if isinstance(rate, TokenBucket):  # a bucket of the previous API: its rate and burst as ceilings
-        rate, burst = (None if rate.unlimited else rate.rate), rate.burst
+        bucket = rate
+        rate, burst = (None if bucket.unlimited else bucket.rate), bucket.burst
     reads = (Action.SEARCH_IMAGE_SETS, Action.GET_IMAGE_SET)
     if rate is None or rate == AUTO:
         return Limiters(rates={a: rate for a in (Action.GET_IMAGE_SET_METADATA, *reads)})
     rates: dict[str, Rate] = {Action.GET_IMAGE_SET_METADATA: float(rate)}
     rates.update(dict.fromkeys(reads, float(rate) / 2))
-    bursts = {}
+    bursts: dict[str, float] = {}
     if burst is not None:
         bursts = {Action.GET_IMAGE_SET_METADATA: burst, **dict.fromkeys(reads, max(1.0, burst / 2))}
     return Limiters(rates=rates, bursts=bursts)

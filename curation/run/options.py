@@ -131,7 +131,7 @@ class RunOptions:
         """The per-action limiters of one run with these options."""
         rates: dict[str, Rate] = {Action.UPDATE_IMAGE_SET_METADATA: self.rate}
         rates.update(dict.fromkeys(CONTROL_ACTIONS, self.control_rate))
-        bursts = {Action.UPDATE_IMAGE_SET_METADATA: self.burst} if self.burst is not None else {}
+        bursts: dict[str, float] = {Action.UPDATE_IMAGE_SET_METADATA: self.burst} if self.burst is not None else {}
         return Limiters(
             self.quotas, rates=rates, bursts=bursts, adaptive=self.adaptive, clock=self.clock, sleep=self.poll.sleep
         )

@@ -111,8 +111,9 @@ class _Component:
         for request in self.requests:
             self._advance(request.image_set_id, request.params)
             part = study_part(request.params) if request.include_study_image_sets else None
-            for sibling in request.affects if part else []:
-                self._advance(sibling, part)
+            if part is not None:
+                for sibling in request.affects:
+                    self._advance(sibling, part)
         touched = [r.image_set_id for r in self.requests] + [s for r in self.requests for s in r.affects]
         return list(dict.fromkeys(touched))
 
