@@ -45,6 +45,11 @@ def make_client(options: ClientOptions, *, config: Config | None = None) -> Any:
             "no AWS region: give --region (or set AWS_REGION, or use a profile with a region), "
             "or --endpoint-url for a local service"
         )
+    if not endpoint and session.get_credentials() is None:
+        raise ClientSetupError(
+            "no AWS credentials: configure a profile (aws configure, --profile), or give --endpoint-url for a "
+            "local service"
+        )
     kwargs: dict[str, Any] = {"endpoint_url": endpoint, "config": client_config(config, endpoint_url=endpoint)}
     if endpoint and session.get_credentials() is None:
         kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
