@@ -572,3 +572,67 @@ def test_a_real_plan_with_folded_study_changes_applies_verifies_and_reverts(loca
         )
     revert(journal, client, **FAST)
     _assert_restored(local_store, report.datastore_id, dict.fromkeys(report.created, "1"))
+
+
+def test_progress_is_reported_per_request_and_a_cancel_stops_cleanly_and_resumes(
+    populated: Any, tmp_path: Path
+) -> None:
+    import threading
+
+    from curation.run.options import Progress
+
+    store, datastore_id, ids = populated
+    plan = _two_request_plan(store, datastore_id, ids)
+    client = curation.local.client(store, config=NO_RETRIES)
+    journal = tmp_path / "j.jsonl"
+    cancel = threading.Event()
+    seen: list[Progress] = []
+
+    def on_progress(event: Progress) -> None:
+        seen.append(event)
+        if event.image_set_status == "applied":  # one image set is complete: stop between requests
+            cancel.set()
+
+    first = apply(plan, client, journal, **{**FAST, "max_workers": 1}, on_progress=on_progress, cancel=cancel)
+    assert list(first["status"]) == ["applied", "cancelled", "cancelled", "cancelled"]
+    assert "run apply again" in first["error"].iloc[1]
+    assert [e.requests_finished for e in seen] == list(range(1, len(plan.requests) + 1))
+    assert seen[1].image_set_id == ids[0] and seen[1].status == "done" and seen[1].image_set_status == "applied"
+    assert all(e.requests_total == len(plan.requests) and e.purpose == "apply" for e in seen)
+    records = read_journal(journal)
+    assert [r["reason"] for r in records if r.get("kind") == "stop"] == ["cancelled"]
+    assert client.meta.local_service.calls["UpdateImageSetMetadata"] == 2  # nothing sent after the cancel
+    again = apply(plan, client, journal, **FAST)  # resume: the rest is sent, the first not again
+    assert list(again["status"]) == ["applied"] * 4
+    assert client.meta.local_service.calls["UpdateImageSetMetadata"] == len(plan.requests)
+    assert verify(plan, client, journal).empty
+    reverted: list[Progress] = []
+    undone = revert(journal, client, **FAST, on_progress=reverted.append)
+    assert (undone["status"] == "applied").all() and {e.purpose for e in reverted} == {"revert"}
+    assert len(reverted) == len(ids)
+
+
+def test_a_stale_first_send_onto_this_plans_own_version_is_not_a_conflict(populated: Any, tmp_path: Path) -> None:
+    """Were the lock bypassed, another run of the same plan may make the version first: the journal (read
+    again from the file) says it is this plan's own, so the request is reconciled, not recorded as a conflict."""
+    store, datastore_id, ids = populated
+    plan = _two_request_plan(store, datastore_id, ids[:1])
+    first = plan.by_image_set()[ids[0]][0]
+    client = curation.local.client(store, config=NO_RETRIES)
+    journal = tmp_path / "j.jsonl"
+
+    def other_run_first(params: dict[str, Any], **_: Any) -> None:
+        if params["latestVersionId"] == "1" and _latest(store, datastore_id, ids[0]) == "1":
+            store.call("UpdateImageSetMetadata", {**first.params, "latestVersionId": "1"})  # the other run's send
+            with open(journal, "ab") as handle:  # ... and its record, appended by another process
+                record = {"kind": "request", "plan_id": plan.plan_id, "operation": "update", "image_set_id": ids[0],
+                          "index": 0, "base_version": "1", "status": "done", "new_version": "2", "time": "t"}
+                handle.write(orjson.dumps(record) + b"\n")
+
+    client.meta.events.register("provide-client-params.medical-imaging.UpdateImageSetMetadata", other_run_first)
+    result = apply(plan, client, journal, **FAST)
+    assert list(result["status"]) == ["applied"] and list(result["version_after"]) == ["3"]
+    statuses = [r["status"] for r in read_journal(journal) if r.get("kind") == "request"]
+    assert "conflict" not in statuses
+    assert sorted(v["versionId"] for v in _versions(store, datastore_id, ids[0])) == ["1", "2", "3"]
+    assert verify(plan, client, journal).empty
