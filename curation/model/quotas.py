@@ -198,13 +198,28 @@ class TokenBucket:
             return self._tokens
 
     def set_rate(self, rate: float | None, burst: float | None = None) -> None:
-        """Change the rate (and burst): tokens earned so far are kept, at most the new burst."""
+        """Change the rate (and burst): tokens earned so far are kept, at most the new burst; callers already
+        waiting keep their turn (a debt of reserved tokens is rescaled, so it clears when it would have)."""
         with self._lock:
+            old = self._rate
             if not self.unlimited:
                 self._refill(self._clock())
             self._rate, self._burst = _checked(rate, self._burst if burst is None else burst)
-            self._tokens = min(self._tokens, self._burst) if not self.unlimited else self._burst
+            if self.unlimited or math.isinf(old):
+                self._tokens = self._burst
+            elif self._tokens < 0:
+                self._tokens *= self._rate / old
+            else:
+                self._tokens = min(self._tokens, self._burst)
             self._updated = self._clock()
+
+    def empty(self) -> None:
+        """Take every token there is now (an adaptive limiter, told to slow down, sends no more burst)."""
+        if self.unlimited:
+            return
+        with self._lock:
+            self._refill(self._clock())
+            self._tokens = min(self._tokens, 0.0)
 
     def reserve(self, tokens: float = 1.0) -> float:
         """Take ``tokens`` now and return how many seconds the caller must wait before using them."""

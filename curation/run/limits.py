@@ -122,22 +122,28 @@ class AdaptiveLimiter:
         start = math.inf if quota is None else quota.rate
         self.ceiling = math.inf if ceiling is None else float(ceiling)
         self.adaptive = adaptive and not math.isinf(start)
+        self.throttles = 0
+        self.decreases = 0
+        #: (time, rate) after each decrease: how the limiter found the service's limit
+        self.history: list[tuple[float, float]] = []
         self._bucket = TokenBucket(None if math.isinf(start) else start, self._burst(start), clock=clock, sleep=sleep)
         self._cubic = _Cubic(start, clock())
         self._start = start
+        self._born = clock()
         self._last_decrease = -math.inf
         self._sends: deque[float] = deque()
         self._successes: deque[float] = deque()
-        self.throttles = 0
-        self.decreases = 0
 
     def __repr__(self) -> str:
         return f"AdaptiveLimiter(rate={self.rate:.4g}, throttles={self.throttles}, adaptive={self.adaptive})"
 
     def _burst(self, rate: float) -> float:
-        """The quota's burst, scaled with the rate as it adapts (the quota's ratio of burst to rate kept)."""
+        """The quota's burst, scaled with the rate as it adapts; one second's worth once the service has
+        throttled (its real burst is unknown then)."""
         if self.quota is None or math.isinf(rate):
             return 1.0
+        if self.decreases:
+            return max(1.0, min(rate, self.quota.burst * rate / self.quota.rate))
         return max(1.0, self.quota.burst * rate / self.quota.rate)
 
     @property
@@ -148,11 +154,12 @@ class AdaptiveLimiter:
     def _window(self) -> float:
         return max(3.0, 10.0 / max(self.rate, MIN_RATE)) if not math.isinf(self.rate) else 3.0
 
-    @staticmethod
-    def _observed(times: deque[float], now: float, window: float) -> float | None:
+    def _observed(self, times: deque[float], now: float, window: float) -> float | None:
+        """Events per second over the last ``window`` seconds (or since the limiter began, if sooner)."""
         while times and times[0] < now - window:
             times.popleft()
-        return len(times) / window if len(times) >= 3 else None
+        span = min(window, now - self._born)
+        return len(times) / span if len(times) >= 3 and span > 0.1 else None
 
     def acquire(self, cancel: CancelSignal | None = None) -> bool:
         """Wait for a token (False, and nothing sent, when ``cancel`` is set first)."""
@@ -174,7 +181,7 @@ class AdaptiveLimiter:
         if abs(rate - self._bucket.rate) > 1e-9:
             self._bucket.set_rate(rate, self._burst(rate))
 
-    def record_success(self, sent_at: float) -> None:
+    def record_success(self, asked_at: float) -> None:
         """An answer that was not a throttle: the rate may rise (capped at twice the rate we really send)."""
         if not self.adaptive:
             return
@@ -185,18 +192,22 @@ class AdaptiveLimiter:
             cap = max(self._start, 2.0 * sending) if sending is not None else self._start
             self._set(min(self._cubic.rate(now), max(cap, self.rate)))
 
-    def record_throttle(self, sent_at: float) -> None:
-        """A ThrottlingException: back off to ``beta`` times the rate the service was accepting."""
+    def record_throttle(self, asked_at: float) -> None:
+        """A ThrottlingException for a request whose token was asked for at ``asked_at``: back off to ``beta``
+        times the rate the service was accepting, unless it was paced before the last decrease (the same
+        congestion, already answered)."""
         with self._lock:
             self.throttles += 1
-            if not self.adaptive or sent_at < self._last_decrease:
-                return  # sent before our last decrease: the same congestion, already answered
+            if not self.adaptive or asked_at < self._last_decrease:
+                return
             now = self.clock()
             accepted = self._observed(self._successes, now, self._window())
             current = min(self.rate, accepted) if accepted is not None else self.rate
-            self._set(self._cubic.reset(current, now))
-            self._last_decrease = now
             self.decreases += 1
+            self._set(self._cubic.reset(current, now))
+            self._bucket.empty()  # no burst after a throttle: the next request waits for a token at the new rate
+            self._last_decrease = now
+            self.history.append((now, self.rate))
 
 
 # --- the limiters of a run, and the client hooks ------------------------------------------------------------
@@ -206,8 +217,9 @@ class AdaptiveLimiter:
 class _Call:
     limiter: AdaptiveLimiter
     attempts: Attempts
+    #: when the token of the attempt under way was asked for (its place in the limiter's pace)
+    asked_at: float = field(default=-math.inf)
     prepaid: bool = True
-    sent_at: float = field(default=-math.inf)
 
 
 _CURRENT = threading.local()
@@ -220,8 +232,8 @@ def _before_send(**_: Any) -> None:
     if call.prepaid:
         call.prepaid = False
     else:  # a retry botocore makes: it takes a token like any other request
+        call.asked_at = call.limiter.clock()
         call.limiter.acquire()
-    call.sent_at = call.limiter.clock()
     call.attempts.sent += 1
 
 
@@ -238,13 +250,13 @@ def _needs_retry(**kwargs: Any) -> None:
         return
     if throttling_detector().is_throttling_error(**kwargs):
         call.attempts.throttled += 1
-        call.limiter.record_throttle(call.sent_at)
+        call.limiter.record_throttle(call.asked_at)
         return
     http_response = kwargs["response"][0]
     if http_response.status_code < 400 or http_response.status_code >= 500:
         call.attempts.maybe_applied += 1
     if http_response.status_code < 400:
-        call.limiter.record_success(call.sent_at)
+        call.limiter.record_success(call.asked_at)
 
 
 def attach(client: Any) -> None:
@@ -318,11 +330,12 @@ class Limiters:
         given) counts how the attempts went; botocore's own retries each take a token too.
         """
         limiter = self[action]
+        asked_at = limiter.clock()
         if not limiter.acquire(cancel):
             raise Cancelled(f"cancelled before {action} was sent")
         attach(client)
         previous = getattr(_CURRENT, "call", None)
-        _CURRENT.call = _Call(limiter, attempts if attempts is not None else Attempts())
+        _CURRENT.call = _Call(limiter, attempts if attempts is not None else Attempts(), asked_at)
         try:
             return fn()
         finally:

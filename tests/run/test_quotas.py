@@ -145,3 +145,17 @@ def test_set_rate_keeps_earned_tokens_and_changes_the_pace() -> None:
     assert bucket.burst == 1 and bucket.available() <= 1
     bucket.set_rate(None)
     assert bucket.unlimited and bucket.acquire() == 0.0
+
+
+def test_a_rate_change_keeps_waiting_callers_turns_and_empty_takes_the_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10, burst=1, clock=clock, sleep=lambda s: None)
+    bucket.reserve()
+    assert bucket.reserve() == pytest.approx(0.1)  # one caller waits 0.1 s at 10/s: a debt of one token
+    bucket.set_rate(1)
+    assert bucket.available() == pytest.approx(-0.1)  # the debt clears at the same time, 0.1 s at 1/s
+    clock.now += 0.1
+    assert bucket.available() == pytest.approx(0.0)
+    full = TokenBucket(5, burst=5, clock=clock)
+    full.empty()
+    assert full.available() == pytest.approx(0.0) and not full.try_acquire()
