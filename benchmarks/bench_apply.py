@@ -166,7 +166,7 @@ def _unknown_quota(scale: float, quota: tuple[float, float]) -> Iterable[Measure
     yield Measurement(
         name=f"apply against {label}: accepted rate, second half of {end - start:.0f} s",
         ours=achieved, baseline=rate, unit="updates/s", ratio_is="ours/baseline",
-        note="baseline: the service's quota; goal >= 0.9 (it cannot exceed 1: the service throttles past it)",
+        note="baseline: the service's quota; goal >= 0.9 (above 1 only by the service's burst: it throttles past it)",
     )
     yield Measurement(
         name=f"apply against {label}: seconds until a {WINDOW:g}-s window first reached 90% of it",

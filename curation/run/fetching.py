@@ -13,6 +13,7 @@ connections: create the client with ``botocore.config.Config(max_pool_connection
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,6 +26,7 @@ import pandas as pd
 from botocore.model import StringShape, StructureShape
 from botocore.paginate import TokenEncoder
 
+from curation.frames.gcpause import gc_paused
 from curation.model.document import DocumentError, check_document, parse_document
 from curation.model.quotas import DOCUMENTED_QUOTAS, Action, TokenBucket
 from curation.model.service import shape
@@ -66,11 +68,37 @@ class FetchResult:
     #: isPrimary of each fetched image set when known: from the search summary, or GetImageSet when no version
     #: was given (with explicit ``version_ids`` and no search it stays unknown, and plan assumes primary)
     primary: dict[str, bool] = field(default_factory=dict)
+    #: the blobs as GetImageSetMetadata returned them (gzip), by image set ID: what ``parsed`` (or a consumer
+    #: that keeps or parses them itself) reads
+    blobs: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return (
             f"FetchResult(datastore_id={self.datastore_id!r}, documents={len(self.documents)}, "
-            f"failures={len(self.failures)})"
+            f"blobs={len(self.blobs)}, failures={len(self.failures)})"
+        )
+
+    def parsed(self) -> FetchResult:
+        """This result with its blobs parsed into ``documents`` (all at once, the cyclic GC paused; a blob that
+        is not a document is a "parse" failure). A result fetched with ``parse=True`` is returned as it is."""
+        if self.documents or not self.blobs:
+            return self
+        documents: list[dict[str, Any]] = []
+        failed: list[tuple[str, str, str, str]] = []
+        with gc_paused():
+            for image_set_id, blob in self.blobs.items():
+                try:
+                    documents.append(_Fetcher.parse(image_set_id, blob))
+                except _Failed as exc:
+                    failed.append((image_set_id, exc.stage, exc.code, exc.message))
+        bad = {row[0] for row in failed}
+        failures = pd.concat([self.failures, _failure_table(failed)], ignore_index=True) if failed else self.failures
+        return dataclasses.replace(
+            self,
+            documents=documents,
+            version_ids={k: v for k, v in self.version_ids.items() if k not in bad},
+            failures=failures.astype(object),
+            blobs={k: v for k, v in self.blobs.items() if k not in bad},
         )
 
 
@@ -342,7 +370,7 @@ class _Fetcher:
         except Exception as exc:
             raise _Failed(str(stage), error_code(exc), error_message(exc)) from exc
 
-    def __call__(self, image_set_id: str) -> tuple[str, dict[str, Any], bool | None]:
+    def __call__(self, image_set_id: str) -> tuple[str, bytes, bool | None]:
         version = self.targets.versions.get(image_set_id)
         primary = self.targets.summaries.get(image_set_id, {}).get("isPrimary")
         if version is None:
@@ -356,7 +384,7 @@ class _Fetcher:
         blob = self.call(
             Action.GET_IMAGE_SET_METADATA, lambda: read_blob(self.client.get_image_set_metadata(**params))
         )
-        return version, self.parse(image_set_id, blob), primary
+        return version, blob, primary  # parsed later, all at once (the workers only download)
 
     @staticmethod
     def parse(image_set_id: str, blob: bytes) -> dict[str, Any]:
@@ -375,24 +403,38 @@ class _Fetcher:
 
 @dataclass
 class _Collected:
+    blobs: dict[str, bytes] = field(default_factory=dict)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     primary: dict[str, bool] = field(default_factory=dict)
     failures: list[tuple[str, str, str, str]] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
 
-    def take(self, image_set_id: str, future: Future[tuple[str, dict[str, Any], bool | None]]) -> None:
+    def take(self, image_set_id: str, future: Future[tuple[str, bytes, bool | None]]) -> None:
         try:
-            version, document, primary = future.result()
+            version, blob, primary = future.result()
         except _Failed as exc:
             self.failures.append((image_set_id, exc.stage, exc.code, exc.message))
         except Exception as exc:
             self.failures.append((image_set_id, "fetch", type(exc).__name__, str(exc)))
         else:
-            self.documents[image_set_id] = document
+            self.blobs[image_set_id] = blob
             self.versions[image_set_id] = version
             if primary is not None:
                 self.primary[image_set_id] = bool(primary)
+
+    def parse(self) -> None:
+        """Parse every blob downloaded, in this thread with the cyclic GC paused (the documents are acyclic:
+        parsing them while workers download would make the GC rescan the growing graph again and again)."""
+        with gc_paused():
+            for image_set_id in self.ids:
+                blob = self.blobs.get(image_set_id)
+                if blob is None:
+                    continue
+                try:
+                    self.documents[image_set_id] = _Fetcher.parse(image_set_id, blob)
+                except _Failed as exc:
+                    self.failures.append((image_set_id, exc.stage, exc.code, exc.message))
 
 
 def fetch_documents(
@@ -409,11 +451,14 @@ def fetch_documents(
     progress: bool = True,
     retries: RetryPolicy | int | None = DEFAULT_RETRIES,
     limiters: Limiters | None = None,
+    parse: bool = True,
 ) -> FetchResult:
-    """Fetch and parse the metadata documents; the work of ``fetch`` without building the Snapshot.
+    """Fetch (and parse) the metadata documents; the work of ``fetch`` without building the Snapshot.
 
     See ``fetch`` for the arguments. Documents come back in the order of ``image_set_ids`` (or of the
-    search), failed image sets are left out and listed in ``failures``.
+    search), failed image sets are left out and listed in ``failures``. The workers only download; the blobs
+    are parsed at the end, all at once with the cyclic GC paused, or not at all with ``parse=False`` (the
+    result then holds ``blobs`` and no documents: ``result.parsed()`` parses them, ``to_snapshot`` too).
     """
     from tqdm.auto import tqdm
 
@@ -429,7 +474,7 @@ def fetch_documents(
     completed = False
     try:
         with tqdm(total=0, desc="GetImageSetMetadata", unit=" image sets", disable=not progress) as bar:
-            pending: dict[Future[tuple[str, dict[str, Any], bool | None]], str] = {}
+            pending: dict[Future[tuple[str, bytes, bool | None]], str] = {}
             for batch in batches:  # downloads start while the search is still paging
                 got.ids += batch
                 pending.update({executor.submit(fetcher, image_set_id): image_set_id for image_set_id in batch})
@@ -444,15 +489,19 @@ def fetch_documents(
     finally:
         # interrupted (e.g. Ctrl-C in a notebook) or the search failed: drop queued work, do not wait for it
         executor.shutdown(wait=completed, cancel_futures=True)
+    if parse:
+        got.parse()
+    kept = got.documents if parse else got.blobs
     order = {image_set_id: i for i, image_set_id in enumerate(got.ids)}
     got.failures.sort(key=lambda row: order[row[0]])
     return FetchResult(
         datastore_id=datastore_id,
         documents=[got.documents[i] for i in got.ids if i in got.documents],
-        version_ids={i: got.versions[i] for i in got.ids if i in got.documents},
+        version_ids={i: got.versions[i] for i in got.ids if i in kept},
         failures=_failure_table(got.failures),
         summaries=targets.summaries,
         primary={i: got.primary[i] for i in got.ids if i in got.primary},
+        blobs={i: got.blobs[i] for i in got.ids if i in kept},
     )
 
 
@@ -512,9 +561,11 @@ def fetch(
 
 
 def to_snapshot(result: FetchResult) -> Snapshot:
-    """Build the Snapshot of a FetchResult (flattening happens there)."""
+    """Build the Snapshot of a FetchResult (parsing its blobs first if it holds only those; flattening
+    happens in the Snapshot)."""
     from curation.frames.snapshot import Snapshot
 
+    result = result.parsed()
     snapshot = Snapshot.from_documents(
         result.documents,
         datastore_id=result.datastore_id,

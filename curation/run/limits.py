@@ -26,6 +26,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -259,13 +260,21 @@ def _needs_retry(**kwargs: Any) -> None:
         call.limiter.record_success(call.asked_at)
 
 
+_ATTACHED: weakref.WeakSet[Any] = weakref.WeakSet()
+_ATTACH_LOCK = threading.Lock()
+
+
 def attach(client: Any) -> None:
     """Register the limiter hooks on ``client`` (once; they act only inside ``Limiters.call``)."""
     events = getattr(getattr(client, "meta", None), "events", None)
     if events is None:  # not a botocore client (a test double): the first attempt's token is all we take
         return
-    events.register_first(f"before-send.{_EVENT_SUFFIX}", _before_send, unique_id=_HOOK_SEND)
-    events.register(f"needs-retry.{_EVENT_SUFFIX}", _needs_retry, unique_id=_HOOK_ANSWER)
+    if events in _ATTACHED:
+        return
+    with _ATTACH_LOCK:
+        events.register_first(f"before-send.{_EVENT_SUFFIX}", _before_send, unique_id=_HOOK_SEND)
+        events.register(f"needs-retry.{_EVENT_SUFFIX}", _needs_retry, unique_id=_HOOK_ANSWER)
+        _ATTACHED.add(events)
 
 
 class Limiters:

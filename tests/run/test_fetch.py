@@ -781,3 +781,20 @@ def test_snapshot_knows_which_image_sets_are_primary(tmp_path):
     assert by_id.primary == {primary_id: True, duplicate_id: False}
     pinned = fetch(client, report.datastore_id, version_ids={duplicate_id: "1"}, progress=False)
     assert pinned.primary == {}  # no search summary and no GetImageSet call: unknown, plan assumes primary
+
+
+def test_blobs_can_be_handed_over_unparsed_and_parsed_later(client, small_document):
+    good, bad = copy_of(small_document), copy_of(small_document)
+    stub = Stubber(client)
+    stub.add_response("get_image_set_metadata", metadata_response(encode_document(good, compress=True)))
+    stub.add_response("get_image_set_metadata", metadata_response(b"not gzip, not json"))
+    versions = {good["ImageSetID"]: "1", bad["ImageSetID"]: "2"}
+    with stub:
+        raw = fetch_documents(client, DATASTORE, version_ids=versions, **quiet(parse=False))
+    assert raw.documents == [] and set(raw.blobs) == set(versions) and raw.failures.empty
+    assert raw.version_ids == versions
+    parsed = raw.parsed()
+    assert parsed.documents == [good] and parsed.version_ids == {good["ImageSetID"]: "1"}
+    assert list(parsed.failures["ImageSetID"]) == [bad["ImageSetID"]]
+    assert list(parsed.failures["stage"]) == ["parse"] and set(parsed.blobs) == {good["ImageSetID"]}
+    assert parsed.parsed() is parsed
