@@ -789,7 +789,6 @@ def _plan(
             description = _description(items)
             if touched:
                 description += f" (includeStudyImageSets: also {len(touched)} other image set(s) of the study)"
-            # the first request sent against the base version records the document it was planned on
             planned_on = document_digest(documents[image_set]) if index == 0 and image_set not in start else None
             requests.append(PlannedRequest(image_set, index, params, reasons, list(touched), description, planned_on))
         for touched in (image_set, *affects.get(image_set, [])):
