@@ -24,14 +24,12 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
-from curation.model.quotas import Quota
 from curation.run.journal import (
     UNKNOWN_STATUSES,
     Journal,
@@ -40,12 +38,15 @@ from curation.run.journal import (
     RecordKind,
     RequestStatus,
 )
-from curation.run.limits import AUTO, CancelSignal, Rate
-from curation.run.options import PollPolicy, Progress, ProgressCallback, RunOptions, run_options
+from curation.run.limits import CancelSignal
+from curation.run.options import Progress, RunKeywords, RunOptions, run_options
 from curation.run.results import ImageSetResult, ResultStatus, result_frame
-from curation.run.retries import RetryPolicy, describe, never_sent
+from curation.run.retries import describe, never_sent
 from curation.run.servicecalls import ServiceCalls
 from curation.run.steps import Current, Outcome, Steps, StopReason, apply_affected
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["apply", "components", "run_plan"]
 
@@ -305,18 +306,9 @@ def apply(
     client: Any,
     journal: str | os.PathLike[str] | None = None,
     *,
-    rate: Rate = AUTO,
-    burst: float | None = None,
-    max_workers: int = 4,
     dry_run: bool = False,
-    progress: bool = True,
-    poll: PollPolicy | float | None = None,
-    retries: RetryPolicy | int | None = None,
-    control_rate: Rate = AUTO,
-    on_progress: ProgressCallback | None = None,
-    cancel: CancelSignal | None = None,
-    quotas: Mapping[str, Quota] | None = None,
     options: RunOptions | None = None,
+    **keywords: Unpack[RunKeywords],
 ) -> pd.DataFrame:
     """Apply ``plan`` (an UpdatePlan) with ``client`` (a boto3 ``medical-imaging`` client), journaled.
 
@@ -340,17 +332,15 @@ def apply(
     - ``progress``: a tqdm bar; ``on_progress(Progress)``: called after each finished request, from the worker
       that finished it; ``cancel``: a ``threading.Event`` that stops the run between requests (the journal
       records it; ``apply`` again continues).
-    - ``options``: a ``RunOptions`` with all of the above (the keyword arguments given override it).
+    - ``options``: a ``RunOptions`` with all of the above (the keyword arguments given override it; the
+      keywords are ``RunKeywords``).
     """
     plan.check()
     if dry_run:
         return dry_run_frame(plan)
     if journal is None:
         raise ValueError("apply needs a journal path (journal=...): it is what makes a crash resumable")
-    opts = run_options(
-        options, rate=rate, burst=burst, control_rate=control_rate, max_workers=max_workers, progress=progress,
-        poll=poll, retries=retries, on_progress=on_progress, cancel=cancel, quotas=quotas,
-    )
+    opts = run_options(options, **keywords)
     with JournalLock(journal), Journal(journal) as opened:
         opened.start(plan, Purpose.APPLY)
         frame, _ = run_plan(plan, client, opened, opts, purpose=Purpose.APPLY)

@@ -17,7 +17,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from curation.model.quotas import Action, Quota
 from curation.run.journal import Purpose, RequestStatus
@@ -29,6 +29,9 @@ from curation.run.retries import DEFAULT_RETRIES, RetryPolicy
 CONTROL_ACTIONS = (Action.GET_IMAGE_SET, Action.GET_IMAGE_SET_METADATA, Action.LIST_IMAGE_SET_VERSIONS)
 
 _O = TypeVar("_O")
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def _merged(base: _O, other: _O) -> _O:
@@ -153,31 +156,26 @@ class ClientOptions:
         return _merged(self, other)
 
 
-def run_options(
-    options: RunOptions | None,
-    *,
-    rate: Rate = AUTO,
-    burst: float | None = None,
-    control_rate: Rate = AUTO,
-    max_workers: int = 4,
-    progress: bool = True,
-    poll: PollPolicy | float | None = None,
-    retries: RetryPolicy | int | None = None,
-    on_progress: ProgressCallback | None = None,
-    cancel: CancelSignal | None = None,
-    quotas: Mapping[str, Quota] | None = None,
-) -> RunOptions:
+class RunKeywords(TypedDict, total=False):
+    """The keyword arguments ``apply``, ``revert`` and ``verify`` take (``RunOptions``'s fields, as typed)."""
+
+    rate: Rate
+    burst: float | None
+    control_rate: Rate
+    max_workers: int
+    progress: bool
+    poll: PollPolicy | float | None
+    retries: RetryPolicy | int | None
+    on_progress: ProgressCallback | None
+    cancel: CancelSignal | None
+    quotas: Mapping[str, Quota] | None
+
+
+def run_options(options: RunOptions | None, **keywords: Unpack[RunKeywords]) -> RunOptions:
     """``options`` (or the defaults) merged with the keyword arguments a public function was called with."""
-    given = RunOptions(
-        rate=rate,
-        burst=burst,
-        control_rate=control_rate,
-        max_workers=max_workers,
-        progress=progress,
-        poll=PollPolicy.coerce(poll),
-        retries=RetryPolicy.coerce(retries),
-        on_progress=on_progress,
-        cancel=cancel,
-        quotas=quotas,
-    )
-    return (options or RunOptions()).merge(given)
+    fields: dict[str, Any] = dict(keywords)
+    if "poll" in fields:
+        fields["poll"] = PollPolicy.coerce(fields["poll"])
+    if "retries" in fields:
+        fields["retries"] = RetryPolicy.coerce(fields["retries"])
+    return (options or RunOptions()).merge(RunOptions(**fields))

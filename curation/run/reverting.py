@@ -11,14 +11,12 @@ are locked for the whole revert.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
-from curation.model.quotas import Quota
 from curation.run.applying import dry_run_frame, run_plan
 from curation.run.journal import (
     Journal,
@@ -34,9 +32,10 @@ from curation.run.journal import (
     purpose_of,
     read_journal,
 )
-from curation.run.limits import AUTO, CancelSignal, Rate
-from curation.run.options import PollPolicy, ProgressCallback, RunOptions, run_options
-from curation.run.retries import RetryPolicy
+from curation.run.options import RunKeywords, RunOptions, run_options
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["default_revert_journal", "revert", "revert_plan_from_journal"]
 
@@ -95,31 +94,19 @@ def revert(
     client: Any,
     *,
     journal_out: str | os.PathLike[str] | None = None,
-    rate: Rate = AUTO,
-    burst: float | None = None,
-    max_workers: int = 4,
     dry_run: bool = False,
-    progress: bool = True,
-    poll: PollPolicy | float | None = None,
-    retries: RetryPolicy | int | None = None,
-    control_rate: Rate = AUTO,
-    on_progress: ProgressCallback | None = None,
-    cancel: CancelSignal | None = None,
-    quotas: Mapping[str, Quota] | None = None,
     options: RunOptions | None = None,
+    **keywords: Unpack[RunKeywords],
 ) -> pd.DataFrame:
     """Return every image set the apply ``journal`` touched to its pre-plan version (``revertToVersionId``).
 
     Each revert is sent against the version our apply left (the end of the journal's chain), so an image set
     someone else changed since is reported as a conflict, never overwritten. Requests of the apply journal
     whose outcome is unknown are reconciled first. The revert is journaled in ``journal_out`` (default
-    ``<journal>.revert``) and resumable: calling ``revert`` again continues it. Options as ``apply``'s;
-    returns apply's table.
+    ``<journal>.revert``) and resumable: calling ``revert`` again continues it. The keyword arguments and
+    ``options`` are ``apply``'s (``RunKeywords``); returns apply's table.
     """
-    opts = run_options(
-        options, rate=rate, burst=burst, control_rate=control_rate, max_workers=max_workers, progress=progress,
-        poll=poll, retries=retries, on_progress=on_progress, cancel=cancel, quotas=quotas,
-    )
+    opts = run_options(options, **keywords)
     source = Path(journal)
     out = Path(journal_out) if journal_out is not None else default_revert_journal(source)
     with JournalLock(source):

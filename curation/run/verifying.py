@@ -10,22 +10,22 @@ order; without one, at its latest version.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
-from curation.model.quotas import Quota
 from curation.model.updates import apply_to_document, study_part
 from curation.run.applying import components
 from curation.run.journal import RequestStatus, VersionChains, journal_header, last_states, read_journal
-from curation.run.limits import AUTO, Rate
-from curation.run.options import RunOptions, run_options
+from curation.run.options import RunKeywords, RunOptions, run_options
 from curation.run.results import MISMATCH_COLUMNS
-from curation.run.retries import RetryPolicy
 from curation.run.servicecalls import ServiceCalls
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["verify"]
 
@@ -143,12 +143,8 @@ def verify(
     client: Any,
     journal: str | os.PathLike[str] | None = None,
     *,
-    max_workers: int = 8,
-    control_rate: Rate = AUTO,
-    retries: RetryPolicy | int | None = None,
-    progress: bool = True,
-    quotas: Mapping[str, Quota] | None = None,
     options: RunOptions | None = None,
+    **keywords: Unpack[RunKeywords],
 ) -> pd.DataFrame:
     """Re-fetch every image set the plan touches and compare it with the intended result; one row per mismatch.
 
@@ -156,14 +152,14 @@ def verify(
     version the journal's chain says our requests made (so later edits by others are not reported), and image
     sets the journal did not finish are reported with their status in ``note``. An empty frame means verified.
     Columns: ImageSetID, path (dotted document path), expected, actual, note. Image sets are checked
-    ``max_workers`` at a time; reads are limited per action (``control_rate``: "auto" is AHI's quotas).
+    ``max_workers`` at a time (8 unless given); reads are limited per action (``control_rate``: "auto" is AHI's
+    quotas, adapting). The keyword arguments are ``apply``'s (``RunKeywords``; rate and burst play no part).
     """
     from tqdm.auto import tqdm
 
     plan.check()
-    opts = run_options(
-        options, control_rate=control_rate, max_workers=max_workers, retries=retries, progress=progress, quotas=quotas
-    )
+    keywords.setdefault("max_workers", 8)
+    opts = run_options(options, **keywords)
     calls = ServiceCalls(client, plan.datastore_id, opts)
     state = _Progress(plan, journal)
     groups = components(plan)

@@ -22,20 +22,8 @@ from curation.run.limits import BETA, AdaptiveLimiter, Attempts, Limiters, accou
 STANDARD = Config(retries={"mode": "standard", "total_max_attempts": 3})
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
 
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-def _serve(limiter: AdaptiveLimiter, clock: FakeClock, seconds: float, rate: float) -> None:
+def _serve(limiter: AdaptiveLimiter, clock: Any, seconds: float, rate: float) -> None:
     """Send (and succeed) at ``rate`` for ``seconds`` of fake time, or as fast as the limiter allows."""
     end = clock.now + seconds
     while clock.now < end:
@@ -45,16 +33,14 @@ def _serve(limiter: AdaptiveLimiter, clock: FakeClock, seconds: float, rate: flo
         clock.now = max(clock.now, sent + 1 / rate)
 
 
-def test_a_fixed_limiter_never_moves() -> None:
-    clock = FakeClock()
+def test_a_fixed_limiter_never_moves(clock: Any) -> None:
     limiter = AdaptiveLimiter(Quota(10, 40), adaptive=False, clock=clock, sleep=clock.sleep)
     _serve(limiter, clock, 30, 1000)
     limiter.record_throttle(clock.now)
     assert limiter.rate == 10 and limiter.throttles == 1 and limiter.decreases == 0
 
 
-def test_the_rate_rises_while_nothing_is_throttled_but_only_as_far_as_it_is_used() -> None:
-    clock = FakeClock()
+def test_the_rate_rises_while_nothing_is_throttled_but_only_as_far_as_it_is_used(clock: Any) -> None:
     limiter = AdaptiveLimiter(Quota(10, 40), clock=clock, sleep=clock.sleep)
     assert limiter.rate == 10
     _serve(limiter, clock, 20, 1000)  # demand above the limit: the limit probes upward
@@ -65,8 +51,7 @@ def test_the_rate_rises_while_nothing_is_throttled_but_only_as_far_as_it_is_used
     assert idle.rate == 10
 
 
-def test_a_throttle_backs_off_to_beta_times_what_was_accepted_once_per_congestion() -> None:
-    clock = FakeClock()
+def test_a_throttle_backs_off_to_beta_times_what_was_accepted_once_per_congestion(clock: Any) -> None:
     limiter = AdaptiveLimiter(Quota(10, 40), clock=clock, sleep=clock.sleep)
     _serve(limiter, clock, 5, 8)  # the service accepts 8 per second
     in_flight = clock.now - 0.01
@@ -80,8 +65,7 @@ def test_a_throttle_backs_off_to_beta_times_what_was_accepted_once_per_congestio
     assert limiter.rate < after and limiter.decreases == 2
 
 
-def test_a_ceiling_is_never_exceeded_and_unlimited_never_waits() -> None:
-    clock = FakeClock()
+def test_a_ceiling_is_never_exceeded_and_unlimited_never_waits(clock: Any) -> None:
     limiter = AdaptiveLimiter(Quota(5, 5, QuotaSource.GIVEN), ceiling=5, clock=clock, sleep=clock.sleep)
     _serve(limiter, clock, 60, 1000)
     assert limiter.rate == 5
@@ -90,8 +74,7 @@ def test_a_ceiling_is_never_exceeded_and_unlimited_never_waits() -> None:
     assert all(free.acquire() for _ in range(1000)) and clock.sleeps == before and not free.adaptive
 
 
-def test_a_cancel_signal_stops_the_wait_and_sends_nothing() -> None:
-    clock = FakeClock()
+def test_a_cancel_signal_stops_the_wait_and_sends_nothing(clock: Any) -> None:
     limiter = AdaptiveLimiter(Quota(1, 1), adaptive=False, clock=clock, sleep=clock.sleep)
     cancel = threading.Event()
     assert limiter.acquire(cancel)  # the burst token
@@ -135,13 +118,12 @@ def image_set(local_store: Any) -> tuple[str, str]:
 
 
 def test_every_attempt_botocore_makes_takes_a_token_and_feeds_the_limiter(
-    local_store: Any, image_set: tuple[str, str], fast_botocore_backoff: None
+    local_store: Any, image_set: tuple[str, str], fast_botocore_backoff: None, clock: Any
 ) -> None:
     from curation.local.service import Service
 
     datastore_id, image_set_id = image_set
     client = curation.local.client(Service(ThrottlesFirst(local_store, "GetImageSet", 2)), config=STANDARD)
-    clock = FakeClock()
     limiters = Limiters(rates={"GetImageSet": 1}, bursts={"GetImageSet": 1}, clock=clock, sleep=clock.sleep)
     attempts = Attempts()
     info = limiters.call(

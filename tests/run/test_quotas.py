@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import botocore.session
 import pytest
 
 from curation.model.quotas import DOCUMENTED_QUOTAS, Action, Quota, QuotaSource, TokenBucket, documented_quota
-
-
-class FakeClock:
-    """A clock that only moves when someone sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_every_action_of_the_service_model_has_a_documented_quota() -> None:
@@ -51,8 +37,7 @@ def test_invalid_quotas_and_buckets_are_refused(rate: float, burst: float) -> No
         TokenBucket(rate, burst)
 
 
-def test_burst_is_free_then_tokens_arrive_at_the_rate() -> None:
-    clock = FakeClock()
+def test_burst_is_free_then_tokens_arrive_at_the_rate(clock: Any) -> None:
     bucket = TokenBucket(10, burst=3, clock=clock, sleep=clock.sleep)
     assert [bucket.acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert clock.sleeps == []
@@ -61,8 +46,7 @@ def test_burst_is_free_then_tokens_arrive_at_the_rate() -> None:
     assert clock.sleeps == pytest.approx([0.1, 0.1])
 
 
-def test_idle_time_refills_up_to_burst_only() -> None:
-    clock = FakeClock()
+def test_idle_time_refills_up_to_burst_only(clock: Any) -> None:
     bucket = Quota(2, 4).bucket(clock=clock, sleep=clock.sleep)
     for _ in range(4):
         bucket.acquire()
@@ -72,16 +56,14 @@ def test_idle_time_refills_up_to_burst_only() -> None:
     assert waits[4:] == pytest.approx([0.5, 0.5])
 
 
-def test_partial_refill_shortens_the_wait() -> None:
-    clock = FakeClock()
+def test_partial_refill_shortens_the_wait(clock: Any) -> None:
     bucket = TokenBucket(4, burst=1, clock=clock, sleep=clock.sleep)
     bucket.acquire()
     clock.now += 0.125  # half a token
     assert bucket.acquire() == pytest.approx(0.125)
 
 
-def test_concurrent_callers_are_spaced_exactly_by_the_rate() -> None:
-    clock = FakeClock()
+def test_concurrent_callers_are_spaced_exactly_by_the_rate(clock: Any) -> None:
     recorded: list[float] = []
     lock = threading.Lock()
 
@@ -107,16 +89,14 @@ def test_concurrent_callers_are_spaced_exactly_by_the_rate() -> None:
     assert sorted(recorded) == pytest.approx([k / 50 for k in range(1, 76)])
 
 
-def test_unlimited_never_waits() -> None:
-    clock = FakeClock()
+def test_unlimited_never_waits(clock: Any) -> None:
     bucket = TokenBucket(None, clock=clock, sleep=clock.sleep)
     assert all(bucket.acquire() == 0 for _ in range(1000))
     assert bucket.try_acquire() and bucket.unlimited
     assert clock.sleeps == []
 
 
-def test_try_acquire_does_not_wait_or_overdraw() -> None:
-    clock = FakeClock()
+def test_try_acquire_does_not_wait_or_overdraw(clock: Any) -> None:
     bucket = TokenBucket(1, burst=2, clock=clock, sleep=clock.sleep)
     assert bucket.try_acquire() and bucket.try_acquire()
     assert not bucket.try_acquire()
@@ -131,8 +111,7 @@ def test_cannot_take_more_than_the_bucket_holds() -> None:
         TokenBucket(1, burst=2).acquire(3)
 
 
-def test_set_rate_keeps_earned_tokens_and_changes_the_pace() -> None:
-    clock = FakeClock()
+def test_set_rate_keeps_earned_tokens_and_changes_the_pace(clock: Any) -> None:
     bucket = TokenBucket(1, burst=10, clock=clock, sleep=clock.sleep)
     for _ in range(10):
         bucket.acquire()
@@ -147,8 +126,7 @@ def test_set_rate_keeps_earned_tokens_and_changes_the_pace() -> None:
     assert bucket.unlimited and bucket.acquire() == 0.0
 
 
-def test_a_rate_change_keeps_waiting_callers_turns_and_empty_takes_the_burst() -> None:
-    clock = FakeClock()
+def test_a_rate_change_keeps_waiting_callers_turns_and_empty_takes_the_burst(clock: Any) -> None:
     bucket = TokenBucket(10, burst=1, clock=clock, sleep=lambda s: None)
     bucket.reserve()
     assert bucket.reserve() == pytest.approx(0.1)  # one caller waits 0.1 s at 10/s: a debt of one token
