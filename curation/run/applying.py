@@ -46,6 +46,7 @@ from curation.run.servicecalls import ServiceCalls
 from curation.run.steps import Current, Outcome, Steps, StopReason, apply_affected
 
 if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
     from typing_extensions import Unpack
 
 __all__ = ["apply", "components", "run_plan"]
@@ -268,7 +269,7 @@ class _Runner:
 
 def run_plan(
     plan: UpdatePlan,
-    client: Any,
+    client: HealthImagingClient,
     journal: Journal | None,
     options: RunOptions,
     *,
@@ -303,7 +304,7 @@ def run_plan(
 
 def apply(
     plan: UpdatePlan,
-    client: Any,
+    client: HealthImagingClient,
     journal: str | os.PathLike[str] | None = None,
     *,
     dry_run: bool = False,

@@ -7,7 +7,7 @@ and connection errors retried inside each call) and a bounded connect timeout.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ProfileNotFound
@@ -16,6 +16,9 @@ from curation.model.quotas import Quota
 from curation.run.limits import account_quotas
 from curation.run.options import ClientOptions
 from curation.run.retries import client_config
+
+if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
 
 __all__ = ["ClientSetupError", "make_client", "read_account_quotas"]
 
@@ -35,7 +38,7 @@ def _session(options: ClientOptions) -> Any:
         raise ClientSetupError(f"there is no AWS profile named {options.profile!r}") from None
 
 
-def make_client(options: ClientOptions, *, config: Config | None = None) -> Any:
+def make_client(options: ClientOptions, *, config: Config | None = None) -> HealthImagingClient:
     """A boto3 ``medical-imaging`` client for ``options``: a profile/region, or an endpoint URL (then host
     prefix injection is off, and dummy credentials and region stand in for missing ones)."""
     session = _session(options)

@@ -35,6 +35,9 @@ from curation.run.retries import DEFAULT_RETRIES, RetryPolicy, error_code, error
 from curation.run.servicecalls import read_blob
 
 if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
+    from mypy_boto3_medical_imaging.type_defs import PaginatorConfigTypeDef, SearchImageSetsResponseTypeDef
+
     from curation.frames.snapshot import Snapshot
 
 #: AHI's documented quotas (requests per second, burst) of the calls fetch makes (``curation.model.quotas``).
@@ -239,7 +242,7 @@ def _search_limiters(limiter: TokenBucket | Limiters | None) -> Limiters:
 
 
 def iter_search_pages(
-    client: Any,
+    client: HealthImagingClient,
     datastore_id: str,
     search: Mapping[str, Any] | None = None,
     *,
@@ -262,8 +265,8 @@ def iter_search_pages(
     paginator = client.get_paginator("search_image_sets")
     encoder = TokenEncoder()
 
-    def page(token: str | None) -> dict[str, Any]:
-        config: dict[str, Any] = {"PageSize": SEARCH_PAGE_SIZE}
+    def page(token: str | None) -> SearchImageSetsResponseTypeDef:
+        config: PaginatorConfigTypeDef = {"PageSize": SEARCH_PAGE_SIZE}
         if token is not None:
             config["StartingToken"] = encoder.encode({"nextToken": token})
         return limiters.call(
@@ -273,14 +276,15 @@ def iter_search_pages(
     token: str | None = None
     while True:
         response = policy.call(partial(page, token), retryable=is_not_consistent_yet)
-        yield list(response.get("imageSetsMetadataSummaries", []))
+        summaries: list[Any] = list(response.get("imageSetsMetadataSummaries", []))  # JSON summaries, as dicts
+        yield summaries
         token = response.get("nextToken")
         if not token:
             return
 
 
 def search_image_sets(
-    client: Any,
+    client: HealthImagingClient,
     datastore_id: str,
     search: Mapping[str, Any] | None = None,
     *,
@@ -322,7 +326,7 @@ class _Targets:
 
     def batches(
         self,
-        client: Any,
+        client: HealthImagingClient,
         datastore_id: str,
         image_set_ids: Iterable[str] | None,
         search: Mapping[str, Any] | None,
@@ -358,7 +362,9 @@ class _Targets:
 class _Fetcher:
     """Fetches and parses one image set's document (a worker's task), under the fetch's limiters."""
 
-    def __init__(self, client: Any, datastore_id: str, targets: _Targets, limiters: Limiters, policy: RetryPolicy):
+    def __init__(
+        self, client: HealthImagingClient, datastore_id: str, targets: _Targets, limiters: Limiters, policy: RetryPolicy
+    ) -> None:
         self.client, self.datastore_id = client, datastore_id
         self.targets, self.limiters, self.policy = targets, limiters, policy
 
@@ -438,7 +444,7 @@ class _Collected:
 
 
 def fetch_documents(
-    client: Any,
+    client: HealthImagingClient,
     datastore_id: str,
     image_set_ids: Iterable[str] | None = None,
     search: Mapping[str, Any] | None = None,
@@ -506,7 +512,7 @@ def fetch_documents(
 
 
 def fetch(
-    client: Any,
+    client: HealthImagingClient,
     datastore_id: str,
     image_set_ids: Iterable[str] | None = None,
     search: Mapping[str, Any] | None = None,

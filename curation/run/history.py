@@ -7,12 +7,16 @@ GetImageSetMetadata ``versionId`` and diffs the documents with ``curation.curate
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from curation.model.document import parse_document
 from curation.run.retries import RetryPolicy, is_not_consistent_yet
+from curation.run.servicecalls import read_blob
+
+if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
 
 HISTORY_COLUMNS = (
     "versionId",
@@ -32,7 +36,7 @@ def _version_key(version: Any) -> tuple[int, str]:
     return (int(text), text) if text.isdigit() else (-1, text)
 
 
-def history(client: Any, datastore_id: str, image_set_id: str) -> pd.DataFrame:
+def history(client: HealthImagingClient, datastore_id: str, image_set_id: str) -> pd.DataFrame:
     """Every version of an image set, oldest first: versionId, state, workflowStatus, forced, message,
     isPrimary, createdAt, updatedAt (one row per version, from ListImageSetVersions)."""
     paginator = client.get_paginator("list_image_set_versions")
@@ -60,19 +64,20 @@ def history(client: Any, datastore_id: str, image_set_id: str) -> pd.DataFrame:
     return frame.astype({"versionId": object, "state": object, "workflowStatus": object, "message": object})
 
 
-def version_document(client: Any, datastore_id: str, image_set_id: str, version_id: str) -> dict[str, Any]:
+def version_document(
+    client: HealthImagingClient, datastore_id: str, image_set_id: str, version_id: str
+) -> dict[str, Any]:
     """The metadata document of one version of an image set."""
 
     def get() -> bytes:
-        body = client.get_image_set_metadata(
-            datastoreId=datastore_id, imageSetId=image_set_id, versionId=str(version_id)
-        )["imageSetMetadataBlob"]
-        return body.read() if hasattr(body, "read") else bytes(body)
+        return read_blob(
+            client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, versionId=str(version_id))
+        )
 
     return parse_document(_RETRIES.call(get, retryable=is_not_consistent_yet))
 
 
-def version_diff(client: Any, datastore_id: str, image_set_id: str, v1: str, v2: str) -> Any:
+def version_diff(client: HealthImagingClient, datastore_id: str, image_set_id: str, v1: str, v2: str) -> Any:
     """What changed from version ``v1`` to version ``v2`` of an image set, as a ChangeSet (``diff_documents``)."""
     from curation.curate.differ import diff_documents
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -35,6 +35,7 @@ from curation.run.journal import (
 from curation.run.options import RunKeywords, RunOptions, run_options
 
 if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
     from typing_extensions import Unpack
 
 __all__ = ["default_revert_journal", "revert", "revert_plan_from_journal"]
@@ -91,7 +92,7 @@ def _revert_plan(out: Path, records: list[Record], plan: UpdatePlan) -> UpdatePl
 
 def revert(
     journal: str | os.PathLike[str],
-    client: Any,
+    client: HealthImagingClient,
     *,
     journal_out: str | os.PathLike[str] | None = None,
     dry_run: bool = False,

@@ -12,7 +12,7 @@ call (how many went out, and whether any could have changed the image set) for t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from curation.model.document import parse_document
 from curation.model.quotas import Action
@@ -20,8 +20,15 @@ from curation.run.limits import Attempts, Cancelled, CancelSignal, Limiters
 from curation.run.options import PollPolicy, RunOptions
 from curation.run.retries import RetryPolicy, is_conflict
 
+if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
+    from mypy_boto3_medical_imaging.type_defs import (
+        GetImageSetMetadataResponseTypeDef,
+        GetImageSetResponseTypeDef,
+        UpdateImageSetMetadataResponseTypeDef,
+    )
+
 T = TypeVar("T")
-Response = dict[str, Any]
 
 
 class LockTimeout(Exception):
@@ -37,16 +44,18 @@ class UpdateFailed(Exception):
         self.attempts = attempts
 
 
-def read_blob(response: Response) -> bytes:
-    """The bytes of a GetImageSetMetadata answer's blob (a stream, or bytes from a stub)."""
-    body = response["imageSetMetadataBlob"]
-    return body.read() if hasattr(body, "read") else bytes(body)
+def read_blob(response: GetImageSetMetadataResponseTypeDef) -> bytes:
+    """The bytes of a GetImageSetMetadata answer's blob (botocore's stream; bytes from a test double)."""
+    body: Any = response["imageSetMetadataBlob"]
+    return bytes(body.read() if hasattr(body, "read") else body)
 
 
 class ServiceCalls:
     """The calls of one run against ``datastore_id`` with ``client``, under ``limiters``."""
 
-    def __init__(self, client: Any, datastore_id: str, options: RunOptions, limiters: Limiters | None = None) -> None:
+    def __init__(
+        self, client: HealthImagingClient, datastore_id: str, options: RunOptions, limiters: Limiters | None = None
+    ) -> None:
         self.client = client
         self.datastore_id = datastore_id
         self.limiters = limiters or options.limiters()
@@ -62,7 +71,7 @@ class ServiceCalls:
         """A read under ``action``'s limiter, ConflictException ("not consistent yet", LOCKED) waited out."""
         return self.retries.call(lambda: self.limiters.call(self.client, action, fn), retryable=is_conflict)
 
-    def get_image_set(self, image_set_id: str, version_id: str | None = None) -> Response:
+    def get_image_set(self, image_set_id: str, version_id: str | None = None) -> GetImageSetResponseTypeDef:
         params = {"datastoreId": self.datastore_id, "imageSetId": image_set_id}
         if version_id is not None:
             params["versionId"] = str(version_id)
@@ -76,7 +85,7 @@ class ServiceCalls:
         )
         return parse_document(blob)
 
-    def update(self, call: dict[str, Any]) -> Response:
+    def update(self, call: dict[str, Any]) -> UpdateImageSetMetadataResponseTypeDef:
         """Send one UpdateImageSetMetadata (``call`` holds its keyword arguments, ``latestVersionId``
         included); a ConflictException (LOCKED) is sent again with the retry policy.
 
@@ -85,7 +94,7 @@ class ServiceCalls:
         """
         attempts = Attempts()
 
-        def attempt() -> Response:
+        def attempt() -> UpdateImageSetMetadataResponseTypeDef:
             return self.limiters.call(
                 self.client,
                 Action.UPDATE_IMAGE_SET_METADATA,
@@ -101,7 +110,7 @@ class ServiceCalls:
         except Exception as exc:
             raise UpdateFailed(exc, attempts) from exc
 
-    def wait_active(self, image_set_id: str) -> Response:
+    def wait_active(self, image_set_id: str) -> GetImageSetResponseTypeDef:
         """GetImageSet until the image set is not LOCKED (LockTimeout past the poll policy's timeout)."""
         deadline = self.poll.clock() + self.poll.timeout
         interval = self.poll.initial

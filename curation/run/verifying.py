@@ -25,6 +25,7 @@ from curation.run.results import MISMATCH_COLUMNS
 from curation.run.servicecalls import ServiceCalls
 
 if TYPE_CHECKING:
+    from mypy_boto3_medical_imaging import HealthImagingClient
     from typing_extensions import Unpack
 
 __all__ = ["verify"]
@@ -140,7 +141,7 @@ class _Component:
 
 def verify(
     plan: UpdatePlan,
-    client: Any,
+    client: HealthImagingClient,
     journal: str | os.PathLike[str] | None = None,
     *,
     options: RunOptions | None = None,
