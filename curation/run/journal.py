@@ -217,9 +217,24 @@ def request_records(records: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[st
     return (r for r in records if r.get("kind") == RecordKind.REQUEST)
 
 
+def _precedence(record: Mapping[str, Any]) -> tuple[int, str]:
+    """How far a record says its request got: a final record outranks any other (``done`` first), then the
+    latest by its time; so the state does not depend on the order of the lines."""
+    status = record.get("status")
+    rank = 2 if status == RequestStatus.DONE else 1 if status in FINAL_STATUSES else 0
+    return rank, str(record.get("time") or "")
+
+
 def last_states(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], Mapping[str, Any]]:
-    """The last record of each (image set, request index) among ``records``."""
-    return {(r["image_set_id"], int(r["index"])): r for r in request_records(records)}
+    """The state of each (image set, request index) among ``records``: its final record if it has one, else
+    its latest (by time; among equal times the later line)."""
+    states: dict[tuple[str, int], Mapping[str, Any]] = {}
+    for record in request_records(records):
+        key = (record["image_set_id"], int(record["index"]))
+        known = states.get(key)
+        if known is None or _precedence(record) >= _precedence(known):
+            states[key] = record
+    return states
 
 
 # --- versions this plan made ------------------------------------------------------------------------------

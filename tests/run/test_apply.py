@@ -636,3 +636,17 @@ def test_a_stale_first_send_onto_this_plans_own_version_is_not_a_conflict(popula
     assert "conflict" not in statuses
     assert sorted(v["versionId"] for v in _versions(store, datastore_id, ids[0])) == ["1", "2", "3"]
     assert verify(plan, client, journal).empty
+
+
+def test_verify_and_revert_follow_the_chain_of_versions_not_the_file_order(populated: Any, tmp_path: Path) -> None:
+    store, datastore_id, ids = populated
+    plan = _two_request_plan(store, datastore_id, ids)
+    client = curation.local.client(store, config=NO_RETRIES)
+    journal = tmp_path / "j.jsonl"
+    apply(plan, client, journal, **FAST)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    journal.write_bytes(lines[0] + b"".join(reversed(lines[1:])))  # the same records, the last written first
+    assert verify(plan, client, journal).empty
+    undone = revert(journal, client, **FAST)
+    assert (undone["status"] == "applied").all() and list(undone["version_before"]) == ["3"] * 4
+    _assert_restored(store, datastore_id, plan.base_versions)
