@@ -53,7 +53,7 @@ def _note_row(image_set_id: str, note: str) -> dict[str, Any]:
     return {"ImageSetID": image_set_id, "path": None, "expected": None, "actual": None, "note": note}
 
 
-class _Progress:
+class _JournalState:
     """What a journal says of a plan's image sets: where each chain ends, and which did not finish."""
 
     def __init__(self, plan: UpdatePlan, journal: str | os.PathLike[str] | None) -> None:
@@ -118,7 +118,7 @@ class _Component:
         touched = [r.image_set_id for r in self.requests] + [s for r in self.requests for s in r.affects]
         return list(dict.fromkeys(touched))
 
-    def rows(self, progress: _Progress) -> list[dict[str, Any]]:
+    def rows(self, progress: _JournalState) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for image_set_id in self.intended():
             if image_set_id in self.errors:
@@ -162,7 +162,7 @@ def verify(
     keywords.setdefault("max_workers", 8)
     opts = run_options(options, **keywords)
     calls = ServiceCalls(client, plan.datastore_id, opts)
-    state = _Progress(plan, journal)
+    state = _JournalState(plan, journal)
     groups = components(plan)
     executor = ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="ahi-verify")
     try:
