@@ -7,11 +7,13 @@ every call the way AHI does and answers a ``ValidationException`` in AWS's wordi
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from functools import cache
 from typing import Any
 
 from botocore.model import OperationModel, Shape
+from botocore.utils import parse_timestamp
 
 from curation.model.errors import AHIError
 from curation.model.service import service_model
@@ -146,8 +148,8 @@ def _check(shape: Shape, value: Any, path: str, problems: list[str]) -> None:
             problems.append(bad_value(label, value, f"Member must have value less than or equal to {meta['max']}"))
     elif kind == "timestamp":
         try:
-            to_datetime(value, label)
-        except AHIError:
+            to_datetime(value)
+        except (ValueError, TypeError):
             problems.append(bad_value(label, value, "Member must be a timestamp"))
 
 
@@ -158,15 +160,19 @@ def _length(length: int, meta: dict[str, Any], label: str, value: Any, problems:
         problems.append(bad_value(label, value, f"Member must have length less than or equal to {meta['max']}"))
 
 
-def to_datetime(value: Any, label: str = "timestamp") -> dt.datetime:
-    """A timestamp parameter (datetime, epoch seconds or ISO 8601 text) as a tz-aware UTC datetime."""
+def to_datetime(value: Any) -> dt.datetime:
+    """A timestamp (datetime, epoch seconds, or ISO 8601 / RFC 822 text) as a tz-aware UTC datetime.
+
+    The one timestamp parser of the embedded service (parameters, wire values, search filters); botocore's
+    ``parse_timestamp`` reads the text forms. Raises ValueError (or TypeError for a value of another kind).
+    """
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        from botocore.utils import parse_timestamp
-
-        try:
-            return parse_timestamp(value).astimezone(dt.UTC)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise _fail(label, value, "Member must be a timestamp") from exc
-    raise _fail(label, value, "Member must be a timestamp")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"not a timestamp: {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("timestamp must be finite")
+    try:
+        return parse_timestamp(value).astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValueError(f"timestamp out of range: {value!r}") from exc

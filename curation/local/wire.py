@@ -21,7 +21,6 @@ import base64
 import binascii
 import datetime as dt
 import logging
-import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -33,9 +32,8 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 from botocore.model import OperationModel, Shape
-from botocore.utils import parse_timestamp
 
-from curation.local.validate import bad_value, validate, validation_error
+from curation.local.validate import bad_value, to_datetime, validate, validation_error
 from curation.model.errors import AHIError
 from curation.model.service import SERVICE_NAME, service_model
 
@@ -141,16 +139,6 @@ class _ParseError(Exception):
         super().__init__(bad_value(path, value, constraint))
 
 
-def _to_datetime(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError(f"not a timestamp: {value!r}")
-    if isinstance(value, int | float) and not math.isfinite(value):
-        raise ValueError("timestamp must be finite")
-    return parse_timestamp(value).astimezone(dt.UTC)
-
-
 def _text_value(shape: Shape, text: str, path: str) -> Any:
     """A URI label, query or header value (text) as the Python value of ``shape``."""
     kind = shape.type_name
@@ -166,7 +154,7 @@ def _text_value(shape: Shape, text: str, path: str) -> Any:
         if kind in ("float", "double"):
             return float(text)
         if kind == "timestamp":
-            return _to_datetime(float(text) if re.fullmatch(r"-?\d+(\.\d+)?", text) else text)
+            return to_datetime(float(text) if re.fullmatch(r"-?\d+(\.\d+)?", text) else text)
         if kind == "blob":
             return base64.b64decode(text, validate=True)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
@@ -216,7 +204,7 @@ def _json_value(shape: Shape, value: Any, path: str) -> Any:
         return float(value)
     if kind == "timestamp":
         try:
-            return _to_datetime(value)
+            return to_datetime(value)
         except (ValueError, TypeError, OverflowError) as exc:
             raise _ParseError(path, value, "Member must be a timestamp (epoch seconds)") from exc
     if kind == "blob":
@@ -400,7 +388,7 @@ def _join(path: str, name: str) -> str:
 
 
 def _epoch(value: Any) -> int | float:
-    delta = _to_datetime(value) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    delta = to_datetime(value) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return micros // 1_000_000 if micros % 1_000_000 == 0 else micros / 1_000_000
 
@@ -449,10 +437,10 @@ def _header_text(shape: Shape, value: Any) -> str:
     if kind == "timestamp":
         timestamp_format = shape.serialization.get("timestampFormat", "rfc822")
         if timestamp_format == "iso8601":
-            return _to_datetime(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return to_datetime(value).strftime("%Y-%m-%dT%H:%M:%SZ")
         if timestamp_format == "unixTimestamp":
             return str(_epoch(value))
-        return formatdate(int(_to_datetime(value).timestamp()), usegmt=True)
+        return formatdate(int(to_datetime(value).timestamp()), usegmt=True)
     if kind == "boolean":
         return "true" if value else "false"
     if kind == "list":

@@ -19,7 +19,6 @@ AWS = Path(sys.executable).parent / "aws"
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 
 
-
 @pytest.fixture
 def served(local_store: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """A store with one datastore, the 1-instance reference document and a non-primary copy, served."""

@@ -90,6 +90,13 @@ def with_series(document: dict[str, Any], suffix: str) -> dict[str, Any]:
     return document
 
 
+def another_copy(document: dict[str, Any], number: int = 1) -> dict[str, Any]:
+    """The same content under another ImageSetID: a different document, so an import does not skip it."""
+    document = copy.deepcopy(document)
+    document["ImageSetID"] = f"{number:x}".rjust(32, "c")
+    return document
+
+
 def blob(payload: dict[str, Any]) -> bytes:
     return json.dumps({"SchemaVersion": 1.1, **payload}).encode()
 
@@ -252,8 +259,11 @@ def test_import_reference_documents_keeps_content_and_ids(loaded: tuple) -> None
         assert props["imageSetState"] == "ACTIVE" and props["imageSetWorkflowStatus"] == "CREATED"
         assert props["isPrimary"] is True and props["versionId"] == "1"
         assert props["imageSetArn"] == f"{store.datastore_arn(datastore_id)}/imageset/{image_set_id}"
-    # the same document again: its ImageSetID is taken and its series has a primary image set
-    report = store.import_documents([reference("us-doppler-9-instances.json")])
+    # the same document again: already imported, skipped and reported as such
+    again = store.import_documents([reference("us-doppler-9-instances.json")])
+    assert not again.created and again.skipped == [(original_id := ids["us-doppler-9-instances"], original_id)]
+    # the same content under another ImageSetID: a new, non-primary image set (its series has a primary one)
+    report = store.import_documents([another_copy(reference("us-doppler-9-instances.json"))])
     (copy_id,) = report.created
     assert report.datastore_id == datastore_id and copy_id != ids["us-doppler-9-instances"]
     assert get(store, datastore_id, copy_id)["isPrimary"] is False
@@ -580,7 +590,7 @@ def test_failed_updates_consume_a_version_and_keep_the_document(loaded: tuple) -
 
 def test_forced_update_records_overrides(loaded: tuple) -> None:
     store, datastore_id, _ = loaded
-    duplicate = store.import_documents([reference()]).created[0]  # non-primary: force may apply
+    duplicate = store.import_documents([another_copy(reference())]).created[0]  # non-primary: force may apply
     ((series_uid, sop_uid, _),) = iter_instances(reference())
     payload = {
         "Study": {
@@ -609,7 +619,7 @@ def test_include_study_image_sets_is_atomic(store_path: Path) -> None:
     description = base["Study"]["DICOM"]["StudyDescription"] = "CT of a phantom"
     odd = with_series(base, "3")
     odd["Study"]["DICOM"]["StudyDescription"] = "another description"
-    report = store.import_documents([base, with_series(base, "1"), with_series(base, "2"), base, odd])
+    report = store.import_documents([base, with_series(base, "1"), with_series(base, "2"), another_copy(base), odd])
     datastore_id, (target, sibling, sibling2, non_primary, odd_sibling) = report.datastore_id, report.created
     assert [get(store, datastore_id, i)["isPrimary"] for i in report.created] == [True, True, True, False, True]
 
@@ -681,7 +691,7 @@ def searchable(store: Store) -> tuple[Store, str, list[str]]:
         variant(4, patient="P3", accession="A4", study="1.2.3.4", date="19991122", time_of_day=""),
     ]
     report = store.import_documents(documents)
-    duplicate = store.import_documents([documents[0]]).created[0]  # a non-primary copy of image set 0
+    duplicate = store.import_documents([another_copy(documents[0])]).created[0]  # a non-primary copy of set 0
     return store, report.datastore_id, [*report.created, duplicate]
 
 
@@ -1030,6 +1040,7 @@ def test_concurrent_writer_processes(store_path: Path) -> None:
 
 
 _WRITER = """
+import os
 import sys
 from curation.model.document import read_document
 from curation.local.store import Store
@@ -1039,7 +1050,7 @@ big = read_document(str(REFERENCE / "ct-588-instances.json"))
 number = 0
 while True:
     number += 1
-    report = store.import_documents([with_series(big, f"crash{number}")])
+    report = store.import_documents([with_series(big, f"crash{os.getpid()}.{number}")])
     (image_set_id,) = report.created
     for version in range(1, 4):
         params = study_update(report.datastore_id, image_set_id, str(version), f"v{version}")
