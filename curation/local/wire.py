@@ -236,7 +236,8 @@ def _lower_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
     return lowered
 
 
-def _query_dict(query: str | Mapping[str, Any] | None) -> dict[str, list[str]]:
+def parse_query(query: str | Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """A query string (or mapping) as ``{name: [values]}``."""
     if not query:
         return {}
     if isinstance(query, str):
@@ -279,7 +280,7 @@ def parse_request(
     :class:`WireError` for an unknown route and ``AHIError("ValidationException")`` for a request that does
     not fit the operation's input shape.
     """
-    query_values = _query_dict(query)
+    query_values = parse_query(query)
     route, labels = match_route(method, url_path, query_values)
     operation = route.operation
     shape = operation.input_shape
