@@ -109,7 +109,8 @@ def _import(args: argparse.Namespace) -> int:
     if report is None or not (report.created or report.updated or report.skipped or not report.failures):
         failures = failures if report is None else report.failures
         first = f"; first: {failures[0][0]}: {failures[0][1]}" if failures else ""
-        return _local_error("import", f"nothing readable to import in {len(args.paths)} path(s), nothing was created{first}")
+        message = f"nothing readable to import in {len(args.paths)} path(s), nothing was created{first}"
+        return _local_error("import", message)
     print(f"datastore {report.datastore_id}")
     for image_set_id in report.created:
         print(f"created {image_set_id}")

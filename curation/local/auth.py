@@ -124,7 +124,7 @@ class _Recomputer(SigV4Auth):
         super().__init__(BotocoreCredentials(credentials.access_key, credentials.secret_key), service, region)
         self._signed = signed
 
-    def headers_to_sign(self, request: AWSRequest) -> Mapping[str, str]:  # type: ignore[override]
+    def headers_to_sign(self, request: AWSRequest) -> Mapping[str, str]:
         from botocore.compat import HTTPHeaders
 
         chosen = HTTPHeaders()
@@ -149,7 +149,9 @@ def _amz_date(headers: Mapping[str, str]) -> tuple[str, datetime]:
         try:
             return text, datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         except ValueError:
-            raise _refuse(400, "IncompleteSignatureException", f"X-Amz-Date {text!r} is not an ISO 8601 basic date")
+            raise _refuse(
+                400, "IncompleteSignatureException", f"X-Amz-Date {text!r} is not an ISO 8601 basic date"
+            ) from None
     if "date" in headers:
         try:
             when = to_datetime(headers["date"])
@@ -217,7 +219,8 @@ class SigV4Verifier:
             raise _refuse(
                 403,
                 "InvalidSignatureException",
-                f"Signature expired: {amz_date} is now earlier than {fmt(now - MAX_SKEW_SECONDS)} ({fmt(now)} - 5 min.)",
+                f"Signature expired: {amz_date} is now earlier than {fmt(now - MAX_SKEW_SECONDS)} "
+                f"({fmt(now)} - 5 min.)",
             )
         if stamp > now + MAX_SKEW_SECONDS:
             raise _refuse(

@@ -129,7 +129,9 @@ class _DeadlineReader(io.RawIOBase):
         except TimeoutError:
             if not self.started:  # an idle keep-alive connection: closed without a word, as servers do
                 raise _Idle() from None
-            raise _Refusal(408, "RequestTimeoutException", "The request did not arrive within the server's timeouts")
+            raise _Refusal(
+                408, "RequestTimeoutException", "The request did not arrive within the server's timeouts"
+            ) from None
         self.started = self.started or count > 0
         return count
 
@@ -148,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):  # headers and body go out as two writes: no Nagle delay between them
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = _DeadlineReader(self.connection, self.limits)
-        self.rfile = io.BufferedReader(self._reader, 65536)
+        self._buffered = io.BufferedReader(self._reader, 65536)
+        self.rfile = self._buffered
 
     # ------------------------------------------------------------------------------ framing
 
@@ -170,7 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle(self) -> None:
         self.command, self.path = "-", "-"
         try:
-            first = self.rfile.peek(1)[:1]
+            first = self._buffered.peek(1)[:1]
         except (_Idle, _Refusal, OSError):
             return
         if first and first[0] == _TLS_HANDSHAKE:
@@ -378,8 +381,8 @@ def make_server(
     region = getattr(service.store, "region", "us-east-1")
     verifier = SigV4Verifier(credentials, region=region, clock=clock) if credentials is not None else None
     limits = limits or ServerLimits()
-    attributes = {"service": service, "verifier": verifier, "limits": limits, "allowed_hosts": frozenset()}
-    handler = type("Handler", (_Handler,), attributes)
+    attributes: dict[str, Any] = {"service": service, "verifier": verifier, "limits": limits}
+    handler: type[_Handler] = type("Handler", (_Handler,), {**attributes, "allowed_hosts": frozenset()})
     server = LocalHTTPServer((host, port), handler, limits)
     handler.allowed_hosts = allowed_host_headers(host, int(server.server_address[1]), allowed_hosts)
     return server
