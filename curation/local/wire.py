@@ -164,57 +164,81 @@ def _text_value(shape: Shape, text: str, path: str) -> Any:
 
 def _json_value(shape: Shape, value: Any, path: str) -> Any:
     """A JSON-decoded body value as the Python value of ``shape`` (unknown structure members dropped)."""
-    kind = shape.type_name
     if value is None:
         return None
-    if kind == "structure":
-        if not isinstance(value, dict):
-            raise _ParseError(path, value, "Member must be an object")
-        parsed = {}
-        for name, member in shape.members.items():
-            key = member.serialization.get("name", name)
-            if key in value and value[key] is not None:
-                parsed[name] = _json_value(member, value[key], f"{path}.{name}" if path else name)
-        return parsed
-    if kind == "list":
-        if not isinstance(value, list):
-            raise _ParseError(path, value, "Member must be a list")
-        return [_json_value(shape.member, item, f"{path}.{index + 1}") for index, item in enumerate(value)]
-    if kind == "map":
-        if not isinstance(value, dict):
-            raise _ParseError(path, value, "Member must be a map")
-        return {key: _json_value(shape.value, item, f"{path}.{key}") for key, item in value.items()}
-    if kind == "string":
-        if not isinstance(value, str):
-            raise _ParseError(path, value, "Member must be a string")
+    reader = _JSON_READERS.get(shape.type_name)
+    return value if reader is None else reader(shape, value, path)  # document types pass through
+
+
+def _json_structure(shape: Shape, value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _ParseError(path, value, "Member must be an object")
+    parsed = {}
+    for name, member in shape.members.items():
+        key = member.serialization.get("name", name)
+        if key in value and value[key] is not None:
+            parsed[name] = _json_value(member, value[key], f"{path}.{name}" if path else name)
+    return parsed
+
+
+def _json_list(shape: Shape, value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _ParseError(path, value, "Member must be a list")
+    return [_json_value(shape.member, item, f"{path}.{index + 1}") for index, item in enumerate(value)]
+
+
+def _json_map(shape: Shape, value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _ParseError(path, value, "Member must be a map")
+    return {key: _json_value(shape.value, item, f"{path}.{key}") for key, item in value.items()}
+
+
+def _json_of_type(kind: type | tuple[type, ...], what: str) -> Any:
+    def read(shape: Shape, value: Any, path: str) -> Any:
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise _ParseError(path, value, f"Member must be {what}")
         return value
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise _ParseError(path, value, "Member must be a boolean")
-        return value
-    if kind in ("integer", "long"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _ParseError(path, value, "Member must be an integer")
-        return value
-    if kind in ("float", "double"):
-        if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-            return float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _ParseError(path, value, "Member must be a number")
+
+    return read
+
+
+def _json_float(shape: Shape, value: Any, path: str) -> float:
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
         return float(value)
-    if kind == "timestamp":
-        try:
-            return to_datetime(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise _ParseError(path, value, "Member must be a timestamp (epoch seconds)") from exc
-    if kind == "blob":
-        if not isinstance(value, str):
-            raise _ParseError(path, value, "Member must be a base64 string")
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _ParseError(path, value, "Member must be base64-encoded") from exc
-    return value  # document types pass through
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _ParseError(path, value, "Member must be a number")
+    return float(value)
+
+
+def _json_timestamp(shape: Shape, value: Any, path: str) -> dt.datetime:
+    try:
+        return to_datetime(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _ParseError(path, value, "Member must be a timestamp (epoch seconds)") from exc
+
+
+def _json_blob(shape: Shape, value: Any, path: str) -> bytes:
+    if not isinstance(value, str):
+        raise _ParseError(path, value, "Member must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _ParseError(path, value, "Member must be base64-encoded") from exc
+
+
+_JSON_READERS: dict[str, Any] = {
+    "structure": _json_structure,
+    "list": _json_list,
+    "map": _json_map,
+    "string": _json_of_type(str, "a string"),
+    "boolean": _json_of_type(bool, "a boolean"),
+    "integer": _json_of_type(int, "an integer"),
+    "long": _json_of_type(int, "an integer"),
+    "float": _json_float,
+    "double": _json_float,
+    "timestamp": _json_timestamp,
+    "blob": _json_blob,
+}
 
 
 def _decode_json(body: bytes) -> Any:
@@ -296,36 +320,21 @@ def parse_request(
     for name, member in shape.members.items():
         location = member.serialization.get("location")
         wire_name = member.serialization.get("name", name)
-        try:
-            if location == "uri":
-                if wire_name in labels:
-                    params[name] = _text_value(member, labels[wire_name], name)
-            elif location == "querystring":
-                if member.type_name == "map":
-                    deferred_query_map.append(name)
-                    continue
-                claimed_query.add(wire_name)
-                if wire_name not in query_values:
-                    continue
-                values = query_values[wire_name]
-                if member.type_name == "list":
-                    params[name] = [_text_value(member.member, text, name) for text in values]
-                else:
-                    params[name] = _text_value(member, values[-1], name)
-            elif location == "header":
-                if wire_name.lower() in header_values:
-                    params[name] = _header_value(member, header_values[wire_name.lower()], name)
-            elif location == "headers":
-                prefix = wire_name.lower()
-                found = {key[len(prefix) :]: value for key, value in header_values.items() if key.startswith(prefix)}
-                if found:
-                    params[name] = found
-            elif location == "statusCode":
+        if location is None:
+            body_members[name] = member
+            continue
+        if location == "querystring":
+            if member.type_name == "map":
+                deferred_query_map.append(name)
                 continue
-            else:
-                body_members[name] = member
+            claimed_query.add(wire_name)
+        try:
+            value = _located(member, name, wire_name, labels, query_values, header_values)
         except _ParseError as exc:
             problems.append(str(exc))
+            continue
+        if value is not _MISSING:
+            params[name] = value
     for name in deferred_query_map:
         leftovers = {key: values[-1] for key, values in query_values.items() if key not in claimed_query}
         if leftovers:
@@ -338,6 +347,38 @@ def parse_request(
         raise validation_error([str(exc)]) from exc
     validate(operation.name, params)
     return operation.name, params
+
+
+_MISSING = object()
+
+
+def _located(
+    member: Shape,
+    name: str,
+    wire_name: str,
+    labels: Mapping[str, str],
+    query_values: Mapping[str, list[str]],
+    header_values: Mapping[str, str],
+) -> Any:
+    """The value of a member sent in the URI, the query string or the headers (``_MISSING`` when absent)."""
+    location = member.serialization.get("location")
+    if location == "uri":
+        return _text_value(member, labels[wire_name], name) if wire_name in labels else _MISSING
+    if location == "querystring":
+        if wire_name not in query_values:
+            return _MISSING
+        values = query_values[wire_name]
+        if member.type_name == "list":
+            return [_text_value(member.member, text, name) for text in values]
+        return _text_value(member, values[-1], name)
+    if location == "header":
+        key = wire_name.lower()
+        return _header_value(member, header_values[key], name) if key in header_values else _MISSING
+    if location == "headers":
+        prefix = wire_name.lower()
+        found = {key[len(prefix) :]: value for key, value in header_values.items() if key.startswith(prefix)}
+        return found or _MISSING
+    return _MISSING  # statusCode
 
 
 def _header_value(shape: Shape, text: str, path: str) -> Any:
