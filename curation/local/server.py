@@ -111,10 +111,10 @@ class _DeadlineReader(io.RawIOBase):
         self._limits = limits
         self.restart()
 
-    def restart(self) -> None:
-        """A new request begins: a new deadline, and nothing of it received yet."""
+    def restart(self, started: bool = False) -> None:
+        """A new request begins: a new deadline; ``started`` when bytes of it are already buffered."""
         self.deadline = time.monotonic() + self._limits.request_timeout
-        self.started = False
+        self.started = started
 
     def readable(self) -> bool:
         return True
@@ -151,6 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = _DeadlineReader(self.connection, self.limits)
         self._buffered = io.BufferedReader(self._reader, 65536)
+        self._first_pending = False
         self.rfile = self._buffered
 
     # ------------------------------------------------------------------------------ framing
@@ -176,13 +177,15 @@ class _Handler(BaseHTTPRequestHandler):
             first = self._buffered.peek(1)[:1]
         except (_Idle, _Refusal, OSError):
             return
+        self._first_pending = bool(first)
         if first and first[0] == _TLS_HANDSHAKE:
             self._refuse(400, "ValidationException", "This endpoint speaks plain HTTP: a TLS handshake was received")
             return
         super().handle()
 
     def handle_one_request(self) -> None:
-        self._reader.restart()
+        self._reader.restart(started=self._first_pending)
+        self._first_pending = False
         try:
             super().handle_one_request()
         except _Idle:
