@@ -289,18 +289,24 @@ class LocalHTTPServer(socketserver.TCPServer):
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], handler: type[_Handler], limits: ServerLimits) -> None:
-        super().__init__(address, handler)
         self.limits = limits
-        self.service: Service = handler.service
+        self.handler = handler
         self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(maxsize=limits.backlog)
         self._active: set[socket.socket] = set()
         self._active_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        super().__init__(address, handler)
         self._workers = [
             threading.Thread(target=self._work, name=f"ahi-local-worker-{n}", daemon=True)
             for n in range(limits.workers)
         ]
         for worker in self._workers:
             worker.start()
+
+    @property
+    def service(self) -> Service:
+        """The Service answering this server's requests."""
+        return self.handler.service
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -380,13 +386,17 @@ def make_server(
 ) -> LocalHTTPServer:
     """A server (not yet serving) answering with a Service over ``store_path`` and ``knobs``; requests must be
     signed with ``credentials`` (None: no authentication) for the store's region, at ``clock``'s time."""
-    service = make_service(store_path, create=create, **knobs)
-    region = getattr(service.store, "region", "us-east-1")
-    verifier = SigV4Verifier(credentials, region=region, clock=clock) if credentials is not None else None
     limits = limits or ServerLimits()
-    attributes: dict[str, Any] = {"service": service, "verifier": verifier, "limits": limits}
-    handler: type[_Handler] = type("Handler", (_Handler,), {**attributes, "allowed_hosts": frozenset()})
-    server = LocalHTTPServer((host, port), handler, limits)
+    handler: type[_Handler] = type("Handler", (_Handler,), {"limits": limits, "verifier": None})
+    server = LocalHTTPServer((host, port), handler, limits)  # bind first: a port in use creates no store
+    try:
+        service = make_service(store_path, create=create, **knobs)
+    except BaseException:
+        server.server_close()
+        raise
+    region = getattr(service.store, "region", "us-east-1")
+    handler.service = service
+    handler.verifier = SigV4Verifier(credentials, region=region, clock=clock) if credentials is not None else None
     handler.allowed_hosts = allowed_host_headers(host, int(server.server_address[1]), allowed_hosts)
     return server
 
@@ -439,8 +449,8 @@ def run_server(
     key = (credentials or generate_credentials()) if auth else None
     server = make_server(store_path, host, port, credentials=key, **options)
     region = getattr(server.service.store, "region", "us-east-1")
-    print(_how_to_sign(url_of(server), key, generated, region), flush=True)
     try:
+        print(_how_to_sign(url_of(server), key, generated, region), flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
