@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-host", action="append", default=[], metavar="NAME", help="another name clients reach it by (proxy)"
     )
     limits = serve.add_argument_group("limits")
-    limits.add_argument("--workers", type=int, default=8, help="connections answered at once (default 8)")
+    limits.add_argument("--workers", type=int, default=32, help="requests answered at once (default 32)")
     limits.add_argument("--read-timeout", type=float, default=20.0, help="seconds one read may wait (default 20)")
     limits.add_argument(
         "--request-timeout", type=float, default=60.0, help="seconds one whole request may take to arrive (default 60)"

@@ -20,6 +20,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -37,6 +38,7 @@ from curation.model.errors import AHIError
 _JSON_SUFFIXES = (".json", ".json.gz")
 _PLACEHOLDER_ID = "0" * 32
 _ID = re.compile(r"[0-9a-z]{32}")
+_READERS = 2
 
 
 @dataclass
@@ -67,25 +69,36 @@ class ImportInputs:
 
 
 def read_inputs(
-    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], storage_format: StorageFormat = "HTJ2K"
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], storage_format: StorageFormat | None = "HTJ2K"
 ) -> ImportInputs:
     """Read DICOM P10 files and AHI JSON documents (files, or directories walked recursively); nothing is written."""
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
     files, failures = ingest.iter_dicom_paths([os.fspath(p) for p in paths])
     inputs = ImportInputs(failures=[(str(path), reason) for path, reason in failures])
-    for path in files:
-        try:
-            if path.lower().endswith(_JSON_SUFFIXES):
-                with open(path, "rb") as handle:
-                    inputs.documents.append((str(path), parse_document(handle.read())))
+    # two readers: while one parses a file (pydicom holds the GIL), the other's codec encodes (it does not)
+    with ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="ahi-import") as readers:
+        for path, item in zip(files, readers.map(lambda path: _read_one(path, storage_format), files), strict=True):
+            if isinstance(item, InstanceRecord):
+                inputs.records.append(item)
+            elif isinstance(item, dict):
+                inputs.documents.append((str(path), item))
             else:
-                inputs.records.append(ingest.read_instance(path, storage_format))
-        except ingest.IngestError as exc:
-            inputs.failures.append((str(path), exc.reason))
-        except (OSError, DocumentError) as exc:
-            inputs.failures.append((str(path), str(exc)))
+                inputs.failures.append((str(path), item))
     return inputs
+
+
+def _read_one(path: str, storage_format: StorageFormat | None) -> InstanceRecord | dict[str, Any] | str:
+    """One input file: a DICOM instance's record, an AHI document, or the reason it cannot be imported."""
+    try:
+        if path.lower().endswith(_JSON_SUFFIXES):
+            with open(path, "rb") as handle:
+                return parse_document(handle.read())
+        return ingest.read_instance(path, storage_format)
+    except ingest.IngestError as exc:
+        return exc.reason
+    except (OSError, DocumentError) as exc:
+        return str(exc)
 
 
 def document_digest(document: dict[str, Any]) -> str:

@@ -61,11 +61,16 @@ def max_body_bytes(operation_name: str) -> int:
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """Resource bounds of one server: ``workers`` threads answer connections (``backlog`` more wait; beyond
-    that a connection is answered 503 at once), each read from a client waits at most ``read_timeout``
-    seconds, and one request (headers and body) must arrive within ``request_timeout`` seconds."""
+    """Resource bounds of one server.
 
-    workers: int = 8
-    backlog: int = 32
+    ``workers`` threads answer requests; at most ``connections`` are open at once (idle kept-alive ones wait
+    in a selector and hold no thread; one more is answered 503 and closed); each read from a client waits at
+    most ``read_timeout`` seconds, one request (headers and body) must arrive within ``request_timeout``, and
+    a kept-alive connection idle for ``idle_timeout`` is closed.
+    """
+
+    workers: int = 32
+    connections: int = 256
     read_timeout: float = 20.0
     request_timeout: float = 60.0
+    idle_timeout: float = 60.0

@@ -5,10 +5,11 @@
 listen on 127.0.0.1 unless told otherwise. What a request goes through, in order (each refusal is an
 AWS-style error, ``x-amzn-ErrorType`` and a JSON ``message``, and one log line; never a traceback or HTML):
 
-1. The connection: a bounded pool of ``workers`` threads answers connections, ``backlog`` more wait, beyond
-   that a connection is answered 503 at once; every read waits at most ``read_timeout`` and a whole request
-   must arrive within ``request_timeout`` (408 otherwise). A TLS handshake on this plain-HTTP port, a bad
-   request line, ``Content-Length: abc`` or a bad chunk size is a 400.
+1. The connection: a fixed pool of ``workers`` threads answers requests; kept-alive connections wait for
+   their next request in a selector, holding no thread; beyond ``connections`` open ones a new connection is
+   answered 503 at once; every read waits at most ``read_timeout`` and a whole request must arrive within
+   ``request_timeout`` (408 otherwise); an idle connection is closed after ``idle_timeout``. A TLS
+   handshake on this plain-HTTP port, a bad request line, ``Content-Length: abc`` or a bad chunk size is a 400.
 2. The Host header must name the server: the address it is bound to (``localhost`` too for loopback), or a
    name given with ``allowed_hosts`` (403 ``AccessDeniedException``), so a web page reaching it through DNS
    rebinding is refused. ``runtime-<name>`` is accepted as well: botocore prefixes it to the image-set
@@ -31,6 +32,7 @@ import io
 import ipaddress
 import logging
 import queue
+import selectors
 import socket
 import socketserver
 import threading
@@ -109,6 +111,7 @@ class _DeadlineReader(io.RawIOBase):
     def __init__(self, sock: socket.socket, limits: ServerLimits) -> None:
         self._sock = sock
         self._limits = limits
+        self.probing = False
         self.restart()
 
     def restart(self, started: bool = False) -> None:
@@ -119,7 +122,9 @@ class _DeadlineReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
+        if self.probing:
+            return None  # non-blocking probe: "no data yet"
         remaining = self.deadline - time.monotonic()
         try:
             if remaining <= 0:
@@ -144,6 +149,36 @@ class _Handler(BaseHTTPRequestHandler):
     verifier: SigV4Verifier | None
     allowed_hosts: frozenset[str]
     limits: ServerLimits
+
+    def __init__(self, request: socket.socket, client_address: Any, server: socketserver.BaseServer) -> None:
+        """Set the connection up only: the server calls :meth:`serve_one` for each request that arrives."""
+        self.request, self.client_address, self.server = request, client_address, server
+        self.command, self.path = "-", "-"
+        self._checked_tls = False
+        self.setup()
+
+    def serve_one(self) -> bool:
+        """Answer the request waiting on this connection; True when the connection stays open for another."""
+        self.close_connection = True
+        if not self._checked_tls:
+            self._checked_tls = True
+            if self._is_tls():
+                return False
+        self.handle_one_request()
+        return not self.close_connection
+
+    def has_buffered_request(self) -> bool:
+        """Whether bytes of a next (pipelined) request are already buffered, without waiting for any."""
+        self._reader.probing = True
+        try:
+            return bool(self._buffered.peek(1))
+        finally:
+            self._reader.probing = False
+
+    def close(self) -> None:
+        """Finish the connection (flush, close the files and the socket)."""
+        with contextlib.suppress(OSError):
+            self.finish()
 
     def setup(self) -> None:
         super().setup()
@@ -171,17 +206,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.path = getattr(self, "path", "-") or "-"
         self._refuse(code, _ERROR_CODES.get(code, "ValidationException"), message or _REASONS.get(code, "Bad request"))
 
-    def handle(self) -> None:
-        self.command, self.path = "-", "-"
+    def _is_tls(self) -> bool:
+        """Refuse a TLS handshake on this plain-HTTP port (the first byte of a TLS record is 0x16)."""
         try:
             first = self._buffered.peek(1)[:1]
         except (_Idle, _Refusal, OSError):
-            return
+            return True
         self._first_pending = bool(first)
         if first and first[0] == _TLS_HANDSHAKE:
             self._refuse(400, "ValidationException", "This endpoint speaks plain HTTP: a TLS handshake was received")
-            return
-        super().handle()
+            return True
+        return not first
 
     def handle_one_request(self) -> None:
         self._reader.restart(started=self._first_pending)
@@ -283,25 +318,34 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LocalHTTPServer(socketserver.TCPServer):
-    """A TCP server whose connections are answered by a fixed pool of worker threads (no thread per client)."""
+    """A TCP server whose requests are answered by a fixed pool of worker threads (no thread per client).
+
+    Accepted and kept-alive connections wait in a selector until their next request arrives (one dispatcher
+    thread); a worker answers one request, then hands the connection back. At most ``limits.connections``
+    connections are open at once; one more is answered 503 and closed.
+    """
 
     allow_reuse_address = True
-    request_queue_size = 64
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: type[_Handler], limits: ServerLimits) -> None:
         self.limits = limits
         self.handler = handler
-        self._queue: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(maxsize=limits.backlog)
-        self._active: set[socket.socket] = set()
-        self._active_lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
+        self._ready: queue.Queue[_Handler | None] = queue.Queue()
+        self._parked: queue.Queue[_Handler] = queue.Queue()
+        self._open: set[_Handler] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._wake_read, self._wake_write = socket.socketpair()
         super().__init__(address, handler)
-        self._workers = [
+        self._threads = [threading.Thread(target=self._dispatch, name="ahi-local-dispatcher", daemon=True)]
+        self._threads += [
             threading.Thread(target=self._work, name=f"ahi-local-worker-{n}", daemon=True)
             for n in range(limits.workers)
         ]
-        for worker in self._workers:
-            worker.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def service(self) -> Service:
@@ -309,39 +353,95 @@ class LocalHTTPServer(socketserver.TCPServer):
         return self.handler.service
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        try:
-            self._queue.put_nowait((request, client_address))
-        except queue.Full:
-            logger.warning("%s refused: 503: every worker is busy", client_address[0])
+        with self._lock:
+            full = len(self._open) >= self.limits.connections
+        if full:
+            logger.warning("%s refused: 503: %d connections are open", client_address[0], self.limits.connections)
             with contextlib.suppress(OSError):
                 request.settimeout(0.5)
                 request.sendall(error_bytes(503, "ServiceUnavailableException", "The server is busy: retry later"))
             self.shutdown_request(request)
+            return
+        try:
+            connection = self.handler(request, client_address, self)
+        except OSError:
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self._open.add(connection)
+        self._park(connection)
+
+    def _park(self, connection: _Handler) -> None:
+        self._parked.put(connection)
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+
+    def _drop(self, connection: _Handler) -> None:
+        with self._lock:
+            self._open.discard(connection)
+        connection.close()
+        self.shutdown_request(connection.request)
+
+    def _dispatch(self) -> None:
+        """Wait for requests on parked connections; hand each ready one to the workers; close idle ones."""
+        selector = selectors.DefaultSelector()
+        selector.register(self._wake_read, selectors.EVENT_READ)
+        idle_since: dict[_Handler, float] = {}
+        while not self._stopping.is_set():
+            while not self._parked.empty():
+                connection = self._parked.get_nowait()
+                try:
+                    selector.register(connection.request, selectors.EVENT_READ, connection)
+                    idle_since[connection] = time.monotonic()
+                except (OSError, ValueError):
+                    self._drop(connection)
+            for key, _ in selector.select(timeout=0.25):
+                if key.fileobj is self._wake_read:
+                    with contextlib.suppress(OSError):
+                        self._wake_read.recv(4096)
+                    continue
+                selector.unregister(key.fileobj)
+                idle_since.pop(key.data, None)
+                self._ready.put(key.data)
+            deadline = time.monotonic() - self.limits.idle_timeout
+            for connection, since in list(idle_since.items()):
+                if since < deadline:
+                    selector.unregister(connection.request)
+                    del idle_since[connection]
+                    self._drop(connection)
+        for connection in idle_since:
+            self._drop(connection)
+        selector.close()
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            request, client_address = item
-            with self._active_lock:
-                self._active.add(request)
+        while (connection := self._ready.get()) is not None:
             try:
-                self.finish_request(request, client_address)
+                keep = connection.serve_one()
             except Exception:  # a handler bug must not kill the worker
-                logger.exception("%s: the connection failed", client_address[0])
-            finally:
-                with self._active_lock:
-                    self._active.discard(request)
-                self.shutdown_request(request)
+                logger.exception("%s: the connection failed", connection.client_address[0])
+                keep = False
+            if not keep or self._stopping.is_set():
+                self._drop(connection)
+            elif connection.has_buffered_request():
+                self._ready.put(connection)
+            else:
+                self._park(connection)
 
     def server_close(self) -> None:
         super().server_close()
-        with self._active_lock:
-            for sock in self._active:
+        self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_write.send(b"x")
+        with self._lock:
+            for connection in list(self._open):
                 with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        for _ in self._workers:
-            self._queue.put(None)
-        for worker in self._workers:
-            worker.join(timeout=5)
+                    connection.request.shutdown(socket.SHUT_RDWR)
+        for _ in self._threads:
+            self._ready.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._wake_read.close()
+        self._wake_write.close()
 
 
 def _names_of(host: str) -> set[str]:

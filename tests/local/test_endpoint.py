@@ -29,7 +29,7 @@ from curation.local.server import serving
 from curation.local.store import Store
 
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
-LIMITS = ServerLimits(workers=3, backlog=3, read_timeout=0.3, request_timeout=0.6)
+LIMITS = ServerLimits(workers=3, connections=6, read_timeout=0.3, request_timeout=0.6, idle_timeout=0.5)
 NO_RETRIES = Config(retries={"total_max_attempts": 1}, inject_host_prefix=False)
 
 
@@ -196,7 +196,7 @@ def test_an_endless_chunked_body_is_cut_at_the_limit(served: SimpleNamespace) ->
 def test_slow_connections_are_timed_out_and_threads_stay_bounded(served: SimpleNamespace) -> None:
     baseline = threading.active_count()
     slow = []
-    for _ in range(40):  # far more than workers + backlog
+    for _ in range(40):  # far more than the connections allowed
         sock = socket.create_connection((served.host, served.port), timeout=10)
         sock.sendall(b"POST /datastore HTTP/1.1\r\nHost: ")  # ... and never the rest
         slow.append(sock)
@@ -354,4 +354,22 @@ def test_a_tls_hello_on_the_plain_port_gets_an_aws_style_error(served: SimpleNam
     hello = bytes.fromhex("16030100a5010000a10303") + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
     body = assert_refused(exchange(served, hello), 400, "ValidationException")
     assert "TLS" in body["message"] and "TLS" in caplog.text
+    assert_unharmed(served)
+
+
+def test_more_kept_alive_clients_than_workers_are_all_answered(served: SimpleNamespace) -> None:
+    """Idle kept-alive connections hold no worker: 5 clients keep connections open, 3 workers answer them all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [boto_client(served.url) for _ in range(5)]  # connections limit is 6: one left for assert_unharmed
+
+    def calls(client: Any) -> int:
+        for _ in range(5):
+            client.get_image_set(datastoreId=served.datastore_id, imageSetId=served.image_set_id)
+        return 5
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        assert sum(pool.map(calls, clients)) == 25
+    for client in clients:
+        client.close()
     assert_unharmed(served)
