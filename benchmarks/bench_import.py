@@ -4,8 +4,7 @@ path that stores the file's bytes, measured in the same run on the same files.
 The files are ``200 * scale`` CT instances of 512 x 512 16-bit pixels (a smooth anatomy-like image plus noise,
 seeded, so HTJ2K has realistic work: not a constant image, not white noise), written by pydicom as Explicit VR
 Little Endian. Each import goes into a fresh store: the baseline is today's path, ``read_instance(path, None)``
-file after file (decode for the checksums, store the file's bytes); ours is ``Store.import_paths`` (two
-reader threads, so that one file's encoding, which releases the GIL, overlaps the next file's parsing)
+file after file (decode for the checksums, store the file's bytes); ours is ``Store.import_paths``
 into an HTJ2K datastore (the default) and into a JPEG 2000 lossless one. A last line measures re-importing the
 same files (every instance already held: idempotent) against the first import.
 """

@@ -20,7 +20,6 @@ import os
 import re
 import sqlite3
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -38,7 +37,6 @@ from curation.model.errors import AHIError
 _JSON_SUFFIXES = (".json", ".json.gz")
 _PLACEHOLDER_ID = "0" * 32
 _ID = re.compile(r"[0-9a-z]{32}")
-_READERS = 2
 
 
 @dataclass
@@ -76,15 +74,14 @@ def read_inputs(
         paths = [paths]
     files, failures = ingest.iter_dicom_paths([os.fspath(p) for p in paths])
     inputs = ImportInputs(failures=[(str(path), reason) for path, reason in failures])
-    # two readers: while one parses a file (pydicom holds the GIL), the other's codec encodes (it does not)
-    with ThreadPoolExecutor(max_workers=_READERS, thread_name_prefix="ahi-import") as readers:
-        for path, item in zip(files, readers.map(lambda path: _read_one(path, storage_format), files), strict=True):
-            if isinstance(item, InstanceRecord):
-                inputs.records.append(item)
-            elif isinstance(item, dict):
-                inputs.documents.append((str(path), item))
-            else:
-                inputs.failures.append((str(path), item))
+    for path in files:  # one after another: pydicom's warnings filter (catch_warnings) is not thread-safe
+        item = _read_one(path, storage_format)
+        if isinstance(item, InstanceRecord):
+            inputs.records.append(item)
+        elif isinstance(item, dict):
+            inputs.documents.append((str(path), item))
+        else:
+            inputs.failures.append((str(path), item))
     return inputs
 
 
