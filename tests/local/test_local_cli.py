@@ -206,3 +206,19 @@ def test_a_killed_import_run_again_leaves_no_duplicates(tmp_path: Path) -> None:
     with sqlite3.connect(store / "store.sqlite3") as conn:
         rows = conn.execute("SELECT image_set_id FROM image_sets").fetchall()
     assert sorted(row[0] for row in rows) == [f"{number:032x}" for number in range(40)]
+
+
+def test_credentials_come_from_flags_environment_or_profile(tmp_path: Path, monkeypatch: Any) -> None:
+    from curation.local.auth import Credentials, resolve_credentials
+
+    no_aws_environment(monkeypatch)
+    assert resolve_credentials() is None  # nothing anywhere: serve generates a pair
+    assert resolve_credentials("AKIAFLAG", "flag-secret") == Credentials("AKIAFLAG", "flag-secret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    assert resolve_credentials() == Credentials("AKIAENV", "env-secret")
+    shared = tmp_path / "credentials"
+    shared.write_text("[curator]\naws_access_key_id = AKIAPROFILE\naws_secret_access_key = profile-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
+    assert resolve_credentials(profile="curator") == Credentials("AKIAPROFILE", "profile-secret")  # beats env
+    assert "profile-secret" not in repr(resolve_credentials(profile="curator"))
