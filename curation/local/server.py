@@ -447,8 +447,12 @@ class LocalHTTPServer(socketserver.TCPServer):
 def _names_of(host: str) -> set[str]:
     try:
         address = ipaddress.ip_address(host)
-    except ValueError:
-        return {host.lower()}
+    except ValueError:  # a name: itself, and the names of the addresses it resolves to on this machine
+        names = {host.lower()}
+        with contextlib.suppress(OSError):
+            for *_, sockaddr in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP):
+                names |= _names_of(str(sockaddr[0]))
+        return names
     names = {str(address)}
     if address.is_loopback:
         names |= {"localhost", "127.0.0.1", "::1"}
