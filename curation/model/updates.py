@@ -35,16 +35,13 @@ Where AHI's behaviour is not documented, the strict reading is taken:
   of a series (use the series removal) or the last series of the image set (use DeleteImageSet) is refused;
 - a new SOPInstanceUID/SeriesInstanceUID must be a non-empty string not already used in the image set; the
   node is re-keyed in place (same position), all other edits of the call address it by its old UID;
-- value compatibility follows pydicom's VR validators plus AHI's JSON typing: text VRs are strings, US/SS/UL/
-  SL/SV/UV integers, FL/FD numbers, binary VRs base64 strings, AT 8-hex strings, multi-valued attributes
-  (dictionary VM other than 1) arrays with as many values as the VM allows, SQ arrays of objects;
+- value compatibility is :func:`curation.model.validation.value_problem` (PS3.5 6.2 by VR, pydicom's validators
+  where they are right, AHI's JSON typing, the VM); a value that does not fit is a force reason;
 - a revert to a version ``history`` does not know is refused with ValidationException.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,13 +50,28 @@ from typing import Any
 
 import orjson
 from pydicom import datadict
-from pydicom.valuerep import VALIDATORS
 
 from curation.model import rules
 from curation.model.document import AHI_GENERATED_KEYS, parse_document
 from curation.model.errors import AHIError
 from curation.model.rules import EditOp
-from curation.model.vr import ALL_VRS, BINARY_VRS, FLOAT_VRS, INT_VRS, TEXT_VRS
+from curation.model.validation import value_problem
+from curation.model.vr import ALL_VRS
+
+__all__ = [
+    "Edit",
+    "ParsedUpdates",
+    "apply_checked",
+    "apply_to_document",
+    "check_updates",
+    "force_reasons",
+    "model_max_blob_bytes",
+    "parse_updates",
+    "plan_edits",
+    "study_part",
+    "updates_need_force",
+    "value_problem",
+]
 
 #: Instance-node keys beside DICOM that AHI maintains itself (``rules.GENERATED_KEYS`` holds them all).
 INTERNAL_INSTANCE_KEYS = rules.GENERATED_KEYS - AHI_GENERATED_KEYS
@@ -203,128 +215,6 @@ def _attribute(key: str) -> _Attribute:
         vr, vm = _repeater_entries()[key]
         return _Attribute(key, False, False, True, vr, vm)
     return _Attribute(key, False, False, False, None, None)
-
-
-def _vm_bounds(vm: str | None) -> tuple[int, int | None]:
-    if not vm:
-        return 0, None
-    low, _, high = vm.partition("-")
-    minimum = int(low) if low.isdigit() else 1
-    if not high:
-        return minimum, minimum
-    return minimum, int(high) if high.isdigit() else None
-
-
-def _pydicom_problem(vr: str, value: Any) -> str | None:
-    validator = VALIDATORS.get(vr)
-    if validator is None:
-        return None
-    valid, message = validator(vr, value)
-    return None if valid else message.split(" Please see")[0]
-
-
-_JSON_TYPES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    list: "an array",
-    dict: "an object",
-}
-
-
-def _element_problem(vr: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    kind = _JSON_TYPES.get(type(value), f"a {type(value).__name__}")
-    if vr in TEXT_VRS:
-        if not isinstance(value, str):
-            return f"VR {vr} is text and takes a JSON string, not {kind}"
-        return _pydicom_problem(vr, value)
-    if vr in INT_VRS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"VR {vr} takes a JSON integer, not {kind}"
-        return _pydicom_problem(vr, value)
-    if vr in FLOAT_VRS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"VR {vr} takes a JSON number, not {kind}"
-        return None
-    if vr in BINARY_VRS:
-        if not isinstance(value, str):
-            return f"VR {vr} is binary and takes a base64 JSON string, not {kind}"
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            return f"VR {vr} is binary and {value[:40]!r} is not base64"
-        return None
-    if vr == "AT":
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9A-F]{8}", value):
-            return "VR AT takes a tag as 8 uppercase hex digits"
-        return None
-    return None
-
-
-_SCALAR_TYPES = (str, int, float, bool)
-_PROBLEM_CACHE: dict[tuple, str | None] = {}
-_PROBLEM_CACHE_SIZE = 65_536
-
-
-def _frozen(value: Any) -> Any:
-    """A hashable key equal only for JSON values of the same types and contents (None for objects)."""
-    kind = type(value)
-    if kind in _SCALAR_TYPES:
-        return kind, value
-    if kind is list:
-        items = []
-        for item in value:
-            if type(item) not in _SCALAR_TYPES:
-                return None
-            items.append((type(item), item))
-        return list, tuple(items)
-    return None
-
-
-def value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
-    """Why ``value`` (AHI JSON) is not compatible with VR/VM, or None when it is (or cannot be judged)."""
-    if value is None or vr is None:
-        return None
-    frozen = _frozen(value)
-    if frozen is None:
-        return _value_problem(vr, vm, value)
-    key = (vr, vm, frozen)
-    try:
-        return _PROBLEM_CACHE[key]
-    except KeyError:
-        pass
-    problem = _value_problem(vr, vm, value)
-    if len(_PROBLEM_CACHE) >= _PROBLEM_CACHE_SIZE:
-        _PROBLEM_CACHE.clear()
-    _PROBLEM_CACHE[key] = problem
-    return problem
-
-
-def _value_problem(vr: str, vm: str | None, value: Any) -> str | None:
-    if vr == "SQ":
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            return "VR SQ takes a JSON array of objects"
-        return None
-    minimum, maximum = _vm_bounds(vm)
-    if isinstance(value, list):
-        if vm == "1":
-            return "the attribute is single-valued (VM 1) and takes one value, not a JSON array"
-        if len(value) < minimum or (maximum is not None and len(value) > maximum):
-            return f"{len(value)} value(s) do not fit VM {vm}"
-        items = value
-    else:
-        if vm and vm != "1":
-            return f"the attribute is multi-valued (VM {vm}) and takes a JSON array"
-        items = [value]
-    candidates = [part.strip() for part in vr.split(" or ")]
-    for item in items:
-        problems = [_element_problem(candidate, item) for candidate in candidates]
-        if all(problems):
-            return problems[0]
-    return None
 
 
 # --- the edit plan ----------------------------------------------------------------------------------------------
