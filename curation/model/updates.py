@@ -25,7 +25,8 @@ Where AHI's behaviour is not documented, the strict reading is taken:
 - each blob must be a JSON object carrying ``"SchemaVersion": 1.1`` (number or string), at most
   ``max_blob_bytes`` long (the model's 30,000; pass 10,000 for the pre-April-2026 limit);
 - PixelData is an AHI-generated key, so it is always refused (the force list of the guide also names it);
-- an attribute lives where the document puts it; a new one where :func:`curation.model.levels.level_of` says;
+- an attribute lives where the document puts it; a new one where :func:`curation.model.levels.level_of` says
+  (:func:`curation.model.rules.level_problem`);
 - private and keyword-less tags are keyed by 8 uppercase hex digits, live at instance level and need a VR:
   the instance's ``DICOMVRs`` or the payload's; a hex key that has a keyword must be sent by keyword;
 - force is needed for removals by the same rules as for updates; StudyInstanceUID, SeriesInstanceUID and
@@ -33,8 +34,9 @@ Where AHI's behaviour is not documented, the strict reading is taken:
 - a removal must carry the current value exactly (same JSON: ``1`` is not ``1.0``, key order is ignored);
 - one path in both blobs, or an edit inside a removed series/instance, is refused; removing the last instance
   of a series (use the series removal) or the last series of the image set (use DeleteImageSet) is refused;
-- a new SOPInstanceUID/SeriesInstanceUID must be a non-empty string not already used in the image set; the
-  node is re-keyed in place (same position), all other edits of the call address it by its old UID;
+- a new SOPInstanceUID/SeriesInstanceUID must be a non-empty string not already used in the image set
+  (:func:`curation.model.rules.new_uid_problem`); the node is re-keyed in place (same position), all other
+  edits of the call address it by its old UID;
 - value compatibility is :func:`curation.model.validation.value_problem` (PS3.5 6.2 by VR, pydicom's validators
   where they are right, AHI's JSON typing, the VM); a value that does not fit is a force reason;
 - a revert to a version ``history`` does not know is refused with ValidationException.
@@ -49,9 +51,8 @@ from functools import cache
 from typing import Any
 
 import orjson
-from pydicom import datadict
 
-from curation.model import rules
+from curation.model import dictionary, rules
 from curation.model.document import AHI_GENERATED_KEYS, parse_document
 from curation.model.errors import AHIError
 from curation.model.rules import EditOp
@@ -181,6 +182,8 @@ def parse_updates(request: dict[str, Any], *, max_blob_bytes: int | None = None)
 
 @dataclass(frozen=True)
 class _Attribute:
+    """An attribute key as the dictionary knows it: hex-keyed, private, standard, its VR and VM."""
+
     key: str
     hex_keyed: bool
     private: bool
@@ -190,31 +193,20 @@ class _Attribute:
 
 
 @cache
-def _repeater_entries() -> dict[str, tuple[str, str]]:
-    return {entry[4]: (entry[0], entry[1]) for entry in datadict.RepeatersDictionary.values()}
-
-
-@cache
 def _attribute(key: str) -> _Attribute:
+    """What the dictionary says of ``key`` (pydicom's, through ``curation.model.dictionary``); refuses hex keys
+    that are not uppercase or that name a keyword."""
     if _HEX_KEY.fullmatch(key):
         if key != key.upper():
             raise _refuse(f"tag key {key!r} must be written with 8 uppercase hex digits ({key.upper()})")
-        tag = int(key, 16)
-        if tag >> 16 & 1:
+        if dictionary.is_private(key):
             return _Attribute(key, True, True, False, None, None)
-        keyword = datadict.keyword_for_tag(tag)
+        keyword = dictionary.keyword_of(key)
         if keyword:
             raise _refuse(f"tag {key} has the keyword {keyword}; AHI metadata keys standard attributes by keyword")
         return _Attribute(key, True, False, False, None, None)
-    keyword_tag = datadict.tag_for_keyword(key)
-    if keyword_tag is not None:
-        return _Attribute(
-            key, False, False, True, datadict.dictionary_VR(keyword_tag), datadict.dictionary_VM(keyword_tag)
-        )
-    if key in _repeater_entries():
-        vr, vm = _repeater_entries()[key]
-        return _Attribute(key, False, False, True, vr, vm)
-    return _Attribute(key, False, False, False, None, None)
+    vr, vm = dictionary.vr_vm_of(key)
+    return _Attribute(key, False, False, dictionary.is_standard(key), vr, vm)
 
 
 # --- the edit plan ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ VALID: dict[str, list[Any]] = {
     "LO": ["ACME Medical", "Müller", "  padded  ", "x" * 64, "日本語", "a^b=c"],
     "LT": ["line one\r\nline two", "tab\there", "back\\slash", "form\x0cfeed", "x" * 10240, "ünïcode"],
     "PN": ["Adams^John Robert Quincy^^Rev.^B.A. M.Div.", "Yamada^Tarou=山田^太郎=やまだ^たろう", "=山田^太郎", "DOE",
-           "", "a^b^c^d^e", "x" * 64 + "=" + "y" * 64],
+           "", "a^b^c^d^e", "x" * 63 + "=" + "y" * 63],
     "SH": ["ACC123", "Ünïcode", "x" * 16, " pad ", "日本"],
     "ST": ["a\r\nb", "back\\slash", "x" * 1024, "tab\t", "ünï"],
     "TM": ["070907.0705", "1010", "10", "235960", "000000.000", "101010.123456", "101010.12 ", ""],
