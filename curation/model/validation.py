@@ -12,9 +12,9 @@ column of :data:`RULES`); the table adds what it misses:
   DS, DT, IS, TM, UI, UR. ESC is allowed by the standard only inside ISO/IEC 2022 escape sequences (6.1.3);
   AHI's JSON holds decoded text, where no escape sequence is left, so ESC is refused everywhere. A lone UTF-16
   surrogate cannot be encoded at all and is refused too;
-- lengths in the unit of Table 6.2-1: characters for SH, LO, ST, LT, PN (per component group), UC and UT;
-  bytes for the rest (their repertoire is ASCII, so a character is a byte); UC, UR and UT at most 2^32-2 bytes
-  of UTF-8;
+- lengths in the unit of Table 6.2-1: characters for SH, LO, ST, LT and PN (per component group); bytes for
+  the rest (AE ... UI have an ASCII repertoire, so a character is a byte; UC, UR and UT hold at most 2^32-2
+  bytes, counted in UTF-8);
 - PN: at most three component groups of at most five components each (6.2.1);
 - DA, DT, TM: the stored formats only (no query ranges), months 01-12, days that exist in the month (leap
   years of the Gregorian calendar), hours 00-23, minutes 00-59, seconds 00-60 (leap second), fractions of 1-6
@@ -49,9 +49,8 @@ __all__ = ["RULES", "Rule", "element_problem", "validate", "value_problem", "vm_
 
 Kind = Literal["text", "binary", "tag", "integer", "number"]
 
-#: Control characters (ISO 6429 C0, DEL, C1) and lone surrogates: refused by every text VR but the texts.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-#: What LT, ST and UT refuse: control characters but TAB, LF, FF, CR (Table 6.2-1).
+#: What LT, ST and UT refuse: control characters (ISO 6429 C0, DEL, C1) but TAB, LF, FF, CR (Table 6.2-1), and
+#: lone surrogates.
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 #: What the strings with an extensible repertoire refuse (SH, LO, PN, UC): the backslash and control characters.
 _STRING = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
