@@ -280,9 +280,18 @@ def _character_problem(vr: str, rule: Rule, value: str) -> str | None:
     return f"{shown} {where} is not allowed in VR {vr}: {rule.repertoire} (PS3.5 6.2)"
 
 
+def _unpadded(vr: str, value: Any) -> Any:
+    """``value`` without the one SPACE that pads a value field to even length (PS3.5 6.2): not part of the
+    value, so it counts toward no maximum length (AHI keeps it, e.g. the last item of a padded DS list)."""
+    if vr != "UI" and isinstance(value, str) and value.endswith(" "):
+        return value[:-1]
+    return value
+
+
 def _length_problem(vr: str, rule: Rule, value: str) -> str | None:
     if rule.max_length is None:
         return None
+    value = _unpadded(vr, value)
     parts = value.split("=") if vr == "PN" else [value]
     for part in parts:
         length = len(part)
@@ -310,7 +319,7 @@ def element_problem(vr: str, value: Any) -> str | None:
     if problem is None and rule.kind == "text":
         problem = _character_problem(vr, rule, value) or _length_problem(vr, rule, value)
     if problem is None and rule.pydicom:
-        problem = _pydicom_problem(vr, value)
+        problem = _pydicom_problem(vr, _unpadded(vr, value))
     if problem is None and rule.check is not None and value != "":
         problem = rule.check(value)
     return problem
