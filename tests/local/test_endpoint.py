@@ -62,11 +62,11 @@ def store_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def boto_client(url: str, credentials: Credentials = TEST_CREDENTIALS) -> Any:
+def boto_client(url: str, credentials: Credentials = TEST_CREDENTIALS, region: str = "us-east-1") -> Any:
     return boto3.session.Session().client(
         "medical-imaging",
         endpoint_url=url,
-        region_name="us-east-1",
+        region_name=region,
         aws_access_key_id=credentials.access_key,
         aws_secret_access_key=credentials.secret_key,
         config=NO_RETRIES,
@@ -274,14 +274,7 @@ def test_boto3_with_the_right_key_succeeds_and_with_a_wrong_key_fails(store_path
         with pytest.raises(ClientError) as refused:
             boto_client(url, TEST_CREDENTIALS).list_datastores()
         assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
-        other_region = boto3.session.Session().client(
-            "medical-imaging",
-            endpoint_url=url,
-            region_name="eu-west-1",
-            aws_access_key_id=key.access_key,
-            aws_secret_access_key=key.secret_key,
-            config=NO_RETRIES,
-        )
+        other_region = boto_client(url, key, region="eu-west-1")
         with pytest.raises(ClientError, match="scoped to a valid region"):
             other_region.list_datastores()
 
