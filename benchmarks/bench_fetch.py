@@ -68,6 +68,7 @@ def renumbered_copies(document: dict[str, Any], count: int) -> Iterator[dict[str
 def served(store_path: str, latency: float) -> Iterator[str]:
     """Run ``ahi-curation serve`` on a free port in a child process; yield its endpoint URL."""
     command = [sys.executable, "-m", "curation.cli", "serve", "--store", store_path, "--port", "0"]
+    command += ["--access-key-id", "local", "--secret-access-key", "local"]  # the pair _client signs with
     process = subprocess.Popen([*command, "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

@@ -62,10 +62,7 @@ from curation.frames.flattening import NULL, flatten, split_column
 from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
 from curation.model import rules, values
-from curation.model.document import AHI_GENERATED_KEYS
 from curation.model.levels import level_of
-from curation.model.rules import UID_KEYWORDS
-from curation.model.updates import INTERNAL_INSTANCE_KEYS
 from curation.model.vr import ALL_VRS, INT_VRS, TEXT_VRS
 
 __all__ = ["DiffError", "diff", "diff_documents"]
@@ -454,9 +451,9 @@ class _Differ:
                                  f"changed with UpdateImageSetMetadata{hint}")
         if level not in _LEVEL_RANK:
             return _Spec(source, src_col, level, key, blocker=f"{column} names no level of the document")
-        if key in AHI_GENERATED_KEYS or key in INTERNAL_INSTANCE_KEYS:
-            return _Spec(source, src_col, level, key,
-                         blocker=f"{key} is an AWS HealthImaging generated attribute and cannot be updated")
+        generated = rules.generated_key_refusal(key)
+        if generated:
+            return _Spec(source, src_col, level, key, blocker=generated)
         if dicom.is_tag_key(key):
             if key != key.upper():
                 return _Spec(source, src_col, level, key,
@@ -623,9 +620,9 @@ class _Differ:
                    label: Any, column: str, problem: str | None) -> None:
         key, level = spec.key, spec.level
         op = "remove" if new is None else "add" if old is None else "update"
-        if op == "remove" and key in UID_KEYWORDS:
-            self.problem(image_set, label, column, key,
-                         f"{key} cannot be removed, it identifies the {level.lower()}")
+        refusal = rules.uid_removal_refusal(key, level) if op == "remove" else None
+        if refusal:
+            self.problem(image_set, label, column, key, refusal)
             return
         if op == "remove" and vr is None:
             vr = self._removal_vr(spec, image_set, series, sop)
@@ -652,18 +649,13 @@ class _Differ:
 
     def _level_problem(self, image_set: str, key: str, level: str) -> str | None:
         holding = self.holding(key).get(image_set, set())
+        reason = rules.level_problem(key, level, holding, image_set=image_set)
+        if reason is None:
+            return None
         if holding:
-            if level in holding:
-                return None
-            where = " and ".join(sorted(holding, key=_LEVEL_RANK.get))
-            return (f"{key} is stored at {where} level in image set {image_set}, not at {level} level: edit it "
-                    "where the document puts it")
-        expected = level_of(key)
-        if expected != level:
-            frame = {"Patient": "studies", "Study": "studies", "Series": "series"}.get(expected, "instances")
-            return (f"{key} belongs to the {expected} level (AHI metadata normalization), not to the {level} "
-                    f"level: add it in the {frame} frame")
-        return None
+            return f"{reason}: edit it where the document puts it"
+        frame = {"Patient": "studies", "Study": "studies", "Series": "series"}.get(level_of(key), "instances")
+        return f"{reason}: add it in the {frame} frame"
 
     def _uniform(self, spec: _Spec, frame: pd.DataFrame, column: str, rows: np.ndarray, opos: np.ndarray,
                  orig: np.ndarray, new: np.ndarray, changed: np.ndarray) -> None:
@@ -830,8 +822,7 @@ class _Differ:
         used: dict[tuple[str, str], set[str]] = {}
         for change in changes:
             key, level = change[4], change[1]
-            if change[8] not in ("add", "update") or (key, level) not in (("SOPInstanceUID", "Instance"),
-                                                                         ("SeriesInstanceUID", "Series")):
+            if change[8] not in ("add", "update") or not rules.rekeys(key, level):
                 continue
             new, image_set = change[7], change[0]
             if (image_set, key) not in used:
@@ -839,10 +830,10 @@ class _Differ:
                 ids = self.ids(source)
                 used[(image_set, key)] = set(ids[-1][ids[0] == image_set])
             taken = used[(image_set, key)]
-            if isinstance(new, str) and new in taken:
-                self.problem(image_set, change[9], change[10], key,
-                             f"{key} {new} is already used in image set {image_set}: UIDs must stay unique")
-            elif isinstance(new, str):
+            problem = rules.new_uid_problem(key, new, taken, image_set=image_set)
+            if problem:
+                self.problem(image_set, change[9], change[10], key, problem)
+            else:
                 taken.add(new)
 
     def _check_primary(self, changes: list[list]) -> None:

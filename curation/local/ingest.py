@@ -36,8 +36,9 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import iter_pixels
 from pydicom.pixels.utils import get_expected_length
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MediaStorageDirectoryStorage
+from pydicom.uid import UID, ExplicitVRLittleEndian, MediaStorageDirectoryStorage
 
+from curation.local.encoding import StorageFormat, encodable, encode_frame, kept_syntax, target_syntax
 from curation.model.document import SCHEMA_VERSION, read_document
 from curation.model.levels import level_of
 
@@ -75,25 +76,32 @@ class InstanceRecord:
     frames: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
-def read_instance(path: str) -> InstanceRecord:
-    """Read one DICOM P10 file into an :class:`InstanceRecord`; raise :class:`IngestError` when it can't be."""
+def read_instance(path: str, storage_format: StorageFormat | None = "HTJ2K") -> InstanceRecord:
+    """Read one DICOM P10 file into an :class:`InstanceRecord`, its frames encoded as a datastore of
+    ``storage_format`` stores them (None: as in the file); raise :class:`IngestError` when it can't be."""
     path = os.fspath(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, force=False)
-            return _record(path, dataset)
+            return _record(path, dataset, storage_format)
     except IngestError:
         raise
     except InvalidDicomError as exc:
-        raise IngestError(path, f"not a DICOM P10 file ({exc})") from exc
+        raise IngestError(path, "not a DICOM P10 file (no 'DICM' marker after the 128-byte preamble)") from exc
     except OSError as exc:
         raise IngestError(path, f"unreadable: {exc.strerror or exc}") from exc
     except Exception as exc:  # pydicom raises many kinds on damaged files
-        raise IngestError(path, f"damaged DICOM ({type(exc).__name__}: {exc})") from exc
+        raise IngestError(path, f"damaged DICOM ({type(exc).__name__}: {_our_words(exc)})") from exc
 
 
-def _record(path: str, dataset: Dataset) -> InstanceRecord:
+def _our_words(exc: Exception) -> str:
+    """pydicom's message without its advice to the programmer ("Use force=True ..."), which a user cannot follow."""
+    sentences = [part for part in str(exc).replace("\n", " ").split(". ") if "force=True" not in part]
+    return ". ".join(sentences).strip() or type(exc).__name__
+
+
+def _record(path: str, dataset: Dataset, storage_format: StorageFormat | None) -> InstanceRecord:
     meta = dataset.file_meta
     if meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
         raise IngestError(path, "a DICOMDIR (media storage directory), not an image or other instance")
@@ -108,8 +116,9 @@ def _record(path: str, dataset: Dataset) -> InstanceRecord:
     for key, value in _attributes(dataset, vrs).items():
         levels[level_of(key)][key] = value
     transfer_syntax = UID(str(meta.get("TransferSyntaxUID") or ExplicitVRLittleEndian))
-    image_frames, frames, checksum_type = _frames(path, dataset, uids["SOPInstanceUID"], transfer_syntax)
-    stored = ExplicitVRLittleEndian if transfer_syntax == DeflatedExplicitVRLittleEndian else str(transfer_syntax)
+    image_frames, frames, checksum_type, stored = _frames(
+        path, dataset, uids["SOPInstanceUID"], transfer_syntax, storage_format
+    )
     instance = {
         "DICOM": levels["Instance"],
         "DICOMVRs": vrs,
@@ -202,48 +211,66 @@ def _scalar(vr: str, value: Any) -> Any:
 
 
 def _frames(
-    path: str, dataset: Dataset, sop_uid: str, transfer_syntax: UID
-) -> tuple[list[dict[str, Any]], dict[str, bytes], str]:
-    """The instance's ``ImageFrames``, its stored frame bytes by frame ID, and its ``ChecksumType``.
+    path: str, dataset: Dataset, sop_uid: str, transfer_syntax: UID, storage_format: StorageFormat | None
+) -> tuple[list[dict[str, Any]], dict[str, bytes], str, str]:
+    """The instance's ``ImageFrames``, its stored frame bytes by frame ID, its ``ChecksumType`` and its
+    ``StoredTransferSyntaxUID``.
 
     Each checksum is ``zlib.crc32`` of the frame as pydicom decodes it (``raw=True``: no colour-space
-    conversion; pixels as little-endian bytes in C order), with Min/MaxPixelValue from those pixels. When
-    pydicom cannot decode the pixel data (a codec it lacks here, such as JPEG-LS), the checksum is over the
-    stored frame bytes, Min/MaxPixelValue are left out, and ``ChecksumType`` is ``DECOMPRESSED`` for native
-    (uncompressed) data and the local marker ``ENCODED`` for compressed data.
+    conversion; pixels as little-endian bytes in C order), with Min/MaxPixelValue from those pixels. Frames are
+    stored encoded as AHI stores them (:mod:`curation.local.encoding`): transcoded to the datastore's
+    ``storage_format`` unless AHI keeps their encoding. When pydicom cannot decode the pixel data (a codec it
+    lacks here, such as JPEG-LS), the frames keep their bytes and transfer syntax, the checksum is over those
+    bytes, Min/MaxPixelValue are left out, and ``ChecksumType`` is ``DECOMPRESSED`` for native data and the
+    local marker ``ENCODED`` for compressed data. ``FrameSizeInBytes`` is the stored size, as in AHI's documents.
     """
     pixel_tags = sorted((tag for tag in PIXEL_DATA_TAGS if tag in dataset), reverse=True)  # PixelData first
     if not pixel_tags:
-        return [], {}, DECOMPRESSED
-    stored = _stored_frames(path, dataset, dataset[pixel_tags[0]].value, transfer_syntax)
+        return [], {}, DECOMPRESSED, str(kept_syntax(transfer_syntax))
+    source = _stored_frames(path, dataset, dataset[pixel_tags[0]].value, transfer_syntax)
     width, height = int(dataset.Columns), int(dataset.Rows)
-    decoded = _decoded_summaries(dataset, len(stored))
+    target = target_syntax(transfer_syntax, storage_format, int(dataset.get("BitsAllocated") or 0))
+    decoded = _decoded_frames(dataset, len(source), target)
+    encoded_all = decoded is not None and all(encoded is not None for _, _, encoded in decoded)
+    stored_syntax = target if target is not None and encoded_all else kept_syntax(transfer_syntax)
     image_frames: list[dict[str, Any]] = []
     frames: dict[str, bytes] = {}
-    for index, frame in enumerate(stored):
+    for index, frame in enumerate(source):
         frame_id = _frame_id(sop_uid, index, transfer_syntax, frame)
-        checksum, extremes = decoded[index] if decoded is not None else (zlib.crc32(frame), {})
+        if decoded is not None:
+            checksum, extremes, encoded = decoded[index]
+            stored = encoded if encoded is not None else frame
+        else:
+            checksum, extremes, stored = zlib.crc32(frame), {}, frame
         image_frames.append(
             {
                 "ID": frame_id,
                 "PixelDataChecksumFromBaseToFullResolution": [{"Width": width, "Height": height, "Checksum": checksum}],
                 **extremes,
-                "FrameSizeInBytes": len(frame),
+                "FrameSizeInBytes": len(stored),
             }
         )
-        frames[frame_id] = frame
+        frames[frame_id] = stored
     checksum_type = DECOMPRESSED if decoded is not None or not transfer_syntax.is_compressed else ENCODED
-    return image_frames, frames, checksum_type
+    return image_frames, frames, checksum_type, str(stored_syntax)
 
 
-def _decoded_summaries(dataset: Dataset, count: int) -> list[tuple[int, dict[str, Any]]] | None:
-    """CRC32 and Min/MaxPixelValue of each decoded frame (one frame in memory at a time); None if undecodable."""
-    summaries: list[tuple[int, dict[str, Any]]] = []
+def _decoded_frames(
+    dataset: Dataset, count: int, target: UID | None
+) -> list[tuple[int, dict[str, Any], bytes | None]] | None:
+    """CRC32, Min/MaxPixelValue and (when ``target``) the frame encoded in ``target``, for each decoded frame
+    (one frame in memory at a time); None if pydicom cannot decode the frames. When one frame cannot be
+    encoded (32-bit or float pixels), no frame of the instance is: it keeps its stored bytes."""
+    summaries: list[tuple[int, dict[str, Any], bytes | None]] = []
     try:
         for pixels in iter_pixels(dataset, raw=True):
             little = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<"))
             extremes = {"MinPixelValue": pixels.min().item(), "MaxPixelValue": pixels.max().item()}
-            summaries.append((zlib.crc32(little.tobytes()), extremes))
+            if target is not None and not encodable(pixels):
+                target = None
+                summaries = [(checksum, known, None) for checksum, known, _ in summaries]
+            encoded = encode_frame(pixels, target) if target is not None else None
+            summaries.append((zlib.crc32(little.tobytes()), extremes, encoded))
     except Exception:  # any codec failure: fall back to the stored bytes for the whole instance
         return None
     return summaries if len(summaries) == count else None

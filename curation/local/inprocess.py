@@ -49,15 +49,18 @@ def make_service(
     quotas: Quotas = "none",
     fault_rate: float = 0.0,
     seed: int | None = None,
+    create: bool = True,
+    region: str = "us-east-1",
 ) -> Service:
     """A :class:`Service` over ``store``: a store directory (opened as ``Store(path, lock_seconds=...)``),
-    an object with ``call(operation_name, params)`` (a Store or a fake), or an existing Service (returned)."""
+    an object with ``call(operation_name, params)`` (a Store or a fake), or an existing Service (returned).
+    ``create=False`` refuses a directory that holds no store (``StoreNotFoundError``)."""
     if isinstance(store, Service):
         return store
     if isinstance(store, str | os.PathLike):
         from curation.local.store import Store
 
-        store = Store(store, lock_seconds=lock_seconds)
+        store = Store(store, lock_seconds=lock_seconds, create=create, region=region)
     return Service(store, latency=latency, quotas=quotas, fault_rate=fault_rate, seed=seed)
 
 

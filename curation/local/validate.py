@@ -7,11 +7,13 @@ every call the way AHI does and answers a ``ValidationException`` in AWS's wordi
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from functools import cache
 from typing import Any
 
 from botocore.model import OperationModel, Shape
+from botocore.utils import parse_timestamp
 
 from curation.model.errors import AHIError
 from curation.model.service import service_model
@@ -80,75 +82,109 @@ def _join(path: str, name: str) -> str:
 
 
 def _check(shape: Shape, value: Any, path: str, problems: list[str]) -> None:
-    kind = shape.type_name
+    """Check one value against its shape, adding every problem to ``problems`` (botocore's ParamValidator
+    style: one small checker per shape type)."""
+    checker = _CHECKERS.get(shape.type_name)
+    if checker is not None:
+        checker(shape, value, path, path or shape.name, problems)
+
+
+def _check_structure(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    if not isinstance(value, dict):
+        problems.append(bad_value(label, value, "Member must be an object"))
+        return
+    for name in sorted(set(value) - set(shape.members)):
+        problems.append(bad_value(_join(path, name), value[name], "Member is not known"))
+    for name in shape.required_members:
+        if value.get(name) is None:
+            problems.append(bad_value(_join(path, name), "null", "Member must not be null"))
+    present = [name for name, item in value.items() if item is not None and name in shape.members]
+    if shape.is_tagged_union and len(present) != 1:
+        problems.append(
+            bad_value(label, value, f"Exactly one member must be set, got {len(present)} ({', '.join(present)})")
+        )
+    for name in present:
+        _check(shape.members[name], value[name], _join(path, name), problems)
+
+
+def _check_list(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    if not isinstance(value, list | tuple):
+        problems.append(bad_value(label, value, "Member must be a list"))
+        return
+    _length(len(value), shape.metadata, label, value, problems)
+    for index, item in enumerate(value):
+        _check(shape.member, item, f"{label}.{index + 1}", problems)
+
+
+def _check_map(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    if not isinstance(value, dict):
+        problems.append(bad_value(label, value, "Member must be a map"))
+        return
+    _length(len(value), shape.metadata, label, value, problems)
+    for key, item in value.items():
+        _check(shape.key, key, f"{label}.key", problems)
+        _check(shape.value, item, f"{label}.{key}", problems)
+
+
+def _check_string(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    if not isinstance(value, str):
+        problems.append(bad_value(label, value, "Member must be a string"))
+        return
+    _length(len(value), shape.metadata, label, value, problems)
+    if shape.enum and value not in shape.enum:
+        problems.append(bad_value(label, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]"))
+    pattern = shape.metadata.get("pattern")
+    compiled = _pattern(pattern) if pattern else None
+    if compiled is not None and not compiled.fullmatch(value):
+        problems.append(bad_value(label, value, f"Member must satisfy regular expression pattern: {pattern}"))
+
+
+def _check_blob(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        _length(len(value), shape.metadata, label, value, problems)
+    elif not hasattr(value, "read"):
+        problems.append(bad_value(label, value, "Member must be a blob"))
+
+
+def _check_boolean(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    if not isinstance(value, bool):
+        problems.append(bad_value(label, value, "Member must be a boolean"))
+
+
+def _check_number(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
     meta = shape.metadata
-    label = path or shape.name
-    if kind == "structure":
-        if not isinstance(value, dict):
-            problems.append(bad_value(label, value, "Member must be an object"))
-            return
-        for name in sorted(set(value) - set(shape.members)):
-            problems.append(bad_value(_join(path, name), value[name], "Member is not known"))
-        for name in shape.required_members:
-            if value.get(name) is None:
-                problems.append(bad_value(_join(path, name), "null", "Member must not be null"))
-        present = [name for name, item in value.items() if item is not None and name in shape.members]
-        if shape.is_tagged_union and len(present) != 1:
-            problems.append(
-                bad_value(label, value, f"Exactly one member must be set, got {len(present)} ({', '.join(present)})")
-            )
-        for name in present:
-            _check(shape.members[name], value[name], _join(path, name), problems)
-    elif kind == "list":
-        if not isinstance(value, list | tuple):
-            problems.append(bad_value(label, value, "Member must be a list"))
-            return
-        _length(len(value), meta, label, value, problems)
-        for index, item in enumerate(value):
-            _check(shape.member, item, f"{label}.{index + 1}", problems)
-    elif kind == "map":
-        if not isinstance(value, dict):
-            problems.append(bad_value(label, value, "Member must be a map"))
-            return
-        _length(len(value), meta, label, value, problems)
-        for key, item in value.items():
-            _check(shape.key, key, f"{label}.key", problems)
-            _check(shape.value, item, f"{label}.{key}", problems)
-    elif kind == "string":
-        if not isinstance(value, str):
-            problems.append(bad_value(label, value, "Member must be a string"))
-            return
-        _length(len(value), meta, label, value, problems)
-        if shape.enum and value not in shape.enum:
-            problems.append(bad_value(label, value, f"Member must satisfy enum value set: [{', '.join(shape.enum)}]"))
-        pattern = meta.get("pattern")
-        compiled = _pattern(pattern) if pattern else None
-        if compiled is not None and not compiled.fullmatch(value):
-            problems.append(bad_value(label, value, f"Member must satisfy regular expression pattern: {pattern}"))
-    elif kind == "blob":
-        if isinstance(value, str):
-            value = value.encode("utf-8")
-        if isinstance(value, bytes | bytearray | memoryview):
-            _length(len(value), meta, label, value, problems)
-        elif not hasattr(value, "read"):
-            problems.append(bad_value(label, value, "Member must be a blob"))
-    elif kind == "boolean":
-        if not isinstance(value, bool):
-            problems.append(bad_value(label, value, "Member must be a boolean"))
-    elif kind in ("integer", "long", "float", "double"):
-        integral = kind in ("integer", "long")
-        if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
-            problems.append(bad_value(label, value, f"Member must be a{'n integer' if integral else ' number'}"))
-            return
-        if "min" in meta and value < meta["min"]:
-            problems.append(bad_value(label, value, f"Member must have value greater than or equal to {meta['min']}"))
-        if "max" in meta and value > meta["max"]:
-            problems.append(bad_value(label, value, f"Member must have value less than or equal to {meta['max']}"))
-    elif kind == "timestamp":
-        try:
-            to_datetime(value, label)
-        except AHIError:
-            problems.append(bad_value(label, value, "Member must be a timestamp"))
+    integral = shape.type_name in ("integer", "long")
+    if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
+        problems.append(bad_value(label, value, f"Member must be a{'n integer' if integral else ' number'}"))
+        return
+    if "min" in meta and value < meta["min"]:
+        problems.append(bad_value(label, value, f"Member must have value greater than or equal to {meta['min']}"))
+    if "max" in meta and value > meta["max"]:
+        problems.append(bad_value(label, value, f"Member must have value less than or equal to {meta['max']}"))
+
+
+def _check_timestamp(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+    try:
+        to_datetime(value)
+    except (ValueError, TypeError):
+        problems.append(bad_value(label, value, "Member must be a timestamp"))
+
+
+_CHECKERS = {
+    "structure": _check_structure,
+    "list": _check_list,
+    "map": _check_map,
+    "string": _check_string,
+    "blob": _check_blob,
+    "boolean": _check_boolean,
+    "integer": _check_number,
+    "long": _check_number,
+    "float": _check_number,
+    "double": _check_number,
+    "timestamp": _check_timestamp,
+}
 
 
 def _length(length: int, meta: dict[str, Any], label: str, value: Any, problems: list[str]) -> None:
@@ -158,15 +194,19 @@ def _length(length: int, meta: dict[str, Any], label: str, value: Any, problems:
         problems.append(bad_value(label, value, f"Member must have length less than or equal to {meta['max']}"))
 
 
-def to_datetime(value: Any, label: str = "timestamp") -> dt.datetime:
-    """A timestamp parameter (datetime, epoch seconds or ISO 8601 text) as a tz-aware UTC datetime."""
+def to_datetime(value: Any) -> dt.datetime:
+    """A timestamp (datetime, epoch seconds, or ISO 8601 / RFC 822 text) as a tz-aware UTC datetime.
+
+    The one timestamp parser of the embedded service (parameters, wire values, search filters); botocore's
+    ``parse_timestamp`` reads the text forms. Raises ValueError (or TypeError for a value of another kind).
+    """
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        from botocore.utils import parse_timestamp
-
-        try:
-            return parse_timestamp(value).astimezone(dt.UTC)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise _fail(label, value, "Member must be a timestamp") from exc
-    raise _fail(label, value, "Member must be a timestamp")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"not a timestamp: {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("timestamp must be finite")
+    try:
+        return parse_timestamp(value).astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValueError(f"timestamp out of range: {value!r}") from exc

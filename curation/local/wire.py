@@ -21,7 +21,6 @@ import base64
 import binascii
 import datetime as dt
 import logging
-import math
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -33,9 +32,8 @@ from urllib.parse import parse_qsl, unquote
 
 import orjson
 from botocore.model import OperationModel, Shape
-from botocore.utils import parse_timestamp
 
-from curation.local.validate import bad_value, validate, validation_error
+from curation.local.validate import bad_value, to_datetime, validate, validation_error
 from curation.model.errors import AHIError
 from curation.model.service import SERVICE_NAME, service_model
 
@@ -141,16 +139,6 @@ class _ParseError(Exception):
         super().__init__(bad_value(path, value, constraint))
 
 
-def _to_datetime(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError(f"not a timestamp: {value!r}")
-    if isinstance(value, int | float) and not math.isfinite(value):
-        raise ValueError("timestamp must be finite")
-    return parse_timestamp(value).astimezone(dt.UTC)
-
-
 def _text_value(shape: Shape, text: str, path: str) -> Any:
     """A URI label, query or header value (text) as the Python value of ``shape``."""
     kind = shape.type_name
@@ -166,7 +154,7 @@ def _text_value(shape: Shape, text: str, path: str) -> Any:
         if kind in ("float", "double"):
             return float(text)
         if kind == "timestamp":
-            return _to_datetime(float(text) if re.fullmatch(r"-?\d+(\.\d+)?", text) else text)
+            return to_datetime(float(text) if re.fullmatch(r"-?\d+(\.\d+)?", text) else text)
         if kind == "blob":
             return base64.b64decode(text, validate=True)
     except (ValueError, TypeError, OverflowError, binascii.Error) as exc:
@@ -176,57 +164,81 @@ def _text_value(shape: Shape, text: str, path: str) -> Any:
 
 def _json_value(shape: Shape, value: Any, path: str) -> Any:
     """A JSON-decoded body value as the Python value of ``shape`` (unknown structure members dropped)."""
-    kind = shape.type_name
     if value is None:
         return None
-    if kind == "structure":
-        if not isinstance(value, dict):
-            raise _ParseError(path, value, "Member must be an object")
-        parsed = {}
-        for name, member in shape.members.items():
-            key = member.serialization.get("name", name)
-            if key in value and value[key] is not None:
-                parsed[name] = _json_value(member, value[key], f"{path}.{name}" if path else name)
-        return parsed
-    if kind == "list":
-        if not isinstance(value, list):
-            raise _ParseError(path, value, "Member must be a list")
-        return [_json_value(shape.member, item, f"{path}.{index + 1}") for index, item in enumerate(value)]
-    if kind == "map":
-        if not isinstance(value, dict):
-            raise _ParseError(path, value, "Member must be a map")
-        return {key: _json_value(shape.value, item, f"{path}.{key}") for key, item in value.items()}
-    if kind == "string":
-        if not isinstance(value, str):
-            raise _ParseError(path, value, "Member must be a string")
+    reader = _JSON_READERS.get(shape.type_name)
+    return value if reader is None else reader(shape, value, path)  # document types pass through
+
+
+def _json_structure(shape: Shape, value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _ParseError(path, value, "Member must be an object")
+    parsed = {}
+    for name, member in shape.members.items():
+        key = member.serialization.get("name", name)
+        if key in value and value[key] is not None:
+            parsed[name] = _json_value(member, value[key], f"{path}.{name}" if path else name)
+    return parsed
+
+
+def _json_list(shape: Shape, value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _ParseError(path, value, "Member must be a list")
+    return [_json_value(shape.member, item, f"{path}.{index + 1}") for index, item in enumerate(value)]
+
+
+def _json_map(shape: Shape, value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _ParseError(path, value, "Member must be a map")
+    return {key: _json_value(shape.value, item, f"{path}.{key}") for key, item in value.items()}
+
+
+def _json_of_type(kind: type | tuple[type, ...], what: str) -> Any:
+    def read(shape: Shape, value: Any, path: str) -> Any:
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise _ParseError(path, value, f"Member must be {what}")
         return value
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise _ParseError(path, value, "Member must be a boolean")
-        return value
-    if kind in ("integer", "long"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _ParseError(path, value, "Member must be an integer")
-        return value
-    if kind in ("float", "double"):
-        if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
-            return float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _ParseError(path, value, "Member must be a number")
+
+    return read
+
+
+def _json_float(shape: Shape, value: Any, path: str) -> float:
+    if isinstance(value, str) and value in ("NaN", "Infinity", "-Infinity"):
         return float(value)
-    if kind == "timestamp":
-        try:
-            return _to_datetime(value)
-        except (ValueError, TypeError, OverflowError) as exc:
-            raise _ParseError(path, value, "Member must be a timestamp (epoch seconds)") from exc
-    if kind == "blob":
-        if not isinstance(value, str):
-            raise _ParseError(path, value, "Member must be a base64 string")
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _ParseError(path, value, "Member must be base64-encoded") from exc
-    return value  # document types pass through
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _ParseError(path, value, "Member must be a number")
+    return float(value)
+
+
+def _json_timestamp(shape: Shape, value: Any, path: str) -> dt.datetime:
+    try:
+        return to_datetime(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _ParseError(path, value, "Member must be a timestamp (epoch seconds)") from exc
+
+
+def _json_blob(shape: Shape, value: Any, path: str) -> bytes:
+    if not isinstance(value, str):
+        raise _ParseError(path, value, "Member must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _ParseError(path, value, "Member must be base64-encoded") from exc
+
+
+_JSON_READERS: dict[str, Any] = {
+    "structure": _json_structure,
+    "list": _json_list,
+    "map": _json_map,
+    "string": _json_of_type(str, "a string"),
+    "boolean": _json_of_type(bool, "a boolean"),
+    "integer": _json_of_type(int, "an integer"),
+    "long": _json_of_type(int, "an integer"),
+    "float": _json_float,
+    "double": _json_float,
+    "timestamp": _json_timestamp,
+    "blob": _json_blob,
+}
 
 
 def _decode_json(body: bytes) -> Any:
@@ -248,7 +260,8 @@ def _lower_headers(headers: Mapping[str, Any] | Iterable[tuple[str, Any]] | None
     return lowered
 
 
-def _query_dict(query: str | Mapping[str, Any] | None) -> dict[str, list[str]]:
+def parse_query(query: str | Mapping[str, Any] | None) -> dict[str, list[str]]:
+    """A query string (or mapping) as ``{name: [values]}``."""
     if not query:
         return {}
     if isinstance(query, str):
@@ -291,7 +304,7 @@ def parse_request(
     :class:`WireError` for an unknown route and ``AHIError("ValidationException")`` for a request that does
     not fit the operation's input shape.
     """
-    query_values = _query_dict(query)
+    query_values = parse_query(query)
     route, labels = match_route(method, url_path, query_values)
     operation = route.operation
     shape = operation.input_shape
@@ -307,36 +320,21 @@ def parse_request(
     for name, member in shape.members.items():
         location = member.serialization.get("location")
         wire_name = member.serialization.get("name", name)
-        try:
-            if location == "uri":
-                if wire_name in labels:
-                    params[name] = _text_value(member, labels[wire_name], name)
-            elif location == "querystring":
-                if member.type_name == "map":
-                    deferred_query_map.append(name)
-                    continue
-                claimed_query.add(wire_name)
-                if wire_name not in query_values:
-                    continue
-                values = query_values[wire_name]
-                if member.type_name == "list":
-                    params[name] = [_text_value(member.member, text, name) for text in values]
-                else:
-                    params[name] = _text_value(member, values[-1], name)
-            elif location == "header":
-                if wire_name.lower() in header_values:
-                    params[name] = _header_value(member, header_values[wire_name.lower()], name)
-            elif location == "headers":
-                prefix = wire_name.lower()
-                found = {key[len(prefix) :]: value for key, value in header_values.items() if key.startswith(prefix)}
-                if found:
-                    params[name] = found
-            elif location == "statusCode":
+        if location is None:
+            body_members[name] = member
+            continue
+        if location == "querystring":
+            if member.type_name == "map":
+                deferred_query_map.append(name)
                 continue
-            else:
-                body_members[name] = member
+            claimed_query.add(wire_name)
+        try:
+            value = _located(member, name, wire_name, labels, query_values, header_values)
         except _ParseError as exc:
             problems.append(str(exc))
+            continue
+        if value is not _MISSING:
+            params[name] = value
     for name in deferred_query_map:
         leftovers = {key: values[-1] for key, values in query_values.items() if key not in claimed_query}
         if leftovers:
@@ -349,6 +347,38 @@ def parse_request(
         raise validation_error([str(exc)]) from exc
     validate(operation.name, params)
     return operation.name, params
+
+
+_MISSING = object()
+
+
+def _located(
+    member: Shape,
+    name: str,
+    wire_name: str,
+    labels: Mapping[str, str],
+    query_values: Mapping[str, list[str]],
+    header_values: Mapping[str, str],
+) -> Any:
+    """The value of a member sent in the URI, the query string or the headers (``_MISSING`` when absent)."""
+    location = member.serialization.get("location")
+    if location == "uri":
+        return _text_value(member, labels[wire_name], name) if wire_name in labels else _MISSING
+    if location == "querystring":
+        if wire_name not in query_values:
+            return _MISSING
+        values = query_values[wire_name]
+        if member.type_name == "list":
+            return [_text_value(member.member, text, name) for text in values]
+        return _text_value(member, values[-1], name)
+    if location == "header":
+        key = wire_name.lower()
+        return _header_value(member, header_values[key], name) if key in header_values else _MISSING
+    if location == "headers":
+        prefix = wire_name.lower()
+        found = {key[len(prefix) :]: value for key, value in header_values.items() if key.startswith(prefix)}
+        return found or _MISSING
+    return _MISSING  # statusCode
 
 
 def _header_value(shape: Shape, text: str, path: str) -> Any:
@@ -400,7 +430,7 @@ def _join(path: str, name: str) -> str:
 
 
 def _epoch(value: Any) -> int | float:
-    delta = _to_datetime(value) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    delta = to_datetime(value) - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
     return micros // 1_000_000 if micros % 1_000_000 == 0 else micros / 1_000_000
 
@@ -449,10 +479,10 @@ def _header_text(shape: Shape, value: Any) -> str:
     if kind == "timestamp":
         timestamp_format = shape.serialization.get("timestampFormat", "rfc822")
         if timestamp_format == "iso8601":
-            return _to_datetime(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return to_datetime(value).strftime("%Y-%m-%dT%H:%M:%SZ")
         if timestamp_format == "unixTimestamp":
             return str(_epoch(value))
-        return formatdate(int(_to_datetime(value).timestamp()), usegmt=True)
+        return formatdate(int(to_datetime(value).timestamp()), usegmt=True)
     if kind == "boolean":
         return "true" if value else "false"
     if kind == "list":

@@ -1,8 +1,11 @@
-"""AHI's rules for one attribute change, in one place: what needs ``force``, what a primary image set refuses.
+"""AHI's rules for one attribute change, in one place: what needs ``force``, what a primary image set refuses,
+which level an attribute is written at, which UIDs cannot be removed or reused, which keys AHI generates.
 
 ``curation.model.updates`` (what the service does to a document), ``curation.curate.differ`` (problems found in
 edited frames), ``ChangeSet.force_reasons`` and the embedded service all ask these functions, so the preview,
-the validation and the service can never disagree. Where an attribute lives is ``curation.model.levels``.
+the validation and the service can never disagree. Each rule is a small pure function of plain values: the
+callers walk their documents or frames and pass what they found (the levels holding an attribute, the UIDs
+already used); the rules never walk anything. The normalization lists themselves are ``curation.model.levels``.
 
 Sources: the HealthImaging Developer Guide, "Updating image set metadata": the ``force`` parameter lets you
 "update elements of non-primary image sets" overriding the DICOM metadata constraints, and it is needed for
@@ -16,15 +19,34 @@ set: a change that needs force is refused there too, and so is removing a whole 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Container, Sequence
+from enum import StrEnum
 from typing import Any
 
 from curation.model import dictionary
+from curation.model.document import AHI_GENERATED_KEYS, INSTANCE_SYSTEM_KEYS, LEVELS
+from curation.model.levels import level_of
+
+
+class EditOp(StrEnum):
+    """What one edit of an UpdateImageSetMetadata call does to the document (a ``str``: compares equal to it)."""
+
+    SET = "set"  #: add or update an attribute (``updatableAttributes``)
+    REMOVE = "remove"  #: remove an attribute (``removableAttributes``, carrying its current value)
+    REMOVE_INSTANCE = "remove_instance"  #: ``removableAttributes`` with an empty instance node
+    REMOVE_SERIES = "remove_series"  #: ``removableAttributes`` with an empty series node
+
 
 #: Attributes the guide lets change only with ``force``.
 FORCE_KEYWORDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StudyID"})
 #: UIDs that key the document: changing them re-keys (Series, Instance) and removing them is refused.
 UID_KEYWORDS = frozenset({"StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"})
+
+#: UIDs whose change re-keys a node of the document, and the level of that node.
+REKEYING_UIDS: dict[str, str] = {"SeriesInstanceUID": "Series", "SOPInstanceUID": "Instance"}
+#: Keys AHI maintains itself and no update may send: the document's generated keys and the instance node's
+#: keys beside ``DICOM`` (``DICOMVRs`` excepted: an update carries the VR of a private tag there).
+GENERATED_KEYS: frozenset[str] = AHI_GENERATED_KEYS | (frozenset(INSTANCE_SYSTEM_KEYS) - {"DICOMVRs"})
 
 #: What AHI answers for a Patient- or Series-level change on a primary image set.
 PRIMARY_LEVEL_REFUSAL = "Patient and Series level metadata elements cannot be updated for primary image sets"
@@ -105,3 +127,58 @@ def change_force_reasons(attribute: Any, vr: Any, op: str, problem: str | None =
         standard=dictionary.is_standard(attribute),
         value_problem=problem if op != "remove" else None,
     )
+
+
+# --- where an attribute is written, UIDs, generated keys ------------------------------------------------------
+
+
+def generated_key_refusal(key: str) -> str | None:
+    """AHI's refusal of an update that sends ``key`` when AHI generates it (:data:`GENERATED_KEYS`), else None."""
+    if key in GENERATED_KEYS:
+        return f"Cannot update the AWS HealthImaging generated attribute {key}"
+    return None
+
+
+def level_problem(key: str, level: str, holding: Collection[str], *, image_set: str | None = None) -> str | None:
+    """Why attribute ``key`` cannot be written at ``level``; None when it can.
+
+    An attribute lives where the document puts it: ``holding`` are the levels at which the image set's document
+    holds ``key`` today (any series or instance counts). A new attribute (``holding`` empty) goes where AHI's
+    metadata normalization puts it (:func:`curation.model.levels.level_of`). ``image_set`` only names the image
+    set in the reason.
+    """
+    where = f" in image set {image_set}" if image_set is not None else ""
+    if holding:
+        if level in holding:
+            return None
+        stored = " and ".join(name for name in LEVELS if name in holding)
+        return f"{key} is stored at {stored} level{where}, not at {level} level"
+    expected = level_of(key)
+    if expected != level:
+        return f"{key} belongs to the {expected} level (AHI metadata normalization), not to the {level} level"
+    return None
+
+
+def rekeys(key: str, level: str) -> bool:
+    """True when setting ``key`` at ``level`` changes the UID that keys a node (the node is re-keyed in place)."""
+    return REKEYING_UIDS.get(key) == level
+
+
+def uid_removal_refusal(key: str, level: str) -> str | None:
+    """Why removing ``key`` at ``level`` is refused (the three UIDs key the document); None for other keys."""
+    if key in UID_KEYWORDS:
+        return f"{key} cannot be removed, it identifies the {level.lower()}"
+    return None
+
+
+def new_uid_problem(key: str, new: Any, taken: Container[str], *, image_set: str) -> str | None:
+    """Why ``new`` cannot become the ``key`` (a :data:`REKEYING_UIDS` UID) of a node; None when it can.
+
+    ``taken``: the UIDs of that kind already used in the image set, the UIDs given by earlier edits of the same
+    change included (the caller adds each accepted ``new``).
+    """
+    if not isinstance(new, str) or not new:
+        return f"the new {key} must be a non-empty string, it keys the document"
+    if new in taken:
+        return f"{key} {new} is already used in image set {image_set}: UIDs must stay unique"
+    return None

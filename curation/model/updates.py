@@ -25,7 +25,8 @@ Where AHI's behaviour is not documented, the strict reading is taken:
 - each blob must be a JSON object carrying ``"SchemaVersion": 1.1`` (number or string), at most
   ``max_blob_bytes`` long (the model's 30,000; pass 10,000 for the pre-April-2026 limit);
 - PixelData is an AHI-generated key, so it is always refused (the force list of the guide also names it);
-- an attribute lives where the document puts it; a new one where :func:`curation.model.levels.level_of` says;
+- an attribute lives where the document puts it; a new one where :func:`curation.model.levels.level_of` says
+  (:func:`curation.model.rules.level_problem`);
 - private and keyword-less tags are keyed by 8 uppercase hex digits, live at instance level and need a VR:
   the instance's ``DICOMVRs`` or the payload's; a hex key that has a keyword must be sent by keyword;
 - force is needed for removals by the same rules as for updates; StudyInstanceUID, SeriesInstanceUID and
@@ -33,18 +34,16 @@ Where AHI's behaviour is not documented, the strict reading is taken:
 - a removal must carry the current value exactly (same JSON: ``1`` is not ``1.0``, key order is ignored);
 - one path in both blobs, or an edit inside a removed series/instance, is refused; removing the last instance
   of a series (use the series removal) or the last series of the image set (use DeleteImageSet) is refused;
-- a new SOPInstanceUID/SeriesInstanceUID must be a non-empty string not already used in the image set; the
-  node is re-keyed in place (same position), all other edits of the call address it by its old UID;
-- value compatibility follows pydicom's VR validators plus AHI's JSON typing: text VRs are strings, US/SS/UL/
-  SL/SV/UV integers, FL/FD numbers, binary VRs base64 strings, AT 8-hex strings, multi-valued attributes
-  (dictionary VM other than 1) arrays with as many values as the VM allows, SQ arrays of objects;
+- a new SOPInstanceUID/SeriesInstanceUID must be a non-empty string not already used in the image set
+  (:func:`curation.model.rules.new_uid_problem`); the node is re-keyed in place (same position), all other
+  edits of the call address it by its old UID;
+- value compatibility is :func:`curation.model.validation.value_problem` (PS3.5 6.2 by VR, pydicom's validators
+  where they are right, AHI's JSON typing, the VM); a value that does not fit is a force reason;
 - a revert to a version ``history`` does not know is refused with ValidationException.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,18 +51,31 @@ from functools import cache
 from typing import Any
 
 import orjson
-from pydicom import datadict
-from pydicom.valuerep import VALIDATORS
 
-from curation.model import rules
-from curation.model.document import AHI_GENERATED_KEYS, INSTANCE_SYSTEM_KEYS, parse_document
+from curation.model import dictionary, rules
+from curation.model.document import AHI_GENERATED_KEYS, parse_document
 from curation.model.errors import AHIError
-from curation.model.levels import level_of
-from curation.model.rules import UID_KEYWORDS
-from curation.model.vr import ALL_VRS, BINARY_VRS, FLOAT_VRS, INT_VRS, TEXT_VRS
+from curation.model.rules import EditOp
+from curation.model.validation import value_problem
+from curation.model.vr import ALL_VRS
 
-#: Instance-node keys beside DICOM that AHI maintains itself.
-INTERNAL_INSTANCE_KEYS = frozenset(INSTANCE_SYSTEM_KEYS) - {"DICOMVRs"}
+__all__ = [
+    "Edit",
+    "ParsedUpdates",
+    "apply_checked",
+    "apply_to_document",
+    "check_updates",
+    "force_reasons",
+    "model_max_blob_bytes",
+    "parse_updates",
+    "plan_edits",
+    "study_part",
+    "updates_need_force",
+    "value_problem",
+]
+
+#: Instance-node keys beside DICOM that AHI maintains itself (``rules.GENERATED_KEYS`` holds them all).
+INTERNAL_INSTANCE_KEYS = rules.GENERATED_KEYS - AHI_GENERATED_KEYS
 
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{8}")
 _SCHEMA_VERSIONS = (1.1, "1.1")
@@ -170,6 +182,8 @@ def parse_updates(request: dict[str, Any], *, max_blob_bytes: int | None = None)
 
 @dataclass(frozen=True)
 class _Attribute:
+    """An attribute key as the dictionary knows it: hex-keyed, private, standard, its VR and VM."""
+
     key: str
     hex_keyed: bool
     private: bool
@@ -179,151 +193,20 @@ class _Attribute:
 
 
 @cache
-def _repeater_entries() -> dict[str, tuple[str, str]]:
-    return {entry[4]: (entry[0], entry[1]) for entry in datadict.RepeatersDictionary.values()}
-
-
-@cache
 def _attribute(key: str) -> _Attribute:
+    """What the dictionary says of ``key`` (pydicom's, through ``curation.model.dictionary``); refuses hex keys
+    that are not uppercase or that name a keyword."""
     if _HEX_KEY.fullmatch(key):
         if key != key.upper():
             raise _refuse(f"tag key {key!r} must be written with 8 uppercase hex digits ({key.upper()})")
-        tag = int(key, 16)
-        if tag >> 16 & 1:
+        if dictionary.is_private(key):
             return _Attribute(key, True, True, False, None, None)
-        keyword = datadict.keyword_for_tag(tag)
+        keyword = dictionary.keyword_of(key)
         if keyword:
             raise _refuse(f"tag {key} has the keyword {keyword}; AHI metadata keys standard attributes by keyword")
         return _Attribute(key, True, False, False, None, None)
-    tag = datadict.tag_for_keyword(key)
-    if tag is not None:
-        return _Attribute(key, False, False, True, datadict.dictionary_VR(tag), datadict.dictionary_VM(tag))
-    if key in _repeater_entries():
-        vr, vm = _repeater_entries()[key]
-        return _Attribute(key, False, False, True, vr, vm)
-    return _Attribute(key, False, False, False, None, None)
-
-
-def _vm_bounds(vm: str | None) -> tuple[int, int | None]:
-    if not vm:
-        return 0, None
-    low, _, high = vm.partition("-")
-    minimum = int(low) if low.isdigit() else 1
-    if not high:
-        return minimum, minimum
-    return minimum, int(high) if high.isdigit() else None
-
-
-def _pydicom_problem(vr: str, value: Any) -> str | None:
-    validator = VALIDATORS.get(vr)
-    if validator is None:
-        return None
-    valid, message = validator(vr, value)
-    return None if valid else message.split(" Please see")[0]
-
-
-_JSON_TYPES = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    list: "an array",
-    dict: "an object",
-}
-
-
-def _element_problem(vr: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    kind = _JSON_TYPES.get(type(value), f"a {type(value).__name__}")
-    if vr in TEXT_VRS:
-        if not isinstance(value, str):
-            return f"VR {vr} is text and takes a JSON string, not {kind}"
-        return _pydicom_problem(vr, value)
-    if vr in INT_VRS:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"VR {vr} takes a JSON integer, not {kind}"
-        return _pydicom_problem(vr, value)
-    if vr in FLOAT_VRS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"VR {vr} takes a JSON number, not {kind}"
-        return None
-    if vr in BINARY_VRS:
-        if not isinstance(value, str):
-            return f"VR {vr} is binary and takes a base64 JSON string, not {kind}"
-        try:
-            base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            return f"VR {vr} is binary and {value[:40]!r} is not base64"
-        return None
-    if vr == "AT":
-        if not isinstance(value, str) or not re.fullmatch(r"[0-9A-F]{8}", value):
-            return "VR AT takes a tag as 8 uppercase hex digits"
-        return None
-    return None
-
-
-_SCALAR_TYPES = (str, int, float, bool)
-_PROBLEM_CACHE: dict[tuple, str | None] = {}
-_PROBLEM_CACHE_SIZE = 65_536
-
-
-def _frozen(value: Any) -> Any:
-    """A hashable key equal only for JSON values of the same types and contents (None for objects)."""
-    kind = type(value)
-    if kind in _SCALAR_TYPES:
-        return kind, value
-    if kind is list:
-        items = []
-        for item in value:
-            if type(item) not in _SCALAR_TYPES:
-                return None
-            items.append((type(item), item))
-        return list, tuple(items)
-    return None
-
-
-def value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
-    """Why ``value`` (AHI JSON) is not compatible with VR/VM, or None when it is (or cannot be judged)."""
-    if value is None or vr is None:
-        return None
-    frozen = _frozen(value)
-    if frozen is None:
-        return _value_problem(vr, vm, value)
-    key = (vr, vm, frozen)
-    try:
-        return _PROBLEM_CACHE[key]
-    except KeyError:
-        pass
-    problem = _value_problem(vr, vm, value)
-    if len(_PROBLEM_CACHE) >= _PROBLEM_CACHE_SIZE:
-        _PROBLEM_CACHE.clear()
-    _PROBLEM_CACHE[key] = problem
-    return problem
-
-
-def _value_problem(vr: str, vm: str | None, value: Any) -> str | None:
-    if vr == "SQ":
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            return "VR SQ takes a JSON array of objects"
-        return None
-    minimum, maximum = _vm_bounds(vm)
-    if isinstance(value, list):
-        if vm == "1":
-            return "the attribute is single-valued (VM 1) and takes one value, not a JSON array"
-        if len(value) < minimum or (maximum is not None and len(value) > maximum):
-            return f"{len(value)} value(s) do not fit VM {vm}"
-        items = value
-    else:
-        if vm and vm != "1":
-            return f"the attribute is multi-valued (VM {vm}) and takes a JSON array"
-        items = [value]
-    candidates = [part.strip() for part in vr.split(" or ")]
-    for item in items:
-        problems = [_element_problem(candidate, item) for candidate in candidates]
-        if all(problems):
-            return problems[0]
-    return None
+    vr, vm = dictionary.vr_vm_of(key)
+    return _Attribute(key, False, False, dictionary.is_standard(key), vr, vm)
 
 
 # --- the edit plan ----------------------------------------------------------------------------------------------
@@ -331,9 +214,9 @@ def _value_problem(vr: str, vm: str | None, value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Edit:
-    """One change an update makes: ``op`` is set, remove, remove_instance or remove_series."""
+    """One change an update makes to the document; ``key`` is None for the removal of a series or instance."""
 
-    op: str
+    op: EditOp
     level: str
     path: str
     series: str | None = None
@@ -345,6 +228,16 @@ class Edit:
     @property
     def node(self) -> tuple[str, str | None, str | None]:
         return self.level, self.series, self.sop
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A node of the document an update addresses: its level, its path in the payload and its UIDs."""
+
+    level: str
+    path: str
+    series: str | None = None
+    sop: str | None = None
 
 
 def _same_json(left: Any, right: Any) -> bool:
@@ -360,10 +253,11 @@ class _Planner:
         self.reasons: list[str] = []
         self.primary_refusals: list[str] = []
         self._levels: dict[str, set[str]] = {}
-        self.series = document.get("Study", {}).get("Series", {})
-        self.image_set = document.get("ImageSetID", "<unknown>")
+        self.series: dict[str, Any] = document.get("Study", {}).get("Series", {})
+        self.image_set: str = document.get("ImageSetID", "<unknown>")
 
     def levels_holding(self, key: str) -> set[str]:
+        """The levels at which the document holds attribute ``key`` (any series or instance counts)."""
         if key not in self._levels:
             found = set()
             if key in self.document.get("Patient", {}).get("DICOM", {}):
@@ -380,16 +274,17 @@ class _Planner:
             self._levels[key] = found
         return self._levels[key]
 
-    def walk(self, payload: dict[str, Any], op: str) -> None:
+    def walk(self, payload: dict[str, Any], op: EditOp) -> None:
         for key, node in payload.items():
             if key == "SchemaVersion":
                 continue
-            if key in AHI_GENERATED_KEYS:
-                raise _refuse(f"Cannot update the AWS HealthImaging generated attribute {key}")
+            refusal = rules.generated_key_refusal(key)
+            if refusal:
+                raise _refuse(refusal)
             if key == "Patient":
-                self._dicom_holder(node, "Patient", "Patient", op, allowed=("DICOM",))
+                self._dicom_holder(node, _Target("Patient", "Patient"), op, allowed=("DICOM",))
             elif key == "Study":
-                self._dicom_holder(node, "Study", "Study", op, allowed=("DICOM", "Series"))
+                self._dicom_holder(node, _Target("Study", "Study"), op, allowed=("DICOM", "Series"))
                 for series_uid, series_node in self._children(node, "Series", "Study.Series").items():
                     self._series(series_uid, series_node, op)
             else:
@@ -401,23 +296,15 @@ class _Planner:
             raise _refuse(f"{path} must be an object keyed by UID")
         return children
 
-    def _dicom_holder(
-        self,
-        node: Any,
-        level: str,
-        path: str,
-        op: str,
-        *,
-        allowed: tuple[str, ...],
-        series: str | None = None,
-        sop: str | None = None,
-    ) -> None:
+    def _dicom_holder(self, node: Any, target: _Target, op: EditOp, *, allowed: tuple[str, ...]) -> None:
+        path = target.path
         if not isinstance(node, dict):
             raise _refuse(f"{path} must be an object")
         for key in node:
             if key not in allowed:
-                if key in AHI_GENERATED_KEYS or key in INTERNAL_INSTANCE_KEYS:
-                    raise _refuse(f"Cannot update the AWS HealthImaging generated attribute {key} ({path}.{key})")
+                refusal = rules.generated_key_refusal(key)
+                if refusal:
+                    raise _refuse(f"{refusal} ({path}.{key})")
                 raise _refuse(f"{path} has unexpected key {key!r}; allowed: {', '.join(allowed)}")
         dicom = node.get("DICOM", {})
         if not isinstance(dicom, dict):
@@ -425,33 +312,19 @@ class _Planner:
         vrs = node.get("DICOMVRs", {})
         if not isinstance(vrs, dict):
             raise _refuse(f"{path}.DICOMVRs must be an object mapping tags to VRs")
-        current = self._current_node(level, series, sop)
-        current_vrs = current.get("DICOMVRs") or {}
-        for key, vr in vrs.items():
-            if key not in dicom:
-                raise _refuse(f"{path}.DICOMVRs.{key} has no matching {path}.DICOM.{key}")
-            if not _HEX_KEY.fullmatch(key):
-                raise _refuse(f"{path}.DICOMVRs.{key}: DICOMVRs only holds private and keyword-less tags")
-            if vr not in ALL_VRS:
-                raise _refuse(f"{path}.DICOMVRs.{key}: {vr!r} is not a DICOM VR")
-            if op == "remove" and current_vrs.get(key) != vr:
-                raise _refuse(f"{path}.DICOMVRs.{key}: VR {vr} does not match the current VR {current_vrs.get(key)}")
-        current_dicom = current.get("DICOM") or {}
+        current = self._current_node(target)
+        _check_payload_vrs(path, vrs, dicom, current.get("DICOMVRs") or {}, op)
         for key, value in dicom.items():
-            self._attribute(
-                level, f"{path}.DICOM.{key}", key, value, op, series, sop, current, current_dicom, vrs.get(key)
-            )
+            self._attribute(target, key, value, op, current, vrs.get(key))
 
-    def _current_node(self, level: str, series: str | None, sop: str | None) -> dict[str, Any]:
-        if level == "Patient":
-            return self.document.get("Patient", {})
-        if level == "Study":
-            return self.document.get("Study", {})
-        if level == "Series":
-            return self.series[series]
-        return self.series[series]["Instances"][sop]
+    def _current_node(self, target: _Target) -> dict[str, Any]:
+        if target.level in ("Patient", "Study"):
+            node: dict[str, Any] = self.document.get(target.level, {})
+            return node
+        series: dict[str, Any] = self.series[_given(target.series)]
+        return series if target.level == "Series" else series["Instances"][_given(target.sop)]
 
-    def _series(self, series_uid: str, node: Any, op: str) -> None:
+    def _series(self, series_uid: str, node: Any, op: EditOp) -> None:
         path = f"Study.Series.{series_uid}"
         if series_uid not in self.series:
             raise _refuse(
@@ -460,102 +333,73 @@ class _Planner:
             )
         if not isinstance(node, dict):
             raise _refuse(f"{path} must be an object")
-        if op == "remove" and not node:
-            self.edits.append(Edit("remove_series", "Series", path, series=series_uid))
+        if op == EditOp.REMOVE and not node:
+            self.edits.append(Edit(EditOp.REMOVE_SERIES, "Series", path, series=series_uid))
             self.primary_refusals.append(f"{path}: {rules.PRIMARY_SERIES_REMOVAL_REFUSAL}")
             return
-        self._dicom_holder(node, "Series", path, op, allowed=("DICOM", "Instances"), series=series_uid)
+        self._dicom_holder(node, _Target("Series", path, series_uid), op, allowed=("DICOM", "Instances"))
         instances = self.series[series_uid].get("Instances", {})
         for sop_uid, instance_node in self._children(node, "Instances", f"{path}.Instances").items():
-            instance_path = f"{path}.Instances.{sop_uid}"
+            target = _Target("Instance", f"{path}.Instances.{sop_uid}", series_uid, sop_uid)
             if sop_uid not in instances:
                 raise _refuse(
                     f"Cannot update attributes if the associated attribute module is not present in existing "
-                    f"ImageSetMetadata: instance {sop_uid} does not exist in series {series_uid} ({instance_path})"
+                    f"ImageSetMetadata: instance {sop_uid} does not exist in series {series_uid} ({target.path})"
                 )
-            if op == "remove" and instance_node == {}:
-                self.edits.append(Edit("remove_instance", "Instance", instance_path, series=series_uid, sop=sop_uid))
+            if op == EditOp.REMOVE and instance_node == {}:
+                self.edits.append(Edit(EditOp.REMOVE_INSTANCE, "Instance", target.path, series_uid, sop_uid))
                 continue
-            self._dicom_holder(
-                instance_node,
-                "Instance",
-                instance_path,
-                op,
-                allowed=("DICOM", "DICOMVRs"),
-                series=series_uid,
-                sop=sop_uid,
-            )
+            self._dicom_holder(instance_node, target, op, allowed=("DICOM", "DICOMVRs"))
 
     def _attribute(
-        self,
-        level: str,
-        path: str,
-        key: str,
-        value: Any,
-        op: str,
-        series: str | None,
-        sop: str | None,
-        current: dict[str, Any],
-        current_dicom: dict[str, Any],
-        payload_vr: str | None,
+        self, target: _Target, key: str, value: Any, op: EditOp, current: dict[str, Any], payload_vr: str | None
     ) -> None:
-        if key in AHI_GENERATED_KEYS or key in INTERNAL_INSTANCE_KEYS:
-            raise _refuse(f"Cannot update the AWS HealthImaging generated attribute {key} ({path})")
+        path = f"{target.path}.DICOM.{key}"
+        refusal = rules.generated_key_refusal(key)
+        if refusal:
+            raise _refuse(f"{refusal} ({path})")
         attribute = _attribute(key)
+        current_dicom = current.get("DICOM") or {}
         if key not in current_dicom:
-            self._check_level(level, key, path)
+            misplaced = rules.level_problem(key, target.level, self.levels_holding(key), image_set=self.image_set)
+            if misplaced:
+                raise _refuse(f"Cannot update attributes across modules: {misplaced} ({path})")
         vr = attribute.vr
         if attribute.hex_keyed:
             vr = payload_vr or (current.get("DICOMVRs") or {}).get(key)
-            if vr is None and op == "set":
+            if vr is None and op == EditOp.SET:
                 raise _refuse(f"{path}: tag {key} has no VR; give it in DICOMVRs beside DICOM")
-        if op == "remove":
-            if key not in current_dicom:
-                raise _refuse(f"{path}: cannot remove {key}, it does not exist at {level} level")
-            if not _same_json(current_dicom[key], value):
-                raise _refuse(
-                    f"{path}: cannot remove {key}: the value given ({_short(value)}) does not match the existing "
-                    f"value ({_short(current_dicom[key])}); key and value must both match"
-                )
-            if key in UID_KEYWORDS:
-                raise _refuse(f"{path}: {key} cannot be removed, it identifies the {level.lower()}")
-        self.primary_refusals.extend(f"{path}: {refusal}" for refusal in rules.primary_refusals(level, key, op))
-        self._force_reasons(attribute, vr, path, key, value, op)
-        self.edits.append(
-            Edit(op, level, path, series=series, sop=sop, key=key, value=value, vr=payload_vr if op == "set" else None)
-        )
-
-    def _check_level(self, level: str, key: str, path: str) -> None:
-        holding = self.levels_holding(key)
-        if level in holding:
-            return
-        if holding:
-            where = " and ".join(sorted(holding))
-            raise _refuse(
-                f"Cannot update attributes across modules: {key} is stored at {where} level in image set "
-                f"{self.image_set}, not at {level} level ({path})"
-            )
-        expected = level_of(key)
-        if expected != level:
-            raise _refuse(
-                f"Cannot update attributes across modules: {key} belongs to the {expected} level, "
-                f"not to the {level} level ({path})"
-            )
-
-    def _force_reasons(self, attribute: _Attribute, vr: str | None, path: str, key: str, value: Any, op: str) -> None:
-        problem = value_problem(vr, attribute.vm, value) if op == "set" else None
+        if op == EditOp.REMOVE:
+            self._check_removal(target.level, path, key, value, current_dicom)
+        self.primary_refusals.extend(f"{path}: {refusal}" for refusal in rules.primary_refusals(target.level, key, op))
+        problem = value_problem(vr, attribute.vm, value) if op == EditOp.SET else None
         found = rules.force_reasons(
             key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard,
             value_problem=f"value {_short(value)}: {problem}" if problem else None,
         )
         self.reasons.extend(f"{path}: {reason}" for reason in found)
+        sent_vr = payload_vr if op == EditOp.SET else None
+        self.edits.append(Edit(op, target.level, path, target.series, target.sop, key, value, sent_vr))
+
+    @staticmethod
+    def _check_removal(level: str, path: str, key: str, value: Any, current_dicom: dict[str, Any]) -> None:
+        if key not in current_dicom:
+            raise _refuse(f"{path}: cannot remove {key}, it does not exist at {level} level")
+        if not _same_json(current_dicom[key], value):
+            raise _refuse(
+                f"{path}: cannot remove {key}: the value given ({_short(value)}) does not match the existing "
+                f"value ({_short(current_dicom[key])}); key and value must both match"
+            )
+        refusal = rules.uid_removal_refusal(key, level)
+        if refusal:
+            raise _refuse(f"{path}: {refusal}")
 
     def check_consistency(self) -> None:
-        removed_series = {edit.series for edit in self.edits if edit.op == "remove_series"}
-        removed_instances = {(edit.series, edit.sop) for edit in self.edits if edit.op == "remove_instance"}
+        removed_series = {edit.series for edit in self.edits if edit.op == EditOp.REMOVE_SERIES}
+        removed_instances = {(edit.series, edit.sop) for edit in self.edits if edit.op == EditOp.REMOVE_INSTANCE}
         seen: dict[tuple, str] = {}
         for edit in self.edits:
-            if edit.op in ("set", "remove"):
+            if edit.op in (EditOp.SET, EditOp.REMOVE):
                 inside = edit.series in removed_series or (edit.series, edit.sop) in removed_instances
                 if inside:
                     raise _refuse(f"{edit.path}: the update edits a series or instance it also removes")
@@ -565,8 +409,12 @@ class _Planner:
                         f"{edit.path}: the same attribute is in both updatableAttributes and removableAttributes"
                     )
                 seen[spot] = edit.op
-            elif edit.op == "remove_instance" and edit.series in removed_series:
+            elif edit.op == EditOp.REMOVE_INSTANCE and edit.series in removed_series:
                 raise _refuse(f"{edit.path}: the update removes an instance of a series it also removes")
+        self._check_remaining(removed_series, removed_instances)
+        self._check_new_uids()
+
+    def _check_remaining(self, removed_series: set[str | None], removed_instances: set[tuple]) -> None:
         remaining_series = [uid for uid in self.series if uid not in removed_series]
         if not remaining_series:
             raise _refuse(
@@ -579,27 +427,40 @@ class _Planner:
                     f"Study.Series.{uid}: the update would remove every instance of series {uid}; "
                     "remove the series instead"
                 )
-        self._check_new_uids()
 
     def _check_new_uids(self) -> None:
-        used_sops: set[str] | None = None
-        new_uids: set[str] = set()
+        taken: dict[str, set[str]] = {}
         for edit in self.edits:
-            if edit.op != "set" or edit.key not in ("SOPInstanceUID", "SeriesInstanceUID"):
-                continue
-            if (edit.key == "SOPInstanceUID") != (edit.level == "Instance"):
+            if edit.op != EditOp.SET or edit.key is None or not rules.rekeys(edit.key, edit.level):
                 continue
             old = edit.sop if edit.key == "SOPInstanceUID" else edit.series
             if edit.value == old:
                 continue
-            if not isinstance(edit.value, str) or not edit.value:
-                raise _refuse(f"{edit.path}: the new {edit.key} must be a non-empty string, it keys the document")
-            if used_sops is None:
-                used_sops = {sop for series in self.series.values() for sop in series.get("Instances", {})}
-            taken = used_sops if edit.key == "SOPInstanceUID" else set(self.series)
-            if edit.value in taken or edit.value in new_uids:
-                raise _refuse(f"{edit.path}: {edit.key} {edit.value} is already used in image set {self.image_set}")
-            new_uids.add(edit.value)
+            if edit.key not in taken:
+                taken[edit.key] = (
+                    {sop for series in self.series.values() for sop in series.get("Instances", {})}
+                    if edit.key == "SOPInstanceUID" else set(self.series)
+                )
+            problem = rules.new_uid_problem(edit.key, edit.value, taken[edit.key], image_set=self.image_set)
+            if problem:
+                raise _refuse(f"{edit.path}: {problem}")
+            taken[edit.key].add(edit.value)
+
+
+def _check_payload_vrs(
+    path: str, vrs: dict[str, Any], dicom: dict[str, Any], current_vrs: dict[str, Any], op: EditOp
+) -> None:
+    """A payload's ``DICOMVRs``: each entry a private or keyword-less tag of its ``DICOM``, with a real VR
+    (for a removal: the VR the document records)."""
+    for key, vr in vrs.items():
+        if key not in dicom:
+            raise _refuse(f"{path}.DICOMVRs.{key} has no matching {path}.DICOM.{key}")
+        if not _HEX_KEY.fullmatch(key):
+            raise _refuse(f"{path}.DICOMVRs.{key}: DICOMVRs only holds private and keyword-less tags")
+        if vr not in ALL_VRS:
+            raise _refuse(f"{path}.DICOMVRs.{key}: {vr!r} is not a DICOM VR")
+        if op == EditOp.REMOVE and current_vrs.get(key) != vr:
+            raise _refuse(f"{path}.DICOMVRs.{key}: VR {vr} does not match the current VR {current_vrs.get(key)}")
 
 
 def _short(value: Any) -> str:
@@ -610,9 +471,9 @@ def _short(value: Any) -> str:
 def _plan(document: dict[str, Any], parsed: ParsedUpdates) -> _Planner:
     planner = _Planner(document)
     if parsed.removable is not None:
-        planner.walk(parsed.removable, "remove")
+        planner.walk(parsed.removable, EditOp.REMOVE)
     if parsed.updatable is not None:
-        planner.walk(parsed.updatable, "set")
+        planner.walk(parsed.updatable, EditOp.SET)
     planner.check_consistency()
     return planner
 
@@ -648,14 +509,15 @@ def updates_need_force(document: dict[str, Any], updates: dict[str, Any]) -> boo
 
 
 def _copy(document: dict[str, Any]) -> dict[str, Any]:
-    return orjson.loads(orjson.dumps(document))
+    copied: dict[str, Any] = orjson.loads(orjson.dumps(document))
+    return copied
 
 
-def _node(document: dict[str, Any], edit: Edit) -> dict[str, Any]:
-    if edit.level in ("Patient", "Study"):
-        return document[edit.level]
-    series = document["Study"]["Series"][edit.series]
-    return series if edit.level == "Series" else series["Instances"][edit.sop]
+def _given(name: str | None) -> str:
+    """A key or UID the planner always fills for the edits that use it."""
+    if name is None:  # pragma: no cover - the planner never makes such an edit
+        raise ValueError("an edit lacks the key or UID it addresses")
+    return name
 
 
 def _set_vr(node: dict[str, Any], key: str, vr: str) -> None:
@@ -693,54 +555,79 @@ class _Shared:
 
     def node(self, edit: Edit) -> dict[str, Any]:
         if edit.level in ("Patient", "Study"):
-            return self.own(self.result, edit.level)
-        series = self.own(self.series_map(), edit.series)
-        return series if edit.level == "Series" else self.own(self.own(series, "Instances"), edit.sop)
+            node: dict[str, Any] = self.own(self.result, edit.level)
+            return node
+        series: dict[str, Any] = self.own(self.series_map(), _given(edit.series))
+        return series if edit.level == "Series" else self.own(self.instances(edit), _given(edit.sop))
 
     def series_map(self) -> dict[str, Any]:
         study = self.own(self.result, "Study")
         if "Series" not in study:
             return {}
-        return self.own(study, "Series")
+        series: dict[str, Any] = self.own(study, "Series")
+        return series
+
+    def instances(self, edit: Edit) -> dict[str, Any]:
+        instances: dict[str, Any] = self.own(self.own(self.series_map(), _given(edit.series)), "Instances")
+        return instances
+
+    def remove(self, edit: Edit) -> None:
+        key = _given(edit.key)
+        node = self.node(edit)
+        del self.own(node, "DICOM")[key]
+        if _HEX_KEY.fullmatch(key) and isinstance(node.get("DICOMVRs"), dict):
+            self.own(node, "DICOMVRs").pop(key, None)
+
+    def set(self, edit: Edit) -> None:
+        key = _given(edit.key)
+        node = self.node(edit)
+        if "DICOM" in node:
+            self.own(node, "DICOM")[key] = edit.value
+        else:
+            node["DICOM"] = {key: edit.value}
+        if edit.vr is not None:
+            if isinstance(node.get("DICOMVRs"), dict):
+                self.own(node, "DICOMVRs")
+            _set_vr(node, key, edit.vr)
+
+    def remove_node(self, edit: Edit) -> None:
+        if edit.op == EditOp.REMOVE_INSTANCE:
+            del self.instances(edit)[_given(edit.sop)]
+        else:
+            del self.series_map()[_given(edit.series)]
+
+    def rekey(self, edit: Edit) -> None:
+        if edit.level == "Instance":
+            _rekey(self.instances(edit), _given(edit.sop), edit.value)
+        else:
+            _rekey(self.series_map(), _given(edit.series), edit.value)
+
+
+def _rekeying(edit: Edit) -> bool:
+    old = edit.sop if edit.level == "Instance" else edit.series
+    return edit.op == EditOp.SET and rules.rekeys(_given(edit.key), edit.level) and edit.value != old
 
 
 def _apply_shared(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
     """``_apply_edits`` without the deep copy: the result shares every node it does not change with
-    ``document`` (which stays untouched), so it must be treated as read-only."""
+    ``document`` (which stays untouched), so it must be treated as read-only.
+
+    The order is AHI's: removals, then updates, then instance and series removals, then the re-keying of
+    instances and of series (every edit of the call addresses a node by its old UID)."""
     shared = _Shared(document)
     for edit in edits:
-        if edit.op == "remove":
-            node = shared.node(edit)
-            del shared.own(node, "DICOM")[edit.key]
-            if _HEX_KEY.fullmatch(edit.key) and isinstance(node.get("DICOMVRs"), dict):
-                shared.own(node, "DICOMVRs").pop(edit.key, None)
+        if edit.op == EditOp.REMOVE:
+            shared.remove(edit)
     for edit in edits:
-        if edit.op == "set":
-            node = shared.node(edit)
-            if "DICOM" in node:
-                shared.own(node, "DICOM")[edit.key] = edit.value
-            else:
-                node["DICOM"] = {edit.key: edit.value}
-            if edit.vr is not None:
-                if isinstance(node.get("DICOMVRs"), dict):
-                    shared.own(node, "DICOMVRs")
-                _set_vr(node, edit.key, edit.vr)
+        if edit.op == EditOp.SET:
+            shared.set(edit)
     for edit in edits:
-        if edit.op == "remove_instance":
-            del shared.own(shared.own(shared.series_map(), edit.series), "Instances")[edit.sop]
-        elif edit.op == "remove_series":
-            del shared.series_map()[edit.series]
-    for edit in edits:
-        if edit.op == "set" and edit.level == "Instance" and edit.key == "SOPInstanceUID" and edit.value != edit.sop:
-            _rekey(shared.own(shared.own(shared.series_map(), edit.series), "Instances"), edit.sop, edit.value)
-    for edit in edits:
-        if (
-            edit.op == "set"
-            and edit.level == "Series"
-            and edit.key == "SeriesInstanceUID"
-            and edit.value != edit.series
-        ):
-            _rekey(shared.series_map(), edit.series, edit.value)
+        if edit.op in (EditOp.REMOVE_INSTANCE, EditOp.REMOVE_SERIES):
+            shared.remove_node(edit)
+    for level in ("Instance", "Series"):
+        for edit in edits:
+            if edit.level == level and _rekeying(edit):
+                shared.rekey(edit)
     return shared.result
 
 
@@ -843,7 +730,7 @@ def apply_to_document(
     older document for ``revertToVersionId``. The input is never mutated, even when the update is refused.
     """
     parsed = parse_updates(request, max_blob_bytes=max_blob_bytes)
-    if parsed.is_revert:
+    if parsed.revert_to is not None:
         return _revert(document, parsed.revert_to, history)
     planner = _plan(document, parsed)
     if is_primary and planner.primary_refusals:

@@ -23,8 +23,9 @@ objects, and attributes whose dictionary VM allows several values are arrays eve
 
 Anything else is kept as given and left to ``validate``. ``coerce`` raises ``CoercionError`` (a
 ``ValueError``) when a value cannot be encoded (``1.5`` for IS, an infinite DS, a ``set``); ``validate``
-returns the reason a JSON value does not fit its VR/VM (``curation.model.updates.value_problem`` with pydicom's VR
-validators: length, characters, format, range, multiplicity), or None. ``check`` does both and never raises.
+returns the reason a JSON value does not fit its VR/VM (``curation.model.validation``: PS3.5 6.2 characters,
+length, format and range by VR, with pydicom's validators where they are right, and the multiplicity), or None.
+``check`` does both and never raises.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import numpy as np
 import pandas as pd
 from pydicom.valuerep import format_number_as_ds
 
-from curation.model.dictionary import is_tag_key, vm_of, vr_vm_of
+from curation.model import validation
+from curation.model.dictionary import vm_of, vr_vm_of
 from curation.model.missing import NULL, is_absent
 from curation.model.updates import value_problem
 
@@ -191,7 +193,7 @@ def _element(value: Any, vr: str | None) -> Any:
 
 def _item(item: dict) -> dict:
     """A sequence item: every value coerced by its own keyword's VR/VM (NULL/None -> JSON null)."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in item.items():
         if not isinstance(key, str):
             raise CoercionError(f"sequence item keys must be strings, not {type(key).__name__}")
@@ -258,32 +260,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _sequence_problem(value: list) -> str | None:
-    for number, item in enumerate(value):
-        for key, nested in item.items():
-            if is_tag_key(key):
-                continue
-            vr, vm = vr_vm_of(key)
-            if vr is None:
-                return f"item {number}: {key!r} is not a DICOM keyword"
-            problem = validate(nested, vr, vm)
-            if problem:
-                return f"item {number}: {key}: {problem}"
-    return None
-
-
 def validate(value: Any, vr: str | None, vm: str | None = None) -> str | None:
-    """Why the JSON value ``value`` does not fit VR ``vr`` and VM ``vm``; None when it does (or VR unknown)."""
-    if value is NULL or value is None or vr is None:
-        return None
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, float) and not math.isfinite(item):
-            return f"{item} is not a finite number (JSON cannot carry it)"
-    problem = value_problem(vr, vm, value)
-    if problem is None and vr == "SQ" and isinstance(value, list):
-        problem = _sequence_problem(value)
-    return problem
+    """Why the JSON value ``value`` does not fit VR ``vr`` and VM ``vm``; None when it does (or VR unknown).
+
+    The rules are ``curation.model.validation`` (PS3.5 6.2 by VR, VM, sequence items by their keywords).
+    """
+    return validation.validate(value, vr, vm)
 
 
 def check(value: Any, vr: str | None, vm: str | None = None) -> tuple[Any, str | None]:

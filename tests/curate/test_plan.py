@@ -715,7 +715,7 @@ def metadata(client: Any, datastore_id: str, image_set: str) -> dict[str, Any]:
 
 def test_a_split_plan_through_the_embedded_service(doppler: dict[str, Any], local_client: Any) -> None:
     store = local_client.meta.local_service.store
-    report = store.import_documents([doppler, copy.deepcopy(doppler)])
+    report = store.import_documents([doppler, {**copy.deepcopy(doppler), "ImageSetID": "c" * 32}])  # not identical
     copy_id = report.created[1]  # the second import is not primary: everything is allowed with force
     document = metadata(local_client, report.datastore_id, copy_id)
     _, ser, sops = ids(document)

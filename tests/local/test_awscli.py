@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from curation.local.auth import generate_credentials
 from curation.local.server import serving
 
 AWS = Path(sys.executable).parent / "aws"
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
-
 
 
 @pytest.fixture
@@ -41,9 +41,10 @@ def served(local_store: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
         for key, value in os.environ.items()
         if not key.startswith("AWS_") and key not in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
     }
+    key = generate_credentials()  # a key pair of its own: the server verifies every signature
     env.update(
-        AWS_ACCESS_KEY_ID="x",
-        AWS_SECRET_ACCESS_KEY="x",
+        AWS_ACCESS_KEY_ID=key.access_key,
+        AWS_SECRET_ACCESS_KEY=key.secret_key,
         AWS_DEFAULT_REGION="us-east-1",
         AWS_CONFIG_FILE=str(config),
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
@@ -52,7 +53,7 @@ def served(local_store: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
         AWS_PAGER="",
         NO_PROXY="127.0.0.1,localhost",
     )
-    with serving(local_store) as endpoint:
+    with serving(local_store, credentials=key) as endpoint:
         yield {
             "endpoint": str(endpoint),
             "env": env,
@@ -196,3 +197,16 @@ def test_host_prefix_injection_off_through_the_config_file(served: dict[str, Any
     configured = aws(served, *args, env=env)
     assert configured.returncode == 0, configured.stderr
     assert json.loads(configured.stdout)["imageSetId"] == served["primary"]
+
+
+def test_a_wrong_key_or_no_signature_is_refused(served: dict[str, Any]) -> None:
+    """The AWS CLI signed with another secret, or not at all (``--no-sign-request``): refused as AWS refuses."""
+    wrong = {**served["env"], "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    result = aws(served, "list-datastores", env=wrong)
+    assert result.returncode != 0 and "(InvalidSignatureException)" in result.stderr, result.stderr
+    stranger = {**served["env"], "AWS_ACCESS_KEY_ID": "AKIASTRANGER0000000"}
+    result = aws(served, "list-datastores", env=stranger)
+    assert result.returncode != 0 and "(UnrecognizedClientException)" in result.stderr, result.stderr
+    result = aws(served, "list-datastores", "--no-sign-request")
+    assert result.returncode != 0 and "(MissingAuthenticationTokenException)" in result.stderr, result.stderr
+    assert aws(served, "list-datastores").returncode == 0  # the right key still works

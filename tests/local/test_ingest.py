@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openjpeg
 import orjson
 import pydicom
 import pytest
@@ -26,6 +27,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import VR
 
+from curation.local.encoding import HTJ2K_LOSSLESS_RPCL
 from curation.local.ingest import (
     DECOMPRESSED,
     ENCODED,
@@ -280,10 +282,17 @@ def test_ct_frame_checksum_is_crc32_of_the_decoded_pixels(ct: InstanceRecord) ->
         {"Width": 128, "Height": 128, "Checksum": zlib.crc32(pixels.astype("<i2").tobytes())}
     ]
     assert (frame["MinPixelValue"], frame["MaxPixelValue"]) == (int(pixels.min()), int(pixels.max()))
-    assert frame["FrameSizeInBytes"] == 128 * 128 * 2
-    assert ct.frames == {frame["ID"]: dataset.PixelData}
-    assert ct.instance["StoredTransferSyntaxUID"] == ExplicitVRLittleEndian
+    # stored as a HTJ2K datastore stores it (AHI's default): an HTJ2K codestream of exactly these pixels
+    assert ct.instance["StoredTransferSyntaxUID"] == HTJ2K_LOSSLESS_RPCL
     assert ct.instance["ChecksumType"] == DECOMPRESSED
+    stored = ct.frames[frame["ID"]]
+    assert frame["FrameSizeInBytes"] == len(stored) < 128 * 128 * 2
+    assert np.array_equal(openjpeg.decode(stored), pixels)
+    # storage_format=None keeps the file's bytes (the behaviour before frames were encoded)
+    native = read_instance(bundled("CT_small.dcm"), None)
+    assert native.frames == {frame["ID"]: dataset.PixelData}
+    assert native.instance["StoredTransferSyntaxUID"] == ExplicitVRLittleEndian
+    assert native.instance["ImageFrames"][0]["FrameSizeInBytes"] == 128 * 128 * 2
 
 
 def test_instance_node_and_frames_have_the_reference_keys(ct: InstanceRecord) -> None:
@@ -303,8 +312,11 @@ def test_checksums_do_not_depend_on_the_transfer_syntax() -> None:
         "MR_small_jp2klossless.dcm",
         "MR_small_padded.dcm",
     ]
-    records = [read_instance(bundled(name)) for name in names]
-    assert len({tuple(frame_checksums(record)) for record in records}) == 1
+    encoded = [read_instance(bundled(name)) for name in names]
+    assert {record.instance["StoredTransferSyntaxUID"] for record in encoded} == {HTJ2K_LOSSLESS_RPCL}
+    assert len({frame for record in encoded for frame in record.frames.values()}) == 1  # the same pixels
+    records = [read_instance(bundled(name), None) for name in names]
+    assert len({tuple(frame_checksums(record)) for record in records + encoded}) == 1
     assert {record.instance["StoredTransferSyntaxUID"] for record in records} == {
         "1.2.840.10008.1.2.1",
         "1.2.840.10008.1.2.2",
@@ -321,7 +333,9 @@ def test_checksums_do_not_depend_on_the_transfer_syntax() -> None:
 
 
 def test_multiframe_compressed_frames_are_stored_and_checksummed_per_frame() -> None:
-    record = read_instance(bundled("rtdose_rle.dcm"))
+    record = read_instance(bundled("rtdose_rle.dcm"), None)
+    kept = read_instance(bundled("rtdose_rle.dcm"))  # 32-bit pixels: no lossless codestream for them, kept
+    assert kept.instance == record.instance and kept.frames == record.frames
     dataset = dcmread(bundled("rtdose_rle.dcm"))
     frames = record.instance["ImageFrames"]
     assert len(frames) == dataset.NumberOfFrames == 15
@@ -336,6 +350,12 @@ def test_multiframe_compressed_frames_are_stored_and_checksummed_per_frame() -> 
         assert record.frames[frame["ID"]] == stored[index]
         assert frame["FrameSizeInBytes"] == len(stored[index])
     assert frame_checksums(record) == frame_checksums(read_instance(bundled("rtdose.dcm")))
+    encoded = read_instance(bundled("SC_rgb_rle_16bit_2frame.dcm"))  # 16-bit RGB, 2 frames: each encoded
+    source = dcmread(bundled("SC_rgb_rle_16bit_2frame.dcm"))
+    assert encoded.instance["StoredTransferSyntaxUID"] == HTJ2K_LOSSLESS_RPCL
+    for index, frame in enumerate(encoded.instance["ImageFrames"]):
+        decoded = openjpeg.decode(encoded.frames[frame["ID"]])
+        assert np.array_equal(decoded, pixel_array(source, index=index, raw=True))
 
 
 def test_undecodable_frames_are_checksummed_as_stored() -> None:
@@ -349,7 +369,7 @@ def test_undecodable_frames_are_checksummed_as_stored() -> None:
 
 
 def test_deflated_file_frames_are_stored_inflated() -> None:
-    record = read_instance(bundled("image_dfl.dcm"))
+    record = read_instance(bundled("image_dfl.dcm"), None)
     assert record.instance["DICOM"]["TransferSyntaxUID"] == DeflatedExplicitVRLittleEndian
     assert record.instance["StoredTransferSyntaxUID"] == ExplicitVRLittleEndian
     (frame,) = record.instance["ImageFrames"]
@@ -545,7 +565,7 @@ def test_read_any_reads_documents_and_dicom(tmp_path: Path, ct: InstanceRecord) 
     record = read_any(bundled("CT_small.dcm"))
     assert isinstance(record, InstanceRecord) and record.instance == ct.instance
     assert np.array_equal(
-        np.frombuffer(next(iter(record.frames.values())), "<i2"), dcmread(bundled("CT_small.dcm")).pixel_array.ravel()
+        openjpeg.decode(next(iter(record.frames.values()))), dcmread(bundled("CT_small.dcm")).pixel_array
     )
 
 

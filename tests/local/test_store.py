@@ -90,6 +90,13 @@ def with_series(document: dict[str, Any], suffix: str) -> dict[str, Any]:
     return document
 
 
+def another_copy(document: dict[str, Any], number: int = 1) -> dict[str, Any]:
+    """The same content under another ImageSetID: a different document, so an import does not skip it."""
+    document = copy.deepcopy(document)
+    document["ImageSetID"] = f"{number:x}".rjust(32, "c")
+    return document
+
+
 def blob(payload: dict[str, Any]) -> bytes:
     return json.dumps({"SchemaVersion": 1.1, **payload}).encode()
 
@@ -168,9 +175,25 @@ def check_consistent(store_path: Path) -> int:
         conn.close()
 
 
+class Clock:
+    """A clock tests move by hand (epoch seconds); every reading advances it by ``tick``, so no two events
+    share a millisecond and orderings by time never tie, however loaded the machine is."""
+
+    def __init__(self, start: float = 1_767_225_600.0, tick: float = 0.001) -> None:
+        self.now, self.tick = start, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
 def store(store_path: Path) -> Store:
-    return Store(store_path)
+    """A fresh store on an injected clock (so search orders by time are deterministic)."""
+    return Store(store_path, clock=Clock())
 
 
 @pytest.fixture
@@ -252,8 +275,11 @@ def test_import_reference_documents_keeps_content_and_ids(loaded: tuple) -> None
         assert props["imageSetState"] == "ACTIVE" and props["imageSetWorkflowStatus"] == "CREATED"
         assert props["isPrimary"] is True and props["versionId"] == "1"
         assert props["imageSetArn"] == f"{store.datastore_arn(datastore_id)}/imageset/{image_set_id}"
-    # the same document again: its ImageSetID is taken and its series has a primary image set
-    report = store.import_documents([reference("us-doppler-9-instances.json")])
+    # the same document again: already imported, skipped and reported as such
+    again = store.import_documents([reference("us-doppler-9-instances.json")])
+    assert not again.created and again.skipped == [(original_id := ids["us-doppler-9-instances"], original_id)]
+    # the same content under another ImageSetID: a new, non-primary image set (its series has a primary one)
+    report = store.import_documents([another_copy(reference("us-doppler-9-instances.json"))])
     (copy_id,) = report.created
     assert report.datastore_id == datastore_id and copy_id != ids["us-doppler-9-instances"]
     assert get(store, datastore_id, copy_id)["isPrimary"] is False
@@ -294,20 +320,14 @@ def _ids(datastore_id: str, image_set_id: str) -> dict[str, str]:
 
 
 def test_metadata_not_consistent_right_after_import(store_path: Path) -> None:
-    store = Store(store_path, consistency_seconds=0.3)
+    clock = Clock()
+    store = Store(store_path, consistency_seconds=0.3, clock=clock)
     report = store.import_documents([reference()])
     (image_set_id,) = report.created
     raises("ConflictException", metadata, store, report.datastore_id, image_set_id, match=NOT_CONSISTENT)
     assert get(store, report.datastore_id, image_set_id)["imageSetState"] == "ACTIVE"  # properties are readable
-    for _ in range(1000):
-        try:
-            assert metadata(store, report.datastore_id, image_set_id)["ImageSetID"] == image_set_id
-            break
-        except AHIError as error:
-            assert error.code == "ConflictException"
-            time.sleep(0.01)
-    else:
-        raise AssertionError("metadata never became consistent")
+    clock.advance(0.3)
+    assert metadata(store, report.datastore_id, image_set_id)["ImageSetID"] == image_set_id
 
 
 def test_import_dicom_files_frames_and_series_grouping(store: Store, tmp_path: Path) -> None:
@@ -368,13 +388,17 @@ def test_import_dicom_files_frames_and_series_grouping(store: Store, tmp_path: P
 
 
 def test_update_lock_then_updated(store_path: Path) -> None:
-    store = Store(store_path, lock_seconds=0.2)
+    clock = Clock()
+    store = Store(store_path, lock_seconds=0.2, clock=clock)
     report = store.import_documents([reference()])
     datastore_id, (image_set_id,) = report.datastore_id, report.created
     out = store.call("UpdateImageSetMetadata", study_update(datastore_id, image_set_id, "1", "first"))
     assert (out["imageSetState"], out["imageSetWorkflowStatus"], out["latestVersionId"]) == ("LOCKED", "UPDATING", "2")
     assert out["updatedAt"].tzinfo is not None
-    props = wait_active(store, datastore_id, image_set_id)
+    assert get(store, datastore_id, image_set_id)["imageSetState"] == "LOCKED"
+    clock.advance(0.2)
+    props = get(store, datastore_id, image_set_id)
+    assert props["imageSetState"] == "ACTIVE"
     assert props["imageSetWorkflowStatus"] == "UPDATED" and props["versionId"] == "2"
     assert "message" not in props and "overrides" not in props
 
@@ -580,7 +604,7 @@ def test_failed_updates_consume_a_version_and_keep_the_document(loaded: tuple) -
 
 def test_forced_update_records_overrides(loaded: tuple) -> None:
     store, datastore_id, _ = loaded
-    duplicate = store.import_documents([reference()]).created[0]  # non-primary: force may apply
+    duplicate = store.import_documents([another_copy(reference())]).created[0]  # non-primary: force may apply
     ((series_uid, sop_uid, _),) = iter_instances(reference())
     payload = {
         "Study": {
@@ -609,7 +633,7 @@ def test_include_study_image_sets_is_atomic(store_path: Path) -> None:
     description = base["Study"]["DICOM"]["StudyDescription"] = "CT of a phantom"
     odd = with_series(base, "3")
     odd["Study"]["DICOM"]["StudyDescription"] = "another description"
-    report = store.import_documents([base, with_series(base, "1"), with_series(base, "2"), base, odd])
+    report = store.import_documents([base, with_series(base, "1"), with_series(base, "2"), another_copy(base), odd])
     datastore_id, (target, sibling, sibling2, non_primary, odd_sibling) = report.datastore_id, report.created
     assert [get(store, datastore_id, i)["isPrimary"] for i in report.created] == [True, True, True, False, True]
 
@@ -681,7 +705,7 @@ def searchable(store: Store) -> tuple[Store, str, list[str]]:
         variant(4, patient="P3", accession="A4", study="1.2.3.4", date="19991122", time_of_day=""),
     ]
     report = store.import_documents(documents)
-    duplicate = store.import_documents([documents[0]]).created[0]  # a non-primary copy of image set 0
+    duplicate = store.import_documents([another_copy(documents[0])]).created[0]  # a non-primary copy of set 0
     return store, report.datastore_id, [*report.created, duplicate]
 
 
@@ -731,7 +755,7 @@ def test_search_filters(searchable: tuple) -> None:
     assert summary["version"] == 1 and summary["isPrimary"] is True
     assert summary["DICOMTags"]["DICOMPatientId"] == "P3" and summary["DICOMTags"]["DICOMStudyTime"] == "2359"
     assert summary["DICOMTags"]["DICOMNumberOfStudyRelatedInstances"] == 1
-    now = datetime.now(UTC)
+    now = datetime.fromtimestamp(store.db.clock(), UTC)  # the store's (injected) clock
     assert set(search(store, datastore_id, between("createdAt", now - timedelta(hours=1), now))) == set(ids)
     assert search(store, datastore_id, between("updatedAt", now, now + timedelta(hours=1))) == []
     store.call("UpdateImageSetMetadata", study_update(datastore_id, ids[3], "1", "new"))
@@ -1030,6 +1054,7 @@ def test_concurrent_writer_processes(store_path: Path) -> None:
 
 
 _WRITER = """
+import os
 import sys
 from curation.model.document import read_document
 from curation.local.store import Store
@@ -1039,7 +1064,7 @@ big = read_document(str(REFERENCE / "ct-588-instances.json"))
 number = 0
 while True:
     number += 1
-    report = store.import_documents([with_series(big, f"crash{number}")])
+    report = store.import_documents([with_series(big, f"crash{os.getpid()}.{number}")])
     (image_set_id,) = report.created
     for version in range(1, 4):
         params = study_update(report.datastore_id, image_set_id, str(version), f"v{version}")

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import gzip
 import json
+import os
 import re
 import time
 import urllib.error
@@ -29,6 +30,7 @@ from botocore.response import StreamingBody
 
 import curation.local
 from curation.local import wire
+from curation.local.auth import Credentials, sign_headers
 from curation.local.server import serving
 from curation.local.service import AHI_QUOTAS, Service, TokenBucket
 from curation.model.errors import AHIError
@@ -275,9 +277,11 @@ def test_outputs_of_the_wrong_kind_are_a_server_error(transport: Callable[..., A
 
 
 def _raw(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url + path, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
+    """A raw HTTP request, signed as an SDK signs it (the server authenticates every request)."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(
+        url + path, data=body, method=method, headers=sign_headers(method, url + path, body or b"", headers)
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), response.read()
@@ -375,12 +379,14 @@ def test_raw_http_request_reaches_the_backend_typed() -> None:
 
 
 def test_host_prefixed_requests_are_answered() -> None:
+    """botocore's ``runtime-`` host prefix on a name of the server is answered (a resolver may map it here)."""
     recorder = Recorder()
     with serving(recorder) as url:
-        request = urllib.request.Request(
-            f"{url}/datastore/{DATASTORE}/imageSet/{IMAGE_SET}/getImageSet", data=b"", method="POST"
-        )
-        request.add_header("Host", "runtime-medical-imaging.us-east-1.amazonaws.com")
+        port = url.rsplit(":", 1)[1]
+        path = f"/datastore/{DATASTORE}/imageSet/{IMAGE_SET}/getImageSet"
+        headers = sign_headers("POST", f"http://runtime-localhost:{port}{path}")
+        headers["Host"] = f"runtime-localhost:{port}"
+        request = urllib.request.Request(url + path, data=b"", method="POST", headers=headers)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
     assert recorder.calls[0][0] == "GetImageSet"
@@ -794,7 +800,8 @@ def test_chunked_request_bodies_are_read() -> None:
         connection = http.client.HTTPConnection(host, int(port), timeout=10)
         body = [b'{"DICOMUpdates": {"removableAttributes":', b' "e30="}}']
         path = f"/datastore/{DATASTORE}/imageSet/{IMAGE_SET}/updateImageSetMetadata?latestVersion=2"
-        connection.request("POST", path, body=iter(body), encode_chunked=True)
+        headers = sign_headers("POST", url + path, b"".join(body))
+        connection.request("POST", path, body=iter(body), headers=headers, encode_chunked=True)
         response = connection.getresponse()
         assert response.status == 200, response.read()
         connection.close()
@@ -806,13 +813,20 @@ def test_serve_command_prints_the_endpoint_and_stops_on_ctrl_c(tmp_path: Path) -
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "curation.cli", "serve", "--store", str(tmp_path / "s"), "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "curation.cli", "serve", "--store", str(tmp_path / "s"), "--create", "--port", "0"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = os.devnull
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        line = process.stdout.readline()
-        url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
-        status, _headers, body = _raw(url, "GET", "/datastore")
-        assert status == 200 and json.loads(body) == {"datastoreSummaries": []}
+        lines = [process.stdout.readline() for _ in range(4)]  # endpoint, what to sign with, the key pair
+        url = re.search(r"http://127\.0\.0\.1:\d+", lines[0]).group(0)
+        found = dict(re.findall(r"export (AWS_ACCESS_KEY_ID|AWS_SECRET_ACCESS_KEY)=(\S+)", "".join(lines)))
+        generated = Credentials(found["AWS_ACCESS_KEY_ID"], found["AWS_SECRET_ACCESS_KEY"])
+        headers = sign_headers("GET", url + "/datastore", credentials=generated)
+        request = urllib.request.Request(url + "/datastore", method="GET", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200 and json.loads(response.read()) == {"datastoreSummaries": []}
+        assert _raw(url, "GET", "/datastore")[0] == 403  # signed with another key: refused
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
     finally:

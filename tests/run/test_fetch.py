@@ -772,7 +772,7 @@ def test_snapshot_knows_which_image_sets_are_primary(tmp_path):
     store = store_module.Store(tmp_path)
     document = read_document(str(REFERENCE / "ct-2025-htj2k-1-instance.json"))
     primary_id = store.import_documents([document]).created[0]
-    report = store.import_documents([document])  # the same series again: a non-primary image set
+    report = store.import_documents([{**document, "ImageSetID": "c" * 32}])  # the same series: a non-primary set
     duplicate_id = report.created[0]
     client = local.client(store)
     searched = fetch(client, report.datastore_id, progress=False)  # flags from the search summaries
