@@ -249,15 +249,17 @@ def _needs_retry(**kwargs: Any) -> None:
         else:
             call.attempts.maybe_applied += 1
         return
+    status = kwargs["response"][0].status_code
+    if status < 400:  # an answer, not a refusal: no throttle to look for
+        call.attempts.maybe_applied += 1
+        call.limiter.record_success(call.asked_at)
+        return
     if throttling_detector().is_throttling_error(**kwargs):
         call.attempts.throttled += 1
         call.limiter.record_throttle(call.asked_at)
         return
-    http_response = kwargs["response"][0]
-    if http_response.status_code < 400 or http_response.status_code >= 500:
+    if status >= 500:
         call.attempts.maybe_applied += 1
-    if http_response.status_code < 400:
-        call.limiter.record_success(call.asked_at)
 
 
 _ATTACHED: weakref.WeakSet[Any] = weakref.WeakSet()
