@@ -32,8 +32,9 @@ import curation.local
 from curation.local import wire
 from curation.local.auth import Credentials, sign_headers
 from curation.local.server import serving
-from curation.local.service import AHI_QUOTAS, Service, TokenBucket
+from curation.local.service import Service
 from curation.model.errors import AHIError
+from curation.model.quotas import DOCUMENTED_QUOTAS, Quota, TokenBucket
 
 MODEL = botocore.session.get_session().get_service_model("medical-imaging")
 NO_RETRIES = Config(retries={"total_max_attempts": 1})
@@ -411,8 +412,8 @@ def test_latency_delays_every_call(transport: Callable[..., Any]) -> None:
 
 
 def test_ahi_quotas_throttle_a_burst_of_updates(transport: Callable[..., Any]) -> None:
-    recorder = Recorder()
-    client = transport(recorder, quotas="ahi")
+    recorder = Recorder()  # the previous documented update quota (0.25/s, burst 1) as an account's own figure
+    client = transport(recorder, quotas={"UpdateImageSetMetadata": Quota(0.25, 1)})
     update = {
         "datastoreId": DATASTORE,
         "imageSetId": IMAGE_SET,
@@ -430,17 +431,37 @@ def test_ahi_quotas_throttle_a_burst_of_updates(transport: Callable[..., Any]) -
     assert len(recorder.calls) == 3
 
 
-def test_token_bucket_refills_at_its_rate() -> None:
+def test_service_buckets_refill_at_the_quota_they_enforce() -> None:
     now = [0.0]
-    bucket = TokenBucket(rate=0.25, burst=1, clock=lambda: now[0])
-    assert bucket.take()
-    assert not bucket.take()
+    service = Service(Recorder(), quotas={"UpdateImageSetMetadata": Quota(0.25, 1)}, clock=lambda: now[0])
+    bucket = TokenBucket(0.25, 1, clock=lambda: now[0])
+    assert bucket.try_acquire()
+    assert not bucket.try_acquire()
     now[0] = 3.9
-    assert not bucket.take()
+    assert not bucket.try_acquire()
     now[0] = 4.0
-    assert bucket.take()
-    burst = TokenBucket(*AHI_QUOTAS["GetImageSet"], clock=lambda: now[0])
-    assert sum(burst.take() for _ in range(60)) == 50
+    assert bucket.try_acquire()
+    assert service.quota("UpdateImageSetMetadata") == Quota(0.25, 1, service.quota("UpdateImageSetMetadata").source)
+    assert service.quota("GetImageSet").rate == DOCUMENTED_QUOTAS["GetImageSet"].rate  # the rest documented
+    service.quota_scale = 40
+    assert service.quota("UpdateImageSetMetadata").rate == 10 and service.quota("GetImageSet").burst == 2000
+    with pytest.raises(KeyError, match="NotAnAction"):
+        Service(Recorder(), quotas={"NotAnAction": (1, 1)})
+    assert Service(Recorder(), quotas="none").quota("GetImageSet") is None
+
+
+def test_a_quota_knob_throttles_past_the_account_quota(transport: Callable[..., Any]) -> None:
+    recorder = Recorder()
+    client = transport(recorder, quotas={"GetImageSet": Quota(1, 3)})
+    results = []
+    for _ in range(5):
+        try:
+            client.get_image_set(datastoreId=DATASTORE, imageSetId=IMAGE_SET)
+            results.append("ok")
+        except client.exceptions.ThrottlingException:
+            results.append("throttled")
+    assert results[:3] == ["ok", "ok", "ok"] and "throttled" in results[3:]
+    assert len(recorder.calls) == results.count("ok")
 
 
 def test_faults_are_injected_before_the_store_and_can_be_turned_off(transport: Callable[..., Any]) -> None:

@@ -734,10 +734,10 @@ def test_the_rate_limiter_keeps_fetch_within_ahi_quotas(tmp_path):
     """Against a service enforcing AHI's quotas on the same (fake) clock, paced calls are never throttled."""
     from botocore.config import Config
 
-    from curation.local.service import AHI_QUOTAS, Service
+    from curation.local.service import Service
     from curation.run.fetching import GET_METADATA_QUOTA
 
-    assert AHI_QUOTAS["GetImageSetMetadata"] == GET_METADATA_QUOTA
+    assert GET_METADATA_QUOTA == (50, 100)
     store = store_module.Store(tmp_path)
     small = read_document(str(REFERENCE / "ct-2025-htj2k-1-instance.json"))
     report = store.import_documents(renumbered(small, n) for n in range(130))
