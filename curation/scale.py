@@ -54,6 +54,7 @@ import orjson
 import pandas as pd
 
 from curation.curate.changeset import ChangeSet, empty_changes, empty_problems
+from curation.frames.exchange import decode_cell, read_frame, write_frame
 from curation.frames.flattening import (
     FRAME_INDEX,
     INSTANCE_INDEX,
@@ -62,7 +63,7 @@ from curation.frames.flattening import (
     build_index,
     flatten_many,
 )
-from curation.frames.snapshot import FRAME_NAMES, Snapshot, decode_cell, read_frame, write_frame
+from curation.frames.snapshot import FRAME_NAMES, Snapshot
 from curation.run.fetching import CONTROL_QUOTA, DEFAULT_RETRIES, GET_METADATA_QUOTA, fetch_documents, iter_search_pages
 from curation.run.retries import RateLimiter, RetryPolicy
 

@@ -44,21 +44,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, islice, repeat
-from operator import is_
+from itertools import chain
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
+from curation.frames.cells import (
+    INDEX,
+    INT64,
+    MISSING,
+    OBJECT,
+    REMOVE,
+    STR,
+    codec_for,
+    column_array,
+    decode,
+    infer_codec,
+    is_empty,
+)
 from curation.frames.gcpause import gc_paused
+from curation.model import dictionary as dicom
 from curation.model.dictionary import VALID_VRS
 from curation.model.document import DocumentError
 from curation.model.missing import NULL, is_absent
 
 __all__ = [
     "NULL",
+    "REMOVE",
     "FlattenError",
     "Flattened",
     "flatten",
@@ -79,7 +92,8 @@ FRAME_COLUMNS = ("ID", "FrameSizeInBytes", "MinPixelValue", "MaxPixelValue", "Wi
 DERIVED_FRAME_COLUMNS = ("Width", "Height", "Checksum")
 QUALIFIER_LEVELS = ("Patient", "Study", "Series", "Instance")
 _ROOT_STRUCTURE = ("ImageSetID", "Patient", "Study")
-_INT64 = (-(2**63), 2**63 - 1)
+#: Codec of ``instances["@ImageFrames"]`` (the number of frames; the frames are in ``frames``).
+COUNT = "count"
 
 
 class FlattenError(DocumentError):
@@ -103,6 +117,8 @@ class Flattened:
     levels: dict[str, str] = field(default_factory=dict)
     #: documents that could not be flattened: ImageSetID, stage ("flatten"), error
     failures: pd.DataFrame = field(default_factory=lambda: failures_frame([]))
+    #: per frame name, the codec of each column (``curation.frames.cells``; ``index`` for a UID held by the index)
+    codecs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -130,8 +146,9 @@ _NO_FAILURES = failures_frame([])
 
 
 def is_null(values: pd.Series | pd.DataFrame) -> pd.Series | pd.DataFrame:
-    """Boolean mask of cells that hold ``NULL`` (present with a null value); ``isna`` finds absent ones."""
-    return values.map(lambda v: v is NULL)
+    """Boolean mask of present-empty cells (``""`` in ``str`` columns, ``NULL`` in object ones); ``isna`` finds
+    absent ones."""
+    return values.map(is_empty, na_action="ignore").fillna(False).astype(bool)
 
 
 # --- values ------------------------------------------------------------------------------------------------
@@ -150,39 +167,6 @@ def copy_value(value: Any) -> Any:
         if list in types or dict in types:
             return {k: copy_value(x) for k, x in value.items()}
         return value.copy()
-    return value
-
-
-def _copy_many(values: list) -> list:
-    """Copies of many JSON values at once: C-level ``list.copy``/``dict.copy`` when they hold no containers
-    (or a list of such dicts, as a sequence or a frame pyramid), else an orjson round trip."""
-    types = set(map(type, values))
-    if len(types) == 1 and (list in types or dict in types):
-        flat = list in types
-        inner = set(map(type, chain.from_iterable(values if flat else map(dict.values, values))))
-        if list not in inner and dict not in inner:
-            return list(map(list.copy if flat else dict.copy, values))
-        if flat and inner == {dict}:
-            items = list(chain.from_iterable(values))
-            nested = set(map(type, chain.from_iterable(map(dict.values, items))))
-            if list not in nested and dict not in nested:
-                copies = iter(list(map(dict.copy, items)))
-                return [list(islice(copies, len(value))) for value in values]
-    try:
-        return orjson.loads(orjson.dumps(values))
-    except (orjson.JSONEncodeError, TypeError):  # e.g. an int beyond 64 bits: copy in Python
-        return [copy_value(v) for v in values]
-
-
-def _restore(value: Any) -> Any:
-    """A cell value back to its JSON value (NULL -> None, NumPy scalars -> Python, containers copied)."""
-    if value is NULL:
-        return None
-    t = type(value)
-    if t is list or t is dict:
-        return copy_value(value)
-    if isinstance(value, np.generic):
-        return value.item()
     return value
 
 
@@ -227,26 +211,14 @@ def check(document: Any, *, scan_keys: bool = True) -> str:
 
 
 def _put(columns: dict[str, list], row: int, items: Iterable[tuple[str, Any]]) -> None:
-    """Append one row's ``(column, value)`` pairs to per-column lists (absent cells padded with None)."""
+    """Append one row's ``(column, value)`` pairs to per-column lists of JSON values (absent cells: MISSING)."""
     for key, value in items:
         col = columns.get(key)
         if col is None:
-            col = columns[key] = [None] * row
+            col = columns[key] = [MISSING] * row
         elif len(col) != row:
-            col.extend([None] * (row - len(col)))
-        t = type(value)
-        if t is str or t is int or t is float:
-            col.append(value)
-        elif value is None:
-            col.append(NULL)
-        else:
-            col.append(copy_value(value))
-
-
-def _object_array(values: list) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
+            col.extend([MISSING] * (row - len(col)))
+        col.append(value)
 
 
 def build_index(arrays: list[list], names: tuple[str, ...]) -> pd.Index:
@@ -337,43 +309,7 @@ def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: b
     return flat
 
 
-_MISSING = object()
-_NONE_TYPE = type(None)
-_CONTAINERS = (list, dict)
-
-
-def _column(values: Sequence, copy: bool = True) -> np.ndarray:
-    """Object array of one column: missing -> None (absent), None -> NULL, containers copied if ``copy``.
-
-    Plain str/int/float columns (the common case) go straight into the array; the others are fixed with
-    masks computed in C (``map``/``operator.is_``), no Python code per cell.
-    """
-    n = len(values)
-    array = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object, count=n)
-    types = set(map(type, values))
-    needs_copy = copy and (list in types or dict in types)
-    has_none = _NONE_TYPE in types
-    has_missing = object in types
-    if not (needs_copy or has_none or has_missing):
-        return array
-    if needs_copy:
-        if len(types) == 1:
-            array = np.fromiter(_copy_many(list(values)), dtype=object, count=n)
-        else:
-            kinds = list(map(type, values))
-            mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
-            if dict in types:
-                mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
-            copies = _copy_many(array[mask].tolist())
-            array = array.copy() if array is values else array
-            array[mask] = np.fromiter(copies, dtype=object, count=len(copies))
-    elif array is values:
-        array = array.copy()
-    if has_none:
-        array[np.fromiter(map(is_, values, repeat(None)), dtype=bool, count=n)] = NULL
-    if has_missing:
-        array[np.fromiter(map(is_, values, repeat(_MISSING)), dtype=bool, count=n)] = None
-    return array
+_MISSING = MISSING
 
 
 def _transpose(dicts: list[dict]) -> dict[str, tuple]:
@@ -402,21 +338,29 @@ def _transpose(dicts: list[dict]) -> dict[str, tuple]:
     return dict(zip(keys, zip(*rows, strict=True), strict=True))
 
 
-def _columns(
-    dicts: list[dict], skip: tuple[str, ...] = (), prefix: str = "", copy: bool = True
-) -> dict[str, np.ndarray]:
-    """Column arrays of a list of row dicts (keys in first-seen order; see ``_transpose`` and ``_column``)."""
-    return {
-        prefix + key: _column(values, copy) for key, values in _transpose(dicts).items() if key not in skip
-    }
+def _uid_column(columns: dict[str, Sequence], key: str, keys: list[str], codecs: dict[str, str]) -> None:
+    """Drop the UID column that repeats the index level (every row's DICOM UID equals its key): codec INDEX."""
+    values = columns.get(key)
+    if values is not None and list(values) == keys:
+        del columns[key]
+        codecs[key] = INDEX
 
 
-def _object_frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
-    """An all-object frame made from one 2-D block (no per-column inference or consolidation)."""
-    block = np.empty((len(index), len(columns)), dtype=object)
-    for j, values in enumerate(columns.values()):
-        block[:, j] = values
-    return pd.DataFrame(block, index=index, columns=list(columns), dtype=object, copy=False)
+def _level_frame(
+    columns: dict[str, Sequence], index: pd.Index, vr_of: Any = None, codecs: dict[str, str] | None = None
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A level frame from per-column JSON values (MISSING = absent), each column under its codec (``cells``).
+
+    ``vr_of(name, values)`` gives a column's VR when the dictionary does not (private tags, from DICOMVRs).
+    """
+    codecs = dict(codecs or {})
+    data: dict[str, Any] = {}
+    for name, values in columns.items():
+        _, key, node_key = split_column(name)
+        vr = None if node_key else (vr_of(name, values) if vr_of is not None and dicom.is_tag_key(key)
+                                    else dicom.vr_of(key))
+        data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key))
+    return _frame(data, index), codecs
 
 
 _INSTANCE_KEYS = frozenset({"DICOM", "DICOMVRs", "StoredTransferSyntaxUID", "ChecksumType", "ImageFrames"})
@@ -570,21 +514,28 @@ def _build(
     n_s = len(s_ids)
     for columns in (s_plain, s_other):
         for values in columns.values():
-            values.extend([None] * (n_s - len(values)))
+            values.extend([MISSING] * (n_s - len(values)))
     study_index = build_index([s_ids], STUDY_INDEX)
-    studies = _object_frame({k: _object_array(v) for k, v in {**s_plain, **s_other}.items()}, study_index)
+    studies, study_codecs = _level_frame({**s_plain, **s_other}, study_index)
     series_counts = [len(document["Study"]["Series"]) for document in s_docs]
     series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
-    r_dicom = _columns([node["DICOM"] for node in r_nodes], copy=copy)
-    series_frame = _object_frame({**r_dicom, **_columns(r_nodes, ("DICOM", "Instances"), "@", copy)}, series_index)
+    r_dicom = _transpose([node["DICOM"] for node in r_nodes])
+    r_other = {"@" + k: v for k, v in _transpose(r_nodes).items() if k not in ("DICOM", "Instances")}
+    series_codecs: dict[str, str] = {}
+    _uid_column(r_dicom, "SeriesInstanceUID", r_ids[1], series_codecs)
+    series_frame, series_codecs = _level_frame({**r_dicom, **r_other}, series_index, codecs=series_codecs)
     instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
-    i_dicom = _columns([node["DICOM"] for node in i_nodes], copy=copy)
-    instances = _object_frame(
-        {**i_dicom, **_columns(i_nodes, ("DICOM", "ImageFrames"), "@", copy)}, instance_index
+    i_dicom = _transpose([node["DICOM"] for node in i_nodes])
+    i_other = {"@" + k: v for k, v in _transpose(i_nodes).items() if k not in ("DICOM", "ImageFrames")}
+    instance_codecs: dict[str, str] = {}
+    _uid_column(i_dicom, "SOPInstanceUID", i_ids[2], instance_codecs)
+    instances, instance_codecs = _level_frame(
+        {**i_dicom, **i_other}, instance_index, _private_vrs(i_nodes), codecs=instance_codecs
     )
     frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
     instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
-    frames = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX), copy)
+    instance_codecs["@ImageFrames"] = COUNT
+    frames, frame_codecs = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX))
     reserved = set()
     if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
         for document in s_docs:
@@ -592,26 +543,33 @@ def _build(
                 check(document)
             except FlattenError as exc:
                 reserved.add(exc.image_set_id)
-    flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain})
+    codecs = {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs,
+              "frames": frame_codecs}
+    flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain}, codecs=codecs)
     return flat, reserved
 
 
-def _int64(values: list, types: set) -> pd.api.extensions.ExtensionArray | None:
-    """An ``Int64`` array of ints (``_MISSING`` -> NA), or None when a value does not fit int64."""
-    mask = None
-    if object in types:
-        mask = np.fromiter((v is _MISSING for v in values), dtype=bool, count=len(values))
-        values = [0 if v is _MISSING else v for v in values]
-    try:
-        data = np.fromiter(values, dtype=np.int64, count=len(values))
-    except OverflowError:
-        return None
-    return pd.arrays.IntegerArray(data, np.zeros(len(values), dtype=bool) if mask is None else mask)
+def _private_vrs(nodes: list[dict]) -> Any:
+    """``vr_of`` for private-tag columns of ``instances``: the VR every instance holding the tag gives it in its
+    DICOMVRs (None when they disagree or do not say: the column is then ``object``)."""
+
+    def vr_of(name: str, values: Sequence) -> str | None:
+        found = {
+            (node.get("DICOMVRs") or {}).get(name) if type(node.get("DICOMVRs")) is dict else None
+            for node, value in zip(nodes, values, strict=True)
+            if value is not MISSING
+        }
+        return found.pop() if len(found) == 1 else None
+
+    return vr_of
 
 
-def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFrame:
+_FRAME_CODECS = {"ID": STR, PYRAMID: OBJECT}
+
+
+def _frames_frame(nodes: list[dict], index: pd.Index) -> tuple[pd.DataFrame, dict[str, str]]:
     """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
-    missing = _MISSING
+    missing = MISSING
     transposed = _transpose(nodes)
     absent = (missing,) * len(nodes)
     known: dict[str, Sequence] = {key: transposed.get(key, absent) for key in FRAME_KEYS}
@@ -619,22 +577,13 @@ def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFram
     for name in DERIVED_FRAME_COLUMNS:
         known[name] = [full.get(name, missing) for full in fulls]
     columns: dict[str, Any] = {}
+    codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        values = known[name]
-        types = set(map(type, values))
-        if name == "ID" and types <= {str}:
-            columns[name] = pd.array(values, dtype="str")
-        elif name not in ("ID", PYRAMID) and types <= {int, object}:
-            columns[name] = _int64(values, types) if types else pd.array([], dtype="Int64")
-        else:
-            columns[name] = _column(values, copy)
-        if columns[name] is None:
-            columns[name] = _column(values, copy)
-    if not _FRAME_KEY_SET.issuperset(transposed):
-        columns.update(
-            {"@" + key: _column(values, copy) for key, values in transposed.items() if key not in _FRAME_KEY_SET}
-        )
-    return _frame(columns, index)
+        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64))
+    for key, values in transposed.items():
+        if key not in _FRAME_KEY_SET:
+            columns["@" + key], codecs["@" + key] = column_array(values, STR)
+    return _frame(columns, index), codecs
 
 
 # --- unflatten ---------------------------------------------------------------------------------------------
@@ -664,12 +613,22 @@ def split_column(column: str) -> tuple[str | None, str, bool]:
     return level, column, False
 
 
-def _cells(frame: pd.DataFrame, column: str) -> Iterator[tuple[int, Any]]:
-    """``(row position, JSON value)`` of every present cell of ``frame[column]``."""
+def column_codec(frame: pd.DataFrame, column: str, codecs: dict[str, str] | None) -> str:
+    """The codec of ``frame[column]``: the one flatten recorded, else inferred from its VR and dtype."""
+    codec = (codecs or {}).get(column)
+    if codec is not None and codec != INDEX:
+        return codec
+    _, key, node_key = split_column(column)
+    return infer_codec(key, None if node_key else dicom.vr_of(key), frame[column].dtype, node_key)
+
+
+def _cells(frame: pd.DataFrame, column: str, codecs: dict[str, str] | None = None) -> Iterator[tuple[int, Any]]:
+    """``(row position, JSON value)`` of every present cell of ``frame[column]`` (``REMOVE`` counts as absent)."""
+    codec = column_codec(frame, column, codecs)
     values = frame[column].to_numpy(dtype=object)
     for i, value in enumerate(values):
-        if not is_absent(value):
-            yield i, _restore(value)
+        if not is_absent(value) and value is not REMOVE:
+            yield i, decode(value, codec)
 
 
 def _positions(index: pd.Index) -> list[tuple]:
@@ -683,6 +642,7 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
     ``frames`` columns (Width, Height, Checksum) are ignored: the pyramid list is the source.
     """
     studies, series, instances, frames = flattened.studies, flattened.series, flattened.instances, flattened.frames
+    codecs = flattened.codecs
     documents: dict[str, dict[str, Any]] = {}
     roots: list[dict[str, Any]] = []
     for (image_set_id,) in _positions(studies.index):
@@ -692,14 +652,14 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
     for column in studies.columns:
         level, key, node_key = split_column(column)
         if level is None and node_key:
-            for i, value in _cells(studies, column):
+            for i, value in _cells(studies, column, codecs.get("studies")):
                 roots[i]["_extra"][key] = value
             continue
         if level is None:
             level = flattened.levels.get(key) or _default_study_level(key)
         if level not in ("Patient", "Study"):
             raise ValueError(f"studies column {column!r} names level {level}")
-        for i, value in _cells(studies, column):
+        for i, value in _cells(studies, column, codecs.get("studies")):
             node = roots[i][level]
             if node_key:
                 node[key] = value
@@ -707,9 +667,11 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
                 node["DICOM"][key] = value
     for root in roots:
         root["Study"]["Series"] = {}
-    series_nodes = _rebuild_level(series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances")
-    instance_nodes = _rebuild_level(instances, series_nodes, 3, lambda node: node["Instances"], None)
-    _attach_frames(frames, instances, instance_nodes)
+    series_nodes = _rebuild_level(series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances",
+                                  codecs.get("series", {}))
+    instance_nodes = _rebuild_level(instances, series_nodes, 3, lambda node: node["Instances"], None,
+                                    codecs.get("instances", {}))
+    _attach_frames(frames, instances, instance_nodes, codecs.get("frames", {}))
     result = []
     for root in roots:
         extra = root.pop("_extra")
@@ -718,9 +680,13 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
 
 
 def _rebuild_level(
-    frame: pd.DataFrame, parents: dict, depth: int, children_of: Any, child_key: str | None
+    frame: pd.DataFrame, parents: dict, depth: int, children_of: Any, child_key: str | None, codecs: dict[str, str]
 ) -> dict[tuple, dict]:
-    """Create a node per row of ``frame`` under its parent; returns nodes by index tuple."""
+    """Create a node per row of ``frame`` under its parent; returns nodes by index tuple.
+
+    A UID the index holds (codec ``index``: ``SeriesInstanceUID`` of series, ``SOPInstanceUID`` of instances) is
+    written from the row's key, unless the frame has that column and the row's cell there is present.
+    """
     nodes: dict[tuple, dict] = {}
     row_nodes: list[dict | None] = []
     for key in _positions(frame.index):
@@ -738,7 +704,7 @@ def _rebuild_level(
         level, key, node_key = split_column(column)
         if level is not None:
             raise ValueError(f"column {column!r} is qualified with a level; unflatten takes level frames")
-        for i, value in _cells(frame, column):
+        for i, value in _cells(frame, column, codecs):
             node = row_nodes[i]
             if node is None:
                 continue
@@ -746,13 +712,18 @@ def _rebuild_level(
                 node[key] = value
             else:
                 node["DICOM"][key] = value
+    for uid in (k for k, codec in codecs.items() if codec == INDEX):
+        for label, node in nodes.items():
+            node["DICOM"].setdefault(uid, label[-1])
     if child_key is not None:
         for node in nodes.values():
             node[child_key] = {}
     return nodes
 
 
-def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes: dict[tuple, dict]) -> None:
+def _attach_frames(
+    frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes: dict[tuple, dict], codecs: dict[str, str]
+) -> None:
     counts: dict[tuple, Any] = {}
     if "@ImageFrames" in instances.columns:
         for key, count in zip(_positions(instances.index), instances["@ImageFrames"].to_numpy(dtype=object),
@@ -774,6 +745,7 @@ def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes
     columns = [c for c in frames.columns if c not in DERIVED_FRAME_COLUMNS]
     arrays = {c: frames[c].to_numpy(dtype=object) for c in columns}
     names = {c: (c[1:] if c.startswith("@") else c) for c in columns}
+    kinds = {c: column_codec(frames, c, codecs) for c in columns}
     for i, key in enumerate(_positions(frames.index)):
         target = lists.get(key[:3])
         if target is None:
@@ -782,7 +754,7 @@ def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes
         for c in (*(n for n in FRAME_KEYS if n in arrays), *(c for c in columns if c not in FRAME_KEYS)):
             value = arrays[c][i]
             if not is_absent(value):
-                item[names[c]] = _restore(value)
+                item[names[c]] = decode(value, kinds[c])
         target.append(item)
     for key, items in lists.items():
         if key not in counts and not items:
@@ -822,18 +794,12 @@ def wide_view(studies: pd.DataFrame, series: pd.DataFrame, instances: pd.DataFra
     return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0].copy()
 
 
-def deep_copy_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``frame`` whose list/dict cells are copies too (so edits in place cannot leak back)."""
-    out = frame.copy()
-    for position in range(out.shape[1]):
-        values = out.iloc[:, position]
-        if values.dtype != object:
-            continue
-        array = values.to_numpy()
-        types = set(map(type, array))
-        if list in types or dict in types:
-            copies = iter(_copy_many([v for v in array if type(v) in _CONTAINERS]))
-            copied = np.empty(len(array), dtype=object)
-            copied[:] = [next(copies) if type(v) in _CONTAINERS else v for v in array]
-            out.isetitem(position, pd.Series(copied, index=out.index, dtype=object))
+def wide_codecs(codecs: dict[str, dict[str, str]], columns: dict[str, Iterable[str]]) -> dict[str, str]:
+    """The codecs of ``wide_view``'s columns (named as it names them) from the level frames' ``columns``."""
+    out: dict[str, str] = {}
+    for source, level in (("studies", None), ("series", "Series"), ("instances", "Instance")):
+        own = codecs.get(source, {})
+        for column in columns[source]:
+            name = f"@{level}:{column}" if column in out else column
+            out[name] = own.get(column, OBJECT)
     return out

@@ -1,18 +1,18 @@
 """Snapshot: fetched AHI documents (with datastore and version IDs) and their level frames, saved and loaded.
 
 The documents are the truth; the frames (``studies``, ``series``, ``instances``, ``frames``, ``wide``) are built
-lazily from them by ``curation.frames.flattening`` and cached. Every frame handed out is a copy (list/dict cells
-included), so editing it never changes the snapshot.
+lazily from them by ``curation.frames.flattening`` and cached. Every frame handed out is a copy whose cells are
+immutable (``curation.frames.cells``), so editing it never changes the snapshot.
 
 ``wide`` joins every level at instance level: studies columns, then series, then instance columns. A name
 already taken by a higher level is qualified with the lower one (``@Series:Name``, ``@Instance:Name``): the
 higher level keeps the plain name, as AHI normalizes attributes upwards.
 
 On disk (``save``/``load``) a snapshot is a directory: ``manifest.json`` (format version, datastore ID,
-version IDs, image set order, column levels), ``documents.jsonl.gz`` (one raw document per line), and one
-Parquet file per frame plus ``failures.parquet``. In those Parquet files the object columns hold the cells as
-JSON text (``null`` for NULL, Parquet null for absent), so loading restores them exactly. ``to_csv`` and
-``to_parquet`` are exports for other tools instead (see ``export_frame``): readable, not lossless.
+version IDs, image set order, column levels and codecs), ``documents.jsonl.gz`` (one raw document per line),
+and one Parquet file per frame plus ``failures.parquet``, written by ``curation.frames.exchange.write_frame``
+(native Arrow types; object cells as JSON text), so loading restores them exactly. ``to_csv`` and
+``to_parquet`` export each frame with ``curation.to_csv``/``curation.to_parquet``.
 """
 
 from __future__ import annotations
@@ -24,28 +24,27 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import orjson
 import pandas as pd
 
+from curation.frames.exchange import read_frame, to_csv, to_parquet, write_frame
 from curation.frames.flattening import (
-    NULL,
     Flattened,
     FlattenError,
-    build_index,
     check,
     copy_value,
-    deep_copy_cells,
     failures_frame,
     flatten_many,
-    is_absent,
     split_column,
+    wide_codecs,
     wide_view,
 )
 from curation.model import dictionary as dicom
 
 FORMAT = "ahi-curation-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Older formats whose frames are rebuilt from the documents (version 1 held every cell as JSON text).
+REBUILT_VERSIONS = (1,)
 FRAME_NAMES = ("studies", "series", "instances", "frames")
 FAILURE_COLUMNS = ("ImageSetID", "stage", "error")
 _INDEX_PREFIX = "@index:"
@@ -169,12 +168,21 @@ class Snapshot:
         return self._flat
 
     def _frame(self, name: str) -> pd.DataFrame:
+        """A copy of a cached frame: its arrays are copied, its cells are immutable and so shared."""
         if name == "wide":
             if "wide" not in self._cache:
                 flat = self._flattened()
                 self._cache["wide"] = wide_view(flat.studies, flat.series, flat.instances)
-            return deep_copy_cells(self._cache["wide"])
-        return deep_copy_cells(getattr(self._flattened(), name))
+            return self._cache["wide"].copy()
+        return getattr(self._flattened(), name).copy()
+
+    def codecs(self, name: str) -> dict[str, str]:
+        """How each column of frame ``name`` holds its cells (``curation.frames.cells``; a copy)."""
+        flat = self._flattened()
+        if name == "wide":
+            columns = {n: list(getattr(flat, n).columns) for n in ("studies", "series", "instances")}
+            return wide_codecs(flat.codecs, columns)
+        return dict(flat.codecs.get(name, {}))
 
     @property
     def studies(self) -> pd.DataFrame:
@@ -206,7 +214,8 @@ class Snapshot:
         """The level frames as one ``Flattened`` (copies), e.g. for ``curation.frames.flattening.unflatten``."""
         flat = self._flattened()
         return Flattened(
-            *(deep_copy_cells(getattr(flat, n)) for n in FRAME_NAMES), dict(flat.levels), flat.failures.copy()
+            *(getattr(flat, n).copy() for n in FRAME_NAMES), dict(flat.levels), flat.failures.copy(),
+            codecs={name: dict(codecs) for name, codecs in flat.codecs.items()},
         )
 
     # --- column metadata ---------------------------------------------------------------------------------
@@ -277,6 +286,7 @@ class Snapshot:
             "version_ids": self._version_ids,
             "image_set_ids": self.image_set_ids,
             "levels": flat.levels,
+            "codecs": flat.codecs,
             "primary": dict(self.primary),
             "frames": {},
         }
@@ -294,16 +304,20 @@ class Snapshot:
         """Read a snapshot written by ``save``."""
         with open(os.path.join(path, "manifest.json")) as handle:
             manifest = json.load(handle)
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if manifest.get("format") != FORMAT or (version != FORMAT_VERSION and version not in REBUILT_VERSIONS):
             raise ValueError(f"{path} is not an ahi-curation snapshot of format version {FORMAT_VERSION}")
         with gzip.open(os.path.join(path, "documents.jsonl.gz"), "rb") as handle:
             documents = [orjson.loads(line) for line in handle if line.strip()]
-        frames = {
-            name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
-            for name in FRAME_NAMES
-        }
         failures = read_frame(os.path.join(path, "failures.parquet"), manifest["frames"]["failures"])
-        flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]))
+        flat = None
+        if version == FORMAT_VERSION:
+            frames = {
+                name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
+                for name in FRAME_NAMES
+            }
+            flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]),
+                             codecs=manifest["codecs"])
         snapshot = cls(
             documents,
             datastore_id=manifest["datastore_id"],
@@ -315,11 +329,11 @@ class Snapshot:
         return snapshot
 
     def to_csv(self, directory: str | os.PathLike) -> list[str]:
-        """Export the level frames as ``<frame>.csv`` files (see ``export_frame``); returns the paths."""
+        """Export the level frames as ``<frame>.csv`` files (``curation.to_csv``); returns the paths."""
         return self._export(directory, "csv")
 
     def to_parquet(self, directory: str | os.PathLike) -> list[str]:
-        """Export the level frames as ``<frame>.parquet`` files (see ``export_frame``); returns the paths."""
+        """Export the level frames as ``<frame>.parquet`` files (``curation.to_parquet``); returns the paths."""
         return self._export(directory, "parquet")
 
     def _export(self, directory: str | os.PathLike, kind: str) -> list[str]:
@@ -327,108 +341,7 @@ class Snapshot:
         paths = []
         flat = self._flattened()
         for name in FRAME_NAMES:
-            frame = export_frame(getattr(flat, name))
             target = os.path.join(directory, f"{name}.{kind}")
-            if kind == "csv":
-                frame.to_csv(target, index=False)
-            else:
-                frame.to_parquet(target, index=False)
+            (to_csv if kind == "csv" else to_parquet)(getattr(flat, name), target)
             paths.append(target)
         return paths
-
-
-# --- Parquet encoding (lossless) -------------------------------------------------------------------------
-
-
-def encode_cell(value: Any) -> str | None:
-    """A cell as JSON text for Parquet/CSV (NULL -> "null"); absent stays None."""
-    if is_absent(value):
-        return None
-    return orjson.dumps(None if value is NULL else value).decode()
-
-
-def decode_cell(text: Any) -> Any:
-    """The cell that ``encode_cell`` wrote (exact: "null" -> NULL, lists and dicts as they were)."""
-    if is_absent(text):
-        return None
-    value = orjson.loads(text)
-    return NULL if value is None else value
-
-
-def write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
-    """Write ``frame`` to Parquet with object columns as JSON text; returns how to read it back."""
-    names = [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
-    data: dict[str, Any] = {}
-    for i, name in enumerate(names):
-        data[_INDEX_PREFIX + name] = frame.index.get_level_values(i)
-    json_columns = []
-    for column in frame.columns:
-        values = frame[column]
-        if values.dtype == object:
-            json_columns.append(column)
-            data[column] = pd.array([encode_cell(v) for v in values.to_numpy()], dtype="str")
-        else:
-            data[column] = values.array
-    table = pd.DataFrame(data, index=range(len(frame)))
-    table.to_parquet(path, index=False, engine="pyarrow")
-    return {"index": names, "columns": [str(c) for c in frame.columns], "json_columns": json_columns}
-
-
-def read_frame(path: str, info: dict[str, Any]) -> pd.DataFrame:
-    """Read a frame that ``write_frame`` wrote, with ``info`` the description it returned."""
-    table = pd.read_parquet(path, engine="pyarrow")
-    index_names = info["index"]
-    index_columns = [table[_INDEX_PREFIX + n] for n in index_names]
-    json_columns = set(info["json_columns"])
-    data: dict[str, Any] = {}
-    for column in info["columns"]:
-        if column in json_columns:
-            array = np.empty(len(table), dtype=object)
-            array[:] = [decode_cell(v) for v in table[column].to_numpy(dtype=object)]
-            data[column] = pd.Series(array, dtype=object, copy=False)
-        else:
-            data[column] = table[column].reset_index(drop=True)
-    frame = pd.DataFrame(data, columns=info["columns"]) if data else pd.DataFrame(index=range(len(table)))
-    if index_names == ["level_0"]:
-        frame.index = pd.RangeIndex(len(table))
-    elif len(index_names) == 1:
-        frame.index = pd.Index(index_columns[0].to_numpy(dtype=object), dtype="str", name=index_names[0])
-    else:
-        frame.index = build_index([c.tolist() for c in index_columns], tuple(index_names))
-    return frame
-
-
-# --- exports (readable, for other tools) -----------------------------------------------------------------
-
-
-def export_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A frame for CSV/Parquet export: index levels as leading columns, cells readable.
-
-    Per object column: all integers -> Int64; all numbers -> Float64; otherwise strings stay as they are and
-    every other value (lists, dicts, numbers, NULL) is written as JSON text (NULL as ``null``); absent cells
-    are empty. A column named like an index level is exported as ``@<Level>:<name>`` (e.g. the DICOM
-    ``SeriesInstanceUID`` of ``series``). Exports are one-way: use ``Snapshot.save`` to keep everything.
-    """
-    data: dict[str, Any] = {}
-    index_names = [n for n in frame.index.names if n is not None]
-    for i, name in enumerate(frame.index.names):
-        if name is not None:
-            data[name] = np.asarray(frame.index.get_level_values(i))
-    level = {"SeriesInstanceUID": "Series", "SOPInstanceUID": "Instance"}
-    for column in frame.columns:
-        values = frame[column]
-        target = column if column not in index_names else f"@{level.get(column, 'Study')}:{column}"
-        if values.dtype != object:
-            data[target] = values.array
-            continue
-        present = [v for v in values.to_numpy() if not is_absent(v)]
-        kinds = set(map(type, present))
-        if present and kinds <= {int}:
-            data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Int64")
-        elif present and kinds <= {int, float}:
-            data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Float64")
-        else:
-            data[target] = pd.array(
-                [None if is_absent(v) else v if type(v) is str else encode_cell(v) for v in values], dtype="str"
-            )
-    return pd.DataFrame(data, index=range(len(frame)))
