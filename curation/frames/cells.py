@@ -44,6 +44,7 @@ __all__ = [
     "decode",
     "freeze",
     "is_empty",
+    "is_remove",
     "thaw",
 ]
 
@@ -57,19 +58,29 @@ _INT64 = (-(2**63), 2**63 - 1)
 MISSING = object()
 
 
-class _Remove:
-    """The marker of an explicit removal (``df.loc[m, "X"] = curation.REMOVE``)."""
+#: The text ``REMOVE`` is made of: a NUL can be no DICOM text value, so it never collides with one.
+REMOVE_TEXT = "\x00curation.REMOVE\x00"
+
+
+class _Remove(str):
+    """The marker of an explicit removal (``df.loc[m, "X"] = curation.REMOVE``).
+
+    A ``str`` (of ``REMOVE_TEXT``) so that pandas' ``str`` columns take it; it keeps its meaning where pandas
+    stores only its text (Arrow, CSV, Parquet): ``is_remove`` recognises both.
+    """
 
     __slots__ = ()
     _instance: _Remove | None = None
 
     def __new__(cls) -> _Remove:
         if cls._instance is None:
-            cls._instance = super().__new__(cls)
+            cls._instance = super().__new__(cls, REMOVE_TEXT)
         return cls._instance
 
     def __repr__(self) -> str:
         return "REMOVE"
+
+    __str__ = __repr__
 
     def __reduce__(self) -> str:
         return "REMOVE"
@@ -145,6 +156,11 @@ def thaw(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def is_remove(value: Any) -> bool:
+    """True for the ``REMOVE`` marker, or its text where pandas kept only the text."""
+    return value is REMOVE or (isinstance(value, str) and value == REMOVE_TEXT)
 
 
 def is_empty(value: Any) -> bool:
@@ -323,4 +339,4 @@ def decode(value: Any, codec: str) -> Any:
 
 def decoded(values: Iterable[Any], codec: str) -> list[tuple[int, Any]]:
     """``(position, JSON value)`` of every present cell."""
-    return [(i, decode(v, codec)) for i, v in enumerate(values) if not is_absent(v) and v is not REMOVE]
+    return [(i, decode(v, codec)) for i, v in enumerate(values) if not is_absent(v) and not is_remove(v)]

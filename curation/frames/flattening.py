@@ -62,6 +62,7 @@ from curation.frames.cells import (
     decode,
     infer_codec,
     is_empty,
+    is_remove,
 )
 from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
@@ -627,7 +628,7 @@ def _cells(frame: pd.DataFrame, column: str, codecs: dict[str, str] | None = Non
     codec = column_codec(frame, column, codecs)
     values = frame[column].to_numpy(dtype=object)
     for i, value in enumerate(values):
-        if not is_absent(value) and value is not REMOVE:
+        if not is_absent(value) and not is_remove(value):
             yield i, decode(value, codec)
 
 

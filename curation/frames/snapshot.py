@@ -209,6 +209,10 @@ class Snapshot:
         """Instance-level view with every level joined (see the module docstring for name collisions)."""
         return self._frame("wide")
 
+    def cached_flattened(self) -> Flattened:
+        """The cached level frames themselves, not copies: for ``diff`` and ``plan``, which never modify them."""
+        return self._flattened()
+
     @property
     def flattened(self) -> Flattened:
         """The level frames as one ``Flattened`` (copies), e.g. for ``curation.frames.flattening.unflatten``."""
@@ -252,6 +256,10 @@ class Snapshot:
         if node_key or (column in flat.frames.columns and column not in flat.instances.columns):
             return None
         return dicom.vr_of(key, self._dicom_vrs())
+
+    def dicom_vrs(self) -> dict[str, str]:
+        """Every DICOMVRs entry of the documents (first seen wins; a copy)."""
+        return dict(self._dicom_vrs())
 
     def _dicom_vrs(self) -> dict[str, str]:
         """Every DICOMVRs entry of the documents (first seen wins)."""
