@@ -13,7 +13,7 @@ Needs the optional ``scale`` extra (``pip install 'ahi-curation[scale]'``: dask[
   column schemas, failures), ``documents/part-NNNNN.jsonl.gz`` (the raw documents of each partition) and one
   Parquet dataset per level, ``studies/``, ``series/``, ``instances/``, ``frames/``, one file per partition,
   each written exactly as ``Snapshot.save`` writes its frames (index levels as ``@index:<name>`` columns,
-  object cells as JSON text).
+  native Arrow types, object cells as JSON text).
 - ``open_snapshot(path)``: a Dask DataFrame per level, one partition per snapshot partition (each holds
   whole image sets). Dask has no MultiIndex: the index is ``ImageSetID`` and the other index levels are the
   leading columns (``SeriesInstanceUID``, ``SOPInstanceUID``, ``frame``); a DICOM attribute named like one
@@ -694,7 +694,7 @@ def _split(frame: pd.DataFrame, snapshot: ScaleSnapshot) -> list[pd.DataFrame]:
 
 
 def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.DataFrame]],
-                    vrs: Mapping[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    vrs: Mapping[str, str] | None, rows: str = "selection") -> tuple[pd.DataFrame, pd.DataFrame]:
     """On a worker: ``curation.curate.differ.diff`` of one partition's edited frames against its documents."""
     from curation.curate.differ import diff as diff_frames
 
@@ -715,7 +715,7 @@ def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.Da
         if level == "studies" and to_local:
             frame = frame.rename(columns=to_local)
         frames.append((level, frame))
-    changes = diff_frames(local, [{level: frame} for level, frame in frames], vrs=vrs)
+    changes = diff_frames(local, [{level: frame} for level, frame in frames], vrs=vrs, rows=rows)
     table, problems = changes.changes, changes.problems
     if back:
         table, problems = _rename_cells(table, back), _rename_cells(problems, back)
@@ -735,9 +735,13 @@ def diff(
     *,
     vrs: Mapping[str, str] | None = None,
     strict: bool = False,
+    rows: str = "selection",
     client: Any = None,
 ) -> ChangeSet:
     """``curation.curate.differ.diff`` on a scale snapshot, partition by partition (see the module docstring).
+
+    ``rows`` as in ``curation.diff``: ``"selection"`` leaves rows absent from a frame alone, ``"all"`` removes
+    the instances and series absent from it (each partition's frame stands for the whole partition).
 
     - ``snapshot``: the scale snapshot's path, its ``ScaleSnapshot`` or ``open_snapshot``'s result.
     - ``edited``: Dask DataFrames from ``open_snapshot`` after edits (a dict names their levels; otherwise
@@ -772,7 +776,7 @@ def diff(
             for number, piece in enumerate(_split(to_pandas(frame, level), scale)):
                 per_part[number].append((level, piece))
     task = dask.delayed(_diff_partition, pure=False)
-    results = _compute([task(scale.path, n, per_part[n], checked) for n in range(count)], client)
+    results = _compute([task(scale.path, n, per_part[n], checked, rows) for n in range(count)], client)
     tables = [t for t, _ in results if len(t)]
     problems = [p for _, p in results if len(p)]
     table = pd.concat(tables, ignore_index=True) if tables else empty_changes()
@@ -847,28 +851,33 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _part_sql(snapshot: ScaleSnapshot, part: Mapping[str, Any], level: str, json_columns: set[str]) -> str:
+    """One partition's file, its studies columns renamed to the snapshot's names, and a column that is JSON in
+    another partition (an object column there, e.g. mixed spellings) given as JSON text here too."""
+    file = os.path.join(snapshot.path, level, f"{part['name']}.parquet").replace("'", "''")
+    info = part["frames"][level]
+    renames = _renames(part["levels"], snapshot.levels) if level == "studies" else {}
+    own = {renames.get(c, c): c for c in info["columns"]}
+    items = [f"{_quote(k)} AS {_quote(v)}" for k, v in renames.items() if k in info["columns"]]
+    text = [f"to_json({_quote(c)})::VARCHAR AS {_quote(c)}" for name, c in own.items()
+            if name in json_columns and c not in info["json_columns"]]
+    select = "SELECT *"
+    if text:
+        select += f" REPLACE ({', '.join(text)})"
+    if items:
+        select += f" RENAME ({', '.join(items)})"
+    return f"{select} FROM read_parquet('{file}')"
+
+
 def _view_sql(snapshot: ScaleSnapshot, level: str) -> str:
     schema = snapshot.manifest["schema"][level]
     names = INDEXES[level]
-    plain_files, renamed = [], []
-    for part in snapshot.partitions:
-        file = os.path.join(snapshot.path, level, f"{part['name']}.parquet").replace("'", "''")
-        renames = _renames(part["levels"], snapshot.levels) if level == "studies" else {}
-        present = {renames.get(c, c) for c in part["frames"][level]["columns"]}
-        if renames and present & set(renames.values()):
-            items = ", ".join(f"{_quote(k)} AS {_quote(v)}" for k, v in renames.items()
-                              if k in part["frames"][level]["columns"])
-            renamed.append(f"SELECT * RENAME ({items}) FROM read_parquet('{file}')")
-        else:
-            plain_files.append(f"'{file}'")
-    sources = []
-    if plain_files:
-        sources.append(f"SELECT * FROM read_parquet([{', '.join(plain_files)}], union_by_name=true)")
-    sources.extend(renamed)
+    json_columns = set(schema["json_columns"])
+    sources = [_part_sql(snapshot, part, level, json_columns) for part in snapshot.partitions]
     select = [f"{_quote('@index:' + n)} AS {_quote(n)}" for n in names]
     for column in schema["columns"]:
         alias = _quote(_flat_name(column, level))
-        if column in schema["json_columns"]:
+        if column in json_columns:
             select.append(f"CAST({_quote(column)} AS JSON) AS {alias}")
         else:
             select.append(f"{_quote(column)} AS {alias}")
@@ -881,8 +890,10 @@ def sql(path: str | os.PathLike, query: str) -> pd.DataFrame:
 
     Views ``studies``, ``series``, ``instances``, ``frames``: index levels as columns (``ImageSetID``,
     ``SeriesInstanceUID``, ``SOPInstanceUID``, ``frame``; a DICOM attribute of the same name is
-    ``@Series:SeriesInstanceUID`` / ``@Instance:SOPInstanceUID``), attribute cells as DuckDB ``JSON`` (compare
-    text with ``Modality->>'$' = 'CT'``, items with ``ImageType->>'$[0]'``). In the result, JSON columns are
+    ``@Series:SeriesInstanceUID`` / ``@Instance:SOPInstanceUID``), text, integer and float columns as VARCHAR,
+    BIGINT and DOUBLE (``Modality = 'CT'``, ``ImageType LIKE 'ORIGINAL\\%'``; ``''`` is present-empty, NULL
+    absent), object cells as DuckDB ``JSON`` (``SourceImageSequence->>'$[0].CodeValue'``). In the result, JSON
+    columns are
     decoded as ``Snapshot`` cells (JSON null -> ``NULL``, SQL NULL -> absent), and when the result holds
     ``ImageSetID`` (and the other index levels of its level) they become the index, so that ``SELECT *``
     from a view gives the Snapshot's frame shape (for ``curation.curate.differ``: remember that instance rows left out

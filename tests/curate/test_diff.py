@@ -328,7 +328,7 @@ def test_hex_key_of_a_keyword_is_refused(snap):
 def test_sop_instance_uid_change_is_addressed_by_the_old_uid(snap):
     instances = snap.instances
     label = instance_label(snap, CT2)
-    instances.at[label, "SOPInstanceUID"] = "1.2.3.4.5"
+    instances.loc[label, "SOPInstanceUID"] = "1.2.3.4.5"
     [row] = rows(diff(snap, instances))
     assert (row["op"], row["attribute"], row["SOPInstanceUID"], row["old"], row["new"]) == (
         "update", "SOPInstanceUID", label[2], label[2], "1.2.3.4.5")
@@ -337,7 +337,7 @@ def test_sop_instance_uid_change_is_addressed_by_the_old_uid(snap):
 def test_uid_already_used_in_the_image_set_is_a_problem(snap):
     instances = snap.instances
     first, second = instance_label(snap, US, 0), instance_label(snap, US, 1)
-    instances.at[first, "SOPInstanceUID"] = second[2]
+    instances.loc[first, "SOPInstanceUID"] = second[2]
     changes = diff(snap, instances)
     assert "already used" in changes.problems["reason"][0]
 
@@ -473,7 +473,7 @@ def test_frames_diff_matches_the_documents_the_plan_produces(snap):
     instances["001910F9"] = None
     instances.at[label, "001910F9"] = 97
     instances.at[instance_label(snap, US, 1), "7FDF0010"] = "GE_GENESIS_DD"
-    instances.at[instance_label(snap, CT2), "SOPInstanceUID"] = "1.2.3.4.5"
+    instances.loc[instance_label(snap, CT2), "SOPInstanceUID"] = "1.2.3.4.5"
     instances = instances.drop(index=[instance_label(snap, US, 4)])
     changes = diff(snap, [studies, instances], vrs={"001910F9": "DS"}, rows="all")
     assert changes.problems.empty and len(changes) == 6

@@ -1,8 +1,9 @@
 """End-to-end properties: random pandas edits -> diff -> plan -> preview (apply_to_document) -> flatten == the edits.
 
 The edits: set a cell to a new valid value (text, numbers, arrays, a sequence, an existing and a new private
-tag with its VR given to diff), remove an attribute (``curation.REMOVE``), empty it (NULL), drop instance rows,
-drop every instance of a series (``diff(..., rows="all")``), change a SOPInstanceUID or a SeriesInstanceUID. The document is small (four instances
+tag with its VR given to diff), remove an attribute (``curation.REMOVE``), empty it (NULL), drop instance
+rows, drop every instance of a series (``diff(..., rows="all")``), change a SOPInstanceUID or a
+SeriesInstanceUID. The document is small (four instances
 of the ultrasound reference in two series, trimmed to a few attributes) so that 1,000 examples stay
 affordable (about a minute of CPU); blob limits of 450 and 300 bytes force split plans. The same pipeline is
 checked against the embedded service for a few examples.
@@ -28,8 +29,8 @@ from curation.curate.planner import plan
 from curation.curate.updateplan import PlanError, UpdatePlan
 from curation.frames.cells import decode, infer_codec, is_remove
 from curation.frames.flattening import NULL, REMOVE, flatten_many, is_absent
-from curation.model import dictionary
 from curation.frames.snapshot import Snapshot
+from curation.model import dictionary
 from curation.model.document import parse_document, read_document
 
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 import curation
-
 from curation.frames.flattening import NULL, unflatten
 from curation.frames.snapshot import Snapshot
 from curation.model.document import read_document
