@@ -78,6 +78,8 @@ class Coercer:
                 return None
             return Edit(op, _cell(old), _cell(value), self.vr_vm(spec, kind, position, old)[0])
         if type(new_cell) is str:
+            if old is not ABSENT and type(old_cell) is not str and new_cell == str(old_cell):
+                return None  # what astype(str) makes of the current cell: no edit
             if new_cell in MISSING_TEXTS:
                 self._problem(kind, label, column, spec.key,
                               f"{new_cell!r} is the text pandas makes from a missing value, not a value: it is not "

@@ -16,7 +16,8 @@ What a cell means (the representation is ``curation.frames.cells``'):
   (None, NaN, NA, NaT) removes it too, except over a present-empty attribute (CSV cannot tell ``""`` from
   absent) and in a UID column (UIDs cannot be removed): there it means "unchanged";
 - text pandas makes from a missing value (``"nan"``, ``"None"``, ``"<NA>"``, ``"NaT"``, ``"NULL"``) is never a
-  value: it is a problem naming the row and the column;
+  value: it is a problem naming the row and the column; text that is ``str()`` of the current cell (what
+  ``astype(str)`` makes of a number, a tuple or ``NULL``) is no change;
 - ``rows="selection"`` (the default): a frame is a selection, rows absent from it are left alone, so a filtered
   frame edits just its rows. ``rows="all"``: the frame stands for every row of its level, and an instance or
   series row absent from it is removed (``remove_instance``; every instance of a series, or the series row of
