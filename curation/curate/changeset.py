@@ -8,6 +8,7 @@ problems found while validating them, and the VRs the user gave for new private 
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -209,6 +210,27 @@ class ChangeSet:
             out.append("</table>")
         out.append("</div>")
         return "".join(out)
+
+
+def payload_removals(payloads: Iterable[Any]) -> dict[str, int]:
+    """The attributes, instances and series that ``removableAttributes`` payloads (parsed JSON) remove."""
+    counts = {"attributes": 0, "instances": 0, "series": 0}
+    for payload in payloads:
+        if not isinstance(payload, dict):
+            continue
+        for level in ("Patient", "Study"):
+            counts["attributes"] += len((payload.get(level) or {}).get("DICOM") or {})
+        for series in ((payload.get("Study") or {}).get("Series") or {}).values():
+            if not series:
+                counts["series"] += 1
+                continue
+            counts["attributes"] += len(series.get("DICOM") or {})
+            for instance in (series.get("Instances") or {}).values():
+                if not instance:
+                    counts["instances"] += 1
+                else:
+                    counts["attributes"] += len(instance.get("DICOM") or {})
+    return counts
 
 
 def removal_text(counts: dict[str, int]) -> str:

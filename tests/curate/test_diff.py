@@ -560,3 +560,52 @@ def test_diff_matches_a_naive_cell_loop(edits, drops):
                    strict=True)) == expected
     removed = changes.changes[changes.changes["op"] == "remove_instance"]["SOPInstanceUID"]
     assert set(removed) == (removals if len(removals) < 9 else set())
+
+
+def test_primary_refusals_carry_the_plans_workaround_text():
+    from curation.model.rules import PRIMARY_WORKAROUND
+
+    snapshot = make_snapshot(primary=True)
+    studies = snapshot.studies
+    studies.loc[CT, "PatientName"] = "MX^MX"
+    [problem] = diff(snapshot, studies).problems.to_dict("records")
+    assert PRIMARY_WORKAROUND in problem["reason"]
+
+
+def test_rows_must_be_selection_or_all(snap):
+    with pytest.raises(ValueError, match="rows must be one of"):
+        diff(snap, snap.instances, rows="some")
+    assert len(diff(snap, snap.studies.iloc[:1], rows="all").problems) == 2  # image sets are never removed
+
+
+def test_remove_marker_survives_str_columns_csv_and_pickle(snap):
+    import pickle
+
+    import curation
+
+    studies = snap.studies
+    studies.loc[US, "PatientSex"] = REMOVE  # a str column takes it: REMOVE is a str
+    assert studies["PatientSex"].dtype == "str" and repr(REMOVE) == "REMOVE"
+    assert pickle.loads(pickle.dumps(REMOVE)) is REMOVE
+    back = curation.read_csv(__import__("io").StringIO(curation.to_csv(studies)))
+    for frame in (studies, back):
+        [row] = rows(diff(snap, frame))
+        assert (row["op"], row["attribute"], row["old"]) == ("remove", "PatientSex", NULL)
+
+
+def test_changeset_and_plan_first_lines_count_removals():
+    import curation
+
+    snapshot = make_snapshot(two_series=True)
+    studies = snapshot.studies
+    studies.loc[CT, "StudyDescription"] = REMOVE
+    instances = snapshot.instances
+    keep = ~instances.index.isin([instance_label(snapshot, CT, 0), instance_label(snapshot, CT, 1)])
+    keep &= instances.index.get_level_values("SeriesInstanceUID") != SECOND_SERIES
+    changes = diff(snapshot, [studies, instances[keep]], rows="all")
+    assert changes.removals() == {"attributes": 1, "instances": 2, "series": 1}
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in repr(changes)
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in changes._repr_html_()
+    update_plan = curation.plan(changes)
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in repr(update_plan)
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in update_plan._repr_html_()
