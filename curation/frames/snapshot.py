@@ -21,12 +21,12 @@ import gzip
 import json
 import os
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 import pandas as pd
 
+from curation.frames.documents import Documents
 from curation.frames.exchange import read_frame, to_csv, to_parquet, write_frame
 from curation.frames.flattening import (
     Flattened,
@@ -39,7 +39,9 @@ from curation.frames.flattening import (
     wide_codecs,
     wide_view,
 )
+from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
+from curation.model.document import GZIP_MAGIC, DocumentError, parse_document
 
 FORMAT = "ahi-curation-snapshot"
 FORMAT_VERSION = 2
@@ -66,19 +68,30 @@ def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
     return frame[[*FAILURE_COLUMNS, *rest]].astype(object)
 
 
+def _json_line(documents: Documents, image_set_id: str) -> bytes:
+    """One document as a JSON line: its blob's own bytes when they are one line, else re-serialized."""
+    blob = documents.blob(image_set_id)
+    if blob is not None:
+        text = gzip.decompress(blob) if blob[:2] == GZIP_MAGIC else bytes(blob)
+        if b"\n" not in text and b"\r" not in text:
+            return text + b"\n"
+    return orjson.dumps(documents[image_set_id]) + b"\n"
+
+
 class Snapshot:
     """Fetched documents + lazily built level frames. Build with ``Snapshot.from_documents``."""
 
     def __init__(
         self,
-        documents: list[dict[str, Any]],
+        documents: list[dict[str, Any]] | Documents,
         *,
         datastore_id: str,
         version_ids: dict[str, str],
         failures: pd.DataFrame,
         flattened: Flattened | None = None,
     ) -> None:
-        self._documents = {doc["ImageSetID"]: doc for doc in documents}
+        self._documents = documents if isinstance(documents, Documents) else Documents(
+            {doc["ImageSetID"]: doc for doc in documents})
         self.datastore_id = datastore_id
         self._version_ids = dict(version_ids)
         self._failures = failures
@@ -120,6 +133,47 @@ class Snapshot:
         versions = {k: str(v) for k, v in (version_ids or {}).items()}
         return cls(kept, datastore_id=datastore_id, version_ids=versions, failures=table)
 
+    @classmethod
+    def from_blobs(
+        cls,
+        blobs: Mapping[str, bytes],
+        *,
+        datastore_id: str,
+        version_ids: dict[str, str] | None = None,
+        failures: pd.DataFrame | list | None = None,
+    ) -> Snapshot:
+        """A snapshot of fetched metadata blobs (``{ImageSetID: bytes}``, gzip or JSON), held compactly.
+
+        The blobs are parsed and flattened at once with the cyclic GC paused (``gc_paused``: a parsed batch
+        is a large acyclic graph), then only the blobs and the frames are kept: ``documents`` parses a blob
+        again when asked for it. A blob that does not parse, or whose document cannot be flattened or names
+        another image set, is a failure (stage ``"parse"`` or ``"flatten"``).
+        """
+        table = _failures(failures)
+        parsed, kept, extra = [], {}, []
+        with gc_paused():
+            for image_set_id, blob in blobs.items():
+                try:
+                    document = parse_document(blob)
+                    if document.get("ImageSetID") != image_set_id:
+                        raise DocumentError(f"document has ImageSetID {document.get('ImageSetID')!r}")
+                except DocumentError as exc:
+                    extra.append({"ImageSetID": image_set_id, "stage": "parse", "error": str(exc)})
+                    continue
+                parsed.append(document)
+                kept[image_set_id] = blob
+            flat = flatten_many(parsed, copy=False)
+            del parsed
+        if len(flat.failures):
+            kept = {k: v for k, v in kept.items() if k not in set(flat.failures["ImageSetID"])}
+            extra.extend(flat.failures.to_dict("records"))
+            flat.failures = failures_frame([])
+        if extra:
+            table = pd.concat([table, pd.DataFrame(extra, dtype=object)], ignore_index=True).astype(object)
+        versions = {k: str(v) for k, v in (version_ids or {}).items()}
+        return cls(Documents(blobs=kept, order=blobs), datastore_id=datastore_id, version_ids=versions,
+                   failures=table, flattened=flat)
+
     # --- contents ----------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -138,8 +192,9 @@ class Snapshot:
 
     @property
     def documents(self) -> Mapping[str, dict[str, Any]]:
-        """The documents as fetched, by ImageSetID (read-only view: do not modify them)."""
-        return MappingProxyType(self._documents)
+        """The documents as fetched, by ImageSetID (read-only: do not modify them; a snapshot made
+        ``from_blobs`` parses a blob again when one is asked for)."""
+        return self._documents
 
     def document(self, image_set_id: str) -> dict[str, Any]:
         """A copy of one document."""
@@ -161,8 +216,7 @@ class Snapshot:
         if self._flat is None:
             flat = flatten_many(self._documents.values(), copy=False)
             if len(flat.failures):
-                bad = set(flat.failures["ImageSetID"])
-                self._documents = {k: v for k, v in self._documents.items() if k not in bad}
+                self._documents = self._documents.without(set(flat.failures["ImageSetID"]))
                 self._failures = pd.concat([self._failures, flat.failures], ignore_index=True).astype(object)
             self._flat = flat
         return self._flat
@@ -262,14 +316,14 @@ class Snapshot:
         return dict(self._dicom_vrs())
 
     def _dicom_vrs(self) -> dict[str, str]:
-        """Every DICOMVRs entry of the documents (first seen wins)."""
+        """Every DICOMVRs entry of the documents (first seen wins), read from the instances frame."""
         if self._private_vrs is None:
             found: dict[str, str] = {}
-            for document in self._documents.values():
-                for series in document["Study"]["Series"].values():
-                    for instance in series["Instances"].values():
-                        for tag, vr in (instance.get("DICOMVRs") or {}).items():
-                            found.setdefault(tag, vr)
+            instances = self._flattened().instances
+            if "@DICOMVRs" in instances.columns:
+                for vrs in dict.fromkeys(v for v in instances["@DICOMVRs"].tolist() if isinstance(v, dict)):
+                    for tag, vr in vrs.items():
+                        found.setdefault(tag, vr)
             self._private_vrs = found
         return self._private_vrs
 
@@ -299,8 +353,8 @@ class Snapshot:
             "frames": {},
         }
         with gzip.open(os.path.join(path, "documents.jsonl.gz"), "wb", compresslevel=6) as handle:
-            for document in self._documents.values():
-                handle.write(orjson.dumps(document) + b"\n")
+            for image_set_id in self._documents:
+                handle.write(_json_line(self._documents, image_set_id))
         for name in FRAME_NAMES:
             manifest["frames"][name] = write_frame(getattr(flat, name), os.path.join(path, f"{name}.parquet"))
         manifest["frames"]["failures"] = write_frame(self._failures, os.path.join(path, "failures.parquet"))

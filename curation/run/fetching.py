@@ -65,6 +65,8 @@ class FetchResult:
     #: isPrimary of each fetched image set when known: from the search summary, or GetImageSet when no version
     #: was given (with explicit ``version_ids`` and no search it stays unknown, and plan assumes primary)
     primary: dict[str, bool] = field(default_factory=dict)
+    #: the metadata blobs as fetched (gzip bytes), by image set ID, in fetch order
+    blobs: dict[str, bytes] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -319,11 +321,14 @@ def fetch_documents(
     burst: float = GET_METADATA_QUOTA[1],
     progress: bool = True,
     retries: RetryPolicy | int | None = DEFAULT_RETRIES,
+    keep_documents: bool = True,
 ) -> FetchResult:
     """Fetch and parse the metadata documents; the work of ``fetch`` without building the Snapshot.
 
     See ``fetch`` for the arguments. Documents come back in the order of ``image_set_ids`` (or of the
-    search), failed image sets are left out and listed in ``failures``.
+    search), failed image sets are left out and listed in ``failures``; ``blobs`` holds the bytes as fetched.
+    With ``keep_documents=False`` each blob is parsed (to check it) and the dict dropped: ``documents`` stays
+    empty, and the live object graph small while downloads run (the cyclic GC's work grows with it).
     """
     from tqdm.auto import tqdm
 
@@ -347,7 +352,7 @@ def fetch_documents(
         except Exception as exc:
             raise _Failed(stage, error_code(exc), _message(exc)) from exc
 
-    def one(image_set_id: str) -> tuple[str, dict[str, Any], bool | None]:
+    def one(image_set_id: str) -> tuple[str, dict[str, Any] | None, bool | None, bytes]:
         version = versions.get(image_set_id)
         primary = summaries.get(image_set_id, {}).get("isPrimary")
         if version is None:
@@ -372,9 +377,10 @@ def fetch_documents(
         found = document.get("ImageSetID")
         if found != image_set_id:
             raise _Failed("parse", "DocumentError", f"image set {image_set_id}: document has ImageSetID {found!r}")
-        return version, document, primary
+        return version, document if keep_documents else None, primary, blob
 
-    documents: dict[str, dict[str, Any]] = {}
+    documents: dict[str, dict[str, Any] | None] = {}
+    blobs: dict[str, bytes] = {}
     fetched_versions: dict[str, str] = {}
     primaries: dict[str, bool] = {}
     failures: list[tuple[str, str, str, str]] = []
@@ -383,7 +389,7 @@ def fetch_documents(
     completed = False
     try:
         with tqdm(total=0, desc="GetImageSetMetadata", unit=" image sets", disable=not progress) as bar:
-            pending: dict[Future[tuple[str, dict[str, Any], bool | None]], str] = {}
+            pending: dict[Future[tuple[str, dict[str, Any] | None, bool | None, bytes]], str] = {}
             for batch in targets:  # downloads start while the search is still paging
                 ids += batch
                 pending.update({executor.submit(one, image_set_id): image_set_id for image_set_id in batch})
@@ -392,13 +398,14 @@ def fetch_documents(
             for future in as_completed(pending):
                 image_set_id = pending[future]
                 try:
-                    version, document, primary = future.result()
+                    version, document, primary, blob = future.result()
                 except _Failed as exc:
                     failures.append((image_set_id, exc.stage, exc.code, exc.message))
                 except Exception as exc:
                     failures.append((image_set_id, "fetch", type(exc).__name__, str(exc)))
                 else:
                     documents[image_set_id] = document
+                    blobs[image_set_id] = blob
                     fetched_versions[image_set_id] = version
                     if primary is not None:
                         primaries[image_set_id] = bool(primary)
@@ -413,11 +420,12 @@ def fetch_documents(
     failures.sort(key=lambda row: order[row[0]])
     return FetchResult(
         datastore_id=datastore_id,
-        documents=[documents[i] for i in ids if i in documents],
+        documents=[d for i in ids if (d := documents.get(i)) is not None],
         version_ids={i: fetched_versions[i] for i in ids if i in documents},
         failures=_failure_table(failures),
         summaries=summaries,
         primary={i: primaries[i] for i in ids if i in primaries},
+        blobs={i: blobs[i] for i in ids if i in blobs},
     )
 
 
@@ -467,16 +475,20 @@ def fetch(
         burst=burst,
         progress=progress,
         retries=retries,
+        keep_documents=False,
     )
     return to_snapshot(result)
 
 
 def to_snapshot(result: FetchResult) -> Snapshot:
-    """Build the Snapshot of a FetchResult (flattening happens there)."""
+    """Build the Snapshot of a FetchResult (flattening happens there): from the blobs as fetched when the
+    documents were not kept (``Snapshot.from_blobs``: compact), else from the documents."""
     from curation.frames.snapshot import Snapshot
 
-    snapshot = Snapshot.from_documents(
-        result.documents,
+    build = Snapshot.from_documents if result.documents or not result.blobs else Snapshot.from_blobs
+    source: Any = result.documents if build is Snapshot.from_documents else result.blobs
+    snapshot = build(
+        source,
         datastore_id=result.datastore_id,
         version_ids=result.version_ids,
         failures=result.failures,
