@@ -10,7 +10,8 @@ Needs the optional ``scale`` extra (``pip install 'ahi-curation[scale]'``: dask[
   the number of partitions running at once). The driver only ever holds the listing and per-partition
   summaries, never documents or frames.
 - On disk, ``path`` holds ``manifest.json`` (datastore ID, version IDs, image set order, partitions and their
-  column schemas, failures), ``documents/part-NNNNN.jsonl.gz`` (the raw documents of each partition) and one
+  column schemas, failures), ``documents/part-NNNNN.parquet`` (each partition's metadata blobs exactly as
+  fetched, gzip bytes, with their ImageSetID) and one
   Parquet dataset per level, ``studies/``, ``series/``, ``instances/``, ``frames/``, one file per partition,
   each written exactly as ``Snapshot.save`` writes its frames (index levels as ``@index:<name>`` columns,
   native Arrow types, object cells as JSON text).
@@ -41,7 +42,6 @@ then be a directory every worker and the driver can read and write (a shared fil
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -50,8 +50,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.curate.changeset import ChangeSet, empty_changes, empty_problems
 from curation.frames.exchange import decode_cell, read_frame, write_frame
@@ -61,9 +62,9 @@ from curation.frames.flattening import (
     SERIES_INDEX,
     STUDY_INDEX,
     build_index,
-    flatten_many,
 )
 from curation.frames.snapshot import FRAME_NAMES, Snapshot
+from curation.model.document import parse_document
 from curation.run.fetching import CONTROL_QUOTA, DEFAULT_RETRIES, GET_METADATA_QUOTA, fetch_documents, iter_search_pages
 from curation.run.retries import RateLimiter, RetryPolicy
 
@@ -75,7 +76,7 @@ __all__ = ["ClientFactory", "ScaleSnapshot", "diff", "fetch_to_parquet", "open_s
 
 FORMAT = "ahi-curation-scale-snapshot"
 EDITS_FORMAT = "ahi-curation-scale-frames"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEXES = {"studies": STUDY_INDEX, "series": SERIES_INDEX, "instances": INSTANCE_INDEX, "frames": FRAME_INDEX}
 QUALIFIERS = {"studies": "Study", "series": "Series", "instances": "Instance", "frames": "Instance"}
 _INSTALL = "curation.scale needs the 'scale' extra: pip install 'ahi-curation[scale]' (dask[distributed], duckdb)"
@@ -209,9 +210,9 @@ class ScaleSnapshot:
 
     def to_snapshot(self) -> Snapshot:
         """Everything as one in-memory Snapshot (only for data that fits in memory)."""
-        documents = [d for n in range(len(self.partitions)) for d in self.documents(n)]
-        snapshot = Snapshot.from_documents(documents, datastore_id=self.datastore_id, version_ids=self.version_ids,
-                                           failures=self.failures)
+        blobs = {k: v for part in self.partitions for k, v in _read_blobs(self.path, part).items()}
+        snapshot = Snapshot.from_blobs(blobs, datastore_id=self.datastore_id, version_ids=self.version_ids,
+                                       failures=self.failures)
         snapshot.primary = self.primary
         return snapshot
 
@@ -226,14 +227,19 @@ def _cached(path: str, mtime: int) -> ScaleSnapshot:
     return ScaleSnapshot(path)
 
 
+def _read_blobs(path: str, part: Mapping[str, Any]) -> dict[str, bytes]:
+    """The metadata blobs of one partition, as fetched (``documents/part-NNNNN.parquet``: ImageSetID, blob)."""
+    table = pq.read_table(os.path.join(path, "documents", f"{part['name']}.parquet"))
+    return dict(zip(table.column("ImageSetID").to_pylist(), table.column("blob").to_pylist(), strict=True))
+
+
 def _read_documents(path: str, part: Mapping[str, Any]) -> list[dict[str, Any]]:
-    with gzip.open(os.path.join(path, "documents", f"{part['name']}.jsonl.gz"), "rb") as handle:
-        return [orjson.loads(line) for line in handle if line.strip()]
+    return [parse_document(blob) for blob in _read_blobs(path, part).values()]
 
 
 def _partition_snapshot(path: str, datastore_id: str, part: Mapping[str, Any]) -> Snapshot:
-    snapshot = Snapshot.from_documents(_read_documents(path, part), datastore_id=datastore_id,
-                                       version_ids=part["version_ids"])
+    snapshot = Snapshot.from_blobs(_read_blobs(path, part), datastore_id=datastore_id,
+                                   version_ids=part["version_ids"])
     snapshot.primary = dict(part["primary"])
     return snapshot
 
@@ -295,21 +301,32 @@ def _fetch_partition(factory: Callable[[], Any], datastore_id: str, path: str, n
     try:
         versions = {e[0]: e[1] for e in entries if e[1] is not None}
         result = fetch_documents(client, datastore_id, [e[0] for e in entries], version_ids=versions,
-                                 max_workers=max_workers, rate=rate, burst=burst, progress=False, retries=retries)
+                                 max_workers=max_workers, rate=rate, burst=burst, progress=False, retries=retries,
+                                 keep_documents=False)
     finally:
         client.close()
     failures = [{k: (None if v is None else str(v)) for k, v in r.items()}
                 for r in result.failures.to_dict("records")]
-    flat = flatten_many(result.documents, copy=False)
-    bad = set()
-    for record in flat.failures.to_dict("records"):
-        bad.add(record["ImageSetID"])
-        failures.append({k: (None if v is None else str(v)) for k, v in record.items()})
-    documents = [d for d in result.documents if d["ImageSetID"] not in bad]
+    entry = store_partition(path, name, result.blobs)
+    failures += entry.pop("failures")
+    ids = entry["image_set_ids"]
+    primary = {**result.primary, **{e[0]: bool(e[2]) for e in entries if e[2] is not None}}
+    return {**entry, "version_ids": {i: result.version_ids[i] for i in ids},
+            "primary": {i: primary[i] for i in ids if i in primary}, "failures": failures}
+
+
+def store_partition(path: str, name: str, blobs: Mapping[str, bytes]) -> dict[str, Any]:
+    """Flatten one partition's fetched blobs and write them: the blobs as fetched (no re-dump, no re-gzip) and
+    one Parquet file per level (native Arrow types; JSON text only for object cells)."""
+    snapshot = Snapshot.from_blobs(blobs, datastore_id="")
+    flat = snapshot.cached_flattened()
+    failures = [{k: (None if v is None else str(v)) for k, v in r.items()}
+                for r in snapshot.failures.to_dict("records")]
+    ids = snapshot.image_set_ids
     os.makedirs(os.path.join(path, "documents"), exist_ok=True)
-    with gzip.open(os.path.join(path, "documents", f"{name}.jsonl.gz"), "wb", compresslevel=6) as handle:
-        for document in documents:
-            handle.write(orjson.dumps(document) + b"\n")
+    kept = pa.table({"ImageSetID": pa.array(ids, pa.string()),
+                     "blob": pa.array([blobs[i] for i in ids], pa.large_binary())})
+    pq.write_table(kept, os.path.join(path, "documents", f"{name}.parquet"), compression="none")
     frames = {}
     for level in FRAME_NAMES:
         frame = getattr(flat, level)
@@ -318,17 +335,7 @@ def _fetch_partition(factory: Callable[[], Any], datastore_id: str, path: str, n
         info["dtypes"] = {str(c): str(frame[c].dtype) for c in frame.columns if c not in info["json_columns"]}
         info["rows"] = len(frame)
         frames[level] = info
-    primary = {**result.primary, **{e[0]: bool(e[2]) for e in entries if e[2] is not None}}
-    ids = [d["ImageSetID"] for d in documents]
-    return {
-        "name": name,
-        "image_set_ids": ids,
-        "version_ids": {i: result.version_ids[i] for i in ids},
-        "primary": {i: primary[i] for i in ids if i in primary},
-        "levels": dict(flat.levels),
-        "frames": frames,
-        "failures": failures,
-    }
+    return {"name": name, "image_set_ids": ids, "levels": dict(flat.levels), "frames": frames, "failures": failures}
 
 
 def _total_threads(client: Any) -> int:

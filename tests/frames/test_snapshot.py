@@ -166,3 +166,31 @@ def test_csv_and_parquet_export(snapshot: Snapshot, tmp_path: Path) -> None:
     for name in ("studies", "series", "instances", "frames"):
         pd.testing.assert_frame_equal(curation.read_parquet(tmp_path / "pq" / f"{name}.parquet"),
                                       getattr(snapshot, name))
+
+
+def test_from_blobs_holds_the_blobs_and_parses_on_demand(documents: list[dict]) -> None:
+    from curation.model.document import encode_document
+
+    blobs = {d["ImageSetID"]: encode_document(d, compress=n % 2 == 0) for n, d in enumerate(documents)}
+    blobs["b" * 32] = b"not json"
+    blobs["c" * 32] = encode_document({**documents[0], "ImageSetID": "d" * 32})
+    snapshot = Snapshot.from_blobs(blobs, datastore_id=DATASTORE)
+    assert snapshot.image_set_ids == [d["ImageSetID"] for d in documents]
+    assert list(snapshot.failures["stage"]) == ["parse", "parse"]
+    assert snapshot.documents.compact and snapshot.documents.blob(documents[0]["ImageSetID"]) is not None
+    assert [canonical(snapshot.documents[d["ImageSetID"]]) for d in documents] == [canonical(d) for d in documents]
+    reference = Snapshot.from_documents(documents, datastore_id=DATASTORE)
+    for name in ("studies", "series", "instances", "frames"):
+        pd.testing.assert_frame_equal(getattr(snapshot, name), getattr(reference, name))
+    assert snapshot.vr("7FDF1001") == "UN"
+
+
+def test_fetch_keeps_the_blobs_as_fetched(local_client: object) -> None:
+    import curation
+
+    store = local_client.meta.local_service.store
+    report = store.import_documents([read_document(str(REFERENCE / NAMES[1]))])
+    snapshot = curation.fetch(local_client, report.datastore_id, progress=False)
+    (image_set_id,) = snapshot.image_set_ids
+    assert snapshot.documents.compact and snapshot.documents.blob(image_set_id)[:2] == b"\x1f\x8b"
+    assert snapshot.documents[image_set_id]["ImageSetID"] == image_set_id
