@@ -184,7 +184,8 @@ def _measure(label: str, blobs: list[bytes], repeat: int) -> Iterator[Measuremen
                       f"+ Patient/Study DICOM merged on; ours: 4 level frames, no join; {note}")
     t_wide = best_of(lambda: ours_wide(blobs), repeat)
     yield Measurement(f"flatten + wide_view {label} vs json.loads+json_normalize (literal, levels joined)",
-                      t_wide, t_literal, "s", "baseline/ours", f"both sides build the joined instance-level frame; {note}")
+                      t_wide, t_literal, "s", "baseline/ours",
+                      f"both sides build the joined instance-level frame; {note}")
 
 
 class _no_gc_pause:
