@@ -29,6 +29,7 @@ from operator import is_
 from typing import Any, NoReturn
 
 import numpy as np
+import orjson
 import pandas as pd
 import pyarrow as pa
 
@@ -318,14 +319,39 @@ def object_array(values: Sequence) -> np.ndarray:
 _BUILDERS = {STR: _text, JOINED: _joined, INT64: _int64, FLOAT64: _float64}
 
 
-def column_array(values: Sequence, codec: str) -> tuple[Any, str]:
+class Deferred:
+    """An object column kept as JSON text until the documents it came from are freed (``materialize``).
+
+    Cells made while a large parsed batch is alive are scattered through its memory, which then cannot be
+    given back; made after, from text, they are packed together. ``Snapshot.from_blobs`` defers.
+    """
+
+    __slots__ = ("missing", "text")
+
+    def __init__(self, values: Sequence) -> None:
+        self.missing = _mask(values, MISSING)
+        self.text = orjson.dumps([None if v is MISSING else v for v in values])
+
+    def materialize(self) -> np.ndarray:
+        values = orjson.loads(self.text)
+        for position in np.flatnonzero(self.missing).tolist():
+            values[position] = MISSING
+        return object_array(values)
+
+
+def column_array(values: Sequence, codec: str, defer: bool = False) -> tuple[Any, str]:
     """The column of ``values`` (JSON values, ``MISSING`` for absent) under ``codec``, or ``object`` when they do
-    not fit it; returns the array and the codec actually used."""
+    not fit it; returns the array and the codec actually used (a ``Deferred`` object column when ``defer``)."""
     builder = _BUILDERS.get(STR if codec == STR_BLANK else codec)
     if builder is not None:
         built = builder(values, set(map(type, values)))
         if built is not None:
             return built
+    if defer:
+        try:
+            return Deferred(values), OBJECT
+        except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: build it now
+            pass
     return object_array(values), OBJECT
 
 

@@ -57,6 +57,7 @@ from curation.frames.cells import (
     OBJECT,
     REMOVE,
     STR,
+    Deferred,
     codec_for,
     column_array,
     decode,
@@ -254,43 +255,67 @@ def _child_index(parent: pd.Index, counts: list, arrays: list[list], names: tupl
     return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
 
 
-def _frame(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
-    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference)."""
+def _frame(columns: dict[str, Any], index: pd.Index, deferred: list | None = None) -> pd.DataFrame:
+    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference).
+
+    A ``Deferred`` column is a placeholder of None until ``materialize`` (``deferred`` lists them)."""
+    later = {name: values for name, values in columns.items() if isinstance(values, Deferred)}
+    if later:
+        columns = {name: np.full(len(index), None, dtype=object) if name in later else values
+                   for name, values in columns.items()}
     data = {
         name: pd.Series(values, dtype=object, copy=False) if isinstance(values, np.ndarray) else values
         for name, values in columns.items()
     }
     frame = pd.DataFrame(data, columns=list(data)) if data else pd.DataFrame(index=range(len(index)))
     frame.index = index
+    if later and deferred is not None:
+        deferred.extend((frame, name, values) for name, values in later.items())
     return frame
+
+
+def materialize(deferred: list) -> None:
+    """Put the deferred object columns in their frames (in place, column positions kept)."""
+    while deferred:
+        frame, name, values = deferred.pop()
+        frame.isetitem(frame.columns.get_loc(name), pd.Series(values.materialize(), index=frame.index, dtype=object))
 
 
 def flatten(document: dict[str, Any], *, copy: bool = True) -> Flattened:
     """Flatten one document into level frames; raises ``FlattenError`` (a DocumentError) on bad input.
 
-    The input is never modified. With ``copy=False`` list/dict cells are the document's own objects (faster;
-    for callers such as ``Snapshot`` that own the documents and hand out copies).
+    The input is never modified and no cell shares a list or dict with it (cells are immutable copies;
+    ``copy`` is kept for compatibility and changes nothing).
     """
-    return _flatten([document], strict=True, copy=copy)
+    return _flatten([document], strict=True)
 
 
-def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True) -> Flattened:
+def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True,
+                 deferred: list | None = None, levels: dict[str, str] | None = None) -> Flattened:
     """Flatten many documents at once (columns built in plain lists, each frame made once).
 
     A document that cannot be flattened (missing level, unknown VR, duplicate UIDs, an ImageSetID already
-    seen in the batch) is left out and listed in ``failures``; the rest are returned.
+    seen in the batch) is left out and listed in ``failures``; the rest are returned. With a ``deferred`` list,
+    object columns stay JSON text (``cells.Deferred``) until ``materialize(deferred)``: call it after freeing
+    the documents, so that the cells are packed in memory (``Snapshot.from_blobs`` does). ``levels`` is the
+    Patient/Study placement of the keys earlier batches met (updated), so that batches flattened one after the
+    other name their ``studies`` columns alike (see ``concat_flattened``).
     """
-    return _flatten(documents, strict=False, copy=copy)
+    return _flatten(documents, strict=False, deferred=deferred, levels=levels)
 
 
-def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
+def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, deferred: list | None = None,
+             levels: dict[str, str] | None = None) -> Flattened:
     with gc_paused():
-        return _flatten_documents(list(documents), strict=strict, copy=copy)
+        return _flatten_documents(list(documents), strict=strict, deferred=deferred,
+                                  levels={} if levels is None else levels)
 
 
-def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
+def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, deferred: list | None,
+                       levels: dict[str, str]) -> Flattened:
     failures: list[tuple[str | None, str, str]] = []
-    flat, reserved = _build(documents, copy, strict, failures)
+    placed = dict(levels)
+    flat, reserved = _build(documents, deferred, strict, failures, levels)
     if reserved:
         # rare: some DICOM key starts with "@"; find those documents and flatten the others
         keep = []
@@ -305,7 +330,11 @@ def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: b
                 if strict:
                     raise
                 failures.append((exc.image_set_id, "flatten", str(exc)))
-        flat, _ = _build(keep, copy, strict, [])
+        if deferred is not None:
+            deferred.clear()
+        levels.clear()
+        levels.update(placed)
+        flat, _ = _build(keep, deferred, strict, [], levels)
     flat.failures = failures_frame(failures)
     return flat
 
@@ -348,7 +377,8 @@ def _uid_column(columns: dict[str, Sequence], key: str, keys: list[str], codecs:
 
 
 def _level_frame(
-    columns: dict[str, Sequence], index: pd.Index, vr_of: Any = None, codecs: dict[str, str] | None = None
+    columns: dict[str, Sequence], index: pd.Index, vr_of: Any = None, codecs: dict[str, str] | None = None,
+    deferred: list | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """A level frame from per-column JSON values (MISSING = absent), each column under its codec (``cells``).
 
@@ -360,8 +390,8 @@ def _level_frame(
         _, key, node_key = split_column(name)
         vr = None if node_key else (vr_of(name, values) if vr_of is not None and dicom.is_tag_key(key)
                                     else dicom.vr_of(key))
-        data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key))
-    return _frame(data, index), codecs
+        data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key), deferred is not None)
+    return _frame(data, index, deferred), codecs
 
 
 _INSTANCE_KEYS = frozenset({"DICOM", "DICOMVRs", "StoredTransferSyntaxUID", "ChecksumType", "ImageFrames"})
@@ -458,13 +488,12 @@ def _collect(
 
 
 def _build(
-    documents: list[dict[str, Any]], copy: bool, strict: bool, failures: list
+    documents: list[dict[str, Any]], deferred: list | None, strict: bool, failures: list, levels: dict[str, str]
 ) -> tuple[Flattened, set[str]]:
     """Collect the nodes of every valid document (checked on the way, see ``check``) and build the frames.
 
     Returns the frames and the image sets whose DICOM keys start with ``@`` (then refused by the caller).
     """
-    levels: dict[str, str] = {}
     s_ids: list[str] = []
     s_plain: dict[str, list] = {}
     s_other: dict[str, list] = {}
@@ -517,26 +546,28 @@ def _build(
         for values in columns.values():
             values.extend([MISSING] * (n_s - len(values)))
     study_index = build_index([s_ids], STUDY_INDEX)
-    studies, study_codecs = _level_frame({**s_plain, **s_other}, study_index)
+    studies, study_codecs = _level_frame({**s_plain, **s_other}, study_index, deferred=deferred)
     series_counts = [len(document["Study"]["Series"]) for document in s_docs]
     series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
     r_dicom = _transpose([node["DICOM"] for node in r_nodes])
     r_other = {"@" + k: v for k, v in _transpose(r_nodes).items() if k not in ("DICOM", "Instances")}
     series_codecs: dict[str, str] = {}
     _uid_column(r_dicom, "SeriesInstanceUID", r_ids[1], series_codecs)
-    series_frame, series_codecs = _level_frame({**r_dicom, **r_other}, series_index, codecs=series_codecs)
+    series_frame, series_codecs = _level_frame({**r_dicom, **r_other}, series_index, codecs=series_codecs,
+                                               deferred=deferred)
     instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
     i_dicom = _transpose([node["DICOM"] for node in i_nodes])
     i_other = {"@" + k: v for k, v in _transpose(i_nodes).items() if k not in ("DICOM", "ImageFrames")}
     instance_codecs: dict[str, str] = {}
     _uid_column(i_dicom, "SOPInstanceUID", i_ids[2], instance_codecs)
     instances, instance_codecs = _level_frame(
-        {**i_dicom, **i_other}, instance_index, _private_vrs(i_nodes), codecs=instance_codecs
+        {**i_dicom, **i_other}, instance_index, _private_vrs(i_nodes), codecs=instance_codecs, deferred=deferred
     )
     frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
     instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
     instance_codecs["@ImageFrames"] = COUNT
-    frames, frame_codecs = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX))
+    frames, frame_codecs = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX),
+                                         deferred)
     reserved = set()
     if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
         for document in s_docs:
@@ -568,7 +599,8 @@ def _private_vrs(nodes: list[dict]) -> Any:
 _FRAME_CODECS = {"ID": STR, PYRAMID: OBJECT}
 
 
-def _frames_frame(nodes: list[dict], index: pd.Index) -> tuple[pd.DataFrame, dict[str, str]]:
+def _frames_frame(nodes: list[dict], index: pd.Index, deferred: list | None = None
+                  ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
     missing = MISSING
     transposed = _transpose(nodes)
@@ -580,11 +612,59 @@ def _frames_frame(nodes: list[dict], index: pd.Index) -> tuple[pd.DataFrame, dic
     columns: dict[str, Any] = {}
     codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64))
+        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64), deferred is not None)
     for key, values in transposed.items():
         if key not in _FRAME_KEY_SET:
-            columns["@" + key], codecs["@" + key] = column_array(values, STR)
-    return _frame(columns, index), codecs
+            columns["@" + key], codecs["@" + key] = column_array(values, STR, deferred is not None)
+    return _frame(columns, index, deferred), codecs
+
+
+def concat_flattened(parts: list[Flattened]) -> Flattened | None:
+    """The batches flattened one after the other (with one shared ``levels``) as one ``Flattened``, exactly as
+    flattening all their documents at once gives it; None when their codecs differ for a column (one batch
+    spelled its empty values ``null``, another ``""``, say): then flatten them together instead."""
+    if len(parts) == 1:
+        return parts[0]
+    codecs: dict[str, dict[str, str]] = {}
+    for name in _FRAME_NAMES:
+        merged: dict[str, str] = {}
+        for part in parts:
+            for column, codec in part.codecs.get(name, {}).items():
+                if merged.setdefault(column, codec) != codec:
+                    return None
+        if any(merged.get(c) == INDEX for c in merged) and not all(INDEX in p.codecs.get(name, {}).values()
+                                                                     for p in parts if len(getattr(p, name))):
+            return None
+        codecs[name] = merged
+    frames = {}
+    for name in _FRAME_NAMES:
+        frame = pd.concat([getattr(p, name) for p in parts], axis=0, sort=False)
+        order = [c for c in frame.columns if not c.startswith("@")]
+        order += [c for c in frame.columns if c.startswith("@") and c != "@ImageFrames"]
+        order += [c for c in frame.columns if c == "@ImageFrames"]
+        if order != list(frame.columns):  # as one flatten orders them: DICOM keys, node keys, frame counts
+            frame = frame[order]
+        partial = {c for p in parts for c in frame.columns if c not in getattr(p, name).columns}
+        for position, column in enumerate(frame.columns):
+            values = frame.iloc[:, position]
+            if column in partial and values.dtype == object and codecs[name].get(column, OBJECT) == OBJECT:
+                array = values.to_numpy()
+                gaps = np.fromiter((v is not None and v != v for v in array), dtype=bool, count=len(array)) \
+                    if len(array) else np.zeros(0, dtype=bool)
+                if gaps.any():  # a batch without the column: absent is None in an object column
+                    array = array.copy()
+                    array[gaps] = None
+                    frame.isetitem(position, pd.Series(array, index=frame.index, dtype=object))
+        frames[name] = frame
+    levels: dict[str, str] = {}
+    for part in parts:
+        levels.update(part.levels)
+    failures = pd.concat([p.failures for p in parts], ignore_index=True) if any(len(p.failures) for p in parts) \
+        else failures_frame([])
+    return Flattened(**frames, levels=levels, failures=failures, codecs=codecs)
+
+
+_FRAME_NAMES = ("studies", "series", "instances", "frames")
 
 
 # --- unflatten ---------------------------------------------------------------------------------------------

@@ -32,9 +32,11 @@ from curation.frames.flattening import (
     Flattened,
     FlattenError,
     check,
+    concat_flattened,
     copy_value,
     failures_frame,
     flatten_many,
+    materialize,
     split_column,
     wide_codecs,
     wide_view,
@@ -66,6 +68,59 @@ def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
             frame[column] = pd.Series([None] * len(frame), dtype=object)
     rest = [c for c in frame.columns if c not in FAILURE_COLUMNS]
     return frame[[*FAILURE_COLUMNS, *rest]].astype(object)
+
+
+#: Documents are parsed and flattened this many instances at a time (then freed): the peak of parsed dicts
+#: stays one batch, and the memory they leave behind (CPython cannot give back arenas its survivors pin) too.
+BATCH_INSTANCES = 5_000
+
+
+def _parsed(image_set_id: str, blob: bytes) -> dict[str, Any]:
+    document = parse_document(blob)
+    if document.get("ImageSetID") != image_set_id:
+        raise DocumentError(f"document has ImageSetID {document.get('ImageSetID')!r}")
+    return document
+
+
+def _instance_count(document: dict[str, Any]) -> int:
+    study = document.get("Study")
+    series = study.get("Series") if isinstance(study, dict) else None
+    if not isinstance(series, dict):
+        return 0
+    return sum(len(node.get("Instances") or {}) for node in series.values() if isinstance(node, dict))
+
+
+def _flatten_blobs(blobs: Mapping[str, bytes], kept: dict[str, bytes], extra: list[dict[str, Any]]) -> Flattened:
+    """Parse and flatten ``blobs`` in batches of about ``BATCH_INSTANCES`` instances (``kept``: the blobs that
+    parsed, ``extra``: the parse failures); the batches are concatenated, or, if they disagree on a column's
+    codec, everything is flattened again at once."""
+    parts: list[Flattened] = []
+    levels: dict[str, str] = {}
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for number, (image_set_id, blob) in enumerate(blobs.items()):
+        try:
+            document = _parsed(image_set_id, blob)
+        except DocumentError as exc:
+            extra.append({"ImageSetID": image_set_id, "stage": "parse", "error": str(exc)})
+        else:
+            kept[image_set_id] = blob
+            batch.append(document)
+            size += _instance_count(document)
+            del document
+        if batch and (size >= BATCH_INSTANCES or number == len(blobs) - 1):
+            deferred: list = []
+            parts.append(flatten_many(batch, deferred=deferred, levels=levels))
+            batch.clear()
+            size = 0
+            materialize(deferred)
+    if not parts:
+        return flatten_many([])
+    flat = concat_flattened(parts)
+    if flat is None:
+        parts.clear()
+        flat = flatten_many([_parsed(k, v) for k, v in kept.items()])
+    return flat
 
 
 def _json_line(documents: Documents, image_set_id: str) -> bytes:
@@ -144,26 +199,15 @@ class Snapshot:
     ) -> Snapshot:
         """A snapshot of fetched metadata blobs (``{ImageSetID: bytes}``, gzip or JSON), held compactly.
 
-        The blobs are parsed and flattened at once with the cyclic GC paused (``gc_paused``: a parsed batch
-        is a large acyclic graph), then only the blobs and the frames are kept: ``documents`` parses a blob
-        again when asked for it. A blob that does not parse, or whose document cannot be flattened or names
-        another image set, is a failure (stage ``"parse"`` or ``"flatten"``).
+        The blobs are parsed and flattened in batches (``BATCH_INSTANCES``) with the cyclic GC paused
+        (``gc_paused``: a parsed batch is a large acyclic graph), then only the blobs and the frames are kept:
+        ``documents`` parses a blob again when asked for it. A blob that does not parse, or whose document
+        cannot be flattened or names another image set, is a failure (stage ``"parse"`` or ``"flatten"``).
         """
         table = _failures(failures)
-        parsed, kept, extra = [], {}, []
+        kept, extra = {}, []
         with gc_paused():
-            for image_set_id, blob in blobs.items():
-                try:
-                    document = parse_document(blob)
-                    if document.get("ImageSetID") != image_set_id:
-                        raise DocumentError(f"document has ImageSetID {document.get('ImageSetID')!r}")
-                except DocumentError as exc:
-                    extra.append({"ImageSetID": image_set_id, "stage": "parse", "error": str(exc)})
-                    continue
-                parsed.append(document)
-                kept[image_set_id] = blob
-            flat = flatten_many(parsed, copy=False)
-            del parsed
+            flat = _flatten_blobs(blobs, kept, extra)
         if len(flat.failures):
             kept = {k: v for k, v in kept.items() if k not in set(flat.failures["ImageSetID"])}
             extra.extend(flat.failures.to_dict("records"))

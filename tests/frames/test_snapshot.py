@@ -194,3 +194,23 @@ def test_fetch_keeps_the_blobs_as_fetched(local_client: object) -> None:
     (image_set_id,) = snapshot.image_set_ids
     assert snapshot.documents.compact and snapshot.documents.blob(image_set_id)[:2] == b"\x1f\x8b"
     assert snapshot.documents[image_set_id]["ImageSetID"] == image_set_id
+
+
+def test_from_blobs_in_batches_equals_one_flatten(documents: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    import curation.frames.snapshot as snapshot_module
+    from curation.model.document import encode_document
+
+    more = copy.deepcopy(documents[1])
+    more["ImageSetID"] = "e" * 32
+    more["Study"]["DICOM"]["PatientName"] = "AT^STUDY"  # a Patient key at Study level, met in a later batch
+    del more["Patient"]["DICOM"]["PatientName"]
+    more["Study"]["DICOM"].pop("AccessionNumber", None)  # a column the other batches have
+    docs = [*documents, more]
+    blobs = {d["ImageSetID"]: encode_document(d) for d in docs}
+    monkeypatch.setattr(snapshot_module, "BATCH_INSTANCES", 1)  # one document per batch
+    batched = Snapshot.from_blobs(blobs, datastore_id=DATASTORE)
+    whole = Snapshot.from_documents(docs, datastore_id=DATASTORE)
+    for name in ("studies", "series", "instances", "frames"):
+        pd.testing.assert_frame_equal(getattr(batched, name), getattr(whole, name))
+    assert batched.codecs("instances") == whole.codecs("instances")
+    assert [canonical(d) for d in unflatten(batched.flattened)] == [canonical(d) for d in docs]
