@@ -6,8 +6,7 @@ cells edited with valid new values (written as the column holds them: text in ``
 text for multi-valued ones, numbers in ``Int64``/``Float64``). The baseline ``DataFrame.compare`` only finds
 the differing cells; ``diff`` also coerces, validates and addresses each change, ``plan`` builds the request
 payloads. The snapshot is marked non-primary so that the edits are valid. Frames are built once (outside the
-timings) from generated documents. One line shows what ``curation.curate.compare.same_objects`` (the ctypes
-pointer comparison) buys on the unedited frame, whose sequence cells are the snapshot's own objects.
+timings) from generated documents.
 """
 
 from __future__ import annotations
@@ -133,21 +132,6 @@ def edit(frame: Any, fraction: float, seed: int = 5) -> Any:
     return edited
 
 
-class _no_pointers:
-    """diff without the pointer comparison (``same_objects`` answers "not knowable")."""
-
-    def __enter__(self) -> None:
-        import curation.curate.compare as compare
-
-        self._saved = compare.same_objects
-        compare.same_objects = lambda left, right: None
-
-    def __exit__(self, *exc: object) -> None:
-        import curation.curate.compare as compare
-
-        compare.same_objects = self._saved
-
-
 def run(scale: float) -> Iterable[Measurement]:
     from curation.curate.differ import diff
     from curation.curate.planner import plan
@@ -173,9 +157,3 @@ def run(scale: float) -> Iterable[Measurement]:
         both = best_of(lambda edited=edited: plan(diff(snapshot, edited)), repeat=2)
         yield Measurement(f"diff + plan vs DataFrame.compare, {fraction:.0%} edited", both, baseline, "s",
                           note=f"{goal}; {size}")
-    unedited = original.copy()
-    with_pointers = best_of(lambda: diff(snapshot, unedited), repeat=3)
-    with _no_pointers():
-        without = best_of(lambda: diff(snapshot, unedited), repeat=3)
-    yield Measurement("what same_objects buys: diff of the unedited frame, pointers compared vs not", with_pointers,
-                      without, "s", "baseline/ours", "ratio = the speed-up of comparing object pointers first")

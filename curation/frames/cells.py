@@ -307,13 +307,29 @@ def object_array(values: Sequence) -> np.ndarray:
         mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
         if dict in types:
             mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
-        frozen = freeze_all(array[mask].tolist())
+        frozen = _shared(array[mask].tolist())
         array[mask] = np.fromiter(frozen, dtype=object, count=len(frozen))
     if type(None) in types:
         array[_mask(values, None)] = NULL
     if object in types:
         array[_mask(values, MISSING)] = None
     return array
+
+
+def _shared(containers: list) -> list:
+    """``freeze_all`` of arrays/objects, equal ones frozen once and shared (cells are immutable, so sharing is
+    safe; DICOMVRs maps and code sequences repeat across the instances of a series)."""
+    try:
+        texts = list(map(orjson.dumps, containers))
+    except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: freeze each
+        return freeze_all(containers)
+    firsts: dict[bytes, Any] = {}
+    for text, value in zip(texts, containers, strict=True):
+        firsts.setdefault(text, value)
+    if len(firsts) == len(texts):
+        return freeze_all(containers)
+    lookup = dict(zip(firsts, freeze_all(list(firsts.values())), strict=True))
+    return list(map(lookup.__getitem__, texts))
 
 
 _BUILDERS = {STR: _text, JOINED: _joined, INT64: _int64, FLOAT64: _float64}
