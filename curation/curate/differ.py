@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from curation.curate import diffrules
+from curation.curate.bulk import bulk_edits, takes_bulk
 from curation.curate.changeset import CHANGE_COLUMNS, PROBLEM_COLUMNS, Change, ChangeOp, ChangeSet, Problem
 from curation.curate.coercer import Coercer, Edit
 from curation.curate.colmap import ColumnMapper, Spec
@@ -268,7 +269,12 @@ class _DiffOperation:
         if aligned.kind == "wide" and spec.source != "instances":
             self._uniform(aligned, spec, column, candidates, orig, new, old_codec, new_codec)
             return
-        for position, old, value in zip(opos.tolist(), olds, news, strict=True):
+        rest: Any = range(len(opos))
+        if takes_bulk(spec, old_codec, new_codec, self.coercer.exact):
+            rest = bulk_edits(self.targets, self.coercer, aligned.kind, spec, column, opos, olds, news, old_codec,
+                              self.changes, self.problems)
+        for i in rest:
+            position, old, value = int(opos[i]), olds[i], news[i]
             label = self.targets.label(aligned.kind, position)
             edit = self.coercer.edit(aligned.kind, spec, position, old, value, old_codec, new_codec, label, column)
             if edit is not None:

@@ -430,10 +430,6 @@ def _collect(
     if type(all_series) is not dict:
         raise FlattenError(image_set_id, "Study.Series is missing or not an object")
     seen: dict[str, str] = {}
-    r_a, r_b = r_ids
-    i_a, i_b, i_c = i_ids
-    f_a, f_b, f_c, f_d = f_ids
-    valid_vrs = VALID_VRS
     for series_uid, series in all_series.items():
         if type(series) is not dict or type(series.get("DICOM")) is not dict:
             raise FlattenError(image_set_id, f"series {series_uid} is not an object with a DICOM object")
@@ -442,49 +438,50 @@ def _collect(
             raise FlattenError(image_set_id, f"series {series_uid} has no Instances object")
         if not _SERIES_KEYS.issuperset(series):
             _slow_key_check(series, _SERIES_KEYS, f"series {series_uid}", image_set_id)
-        r_a.append(image_set_id)
-        r_b.append(series_uid)
+        r_ids[0].append(image_set_id)
+        r_ids[1].append(series_uid)
         r_nodes.append(series)
         for sop_uid, instance in instances.items():
-            if type(instance) is not dict or type(instance.get("DICOM")) is not dict:
-                raise FlattenError(image_set_id, f"instance {sop_uid} is not an object with a DICOM object")
             if sop_uid in seen:
                 raise FlattenError(
                     image_set_id, f"duplicate SOPInstanceUID {sop_uid} in series {seen[sop_uid]} and {series_uid}"
                 )
             seen[sop_uid] = series_uid
-            if not _INSTANCE_KEYS.issuperset(instance):
-                _slow_key_check(instance, _INSTANCE_KEYS, f"instance {sop_uid}", image_set_id)
-            vrs = instance.get("DICOMVRs")
-            if vrs:
-                if type(vrs) is not dict:
-                    raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
-                if not valid_vrs.issuperset(vrs.values()):
-                    tag, vr = next((t, v) for t, v in vrs.items() if v not in valid_vrs)
-                    raise FlattenError(image_set_id, f"instance {sop_uid}: unknown VR {vr!r} for {tag} in DICOMVRs")
-            elif vrs is not None and type(vrs) is not dict:
-                raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
-            i_a.append(image_set_id)
-            i_b.append(series_uid)
-            i_c.append(sop_uid)
+            _check_instance(image_set_id, sop_uid, instance)
+            for ids, key in zip(i_ids, (image_set_id, series_uid, sop_uid), strict=True):
+                ids.append(key)
             i_nodes.append(instance)
             if "ImageFrames" in instance:
-                frames = instance["ImageFrames"]
-                if type(frames) is not list:
-                    raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
-                for number, frame in enumerate(frames, 1):
-                    if type(frame) is not dict:
-                        raise FlattenError(
-                            image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects"
-                        )
-                    if not _FRAME_KEY_SET.issuperset(frame):
-                        _slow_key_check(frame, _FRAME_KEY_SET, f"instance {sop_uid} ImageFrames", image_set_id)
-                    f_a.append(image_set_id)
-                    f_b.append(series_uid)
-                    f_c.append(sop_uid)
-                    f_d.append(number)
-                    f_nodes.append(frame)
+                _collect_frames(image_set_id, series_uid, sop_uid, instance["ImageFrames"], f_ids, f_nodes)
     return image_set_id
+
+
+def _check_instance(image_set_id: str, sop_uid: str, instance: Any) -> None:
+    """An instance node must be an object with a DICOM object, known node keys and DICOMVRs of known VRs."""
+    if type(instance) is not dict or type(instance.get("DICOM")) is not dict:
+        raise FlattenError(image_set_id, f"instance {sop_uid} is not an object with a DICOM object")
+    if not _INSTANCE_KEYS.issuperset(instance):
+        _slow_key_check(instance, _INSTANCE_KEYS, f"instance {sop_uid}", image_set_id)
+    vrs = instance.get("DICOMVRs")
+    if vrs is not None and type(vrs) is not dict:
+        raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
+    if vrs and not VALID_VRS.issuperset(vrs.values()):
+        tag, vr = next((t, v) for t, v in vrs.items() if v not in VALID_VRS)
+        raise FlattenError(image_set_id, f"instance {sop_uid}: unknown VR {vr!r} for {tag} in DICOMVRs")
+
+
+def _collect_frames(image_set_id: str, series_uid: str, sop_uid: str, frames: Any, f_ids: list[list],
+                    f_nodes: list[dict]) -> None:
+    if type(frames) is not list:
+        raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
+    for number, frame in enumerate(frames, 1):
+        if type(frame) is not dict:
+            raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
+        if not _FRAME_KEY_SET.issuperset(frame):
+            _slow_key_check(frame, _FRAME_KEY_SET, f"instance {sop_uid} ImageFrames", image_set_id)
+        for ids, key in zip(f_ids, (image_set_id, series_uid, sop_uid, number), strict=True):
+            ids.append(key)
+        f_nodes.append(frame)
 
 
 def _build(
@@ -494,9 +491,6 @@ def _build(
 
     Returns the frames and the image sets whose DICOM keys start with ``@`` (then refused by the caller).
     """
-    s_ids: list[str] = []
-    s_plain: dict[str, list] = {}
-    s_other: dict[str, list] = {}
     r_ids: list[list[str]] = [[], []]
     r_nodes: list[dict] = []
     i_ids: list[list[str]] = [[], [], []]
@@ -521,26 +515,7 @@ def _build(
         seen_ids.add(image_set_id)
         s_docs.append(document)
 
-    for row, document in enumerate(s_docs):
-        image_set_id = document["ImageSetID"]
-        s_ids.append(image_set_id)
-        _put(s_other, row, (("@" + k, v) for k, v in document.items() if k not in _ROOT_STRUCTURE))
-        for level in ("Patient", "Study"):
-            node = document[level]
-            plain = []
-            qualified = []
-            for key, value in node["DICOM"].items():
-                if levels.setdefault(key, level) == level:
-                    plain.append((key, value))
-                else:
-                    qualified.append((f"@{level}:{key}", value))
-            _put(s_plain, row, plain)
-            if qualified:
-                _put(s_other, row, qualified)
-            extra = [(f"@{level}:@{k}", v) for k, v in node.items() if k not in ("DICOM", "Series")]
-            if extra:
-                _put(s_other, row, extra)
-
+    s_ids, s_plain, s_other = _study_columns(s_docs, levels)
     n_s = len(s_ids)
     for columns in (s_plain, s_other):
         for values in columns.values():
@@ -579,6 +554,34 @@ def _build(
               "frames": frame_codecs}
     flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain}, codecs=codecs)
     return flat, reserved
+
+
+def _study_columns(s_docs: list[dict], levels: dict[str, str]) -> tuple[list[str], dict[str, list], dict[str, list]]:
+    """The studies rows: ImageSetIDs, plain attribute columns (at the level ``levels`` first placed each key) and
+    the other columns (document keys, ``@Level:Key`` for a key met at another level, node keys)."""
+    s_ids: list[str] = []
+    s_plain: dict[str, list] = {}
+    s_other: dict[str, list] = {}
+    for row, document in enumerate(s_docs):
+        image_set_id = document["ImageSetID"]
+        s_ids.append(image_set_id)
+        _put(s_other, row, (("@" + k, v) for k, v in document.items() if k not in _ROOT_STRUCTURE))
+        for level in ("Patient", "Study"):
+            node = document[level]
+            plain = []
+            qualified = []
+            for key, value in node["DICOM"].items():
+                if levels.setdefault(key, level) == level:
+                    plain.append((key, value))
+                else:
+                    qualified.append((f"@{level}:{key}", value))
+            _put(s_plain, row, plain)
+            if qualified:
+                _put(s_other, row, qualified)
+            extra = [(f"@{level}:@{k}", v) for k, v in node.items() if k not in ("DICOM", "Series")]
+            if extra:
+                _put(s_other, row, extra)
+    return s_ids, s_plain, s_other
 
 
 def _private_vrs(nodes: list[dict]) -> Any:
