@@ -261,7 +261,7 @@ def _listing(factory: Callable[[], Any], datastore_id: str, search: Mapping[str,
              sort: Any, retries: Any) -> list[tuple[str, str, Any, Any]]:
     """(image set ID, version, isPrimary, StudyInstanceUID) of every image set the search lists, in order."""
     client = factory()
-    seen: dict[str, tuple[str, str, Any, Any]] = {}
+    seen: dict[str, tuple[str, str | None, Any, Any]] = {}
     try:
         for page in iter_search_pages(client, datastore_id, search, sort=sort, limiter=RateLimiter(*CONTROL_QUOTA),
                                       retries=retries):
@@ -273,7 +273,7 @@ def _listing(factory: Callable[[], Any], datastore_id: str, search: Mapping[str,
                                                summary.get("isPrimary"), study))
     finally:
         client.close()
-    return list(seen.values())
+    return list(seen.values())  # type: ignore[arg-type]  # a version is None only for a summary without one
 
 
 def _cut(listing: list[tuple[str, str, Any, Any]], size: int) -> list[list[tuple[str, str, Any, Any]]]:
@@ -406,7 +406,8 @@ def fetch_to_parquet(
     finally:
         if own:
             client.close()
-            cluster.close()
+            if cluster is not None:
+                cluster.close()
     _write_manifest(path, datastore_id, [r for r in results if r is not None])
     return ScaleSnapshot(path)
 

@@ -83,13 +83,15 @@ def bulk_edits(targets: Targets, coercer: Coercer, kind: str, spec: Spec, column
     series = picked[1].tolist() if len(picked) > 1 and spec.level in ("Series", "Instance") else nones
     sops = picked[2].tolist() if len(picked) > 2 and spec.level == "Instance" else nones
     refused: dict[str, str | None] = {}
+    reason: str | None
     for (_, before, new), image_set, series_uid, sop, label in zip(
             taken, picked[0].tolist(), series, sops, labels, strict=True):
         if before is _ABSENT and coercer.validate:
             if image_set not in refused:
                 refused[image_set] = level_problem(targets.holding, image_set, spec.key, spec.level)
-            if refused[image_set]:
-                problems.append(Problem(image_set, label, column, spec.key, refused[image_set]))
+            reason = refused[image_set]
+            if reason:
+                problems.append(Problem(image_set, label, column, spec.key, reason))
                 continue
         problem = coercer.check_value(new, vr, vm) if coercer.validate else None
         if problem:

@@ -118,7 +118,7 @@ def _inputs(edited: Any) -> list[tuple[str | None, pd.DataFrame]]:
     if isinstance(edited, pd.DataFrame):
         return [(None, edited)]
     if isinstance(edited, Mapping):
-        out = []
+        out: list[tuple[str | None, pd.DataFrame]] = []
         for name, frame in edited.items():
             hint = name if name in _KINDS else None
             out.extend((hint, f) for _, f in _inputs(frame))

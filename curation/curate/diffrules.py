@@ -59,8 +59,8 @@ def node_removals(targets: Targets, dropped_instances: Mapping[int, Any], droppe
         dropped = np.fromiter(dropped_instances, dtype=np.int64, count=len(dropped_instances))
         total = np.bincount(of_series[of_series >= 0], minlength=len(series_ids[0]))
         gone = np.bincount(of_series[dropped], minlength=len(series_ids[0]))
-        for position in np.flatnonzero((gone == total) & (total > 0)):
-            wanted.setdefault(int(position), targets.label("series", int(position)))
+        for found in np.flatnonzero((gone == total) & (total > 0)).tolist():
+            wanted.setdefault(found, targets.label("series", found))
     blocked = _every_series_problems(targets, wanted, problems)
     changes = [Change(series_ids[0][p], "Series", series_ids[1][p], None, None, None, None, None,
                       ChangeOp.REMOVE_SERIES, label, None) for p, label in wanted.items()]
@@ -134,7 +134,8 @@ def dedupe(changes: list[Change], problems: list[Problem]) -> list[Change]:
 def check_uids(targets: Targets, changes: list[Change], problems: list[Problem]) -> None:
     """A new SOPInstanceUID / SeriesInstanceUID must not be one the image set already uses."""
     used: dict[tuple[str, str], set[str]] = {}
-    keyed = {("SOPInstanceUID", "Instance"): "instances", ("SeriesInstanceUID", "Series"): "series"}
+    keyed: dict[tuple[str | None, str], str] = {("SOPInstanceUID", "Instance"): "instances",
+                                                ("SeriesInstanceUID", "Series"): "series"}
     for change in changes:
         source = keyed.get((change.attribute, change.level))
         if change.op not in (ChangeOp.ADD, ChangeOp.UPDATE) or source is None or not isinstance(change.new, str):
@@ -175,7 +176,7 @@ def level_problem(holding: Callable[[str], Mapping[str, set[str]]], image_set: s
     if held:
         if level in held:
             return None
-        where = " and ".join(sorted(held, key=_LEVEL_RANK.get))
+        where = " and ".join(sorted(held, key=lambda level_: _LEVEL_RANK.get(level_, 9)))
         return (f"{key_} is stored at {where} level in image set {image_set}, not at {level} level: edit it where "
                 "the document puts it")
     expected = level_of(key_)

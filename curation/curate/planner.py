@@ -39,7 +39,7 @@ Choices (documented because AHI leaves them to the caller):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,7 +117,7 @@ class _Change:
     row: Any
     column: Any
     old: Any = None  # as in the ChangeSet; _json_value when used
-    fragments: Sequence[tuple[str, tuple[str, ...], Any]] = field(default_factory=list)
+    fragments: list[tuple[str, tuple[str, ...], Any]] = field(default_factory=list)
 
     @property
     def spot(self) -> tuple:
@@ -158,8 +158,8 @@ def _node_path(change: _Change) -> tuple[str, ...]:
     if change.level == "Study":
         return ("Study",)
     if change.level == "Series":
-        return ("Study", "Series", change.series)
-    return ("Study", "Series", change.series, "Instances", change.sop)
+        return ("Study", "Series", str(change.series))
+    return ("Study", "Series", str(change.series), "Instances", str(change.sop))
 
 
 def _current_node(document: dict[str, Any], change: _Change) -> dict[str, Any] | None:
@@ -177,11 +177,11 @@ def _fragments(change: _Change, document: dict[str, Any], vrs: Mapping[str, str]
         change.fragments = [("r", path, {})]
         return
     if op == "remove_series":
-        change.fragments = [("r", ("Study", "Series", change.series), {})]
+        change.fragments = [("r", ("Study", "Series", str(change.series)), {})]
         return
-    key = change.attribute
+    key = str(change.attribute)
     if op != "remove" and (change.level != "Instance" or len(key) != 8 or not _HEX_KEY.fullmatch(key)):
-        change.fragments = (("u", (*path, "DICOM", key), change.new),)
+        change.fragments = [("u", (*path, "DICOM", key), change.new)]
         return
     node = _current_node(document, change) or {}
     dicom = node.get("DICOM") or {}
@@ -277,7 +277,7 @@ def _normalize(
     """Drop duplicates and edits made moot by a removal; all instances removed -> the series removed."""
     series_nodes = (document.get("Study") or {}).get("Series") or {}
     removed_series = {c.series for c in changes if c.op == "remove_series"}
-    removed_instances: dict[str, set[str]] = {}
+    removed_instances: dict[Any, set[Any]] = {}
     for change in changes:
         if change.op == "remove_instance" and change.series not in removed_series:
             removed_instances.setdefault(change.series, set()).add(change.sop)
@@ -287,7 +287,7 @@ def _normalize(
             removed_series.add(series)
     kept: list[_Change] = []
     seen: dict[tuple, _Change] = {}
-    series_rows: dict[str, _Change] = {}
+    series_rows: dict[Any, _Change] = {}
     instance_rows: set[tuple] = set()
     for change in changes:
         if change.series in removed_series:
@@ -432,8 +432,8 @@ def _units(changes: list[_Change]) -> list[_Unit]:
         return (change.attribute in ("SOPInstanceUID", "SeriesInstanceUID"), change.attribute or "")
 
     top: dict[str, list[_Change]] = {"Patient": [], "Study": []}
-    series_changes: dict[str, list[_Change]] = {}
-    instance_changes: dict[str, dict[str, list[_Change]]] = {}
+    series_changes: dict[Any, list[_Change]] = {}
+    instance_changes: dict[Any, dict[Any, list[_Change]]] = {}
     for change in changes:
         if change.level in top:
             top[change.level].append(change)
@@ -738,10 +738,10 @@ def _plan(
     start: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for carrier, (siblings, keys) in folds.items():
-        result = _plan_fold(datastore_id, carrier, siblings, keys, per_image_set, documents, flags, limit)
-        if result is None:
+        folded = _plan_fold(datastore_id, carrier, siblings, keys, per_image_set, documents, flags, limit)
+        if folded is None:
             continue
-        planned[carrier], after = result
+        planned[carrier], after = folded
         affects[carrier] = siblings
         order.append(carrier)
         for sibling in siblings:
@@ -813,9 +813,9 @@ def _requests(order: list[str], bad: set[str], planned: dict[str, _Planned], aff
             if touched:
                 description += f" (includeStudyImageSets: also {len(touched)} other image set(s) of the study)"
             requests.append(PlannedRequest(image_set, index, params, reasons, list(touched), description))
-        for touched in (image_set, *affects.get(image_set, [])):
-            if touched in version_ids:
-                base_versions[touched] = version_ids[touched]
+        for member in (image_set, *affects.get(image_set, [])):
+            if member in version_ids:
+                base_versions[member] = version_ids[member]
     return requests, base_versions
 
 
@@ -844,9 +844,9 @@ def _plan_fold(
     after = {sibling: documents[sibling] for sibling in siblings}
     for params, _, _ in result.requests:
         part = study_part(params) if params.get("includeStudyImageSets") else None
-        for sibling in siblings if part else []:
+        for sibling in siblings if part is not None else []:
             try:
-                updates = part["updateImageSetMetadataUpdates"]["DICOMUpdates"]
+                updates = part["updateImageSetMetadataUpdates"]["DICOMUpdates"]  # type: ignore[index]
                 _, edits = check_updates(after[sibling], updates, is_primary=True, max_blob_bytes=limit)
                 after[sibling] = apply_checked(after[sibling], edits)
             except AHIError:

@@ -157,8 +157,8 @@ def freeze_all(values: list) -> list:
         positions = [i for i, k in enumerate(kinds) if k is list]
         lists = [values[i] for i in positions]
         items = iter(freeze_all(list(chain.from_iterable(lists))))
-        for i, frozen in zip(positions, map(tuple, map(islice, repeat(items), map(len, lists))), strict=True):
-            out[i] = frozen
+        for i, array in zip(positions, map(tuple, map(islice, repeat(items), map(len, lists))), strict=True):
+            out[i] = array
     if dict in present:
         positions = [i for i, k in enumerate(kinds) if k is dict]
         dicts = [values[i] for i in positions]

@@ -42,7 +42,7 @@ Bad input raises ``FlattenError`` (a ``DocumentError`` naming the image set); ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -368,7 +368,7 @@ def _transpose(dicts: list[dict]) -> dict[str, tuple]:
     return dict(zip(keys, zip(*rows, strict=True), strict=True))
 
 
-def _uid_column(columns: dict[str, Sequence], key: str, keys: list[str], codecs: dict[str, str]) -> None:
+def _uid_column(columns: dict[str, Any], key: str, keys: list[str], codecs: dict[str, str]) -> None:
     """Drop the UID column that repeats the index level (every row's DICOM UID equals its key): codec INDEX."""
     values = columns.get(key)
     if values is not None and list(values) == keys:
@@ -499,7 +499,7 @@ def _build(
     f_nodes: list[dict] = []
     seen_ids: set[str] = set()
     s_docs: list[dict] = []
-    all_lists = (*r_ids, r_nodes, *i_ids, i_nodes, *f_ids, f_nodes)
+    all_lists: tuple[list, ...] = (*r_ids, r_nodes, *i_ids, i_nodes, *f_ids, f_nodes)
 
     for document in documents:
         marks = [len(x) for x in all_lists]
@@ -543,13 +543,13 @@ def _build(
     instance_codecs["@ImageFrames"] = COUNT
     frames, frame_codecs = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX),
                                          deferred)
-    reserved = set()
+    reserved: set[str] = set()
     if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
         for document in s_docs:
             try:
                 check(document)
             except FlattenError as exc:
-                reserved.add(exc.image_set_id)
+                reserved.add(str(exc.image_set_id))
     codecs = {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs,
               "frames": frame_codecs}
     flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain}, codecs=codecs)
@@ -785,17 +785,17 @@ def _rebuild_level(
     for column in frame.columns:
         if column == "@ImageFrames":
             continue
-        level, key, node_key = split_column(column)
+        level, name, node_key = split_column(column)
         if level is not None:
             raise ValueError(f"column {column!r} is qualified with a level; unflatten takes level frames")
         for i, value in _cells(frame, column, codecs):
-            node = row_nodes[i]
-            if node is None:
+            row = row_nodes[i]
+            if row is None:
                 continue
             if node_key:
-                node[key] = value
+                row[name] = value
             else:
-                node["DICOM"][key] = value
+                row["DICOM"][name] = value
     for uid in (k for k, codec in codecs.items() if codec == INDEX):
         for label, node in nodes.items():
             node["DICOM"].setdefault(uid, label[-1])
@@ -878,7 +878,7 @@ def wide_view(studies: pd.DataFrame, series: pd.DataFrame, instances: pd.DataFra
     return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0].copy()
 
 
-def wide_codecs(codecs: dict[str, dict[str, str]], columns: dict[str, Iterable[str]]) -> dict[str, str]:
+def wide_codecs(codecs: Mapping[str, Mapping[str, str]], columns: Mapping[str, Iterable[Any]]) -> dict[str, str]:
     """The codecs of ``wide_view``'s columns (named as it names them) from the level frames' ``columns``."""
     out: dict[str, str] = {}
     for source, level in (("studies", None), ("series", "Series"), ("instances", "Instance")):

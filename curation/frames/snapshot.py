@@ -205,7 +205,8 @@ class Snapshot:
         cannot be flattened or names another image set, is a failure (stage ``"parse"`` or ``"flatten"``).
         """
         table = _failures(failures)
-        kept, extra = {}, []
+        kept: dict[str, bytes] = {}
+        extra: list[dict[str, Any]] = []
         with gc_paused():
             flat = _flatten_blobs(blobs, kept, extra)
         if len(flat.failures):
@@ -315,10 +316,9 @@ class Snapshot:
     def flattened(self) -> Flattened:
         """The level frames as one ``Flattened`` (copies), e.g. for ``curation.frames.flattening.unflatten``."""
         flat = self._flattened()
-        return Flattened(
-            *(getattr(flat, n).copy() for n in FRAME_NAMES), dict(flat.levels), flat.failures.copy(),
-            codecs={name: dict(codecs) for name, codecs in flat.codecs.items()},
-        )
+        studies, series, instances, frames = (getattr(flat, n).copy() for n in FRAME_NAMES)
+        return Flattened(studies, series, instances, frames, dict(flat.levels), flat.failures.copy(),
+                         codecs={name: dict(codecs) for name, codecs in flat.codecs.items()})
 
     # --- column metadata ---------------------------------------------------------------------------------
 

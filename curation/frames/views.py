@@ -47,7 +47,8 @@ def parse_da(text: str) -> pd.Timestamp | None:
     if not match:
         return None
     try:
-        return pd.Timestamp(datetime(*(int(g) for g in match.groups())))
+        year, month, day = (int(g) for g in match.groups())
+        return pd.Timestamp(datetime(year, month, day))
     except ValueError:
         return None
 

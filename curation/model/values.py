@@ -227,7 +227,7 @@ def _element(value: Any, vr: str | None) -> Any:
 
 def _item(item: dict) -> dict:
     """A sequence item: every value coerced by its own keyword's VR/VM (NULL/None -> JSON null)."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in item.items():
         if not isinstance(key, str):
             raise CoercionError(f"sequence item keys must be strings, not {type(key).__name__}")
