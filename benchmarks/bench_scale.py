@@ -10,7 +10,9 @@ sets; the in-memory path (``fetch``: every document and every level frame in one
 size only (at the large one it is the machine's memory, not a figure). Both are unthrottled (``rate=None``),
 so the time is the work, not the quota. Wall time counts from the first SearchImageSets call (the cluster is
 started and its workers have imported the toolkit before). The point: the driver's peak stays flat when the
-datastore grows 10x. ``python -m benchmarks scale --scale 0.05`` is a quick run; ``--scale 1`` the full one.
+datastore grows 10x. First line: the CPU of one partition's flatten-and-write (``store_partition``) against
+the previous writer's steps on the same blobs. ``python -m benchmarks scale --scale 0.05`` is a quick run;
+``--scale 1`` the full one.
 """
 
 from __future__ import annotations
@@ -106,10 +108,64 @@ def _measure(kind: str, endpoint: str, datastore_id: str, directory: str, partit
     return json.loads(output.strip().splitlines()[-1])
 
 
+def _previous_partition(path: str, name: str, blobs: dict[str, bytes]) -> None:
+    """The partition writer as it was before issue 17, for the CPU baseline: documents kept as dicts, re-dumped
+    and re-gzipped into ``documents.jsonl.gz``, and every cell of every frame written as JSON text."""
+    import gzip
+    import os
+
+    import orjson
+    import pandas as pd
+
+    from curation.frames.exchange import encode_cell
+    from curation.frames.flattening import flatten_many
+    from curation.model.document import parse_document
+
+    documents = [parse_document(blob) for blob in blobs.values()]
+    flat = flatten_many(documents)
+    os.makedirs(os.path.join(path, "documents"), exist_ok=True)
+    with gzip.open(os.path.join(path, "documents", f"{name}.jsonl.gz"), "wb", compresslevel=6) as handle:
+        for document in documents:
+            handle.write(orjson.dumps(document) + b"\n")
+    for level in ("studies", "series", "instances", "frames"):
+        frame = getattr(flat, level)
+        data = {f"@index:{n}": frame.index.get_level_values(i) for i, n in enumerate(frame.index.names)}
+        for column in frame.columns:
+            data[column] = pd.array([encode_cell(v) for v in frame[column].to_numpy(dtype=object)], dtype="str")
+        os.makedirs(os.path.join(path, level), exist_ok=True)
+        pd.DataFrame(data, index=range(len(frame))).to_parquet(os.path.join(path, level, f"{name}.parquet"))
+
+
+def _partition_cpu(image_sets: int) -> tuple[float, float]:
+    """CPU seconds (``time.process_time``) to flatten and write one partition of fetched blobs: ours, before."""
+    import time
+
+    from curation.model.document import encode_document
+    from curation.scale import store_partition
+
+    blobs = {f"{n:032x}": encode_document({**doc, "ImageSetID": f"{n:032x}"}, compress=True)
+             for n, doc in enumerate(generated(image_sets, 0))}
+    timings = []
+    for write in (store_partition, _previous_partition):
+        best = float("inf")
+        for _ in range(3):
+            with tempfile.TemporaryDirectory(prefix="bench-partition-") as directory:
+                start = time.process_time()
+                write(directory, "part-00000", blobs)
+                best = min(best, time.process_time() - start)
+        timings.append(best)
+    return timings[0], timings[1]
+
+
 def run(scale: float) -> Iterable[Measurement]:
     """Wall time and driver peak memory at two datastore sizes, the large one ``GROWTH`` times the small."""
     from benchmarks.bench_fetch import served
     from curation.local.store import Store
+
+    ours, before = _partition_cpu(PARTITION)
+    yield Measurement(f"scale partition CPU (flatten + write {PARTITION} image sets of {INSTANCES_PER_SET})", ours,
+                      before, "s", note="goal <= 0.5; baseline: the previous writer (documents re-dumped and "
+                      "re-gzipped, every cell JSON text); both from the same fetched gzip blobs")
 
     big = max(GROWTH * 2, round(FULL_IMAGE_SETS * scale))
     sizes = [big // GROWTH, big]
