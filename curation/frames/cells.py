@@ -83,14 +83,8 @@ class _Remove(str):
 
     __str__ = __repr__
 
-    def __reduce__(self) -> str:
+    def __reduce__(self) -> str:  # pickle, copy and deepcopy give the one REMOVE back
         return "REMOVE"
-
-    def __copy__(self) -> _Remove:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> _Remove:
-        return self
 
 
 #: Set a cell to ``REMOVE`` to remove the attribute, whatever it holds (a present-empty one included).
