@@ -641,7 +641,10 @@ def concat_flattened(parts: list[Flattened]) -> Flattened | None:
         codecs[name] = merged
     frames = {}
     for name in _FRAME_NAMES:
-        frame = pd.concat([getattr(p, name) for p in parts], axis=0, sort=False)
+        pieces = [getattr(p, name) for p in parts]
+        frame = pd.concat([piece.reset_index(drop=True) for piece in pieces], axis=0, sort=False,
+                          ignore_index=True)
+        frame.index = _concat_index([piece.index for piece in pieces])
         order = [c for c in frame.columns if not c.startswith("@")]
         order += [c for c in frame.columns if c.startswith("@") and c != "@ImageFrames"]
         order += [c for c in frame.columns if c == "@ImageFrames"]
@@ -668,6 +671,18 @@ def concat_flattened(parts: list[Flattened]) -> Flattened | None:
 
 
 _FRAME_NAMES = ("studies", "series", "instances", "frames")
+
+
+def _concat_index(indexes: list[pd.Index]) -> pd.Index:
+    """The level indexes of consecutive batches as one, factorized once (``pd.concat`` would union the levels
+    batch by batch: quadratic in the number of batches)."""
+    names = tuple(indexes[0].names)
+    arrays = [np.concatenate([index.get_level_values(i).to_numpy(dtype=object) for index in indexes])
+              for i in range(len(names))]
+    if "frame" in names:
+        position = names.index("frame")
+        arrays[position] = arrays[position].astype(np.int64)
+    return build_index([a.tolist() for a in arrays], names)
 
 
 # --- unflatten ---------------------------------------------------------------------------------------------
