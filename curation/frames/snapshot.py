@@ -72,7 +72,7 @@ def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
 
 #: Documents are parsed and flattened this many instances at a time (then freed): the peak of parsed dicts
 #: stays one batch, and the memory they leave behind (CPython cannot give back arenas its survivors pin) too.
-BATCH_INSTANCES = 5_000
+BATCH_INSTANCES = 2_500
 
 
 def _parsed(image_set_id: str, blob: bytes) -> dict[str, Any]:
