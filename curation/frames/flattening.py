@@ -441,19 +441,46 @@ def _collect(
         r_ids[0].append(image_set_id)
         r_ids[1].append(series_uid)
         r_nodes.append(series)
-        for sop_uid, instance in instances.items():
-            if sop_uid in seen:
-                raise FlattenError(
-                    image_set_id, f"duplicate SOPInstanceUID {sop_uid} in series {seen[sop_uid]} and {series_uid}"
-                )
-            seen[sop_uid] = series_uid
-            _check_instance(image_set_id, sop_uid, instance)
-            for ids, key in zip(i_ids, (image_set_id, series_uid, sop_uid), strict=True):
-                ids.append(key)
-            i_nodes.append(instance)
-            if "ImageFrames" in instance:
-                _collect_frames(image_set_id, series_uid, sop_uid, instance["ImageFrames"], f_ids, f_nodes)
+        _collect_series(image_set_id, series_uid, instances, seen, i_ids, i_nodes, f_ids, f_nodes)
     return image_set_id
+
+
+def _collect_series(image_set_id: str, series_uid: str, instances: dict, seen: dict[str, str],
+                    i_ids: list[list[str]], i_nodes: list[dict], f_ids: list[list], f_nodes: list[dict]) -> None:
+    """Append one series' instance and frame nodes; the checks run in full only for a node that fails the
+    quick ones (so that the error names what is wrong)."""
+    i_a, i_b, i_c = i_ids
+    f_a, f_b, f_c, f_d = f_ids
+    for sop_uid, instance in instances.items():
+        if sop_uid in seen:
+            raise FlattenError(
+                image_set_id, f"duplicate SOPInstanceUID {sop_uid} in series {seen[sop_uid]} and {series_uid}"
+            )
+        seen[sop_uid] = series_uid
+        vrs = instance.get("DICOMVRs") if type(instance) is dict else None
+        if (type(instance) is not dict or type(instance.get("DICOM")) is not dict
+                or not _INSTANCE_KEYS.issuperset(instance)
+                or (vrs is not None and (type(vrs) is not dict or not VALID_VRS.issuperset(vrs.values())))):
+            _check_instance(image_set_id, sop_uid, instance)
+        i_a.append(image_set_id)
+        i_b.append(series_uid)
+        i_c.append(sop_uid)
+        i_nodes.append(instance)
+        frames = instance.get("ImageFrames", _NO_FRAMES)
+        if frames is _NO_FRAMES:
+            continue
+        if type(frames) is not list or not all(type(f) is dict and _FRAME_KEY_SET.issuperset(f) for f in frames):
+            _collect_frames(image_set_id, series_uid, sop_uid, frames, f_ids, f_nodes)
+            continue
+        count = len(frames)
+        f_a.extend([image_set_id] * count)
+        f_b.extend([series_uid] * count)
+        f_c.extend([sop_uid] * count)
+        f_d.extend(range(1, count + 1))
+        f_nodes.extend(frames)
+
+
+_NO_FRAMES: list = []
 
 
 def _check_instance(image_set_id: str, sop_uid: str, instance: Any) -> None:
