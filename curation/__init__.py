@@ -16,6 +16,8 @@ from curation.curate.changeset import ChangeSet
 from curation.curate.differ import DiffError, diff, diff_documents
 from curation.curate.planner import plan, revert_plan
 from curation.curate.updateplan import PlanError, UpdatePlan
+from curation.frames.cells import REMOVE
+from curation.frames.exchange import read_csv, read_parquet, to_csv, to_parquet
 from curation.frames.flattening import NULL, flatten, flatten_many, unflatten
 from curation.frames.snapshot import Snapshot
 from curation.frames.views import explode, typed
@@ -29,6 +31,7 @@ from curation.run.verifying import verify
 
 __all__ = [
     "NULL",
+    "REMOVE",
     "ChangeSet",
     "DiffError",
     "DocumentError",
@@ -47,9 +50,13 @@ __all__ = [
     "history",
     "parse_document",
     "plan",
+    "read_csv",
     "read_document",
+    "read_parquet",
     "revert",
     "revert_plan",
+    "to_csv",
+    "to_parquet",
     "typed",
     "unflatten",
     "verify",

@@ -10,10 +10,11 @@ Needs the optional ``scale`` extra (``pip install 'ahi-curation[scale]'``: dask[
   the number of partitions running at once). The driver only ever holds the listing and per-partition
   summaries, never documents or frames.
 - On disk, ``path`` holds ``manifest.json`` (datastore ID, version IDs, image set order, partitions and their
-  column schemas, failures), ``documents/part-NNNNN.jsonl.gz`` (the raw documents of each partition) and one
+  column schemas, failures), ``documents/part-NNNNN.parquet`` (each partition's metadata blobs exactly as
+  fetched, gzip bytes, with their ImageSetID) and one
   Parquet dataset per level, ``studies/``, ``series/``, ``instances/``, ``frames/``, one file per partition,
   each written exactly as ``Snapshot.save`` writes its frames (index levels as ``@index:<name>`` columns,
-  object cells as JSON text).
+  native Arrow types, object cells as JSON text).
 - ``open_snapshot(path)``: a Dask DataFrame per level, one partition per snapshot partition (each holds
   whole image sets). Dask has no MultiIndex: the index is ``ImageSetID`` and the other index levels are the
   leading columns (``SeriesInstanceUID``, ``SOPInstanceUID``, ``frame``); a DICOM attribute named like one
@@ -41,7 +42,6 @@ then be a directory every worker and the driver can read and write (a shared fil
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -50,19 +50,21 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curation.curate.changeset import ChangeSet, empty_changes, empty_problems
+from curation.frames.exchange import decode_cell, read_frame, write_frame
 from curation.frames.flattening import (
     FRAME_INDEX,
     INSTANCE_INDEX,
     SERIES_INDEX,
     STUDY_INDEX,
     build_index,
-    flatten_many,
 )
-from curation.frames.snapshot import FRAME_NAMES, Snapshot, decode_cell, read_frame, write_frame
+from curation.frames.snapshot import FRAME_NAMES, Snapshot
+from curation.model.document import parse_document
 from curation.run.fetching import CONTROL_QUOTA, DEFAULT_RETRIES, GET_METADATA_QUOTA, fetch_documents, iter_search_pages
 from curation.run.retries import RateLimiter, RetryPolicy
 
@@ -74,7 +76,7 @@ __all__ = ["ClientFactory", "ScaleSnapshot", "diff", "fetch_to_parquet", "open_s
 
 FORMAT = "ahi-curation-scale-snapshot"
 EDITS_FORMAT = "ahi-curation-scale-frames"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 INDEXES = {"studies": STUDY_INDEX, "series": SERIES_INDEX, "instances": INSTANCE_INDEX, "frames": FRAME_INDEX}
 QUALIFIERS = {"studies": "Study", "series": "Series", "instances": "Instance", "frames": "Instance"}
 _INSTALL = "curation.scale needs the 'scale' extra: pip install 'ahi-curation[scale]' (dask[distributed], duckdb)"
@@ -208,9 +210,9 @@ class ScaleSnapshot:
 
     def to_snapshot(self) -> Snapshot:
         """Everything as one in-memory Snapshot (only for data that fits in memory)."""
-        documents = [d for n in range(len(self.partitions)) for d in self.documents(n)]
-        snapshot = Snapshot.from_documents(documents, datastore_id=self.datastore_id, version_ids=self.version_ids,
-                                           failures=self.failures)
+        blobs = {k: v for part in self.partitions for k, v in _read_blobs(self.path, part).items()}
+        snapshot = Snapshot.from_blobs(blobs, datastore_id=self.datastore_id, version_ids=self.version_ids,
+                                       failures=self.failures)
         snapshot.primary = self.primary
         return snapshot
 
@@ -225,14 +227,19 @@ def _cached(path: str, mtime: int) -> ScaleSnapshot:
     return ScaleSnapshot(path)
 
 
+def _read_blobs(path: str, part: Mapping[str, Any]) -> dict[str, bytes]:
+    """The metadata blobs of one partition, as fetched (``documents/part-NNNNN.parquet``: ImageSetID, blob)."""
+    table = pq.read_table(os.path.join(path, "documents", f"{part['name']}.parquet"))
+    return dict(zip(table.column("ImageSetID").to_pylist(), table.column("blob").to_pylist(), strict=True))
+
+
 def _read_documents(path: str, part: Mapping[str, Any]) -> list[dict[str, Any]]:
-    with gzip.open(os.path.join(path, "documents", f"{part['name']}.jsonl.gz"), "rb") as handle:
-        return [orjson.loads(line) for line in handle if line.strip()]
+    return [parse_document(blob) for blob in _read_blobs(path, part).values()]
 
 
 def _partition_snapshot(path: str, datastore_id: str, part: Mapping[str, Any]) -> Snapshot:
-    snapshot = Snapshot.from_documents(_read_documents(path, part), datastore_id=datastore_id,
-                                       version_ids=part["version_ids"])
+    snapshot = Snapshot.from_blobs(_read_blobs(path, part), datastore_id=datastore_id,
+                                   version_ids=part["version_ids"])
     snapshot.primary = dict(part["primary"])
     return snapshot
 
@@ -254,7 +261,7 @@ def _listing(factory: Callable[[], Any], datastore_id: str, search: Mapping[str,
              sort: Any, retries: Any) -> list[tuple[str, str, Any, Any]]:
     """(image set ID, version, isPrimary, StudyInstanceUID) of every image set the search lists, in order."""
     client = factory()
-    seen: dict[str, tuple[str, str, Any, Any]] = {}
+    seen: dict[str, tuple[str, str | None, Any, Any]] = {}
     try:
         for page in iter_search_pages(client, datastore_id, search, sort=sort, limiter=RateLimiter(*CONTROL_QUOTA),
                                       retries=retries):
@@ -266,7 +273,7 @@ def _listing(factory: Callable[[], Any], datastore_id: str, search: Mapping[str,
                                                summary.get("isPrimary"), study))
     finally:
         client.close()
-    return list(seen.values())
+    return list(seen.values())  # type: ignore[arg-type]  # a version is None only for a summary without one
 
 
 def _cut(listing: list[tuple[str, str, Any, Any]], size: int) -> list[list[tuple[str, str, Any, Any]]]:
@@ -294,21 +301,32 @@ def _fetch_partition(factory: Callable[[], Any], datastore_id: str, path: str, n
     try:
         versions = {e[0]: e[1] for e in entries if e[1] is not None}
         result = fetch_documents(client, datastore_id, [e[0] for e in entries], version_ids=versions,
-                                 max_workers=max_workers, rate=rate, burst=burst, progress=False, retries=retries)
+                                 max_workers=max_workers, rate=rate, burst=burst, progress=False, retries=retries,
+                                 parse=False)
     finally:
         client.close()
     failures = [{k: (None if v is None else str(v)) for k, v in r.items()}
                 for r in result.failures.to_dict("records")]
-    flat = flatten_many(result.documents, copy=False)
-    bad = set()
-    for record in flat.failures.to_dict("records"):
-        bad.add(record["ImageSetID"])
-        failures.append({k: (None if v is None else str(v)) for k, v in record.items()})
-    documents = [d for d in result.documents if d["ImageSetID"] not in bad]
+    entry = store_partition(path, name, result.blobs)
+    failures += entry.pop("failures")
+    ids = entry["image_set_ids"]
+    primary = {**result.primary, **{e[0]: bool(e[2]) for e in entries if e[2] is not None}}
+    return {**entry, "version_ids": {i: result.version_ids[i] for i in ids},
+            "primary": {i: primary[i] for i in ids if i in primary}, "failures": failures}
+
+
+def store_partition(path: str, name: str, blobs: Mapping[str, bytes]) -> dict[str, Any]:
+    """Flatten one partition's fetched blobs and write them: the blobs as fetched (no re-dump, no re-gzip) and
+    one Parquet file per level (native Arrow types; JSON text only for object cells)."""
+    snapshot = Snapshot.from_blobs(blobs, datastore_id="")
+    flat = snapshot.cached_flattened()
+    failures = [{k: (None if v is None else str(v)) for k, v in r.items()}
+                for r in snapshot.failures.to_dict("records")]
+    ids = snapshot.image_set_ids
     os.makedirs(os.path.join(path, "documents"), exist_ok=True)
-    with gzip.open(os.path.join(path, "documents", f"{name}.jsonl.gz"), "wb", compresslevel=6) as handle:
-        for document in documents:
-            handle.write(orjson.dumps(document) + b"\n")
+    kept = pa.table({"ImageSetID": pa.array(ids, pa.string()),
+                     "blob": pa.array([blobs[i] for i in ids], pa.large_binary())})
+    pq.write_table(kept, os.path.join(path, "documents", f"{name}.parquet"), compression="none")
     frames = {}
     for level in FRAME_NAMES:
         frame = getattr(flat, level)
@@ -317,17 +335,7 @@ def _fetch_partition(factory: Callable[[], Any], datastore_id: str, path: str, n
         info["dtypes"] = {str(c): str(frame[c].dtype) for c in frame.columns if c not in info["json_columns"]}
         info["rows"] = len(frame)
         frames[level] = info
-    primary = {**result.primary, **{e[0]: bool(e[2]) for e in entries if e[2] is not None}}
-    ids = [d["ImageSetID"] for d in documents]
-    return {
-        "name": name,
-        "image_set_ids": ids,
-        "version_ids": {i: result.version_ids[i] for i in ids},
-        "primary": {i: primary[i] for i in ids if i in primary},
-        "levels": dict(flat.levels),
-        "frames": frames,
-        "failures": failures,
-    }
+    return {"name": name, "image_set_ids": ids, "levels": dict(flat.levels), "frames": frames, "failures": failures}
 
 
 def _total_threads(client: Any) -> int:
@@ -398,7 +406,8 @@ def fetch_to_parquet(
     finally:
         if own:
             client.close()
-            cluster.close()
+            if cluster is not None:
+                cluster.close()
     _write_manifest(path, datastore_id, [r for r in results if r is not None])
     return ScaleSnapshot(path)
 
@@ -693,7 +702,7 @@ def _split(frame: pd.DataFrame, snapshot: ScaleSnapshot) -> list[pd.DataFrame]:
 
 
 def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.DataFrame]],
-                    vrs: Mapping[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    vrs: Mapping[str, str] | None, rows: str = "selection") -> tuple[pd.DataFrame, pd.DataFrame]:
     """On a worker: ``curation.curate.differ.diff`` of one partition's edited frames against its documents."""
     from curation.curate.differ import diff as diff_frames
 
@@ -714,7 +723,7 @@ def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.Da
         if level == "studies" and to_local:
             frame = frame.rename(columns=to_local)
         frames.append((level, frame))
-    changes = diff_frames(local, [{level: frame} for level, frame in frames], vrs=vrs)
+    changes = diff_frames(local, [{level: frame} for level, frame in frames], vrs=vrs, rows=rows)
     table, problems = changes.changes, changes.problems
     if back:
         table, problems = _rename_cells(table, back), _rename_cells(problems, back)
@@ -734,9 +743,13 @@ def diff(
     *,
     vrs: Mapping[str, str] | None = None,
     strict: bool = False,
+    rows: str = "selection",
     client: Any = None,
 ) -> ChangeSet:
     """``curation.curate.differ.diff`` on a scale snapshot, partition by partition (see the module docstring).
+
+    ``rows`` as in ``curation.diff``: ``"selection"`` leaves rows absent from a frame alone, ``"all"`` removes
+    the instances and series absent from it (each partition's frame stands for the whole partition).
 
     - ``snapshot``: the scale snapshot's path, its ``ScaleSnapshot`` or ``open_snapshot``'s result.
     - ``edited``: Dask DataFrames from ``open_snapshot`` after edits (a dict names their levels; otherwise
@@ -771,7 +784,7 @@ def diff(
             for number, piece in enumerate(_split(to_pandas(frame, level), scale)):
                 per_part[number].append((level, piece))
     task = dask.delayed(_diff_partition, pure=False)
-    results = _compute([task(scale.path, n, per_part[n], checked) for n in range(count)], client)
+    results = _compute([task(scale.path, n, per_part[n], checked, rows) for n in range(count)], client)
     tables = [t for t, _ in results if len(t)]
     problems = [p for _, p in results if len(p)]
     table = pd.concat(tables, ignore_index=True) if tables else empty_changes()
@@ -846,28 +859,33 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def _part_sql(snapshot: ScaleSnapshot, part: Mapping[str, Any], level: str, json_columns: set[str]) -> str:
+    """One partition's file, its studies columns renamed to the snapshot's names, and a column that is JSON in
+    another partition (an object column there, e.g. mixed spellings) given as JSON text here too."""
+    file = os.path.join(snapshot.path, level, f"{part['name']}.parquet").replace("'", "''")
+    info = part["frames"][level]
+    renames = _renames(part["levels"], snapshot.levels) if level == "studies" else {}
+    own = {renames.get(c, c): c for c in info["columns"]}
+    items = [f"{_quote(k)} AS {_quote(v)}" for k, v in renames.items() if k in info["columns"]]
+    text = [f"to_json({_quote(c)})::VARCHAR AS {_quote(c)}" for name, c in own.items()
+            if name in json_columns and c not in info["json_columns"]]
+    select = "SELECT *"
+    if text:
+        select += f" REPLACE ({', '.join(text)})"
+    if items:
+        select += f" RENAME ({', '.join(items)})"
+    return f"{select} FROM read_parquet('{file}')"
+
+
 def _view_sql(snapshot: ScaleSnapshot, level: str) -> str:
     schema = snapshot.manifest["schema"][level]
     names = INDEXES[level]
-    plain_files, renamed = [], []
-    for part in snapshot.partitions:
-        file = os.path.join(snapshot.path, level, f"{part['name']}.parquet").replace("'", "''")
-        renames = _renames(part["levels"], snapshot.levels) if level == "studies" else {}
-        present = {renames.get(c, c) for c in part["frames"][level]["columns"]}
-        if renames and present & set(renames.values()):
-            items = ", ".join(f"{_quote(k)} AS {_quote(v)}" for k, v in renames.items()
-                              if k in part["frames"][level]["columns"])
-            renamed.append(f"SELECT * RENAME ({items}) FROM read_parquet('{file}')")
-        else:
-            plain_files.append(f"'{file}'")
-    sources = []
-    if plain_files:
-        sources.append(f"SELECT * FROM read_parquet([{', '.join(plain_files)}], union_by_name=true)")
-    sources.extend(renamed)
+    json_columns = set(schema["json_columns"])
+    sources = [_part_sql(snapshot, part, level, json_columns) for part in snapshot.partitions]
     select = [f"{_quote('@index:' + n)} AS {_quote(n)}" for n in names]
     for column in schema["columns"]:
         alias = _quote(_flat_name(column, level))
-        if column in schema["json_columns"]:
+        if column in json_columns:
             select.append(f"CAST({_quote(column)} AS JSON) AS {alias}")
         else:
             select.append(f"{_quote(column)} AS {alias}")
@@ -880,8 +898,10 @@ def sql(path: str | os.PathLike, query: str) -> pd.DataFrame:
 
     Views ``studies``, ``series``, ``instances``, ``frames``: index levels as columns (``ImageSetID``,
     ``SeriesInstanceUID``, ``SOPInstanceUID``, ``frame``; a DICOM attribute of the same name is
-    ``@Series:SeriesInstanceUID`` / ``@Instance:SOPInstanceUID``), attribute cells as DuckDB ``JSON`` (compare
-    text with ``Modality->>'$' = 'CT'``, items with ``ImageType->>'$[0]'``). In the result, JSON columns are
+    ``@Series:SeriesInstanceUID`` / ``@Instance:SOPInstanceUID``), text, integer and float columns as VARCHAR,
+    BIGINT and DOUBLE (``Modality = 'CT'``, ``ImageType LIKE 'ORIGINAL\\%'``; ``''`` is present-empty, NULL
+    absent), object cells as DuckDB ``JSON`` (``SourceImageSequence->>'$[0].CodeValue'``). In the result, JSON
+    columns are
     decoded as ``Snapshot`` cells (JSON null -> ``NULL``, SQL NULL -> absent), and when the result holds
     ``ImageSetID`` (and the other index levels of its level) they become the index, so that ``SELECT *``
     from a view gives the Snapshot's frame shape (for ``curation.curate.differ``: remember that instance rows left out

@@ -8,7 +8,9 @@ problems found while validating them, and the VRs the user gave for new private 
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -31,7 +33,63 @@ CHANGE_COLUMNS = (
     "column",  # the edited frame's column the change came from
 )
 
-OPERATIONS = ("add", "update", "remove", "remove_instance", "remove_series")
+
+
+class ChangeOp(StrEnum):
+    """What one ChangeSet row does (the ``op`` column holds these values as plain strings)."""
+
+    ADD = "add"
+    UPDATE = "update"
+    REMOVE = "remove"
+    REMOVE_INSTANCE = "remove_instance"
+    REMOVE_SERIES = "remove_series"
+
+
+OPERATIONS = tuple(op.value for op in ChangeOp)
+#: Operations that remove something (an attribute, an instance, a series).
+REMOVALS = (ChangeOp.REMOVE.value, ChangeOp.REMOVE_INSTANCE.value, ChangeOp.REMOVE_SERIES.value)
+
+
+@dataclass(slots=True)
+class Change:
+    """One ChangeSet row while it is being built (fields in ``CHANGE_COLUMNS`` order)."""
+
+    image_set: str
+    level: str
+    series: str | None
+    sop: str | None
+    attribute: str | None
+    vr: str | None
+    old: Any
+    new: Any
+    op: ChangeOp
+    row: Any
+    column: Any
+
+    @property
+    def spot(self) -> tuple:
+        """Where it lands: image set, level, series, instance, attribute, and whether it removes a node."""
+        node = self.op in (ChangeOp.REMOVE_INSTANCE, ChangeOp.REMOVE_SERIES)
+        return self.image_set, self.level, self.series, self.sop, self.attribute, node
+
+    def record(self) -> tuple:
+        """The row as a tuple in ``CHANGE_COLUMNS`` order (``op`` as its plain string)."""
+        return (self.image_set, self.level, self.series, self.sop, self.attribute, self.vr, self.old, self.new,
+                self.op.value, self.row, self.column)
+
+
+@dataclass(slots=True)
+class Problem:
+    """One problems row (``PROBLEM_COLUMNS`` order)."""
+
+    image_set: Any
+    row: Any
+    column: Any
+    attribute: Any
+    reason: str
+
+    def record(self) -> tuple:
+        return self.image_set, self.row, self.column, self.attribute, self.reason
 
 #: The columns of ``ChangeSet.problems``: what is wrong, where, and whether planning must stop for it.
 PROBLEM_COLUMNS = ("ImageSetID", "row", "column", "attribute", "reason")
@@ -95,12 +153,19 @@ class ChangeSet:
         """The changes split per image set (first-seen order)."""
         return {image_set: group for image_set, group in self.changes.groupby("ImageSetID", sort=False)}
 
+    def removals(self) -> dict[str, int]:
+        """How many attributes, instances and series the changes remove."""
+        ops = self.changes["op"].value_counts()
+        return {what: int(ops.get(op, 0)) for what, op in zip(("attributes", "instances", "series"), REMOVALS,
+                                                                 strict=True)}
+
     def __repr__(self) -> str:
         ops = self.changes["op"].value_counts()
         parts = ", ".join(f"{int(ops[op])} {op}" for op in OPERATIONS if op in ops.index)
         sets = len(self.image_set_ids)
         text = f"ChangeSet({len(self.changes)} change(s) in {sets} image set(s)"
         text += f": {parts}" if parts else ""
+        text += "; " + removal_text(self.removals())
         problems = len(self.problems)
         return text + (f"; {problems} problem(s))" if problems else "; no problems)")
 
@@ -145,6 +210,33 @@ class ChangeSet:
             out.append("</table>")
         out.append("</div>")
         return "".join(out)
+
+
+def payload_removals(payloads: Iterable[Any]) -> dict[str, int]:
+    """The attributes, instances and series that ``removableAttributes`` payloads (parsed JSON) remove."""
+    counts = {"attributes": 0, "instances": 0, "series": 0}
+    for payload in payloads:
+        if not isinstance(payload, dict):
+            continue
+        for level in ("Patient", "Study"):
+            counts["attributes"] += len((payload.get(level) or {}).get("DICOM") or {})
+        for series in ((payload.get("Study") or {}).get("Series") or {}).values():
+            if not series:
+                counts["series"] += 1
+                continue
+            counts["attributes"] += len(series.get("DICOM") or {})
+            for instance in (series.get("Instances") or {}).values():
+                if not instance:
+                    counts["instances"] += 1
+                else:
+                    counts["attributes"] += len(instance.get("DICOM") or {})
+    return counts
+
+
+def removal_text(counts: dict[str, int]) -> str:
+    """``"removes 2 attribute(s), 0 instance(s), 1 series"``: the removals a first line always shows."""
+    return (f"removes {counts.get('attributes', 0)} attribute(s), {counts.get('instances', 0)} instance(s), "
+            f"{counts.get('series', 0)} series")
 
 
 _OP_COLORS = {

@@ -39,7 +39,7 @@ Choices (documented because AHI leaves them to the caller):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +118,7 @@ class _Change:
     row: Any
     column: Any
     old: Any = None  # as in the ChangeSet; _json_value when used
-    fragments: Sequence[tuple[str, tuple[str, ...], Any]] = field(default_factory=list)
+    fragments: list[tuple[str, tuple[str, ...], Any]] = field(default_factory=list)
 
     @property
     def spot(self) -> tuple:
@@ -159,8 +159,8 @@ def _node_path(change: _Change) -> tuple[str, ...]:
     if change.level == "Study":
         return ("Study",)
     if change.level == "Series":
-        return ("Study", "Series", change.series)
-    return ("Study", "Series", change.series, "Instances", change.sop)
+        return ("Study", "Series", str(change.series))
+    return ("Study", "Series", str(change.series), "Instances", str(change.sop))
 
 
 def _current_node(document: dict[str, Any], change: _Change) -> dict[str, Any] | None:
@@ -178,11 +178,11 @@ def _fragments(change: _Change, document: dict[str, Any], vrs: Mapping[str, str]
         change.fragments = [("r", path, {})]
         return
     if op == "remove_series":
-        change.fragments = [("r", ("Study", "Series", change.series), {})]
+        change.fragments = [("r", ("Study", "Series", str(change.series)), {})]
         return
-    key = change.attribute
+    key = str(change.attribute)
     if op != "remove" and (change.level != "Instance" or len(key) != 8 or not _HEX_KEY.fullmatch(key)):
-        change.fragments = (("u", (*path, "DICOM", key), change.new),)
+        change.fragments = [("u", (*path, "DICOM", key), change.new)]
         return
     node = _current_node(document, change) or {}
     dicom = node.get("DICOM") or {}
@@ -232,38 +232,44 @@ def _read_changes(changes: ChangeSet, snapshot: Any, problems: list[dict[str, An
     known: set[str] = set()
     for values in rows:
         change = _Change(*values)
-        image_set, op, level = change.image_set, change.op, change.level
+        image_set = change.image_set
         reason = None
         if image_set not in known:
             if image_set in documents:
                 known.add(image_set)
             else:
                 reason = f"image set {image_set} is not in the snapshot"
-        if reason is not None:
-            pass
-        elif op not in OPERATIONS:
-            reason = f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}"
-        elif op == "remove_series":
-            change.level = "Series"
-            if change.series is None:
-                reason = "remove_series needs a SeriesInstanceUID"
-        elif op == "remove_instance":
-            change.level = "Instance"
-            if change.series is None or change.sop is None:
-                reason = "remove_instance needs a SeriesInstanceUID and a SOPInstanceUID"
-        elif level not in _LEVELS:
-            reason = f"unknown level {level!r}"
-        elif not isinstance(change.attribute, str) or not change.attribute:
-            reason = f"{op} needs an attribute"
-        elif level in ("Series", "Instance") and change.series is None:
-            reason = f"a {level}-level change needs a SeriesInstanceUID"
-        elif level == "Instance" and change.sop is None:
-            reason = "an Instance-level change needs a SOPInstanceUID"
+        reason = reason or _malformed(change)
         if reason:
             problems.append(change.problem(reason))
             continue
         out.setdefault(image_set, []).append(change)
     return out
+
+
+def _malformed(change: _Change) -> str | None:
+    """Why a ChangeSet row cannot be planned as it is written (None when it can); node removals get their
+    level."""
+    op, level = change.op, change.level
+    if op not in OPERATIONS:
+        return f"unknown operation {op!r}; expected one of {', '.join(OPERATIONS)}"
+    if op == "remove_series":
+        change.level = "Series"
+        return "remove_series needs a SeriesInstanceUID" if change.series is None else None
+    if op == "remove_instance":
+        change.level = "Instance"
+        if change.series is None or change.sop is None:
+            return "remove_instance needs a SeriesInstanceUID and a SOPInstanceUID"
+        return None
+    if level not in _LEVELS:
+        return f"unknown level {level!r}"
+    if not isinstance(change.attribute, str) or not change.attribute:
+        return f"{op} needs an attribute"
+    if level in ("Series", "Instance") and change.series is None:
+        return f"a {level}-level change needs a SeriesInstanceUID"
+    if level == "Instance" and change.sop is None:
+        return "an Instance-level change needs a SOPInstanceUID"
+    return None
 
 
 def _normalize(
@@ -272,7 +278,7 @@ def _normalize(
     """Drop duplicates and edits made moot by a removal; all instances removed -> the series removed."""
     series_nodes = (document.get("Study") or {}).get("Series") or {}
     removed_series = {c.series for c in changes if c.op == "remove_series"}
-    removed_instances: dict[str, set[str]] = {}
+    removed_instances: dict[Any, set[Any]] = {}
     for change in changes:
         if change.op == "remove_instance" and change.series not in removed_series:
             removed_instances.setdefault(change.series, set()).add(change.sop)
@@ -282,7 +288,7 @@ def _normalize(
             removed_series.add(series)
     kept: list[_Change] = []
     seen: dict[tuple, _Change] = {}
-    series_rows: dict[str, _Change] = {}
+    series_rows: dict[Any, _Change] = {}
     instance_rows: set[tuple] = set()
     for change in changes:
         if change.series in removed_series:
@@ -427,8 +433,8 @@ def _units(changes: list[_Change]) -> list[_Unit]:
         return (change.attribute in ("SOPInstanceUID", "SeriesInstanceUID"), change.attribute or "")
 
     top: dict[str, list[_Change]] = {"Patient": [], "Study": []}
-    series_changes: dict[str, list[_Change]] = {}
-    instance_changes: dict[str, dict[str, list[_Change]]] = {}
+    series_changes: dict[Any, list[_Change]] = {}
+    instance_changes: dict[Any, dict[Any, list[_Change]]] = {}
     for change in changes:
         if change.level in top:
             top[change.level].append(change)
@@ -724,26 +730,19 @@ def _plan(
     limit = int(max_blob_bytes)
     documents = snapshot.documents
     datastore_id = snapshot.datastore_id
-    version_ids = snapshot.version_ids
     flags = _primary_flags(snapshot)
     problems: list[dict[str, Any]] = []
-    per_image_set = _read_changes(changes, snapshot, problems)
-    for image_set, items in list(per_image_set.items()):
-        items = _normalize(image_set, items, documents[image_set], problems)
-        for change in items:
-            _fragments(change, documents[image_set], changes.vrs)
-        per_image_set[image_set] = items
-
+    per_image_set = _prepared(changes, snapshot, problems)
     folds = _folds(per_image_set, documents, flags) if include_study_image_sets else {}
     planned: dict[str, _Planned] = {}
     affects: dict[str, list[str]] = {}
     start: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for carrier, (siblings, keys) in folds.items():
-        result = _plan_fold(datastore_id, carrier, siblings, keys, per_image_set, documents, flags, limit)
-        if result is None:
+        folded = _plan_fold(datastore_id, carrier, siblings, keys, per_image_set, documents, flags, limit)
+        if folded is None:
             continue
-        planned[carrier], after = result
+        planned[carrier], after = folded
         affects[carrier] = siblings
         order.append(carrier)
         for sibling in siblings:
@@ -757,19 +756,8 @@ def _plan(
         if not items:
             continue
         document = start.get(image_set, documents[image_set])
-        found: list[dict[str, Any]] = []
-        flag = flags.get(image_set)
-        result = _plan_image_set(datastore_id, image_set, document, [(_units(items), False)], flag, limit, found)
-        removals = [c for c in items if c.op in ("remove", "remove_instance", "remove_series")]
-        if result is None and 0 < len(removals) < len(items):
-            # what one call refuses may pass as two: the removals first, then the rest (e.g. an attribute
-            # moved from the instances to their series)
-            rest = [c for c in items if c not in removals]
-            groups = [(_units(removals), False), (_units(rest), False)]
-            result = _plan_image_set(datastore_id, image_set, document, groups, flag, limit, [])
-        if result is None:
-            problems.extend(found)
-        else:
+        result = _plan_one(datastore_id, image_set, document, items, flags.get(image_set), limit, problems)
+        if result is not None:
             planned[image_set] = result
 
     bad = {p["ImageSetID"] for p in problems if not _missing(p["ImageSetID"])}
@@ -779,6 +767,45 @@ def _plan(
     for carrier in list(affects):
         if bad & {carrier, *affects[carrier]}:
             bad |= {carrier, *affects[carrier]}
+    requests, base_versions = _requests(order, bad, planned, affects, snapshot.version_ids, documents, start)
+    return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame)
+
+
+def _prepared(changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]]) -> dict[str, list[_Change]]:
+    """The ChangeSet's rows per image set, normalized, each with the payload fragments that express it."""
+    documents = snapshot.documents
+    per_image_set = _read_changes(changes, snapshot, problems)
+    for image_set, items in list(per_image_set.items()):
+        document = documents[image_set]
+        items = _normalize(image_set, items, document, problems)
+        for change in items:
+            _fragments(change, document, changes.vrs)
+        per_image_set[image_set] = items
+    return per_image_set
+
+
+def _plan_one(datastore_id: str, image_set: str, document: dict[str, Any], items: list[_Change],
+              flag: bool | None, limit: int, problems: list[dict[str, Any]]) -> _Planned | None:
+    """One image set's requests: one request when AHI takes it, else the removals first and the rest after
+    (e.g. an attribute moved from the instances to their series); None with ``problems`` extended."""
+    found: list[dict[str, Any]] = []
+    result = _plan_image_set(datastore_id, image_set, document, [(_units(items), False)], flag, limit, found)
+    removals = [c for c in items if c.op in ("remove", "remove_instance", "remove_series")]
+    if result is None and 0 < len(removals) < len(items):
+        rest = [c for c in items if c not in removals]
+        groups = [(_units(removals), False), (_units(rest), False)]
+        result = _plan_image_set(datastore_id, image_set, document, groups, flag, limit, [])
+    if result is None:
+        problems.extend(found)
+    return result
+
+
+def _requests(order: list[str], bad: set[str], planned: dict[str, _Planned], affects: dict[str, list[str]],
+              version_ids: Mapping[str, str], documents: Mapping[str, dict[str, Any]],
+              start: Mapping[str, dict[str, Any]]) -> tuple[list[PlannedRequest], dict[str, str]]:
+    """The planned requests in plan order (image sets with problems left out) and their base versions; the
+    first request of an image set planned on its snapshot document carries that document's digest
+    (``planned_on``: apply checks it before sending)."""
     requests: list[PlannedRequest] = []
     base_versions: dict[str, str] = {}
     for image_set in order:
@@ -791,10 +818,10 @@ def _plan(
                 description += f" (includeStudyImageSets: also {len(touched)} other image set(s) of the study)"
             planned_on = document_digest(documents[image_set]) if index == 0 and image_set not in start else None
             requests.append(PlannedRequest(image_set, index, params, reasons, list(touched), description, planned_on))
-        for touched in (image_set, *affects.get(image_set, [])):
-            if touched in version_ids:
-                base_versions[touched] = version_ids[touched]
-    return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame)
+        for member in (image_set, *affects.get(image_set, [])):
+            if member in version_ids:
+                base_versions[member] = version_ids[member]
+    return requests, base_versions
 
 
 def _plan_fold(
@@ -822,9 +849,9 @@ def _plan_fold(
     after = {sibling: documents[sibling] for sibling in siblings}
     for params, _, _ in result.requests:
         part = study_part(params) if params.get("includeStudyImageSets") else None
-        for sibling in siblings if part else []:
+        for sibling in siblings if part is not None else []:
             try:
-                updates = part["updateImageSetMetadataUpdates"]["DICOMUpdates"]
+                updates = part["updateImageSetMetadataUpdates"]["DICOMUpdates"]  # type: ignore[index]
                 _, edits = check_updates(after[sibling], updates, is_primary=True, max_blob_bytes=limit)
                 after[sibling] = apply_checked(after[sibling], edits)
             except AHIError:

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from curation.curate.changeset import PROBLEM_COLUMNS, empty_problems
+from curation.curate.changeset import PROBLEM_COLUMNS, empty_problems, payload_removals, removal_text
 from curation.frames.flattening import NULL
 from curation.model.updates import apply_to_document, study_part
 
@@ -259,8 +259,12 @@ class UpdatePlan:
         forced = sum(r.force for r in self.requests)
         return (
             f"UpdatePlan(plan_id={self.plan_id!r}, image_sets={len(self.by_image_set())}, "
-            f"requests={len(self.requests)}, forced={forced}, problems={len(self.problems)})"
+            f"requests={len(self.requests)}, forced={forced}, {self._removals()}, problems={len(self.problems)})"
         )
+
+    def _removals(self) -> str:
+        """What the plan removes, for its first line (attributes, instances, series)."""
+        return removal_text(payload_removals(r.payload("removableAttributes") for r in self.requests))
 
     @property
     def image_set_ids(self) -> list[str]:
@@ -424,7 +428,7 @@ class UpdatePlan:
         parts = [
             '<div class="ahi-update-plan">',
             f"<h4>UpdatePlan {esc(self.plan_id)}: {len(self.requests)} request(s) on {len(groups)} image set(s), "
-            f"{forced} forced, datastore {esc(self.datastore_id)}</h4>",
+            f"{forced} forced, {esc(self._removals())}, datastore {esc(self.datastore_id)}</h4>",
         ]
         if len(self.problems):
             parts.append(

@@ -42,23 +42,38 @@ Bad input raises ``FlattenError`` (a ``DocumentError`` naming the image set); ``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, islice, repeat
-from operator import is_
+from itertools import chain
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 
+from curation.frames.cells import (
+    INDEX,
+    INT64,
+    MISSING,
+    OBJECT,
+    REMOVE,
+    STR,
+    Deferred,
+    codec_for,
+    column_array,
+    decode,
+    infer_codec,
+    is_empty,
+    is_remove,
+)
 from curation.frames.gcpause import gc_paused
+from curation.model import dictionary as dicom
 from curation.model.dictionary import VALID_VRS
 from curation.model.document import DocumentError
 from curation.model.missing import NULL, is_absent
 
 __all__ = [
     "NULL",
+    "REMOVE",
     "FlattenError",
     "Flattened",
     "flatten",
@@ -79,7 +94,8 @@ FRAME_COLUMNS = ("ID", "FrameSizeInBytes", "MinPixelValue", "MaxPixelValue", "Wi
 DERIVED_FRAME_COLUMNS = ("Width", "Height", "Checksum")
 QUALIFIER_LEVELS = ("Patient", "Study", "Series", "Instance")
 _ROOT_STRUCTURE = ("ImageSetID", "Patient", "Study")
-_INT64 = (-(2**63), 2**63 - 1)
+#: Codec of ``instances["@ImageFrames"]`` (the number of frames; the frames are in ``frames``).
+COUNT = "count"
 
 
 class FlattenError(DocumentError):
@@ -103,6 +119,8 @@ class Flattened:
     levels: dict[str, str] = field(default_factory=dict)
     #: documents that could not be flattened: ImageSetID, stage ("flatten"), error
     failures: pd.DataFrame = field(default_factory=lambda: failures_frame([]))
+    #: per frame name, the codec of each column (``curation.frames.cells``; ``index`` for a UID held by the index)
+    codecs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -130,8 +148,9 @@ _NO_FAILURES = failures_frame([])
 
 
 def is_null(values: pd.Series | pd.DataFrame) -> pd.Series | pd.DataFrame:
-    """Boolean mask of cells that hold ``NULL`` (present with a null value); ``isna`` finds absent ones."""
-    return values.map(lambda v: v is NULL)
+    """Boolean mask of present-empty cells (``""`` in ``str`` columns, ``NULL`` in object ones); ``isna`` finds
+    absent ones."""
+    return values.map(is_empty, na_action="ignore").fillna(False).astype(bool)
 
 
 # --- values ------------------------------------------------------------------------------------------------
@@ -150,39 +169,6 @@ def copy_value(value: Any) -> Any:
         if list in types or dict in types:
             return {k: copy_value(x) for k, x in value.items()}
         return value.copy()
-    return value
-
-
-def _copy_many(values: list) -> list:
-    """Copies of many JSON values at once: C-level ``list.copy``/``dict.copy`` when they hold no containers
-    (or a list of such dicts, as a sequence or a frame pyramid), else an orjson round trip."""
-    types = set(map(type, values))
-    if len(types) == 1 and (list in types or dict in types):
-        flat = list in types
-        inner = set(map(type, chain.from_iterable(values if flat else map(dict.values, values))))
-        if list not in inner and dict not in inner:
-            return list(map(list.copy if flat else dict.copy, values))
-        if flat and inner == {dict}:
-            items = list(chain.from_iterable(values))
-            nested = set(map(type, chain.from_iterable(map(dict.values, items))))
-            if list not in nested and dict not in nested:
-                copies = iter(list(map(dict.copy, items)))
-                return [list(islice(copies, len(value))) for value in values]
-    try:
-        return orjson.loads(orjson.dumps(values))
-    except (orjson.JSONEncodeError, TypeError):  # e.g. an int beyond 64 bits: copy in Python
-        return [copy_value(v) for v in values]
-
-
-def _restore(value: Any) -> Any:
-    """A cell value back to its JSON value (NULL -> None, NumPy scalars -> Python, containers copied)."""
-    if value is NULL:
-        return None
-    t = type(value)
-    if t is list or t is dict:
-        return copy_value(value)
-    if isinstance(value, np.generic):
-        return value.item()
     return value
 
 
@@ -227,26 +213,14 @@ def check(document: Any, *, scan_keys: bool = True) -> str:
 
 
 def _put(columns: dict[str, list], row: int, items: Iterable[tuple[str, Any]]) -> None:
-    """Append one row's ``(column, value)`` pairs to per-column lists (absent cells padded with None)."""
+    """Append one row's ``(column, value)`` pairs to per-column lists of JSON values (absent cells: MISSING)."""
     for key, value in items:
         col = columns.get(key)
         if col is None:
-            col = columns[key] = [None] * row
+            col = columns[key] = [MISSING] * row
         elif len(col) != row:
-            col.extend([None] * (row - len(col)))
-        t = type(value)
-        if t is str or t is int or t is float:
-            col.append(value)
-        elif value is None:
-            col.append(NULL)
-        else:
-            col.append(copy_value(value))
-
-
-def _object_array(values: list) -> np.ndarray:
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
+            col.extend([MISSING] * (row - len(col)))
+        col.append(value)
 
 
 def build_index(arrays: list[list], names: tuple[str, ...]) -> pd.Index:
@@ -281,43 +255,67 @@ def _child_index(parent: pd.Index, counts: list, arrays: list[list], names: tupl
     return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
 
 
-def _frame(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
-    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference)."""
+def _frame(columns: dict[str, Any], index: pd.Index, deferred: list | None = None) -> pd.DataFrame:
+    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference).
+
+    A ``Deferred`` column is a placeholder of None until ``materialize`` (``deferred`` lists them)."""
+    later = {name: values for name, values in columns.items() if isinstance(values, Deferred)}
+    if later:
+        columns = {name: np.full(len(index), None, dtype=object) if name in later else values
+                   for name, values in columns.items()}
     data = {
         name: pd.Series(values, dtype=object, copy=False) if isinstance(values, np.ndarray) else values
         for name, values in columns.items()
     }
     frame = pd.DataFrame(data, columns=list(data)) if data else pd.DataFrame(index=range(len(index)))
     frame.index = index
+    if later and deferred is not None:
+        deferred.extend((frame, name, values) for name, values in later.items())
     return frame
+
+
+def materialize(deferred: list) -> None:
+    """Put the deferred object columns in their frames (in place, column positions kept)."""
+    while deferred:
+        frame, name, values = deferred.pop()
+        frame.isetitem(frame.columns.get_loc(name), pd.Series(values.materialize(), index=frame.index, dtype=object))
 
 
 def flatten(document: dict[str, Any], *, copy: bool = True) -> Flattened:
     """Flatten one document into level frames; raises ``FlattenError`` (a DocumentError) on bad input.
 
-    The input is never modified. With ``copy=False`` list/dict cells are the document's own objects (faster;
-    for callers such as ``Snapshot`` that own the documents and hand out copies).
+    The input is never modified and no cell shares a list or dict with it (cells are immutable copies;
+    ``copy`` is kept for compatibility and changes nothing).
     """
-    return _flatten([document], strict=True, copy=copy)
+    return _flatten([document], strict=True)
 
 
-def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True) -> Flattened:
+def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True,
+                 deferred: list | None = None, levels: dict[str, str] | None = None) -> Flattened:
     """Flatten many documents at once (columns built in plain lists, each frame made once).
 
     A document that cannot be flattened (missing level, unknown VR, duplicate UIDs, an ImageSetID already
-    seen in the batch) is left out and listed in ``failures``; the rest are returned.
+    seen in the batch) is left out and listed in ``failures``; the rest are returned. With a ``deferred`` list,
+    object columns stay JSON text (``cells.Deferred``) until ``materialize(deferred)``: call it after freeing
+    the documents, so that the cells are packed in memory (``Snapshot.from_blobs`` does). ``levels`` is the
+    Patient/Study placement of the keys earlier batches met (updated), so that batches flattened one after the
+    other name their ``studies`` columns alike (see ``concat_flattened``).
     """
-    return _flatten(documents, strict=False, copy=copy)
+    return _flatten(documents, strict=False, deferred=deferred, levels=levels)
 
 
-def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
+def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, deferred: list | None = None,
+             levels: dict[str, str] | None = None) -> Flattened:
     with gc_paused():
-        return _flatten_documents(list(documents), strict=strict, copy=copy)
+        return _flatten_documents(list(documents), strict=strict, deferred=deferred,
+                                  levels={} if levels is None else levels)
 
 
-def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: bool) -> Flattened:
+def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, deferred: list | None,
+                       levels: dict[str, str]) -> Flattened:
     failures: list[tuple[str | None, str, str]] = []
-    flat, reserved = _build(documents, copy, strict, failures)
+    placed = dict(levels)
+    flat, reserved = _build(documents, deferred, strict, failures, levels)
     if reserved:
         # rare: some DICOM key starts with "@"; find those documents and flatten the others
         keep = []
@@ -332,48 +330,16 @@ def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, copy: b
                 if strict:
                     raise
                 failures.append((exc.image_set_id, "flatten", str(exc)))
-        flat, _ = _build(keep, copy, strict, [])
+        if deferred is not None:
+            deferred.clear()
+        levels.clear()
+        levels.update(placed)
+        flat, _ = _build(keep, deferred, strict, [], levels)
     flat.failures = failures_frame(failures)
     return flat
 
 
-_MISSING = object()
-_NONE_TYPE = type(None)
-_CONTAINERS = (list, dict)
-
-
-def _column(values: Sequence, copy: bool = True) -> np.ndarray:
-    """Object array of one column: missing -> None (absent), None -> NULL, containers copied if ``copy``.
-
-    Plain str/int/float columns (the common case) go straight into the array; the others are fixed with
-    masks computed in C (``map``/``operator.is_``), no Python code per cell.
-    """
-    n = len(values)
-    array = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object, count=n)
-    types = set(map(type, values))
-    needs_copy = copy and (list in types or dict in types)
-    has_none = _NONE_TYPE in types
-    has_missing = object in types
-    if not (needs_copy or has_none or has_missing):
-        return array
-    if needs_copy:
-        if len(types) == 1:
-            array = np.fromiter(_copy_many(list(values)), dtype=object, count=n)
-        else:
-            kinds = list(map(type, values))
-            mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
-            if dict in types:
-                mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
-            copies = _copy_many(array[mask].tolist())
-            array = array.copy() if array is values else array
-            array[mask] = np.fromiter(copies, dtype=object, count=len(copies))
-    elif array is values:
-        array = array.copy()
-    if has_none:
-        array[np.fromiter(map(is_, values, repeat(None)), dtype=bool, count=n)] = NULL
-    if has_missing:
-        array[np.fromiter(map(is_, values, repeat(_MISSING)), dtype=bool, count=n)] = None
-    return array
+_MISSING = MISSING
 
 
 def _transpose(dicts: list[dict]) -> dict[str, tuple]:
@@ -402,21 +368,30 @@ def _transpose(dicts: list[dict]) -> dict[str, tuple]:
     return dict(zip(keys, zip(*rows, strict=True), strict=True))
 
 
-def _columns(
-    dicts: list[dict], skip: tuple[str, ...] = (), prefix: str = "", copy: bool = True
-) -> dict[str, np.ndarray]:
-    """Column arrays of a list of row dicts (keys in first-seen order; see ``_transpose`` and ``_column``)."""
-    return {
-        prefix + key: _column(values, copy) for key, values in _transpose(dicts).items() if key not in skip
-    }
+def _uid_column(columns: dict[str, Any], key: str, keys: list[str], codecs: dict[str, str]) -> None:
+    """Drop the UID column that repeats the index level (every row's DICOM UID equals its key): codec INDEX."""
+    values = columns.get(key)
+    if values is not None and list(values) == keys:
+        del columns[key]
+        codecs[key] = INDEX
 
 
-def _object_frame(columns: dict[str, np.ndarray], index: pd.Index) -> pd.DataFrame:
-    """An all-object frame made from one 2-D block (no per-column inference or consolidation)."""
-    block = np.empty((len(index), len(columns)), dtype=object)
-    for j, values in enumerate(columns.values()):
-        block[:, j] = values
-    return pd.DataFrame(block, index=index, columns=list(columns), dtype=object, copy=False)
+def _level_frame(
+    columns: dict[str, Sequence], index: pd.Index, vr_of: Any = None, codecs: dict[str, str] | None = None,
+    deferred: list | None = None,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A level frame from per-column JSON values (MISSING = absent), each column under its codec (``cells``).
+
+    ``vr_of(name, values)`` gives a column's VR when the dictionary does not (private tags, from DICOMVRs).
+    """
+    codecs = dict(codecs or {})
+    data: dict[str, Any] = {}
+    for name, values in columns.items():
+        _, key, node_key = split_column(name)
+        vr = None if node_key else (vr_of(name, values) if vr_of is not None and dicom.is_tag_key(key)
+                                    else dicom.vr_of(key))
+        data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key), deferred is not None)
+    return _frame(data, index, deferred), codecs
 
 
 _INSTANCE_KEYS = frozenset({"DICOM", "DICOMVRs", "StoredTransferSyntaxUID", "ChecksumType", "ImageFrames"})
@@ -455,10 +430,6 @@ def _collect(
     if type(all_series) is not dict:
         raise FlattenError(image_set_id, "Study.Series is missing or not an object")
     seen: dict[str, str] = {}
-    r_a, r_b = r_ids
-    i_a, i_b, i_c = i_ids
-    f_a, f_b, f_c, f_d = f_ids
-    valid_vrs = VALID_VRS
     for series_uid, series in all_series.items():
         if type(series) is not dict or type(series.get("DICOM")) is not dict:
             raise FlattenError(image_set_id, f"series {series_uid} is not an object with a DICOM object")
@@ -467,62 +438,86 @@ def _collect(
             raise FlattenError(image_set_id, f"series {series_uid} has no Instances object")
         if not _SERIES_KEYS.issuperset(series):
             _slow_key_check(series, _SERIES_KEYS, f"series {series_uid}", image_set_id)
-        r_a.append(image_set_id)
-        r_b.append(series_uid)
+        r_ids[0].append(image_set_id)
+        r_ids[1].append(series_uid)
         r_nodes.append(series)
-        for sop_uid, instance in instances.items():
-            if type(instance) is not dict or type(instance.get("DICOM")) is not dict:
-                raise FlattenError(image_set_id, f"instance {sop_uid} is not an object with a DICOM object")
-            if sop_uid in seen:
-                raise FlattenError(
-                    image_set_id, f"duplicate SOPInstanceUID {sop_uid} in series {seen[sop_uid]} and {series_uid}"
-                )
-            seen[sop_uid] = series_uid
-            if not _INSTANCE_KEYS.issuperset(instance):
-                _slow_key_check(instance, _INSTANCE_KEYS, f"instance {sop_uid}", image_set_id)
-            vrs = instance.get("DICOMVRs")
-            if vrs:
-                if type(vrs) is not dict:
-                    raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
-                if not valid_vrs.issuperset(vrs.values()):
-                    tag, vr = next((t, v) for t, v in vrs.items() if v not in valid_vrs)
-                    raise FlattenError(image_set_id, f"instance {sop_uid}: unknown VR {vr!r} for {tag} in DICOMVRs")
-            elif vrs is not None and type(vrs) is not dict:
-                raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
-            i_a.append(image_set_id)
-            i_b.append(series_uid)
-            i_c.append(sop_uid)
-            i_nodes.append(instance)
-            if "ImageFrames" in instance:
-                frames = instance["ImageFrames"]
-                if type(frames) is not list:
-                    raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
-                for number, frame in enumerate(frames, 1):
-                    if type(frame) is not dict:
-                        raise FlattenError(
-                            image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects"
-                        )
-                    if not _FRAME_KEY_SET.issuperset(frame):
-                        _slow_key_check(frame, _FRAME_KEY_SET, f"instance {sop_uid} ImageFrames", image_set_id)
-                    f_a.append(image_set_id)
-                    f_b.append(series_uid)
-                    f_c.append(sop_uid)
-                    f_d.append(number)
-                    f_nodes.append(frame)
+        _collect_series(image_set_id, series_uid, instances, seen, i_ids, i_nodes, f_ids, f_nodes)
     return image_set_id
 
 
+def _collect_series(image_set_id: str, series_uid: str, instances: dict, seen: dict[str, str],
+                    i_ids: list[list[str]], i_nodes: list[dict], f_ids: list[list], f_nodes: list[dict]) -> None:
+    """Append one series' instance and frame nodes; the checks run in full only for a node that fails the
+    quick ones (so that the error names what is wrong)."""
+    i_a, i_b, i_c = i_ids
+    f_a, f_b, f_c, f_d = f_ids
+    for sop_uid, instance in instances.items():
+        if sop_uid in seen:
+            raise FlattenError(
+                image_set_id, f"duplicate SOPInstanceUID {sop_uid} in series {seen[sop_uid]} and {series_uid}"
+            )
+        seen[sop_uid] = series_uid
+        vrs = instance.get("DICOMVRs") if type(instance) is dict else None
+        if (type(instance) is not dict or type(instance.get("DICOM")) is not dict
+                or not _INSTANCE_KEYS.issuperset(instance)
+                or (vrs is not None and (type(vrs) is not dict or not VALID_VRS.issuperset(vrs.values())))):
+            _check_instance(image_set_id, sop_uid, instance)
+        i_a.append(image_set_id)
+        i_b.append(series_uid)
+        i_c.append(sop_uid)
+        i_nodes.append(instance)
+        frames = instance.get("ImageFrames", _NO_FRAMES)
+        if frames is _NO_FRAMES:
+            continue
+        if type(frames) is not list or not all(type(f) is dict and _FRAME_KEY_SET.issuperset(f) for f in frames):
+            _collect_frames(image_set_id, series_uid, sop_uid, frames, f_ids, f_nodes)
+            continue
+        count = len(frames)
+        f_a.extend([image_set_id] * count)
+        f_b.extend([series_uid] * count)
+        f_c.extend([sop_uid] * count)
+        f_d.extend(range(1, count + 1))
+        f_nodes.extend(frames)
+
+
+_NO_FRAMES: list = []
+
+
+def _check_instance(image_set_id: str, sop_uid: str, instance: Any) -> None:
+    """An instance node must be an object with a DICOM object, known node keys and DICOMVRs of known VRs."""
+    if type(instance) is not dict or type(instance.get("DICOM")) is not dict:
+        raise FlattenError(image_set_id, f"instance {sop_uid} is not an object with a DICOM object")
+    if not _INSTANCE_KEYS.issuperset(instance):
+        _slow_key_check(instance, _INSTANCE_KEYS, f"instance {sop_uid}", image_set_id)
+    vrs = instance.get("DICOMVRs")
+    if vrs is not None and type(vrs) is not dict:
+        raise FlattenError(image_set_id, f"instance {sop_uid}: DICOMVRs is not an object")
+    if vrs and not VALID_VRS.issuperset(vrs.values()):
+        tag, vr = next((t, v) for t, v in vrs.items() if v not in VALID_VRS)
+        raise FlattenError(image_set_id, f"instance {sop_uid}: unknown VR {vr!r} for {tag} in DICOMVRs")
+
+
+def _collect_frames(image_set_id: str, series_uid: str, sop_uid: str, frames: Any, f_ids: list[list],
+                    f_nodes: list[dict]) -> None:
+    if type(frames) is not list:
+        raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
+    for number, frame in enumerate(frames, 1):
+        if type(frame) is not dict:
+            raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
+        if not _FRAME_KEY_SET.issuperset(frame):
+            _slow_key_check(frame, _FRAME_KEY_SET, f"instance {sop_uid} ImageFrames", image_set_id)
+        for ids, key in zip(f_ids, (image_set_id, series_uid, sop_uid, number), strict=True):
+            ids.append(key)
+        f_nodes.append(frame)
+
+
 def _build(
-    documents: list[dict[str, Any]], copy: bool, strict: bool, failures: list
+    documents: list[dict[str, Any]], deferred: list | None, strict: bool, failures: list, levels: dict[str, str]
 ) -> tuple[Flattened, set[str]]:
     """Collect the nodes of every valid document (checked on the way, see ``check``) and build the frames.
 
     Returns the frames and the image sets whose DICOM keys start with ``@`` (then refused by the caller).
     """
-    levels: dict[str, str] = {}
-    s_ids: list[str] = []
-    s_plain: dict[str, list] = {}
-    s_other: dict[str, list] = {}
     r_ids: list[list[str]] = [[], []]
     r_nodes: list[dict] = []
     i_ids: list[list[str]] = [[], [], []]
@@ -531,7 +526,7 @@ def _build(
     f_nodes: list[dict] = []
     seen_ids: set[str] = set()
     s_docs: list[dict] = []
-    all_lists = (*r_ids, r_nodes, *i_ids, i_nodes, *f_ids, f_nodes)
+    all_lists: tuple[list, ...] = (*r_ids, r_nodes, *i_ids, i_nodes, *f_ids, f_nodes)
 
     for document in documents:
         marks = [len(x) for x in all_lists]
@@ -547,6 +542,53 @@ def _build(
         seen_ids.add(image_set_id)
         s_docs.append(document)
 
+    s_ids, s_plain, s_other = _study_columns(s_docs, levels)
+    n_s = len(s_ids)
+    for columns in (s_plain, s_other):
+        for values in columns.values():
+            values.extend([MISSING] * (n_s - len(values)))
+    study_index = build_index([s_ids], STUDY_INDEX)
+    studies, study_codecs = _level_frame({**s_plain, **s_other}, study_index, deferred=deferred)
+    series_counts = [len(document["Study"]["Series"]) for document in s_docs]
+    series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
+    r_dicom = _transpose([node["DICOM"] for node in r_nodes])
+    r_other = {"@" + k: v for k, v in _transpose(r_nodes).items() if k not in ("DICOM", "Instances")}
+    series_codecs: dict[str, str] = {}
+    _uid_column(r_dicom, "SeriesInstanceUID", r_ids[1], series_codecs)
+    series_frame, series_codecs = _level_frame({**r_dicom, **r_other}, series_index, codecs=series_codecs,
+                                               deferred=deferred)
+    instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
+    i_dicom = _transpose([node["DICOM"] for node in i_nodes])
+    i_other = {"@" + k: v for k, v in _transpose(i_nodes).items() if k not in ("DICOM", "ImageFrames")}
+    instance_codecs: dict[str, str] = {}
+    _uid_column(i_dicom, "SOPInstanceUID", i_ids[2], instance_codecs)
+    instances, instance_codecs = _level_frame(
+        {**i_dicom, **i_other}, instance_index, _private_vrs(i_nodes), codecs=instance_codecs, deferred=deferred
+    )
+    frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
+    instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
+    instance_codecs["@ImageFrames"] = COUNT
+    frames, frame_codecs = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX),
+                                         deferred)
+    reserved: set[str] = set()
+    if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
+        for document in s_docs:
+            try:
+                check(document)
+            except FlattenError as exc:
+                reserved.add(str(exc.image_set_id))
+    codecs = {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs,
+              "frames": frame_codecs}
+    flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain}, codecs=codecs)
+    return flat, reserved
+
+
+def _study_columns(s_docs: list[dict], levels: dict[str, str]) -> tuple[list[str], dict[str, list], dict[str, list]]:
+    """The studies rows: ImageSetIDs, plain attribute columns (at the level ``levels`` first placed each key) and
+    the other columns (document keys, ``@Level:Key`` for a key met at another level, node keys)."""
+    s_ids: list[str] = []
+    s_plain: dict[str, list] = {}
+    s_other: dict[str, list] = {}
     for row, document in enumerate(s_docs):
         image_set_id = document["ImageSetID"]
         s_ids.append(image_set_id)
@@ -566,52 +608,31 @@ def _build(
             extra = [(f"@{level}:@{k}", v) for k, v in node.items() if k not in ("DICOM", "Series")]
             if extra:
                 _put(s_other, row, extra)
-
-    n_s = len(s_ids)
-    for columns in (s_plain, s_other):
-        for values in columns.values():
-            values.extend([None] * (n_s - len(values)))
-    study_index = build_index([s_ids], STUDY_INDEX)
-    studies = _object_frame({k: _object_array(v) for k, v in {**s_plain, **s_other}.items()}, study_index)
-    series_counts = [len(document["Study"]["Series"]) for document in s_docs]
-    series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
-    r_dicom = _columns([node["DICOM"] for node in r_nodes], copy=copy)
-    series_frame = _object_frame({**r_dicom, **_columns(r_nodes, ("DICOM", "Instances"), "@", copy)}, series_index)
-    instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
-    i_dicom = _columns([node["DICOM"] for node in i_nodes], copy=copy)
-    instances = _object_frame(
-        {**i_dicom, **_columns(i_nodes, ("DICOM", "ImageFrames"), "@", copy)}, instance_index
-    )
-    frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
-    instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
-    frames = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX), copy)
-    reserved = set()
-    if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
-        for document in s_docs:
-            try:
-                check(document)
-            except FlattenError as exc:
-                reserved.add(exc.image_set_id)
-    flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain})
-    return flat, reserved
+    return s_ids, s_plain, s_other
 
 
-def _int64(values: list, types: set) -> pd.api.extensions.ExtensionArray | None:
-    """An ``Int64`` array of ints (``_MISSING`` -> NA), or None when a value does not fit int64."""
-    mask = None
-    if object in types:
-        mask = np.fromiter((v is _MISSING for v in values), dtype=bool, count=len(values))
-        values = [0 if v is _MISSING else v for v in values]
-    try:
-        data = np.fromiter(values, dtype=np.int64, count=len(values))
-    except OverflowError:
-        return None
-    return pd.arrays.IntegerArray(data, np.zeros(len(values), dtype=bool) if mask is None else mask)
+def _private_vrs(nodes: list[dict]) -> Any:
+    """``vr_of`` for private-tag columns of ``instances``: the VR every instance holding the tag gives it in its
+    DICOMVRs (None when they disagree or do not say: the column is then ``object``)."""
+
+    def vr_of(name: str, values: Sequence) -> str | None:
+        found = {
+            (node.get("DICOMVRs") or {}).get(name) if type(node.get("DICOMVRs")) is dict else None
+            for node, value in zip(nodes, values, strict=True)
+            if value is not MISSING
+        }
+        return found.pop() if len(found) == 1 else None
+
+    return vr_of
 
 
-def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFrame:
+_FRAME_CODECS = {"ID": STR, PYRAMID: OBJECT}
+
+
+def _frames_frame(nodes: list[dict], index: pd.Index, deferred: list | None = None
+                  ) -> tuple[pd.DataFrame, dict[str, str]]:
     """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
-    missing = _MISSING
+    missing = MISSING
     transposed = _transpose(nodes)
     absent = (missing,) * len(nodes)
     known: dict[str, Sequence] = {key: transposed.get(key, absent) for key in FRAME_KEYS}
@@ -619,22 +640,76 @@ def _frames_frame(nodes: list[dict], index: pd.Index, copy: bool) -> pd.DataFram
     for name in DERIVED_FRAME_COLUMNS:
         known[name] = [full.get(name, missing) for full in fulls]
     columns: dict[str, Any] = {}
+    codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        values = known[name]
-        types = set(map(type, values))
-        if name == "ID" and types <= {str}:
-            columns[name] = pd.array(values, dtype="str")
-        elif name not in ("ID", PYRAMID) and types <= {int, object}:
-            columns[name] = _int64(values, types) if types else pd.array([], dtype="Int64")
-        else:
-            columns[name] = _column(values, copy)
-        if columns[name] is None:
-            columns[name] = _column(values, copy)
-    if not _FRAME_KEY_SET.issuperset(transposed):
-        columns.update(
-            {"@" + key: _column(values, copy) for key, values in transposed.items() if key not in _FRAME_KEY_SET}
-        )
-    return _frame(columns, index)
+        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64), deferred is not None)
+    for key, values in transposed.items():
+        if key not in _FRAME_KEY_SET:
+            columns["@" + key], codecs["@" + key] = column_array(values, STR, deferred is not None)
+    return _frame(columns, index, deferred), codecs
+
+
+def concat_flattened(parts: list[Flattened]) -> Flattened | None:
+    """The batches flattened one after the other (with one shared ``levels``) as one ``Flattened``, exactly as
+    flattening all their documents at once gives it; None when their codecs differ for a column (one batch
+    spelled its empty values ``null``, another ``""``, say): then flatten them together instead."""
+    if len(parts) == 1:
+        return parts[0]
+    codecs: dict[str, dict[str, str]] = {}
+    for name in _FRAME_NAMES:
+        merged: dict[str, str] = {}
+        for part in parts:
+            for column, codec in part.codecs.get(name, {}).items():
+                if merged.setdefault(column, codec) != codec:
+                    return None
+        if any(merged.get(c) == INDEX for c in merged) and not all(INDEX in p.codecs.get(name, {}).values()
+                                                                     for p in parts if len(getattr(p, name))):
+            return None
+        codecs[name] = merged
+    frames = {}
+    for name in _FRAME_NAMES:
+        pieces = [getattr(p, name) for p in parts]
+        frame = pd.concat([piece.reset_index(drop=True) for piece in pieces], axis=0, sort=False,
+                          ignore_index=True)
+        frame.index = _concat_index([piece.index for piece in pieces])
+        order = [c for c in frame.columns if not c.startswith("@")]
+        order += [c for c in frame.columns if c.startswith("@") and c != "@ImageFrames"]
+        order += [c for c in frame.columns if c == "@ImageFrames"]
+        if order != list(frame.columns):  # as one flatten orders them: DICOM keys, node keys, frame counts
+            frame = frame[order]
+        partial = {c for p in parts for c in frame.columns if c not in getattr(p, name).columns}
+        for position, column in enumerate(frame.columns):
+            values = frame.iloc[:, position]
+            if column in partial and values.dtype == object and codecs[name].get(column, OBJECT) == OBJECT:
+                array = values.to_numpy()
+                gaps = np.fromiter((v is not None and v != v for v in array), dtype=bool, count=len(array)) \
+                    if len(array) else np.zeros(0, dtype=bool)
+                if gaps.any():  # a batch without the column: absent is None in an object column
+                    array = array.copy()
+                    array[gaps] = None
+                    frame.isetitem(position, pd.Series(array, index=frame.index, dtype=object))
+        frames[name] = frame
+    levels: dict[str, str] = {}
+    for part in parts:
+        levels.update(part.levels)
+    failures = pd.concat([p.failures for p in parts], ignore_index=True) if any(len(p.failures) for p in parts) \
+        else failures_frame([])
+    return Flattened(**frames, levels=levels, failures=failures, codecs=codecs)
+
+
+_FRAME_NAMES = ("studies", "series", "instances", "frames")
+
+
+def _concat_index(indexes: list[pd.Index]) -> pd.Index:
+    """The level indexes of consecutive batches as one, factorized once (``pd.concat`` would union the levels
+    batch by batch: quadratic in the number of batches)."""
+    names = tuple(indexes[0].names)
+    arrays = [np.concatenate([index.get_level_values(i).to_numpy(dtype=object) for index in indexes])
+              for i in range(len(names))]
+    if "frame" in names:
+        position = names.index("frame")
+        arrays[position] = arrays[position].astype(np.int64)
+    return build_index([a.tolist() for a in arrays], names)
 
 
 # --- unflatten ---------------------------------------------------------------------------------------------
@@ -664,12 +739,22 @@ def split_column(column: str) -> tuple[str | None, str, bool]:
     return level, column, False
 
 
-def _cells(frame: pd.DataFrame, column: str) -> Iterator[tuple[int, Any]]:
-    """``(row position, JSON value)`` of every present cell of ``frame[column]``."""
+def column_codec(frame: pd.DataFrame, column: str, codecs: dict[str, str] | None) -> str:
+    """The codec of ``frame[column]``: the one flatten recorded, else inferred from its VR and dtype."""
+    codec = (codecs or {}).get(column)
+    if codec is not None and codec != INDEX:
+        return codec
+    _, key, node_key = split_column(column)
+    return infer_codec(key, None if node_key else dicom.vr_of(key), frame[column].dtype, node_key)
+
+
+def _cells(frame: pd.DataFrame, column: str, codecs: dict[str, str] | None = None) -> Iterator[tuple[int, Any]]:
+    """``(row position, JSON value)`` of every present cell of ``frame[column]`` (``REMOVE`` counts as absent)."""
+    codec = column_codec(frame, column, codecs)
     values = frame[column].to_numpy(dtype=object)
     for i, value in enumerate(values):
-        if not is_absent(value):
-            yield i, _restore(value)
+        if not is_absent(value) and not is_remove(value):
+            yield i, decode(value, codec)
 
 
 def _positions(index: pd.Index) -> list[tuple]:
@@ -683,6 +768,7 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
     ``frames`` columns (Width, Height, Checksum) are ignored: the pyramid list is the source.
     """
     studies, series, instances, frames = flattened.studies, flattened.series, flattened.instances, flattened.frames
+    codecs = flattened.codecs
     documents: dict[str, dict[str, Any]] = {}
     roots: list[dict[str, Any]] = []
     for (image_set_id,) in _positions(studies.index):
@@ -692,14 +778,14 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
     for column in studies.columns:
         level, key, node_key = split_column(column)
         if level is None and node_key:
-            for i, value in _cells(studies, column):
+            for i, value in _cells(studies, column, codecs.get("studies")):
                 roots[i]["_extra"][key] = value
             continue
         if level is None:
             level = flattened.levels.get(key) or _default_study_level(key)
         if level not in ("Patient", "Study"):
             raise ValueError(f"studies column {column!r} names level {level}")
-        for i, value in _cells(studies, column):
+        for i, value in _cells(studies, column, codecs.get("studies")):
             node = roots[i][level]
             if node_key:
                 node[key] = value
@@ -707,9 +793,11 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
                 node["DICOM"][key] = value
     for root in roots:
         root["Study"]["Series"] = {}
-    series_nodes = _rebuild_level(series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances")
-    instance_nodes = _rebuild_level(instances, series_nodes, 3, lambda node: node["Instances"], None)
-    _attach_frames(frames, instances, instance_nodes)
+    series_nodes = _rebuild_level(series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances",
+                                  codecs.get("series", {}))
+    instance_nodes = _rebuild_level(instances, series_nodes, 3, lambda node: node["Instances"], None,
+                                    codecs.get("instances", {}))
+    _attach_frames(frames, instances, instance_nodes, codecs.get("frames", {}))
     result = []
     for root in roots:
         extra = root.pop("_extra")
@@ -718,9 +806,13 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
 
 
 def _rebuild_level(
-    frame: pd.DataFrame, parents: dict, depth: int, children_of: Any, child_key: str | None
+    frame: pd.DataFrame, parents: dict, depth: int, children_of: Any, child_key: str | None, codecs: dict[str, str]
 ) -> dict[tuple, dict]:
-    """Create a node per row of ``frame`` under its parent; returns nodes by index tuple."""
+    """Create a node per row of ``frame`` under its parent; returns nodes by index tuple.
+
+    A UID the index holds (codec ``index``: ``SeriesInstanceUID`` of series, ``SOPInstanceUID`` of instances) is
+    written from the row's key, unless the frame has that column and the row's cell there is present.
+    """
     nodes: dict[tuple, dict] = {}
     row_nodes: list[dict | None] = []
     for key in _positions(frame.index):
@@ -735,24 +827,29 @@ def _rebuild_level(
     for column in frame.columns:
         if column == "@ImageFrames":
             continue
-        level, key, node_key = split_column(column)
+        level, name, node_key = split_column(column)
         if level is not None:
             raise ValueError(f"column {column!r} is qualified with a level; unflatten takes level frames")
-        for i, value in _cells(frame, column):
-            node = row_nodes[i]
-            if node is None:
+        for i, value in _cells(frame, column, codecs):
+            row = row_nodes[i]
+            if row is None:
                 continue
             if node_key:
-                node[key] = value
+                row[name] = value
             else:
-                node["DICOM"][key] = value
+                row["DICOM"][name] = value
+    for uid in (k for k, codec in codecs.items() if codec == INDEX):
+        for label, node in nodes.items():
+            node["DICOM"].setdefault(uid, label[-1])
     if child_key is not None:
         for node in nodes.values():
             node[child_key] = {}
     return nodes
 
 
-def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes: dict[tuple, dict]) -> None:
+def _attach_frames(
+    frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes: dict[tuple, dict], codecs: dict[str, str]
+) -> None:
     counts: dict[tuple, Any] = {}
     if "@ImageFrames" in instances.columns:
         for key, count in zip(_positions(instances.index), instances["@ImageFrames"].to_numpy(dtype=object),
@@ -774,6 +871,7 @@ def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes
     columns = [c for c in frames.columns if c not in DERIVED_FRAME_COLUMNS]
     arrays = {c: frames[c].to_numpy(dtype=object) for c in columns}
     names = {c: (c[1:] if c.startswith("@") else c) for c in columns}
+    kinds = {c: column_codec(frames, c, codecs) for c in columns}
     for i, key in enumerate(_positions(frames.index)):
         target = lists.get(key[:3])
         if target is None:
@@ -782,7 +880,7 @@ def _attach_frames(frames: pd.DataFrame, instances: pd.DataFrame, instance_nodes
         for c in (*(n for n in FRAME_KEYS if n in arrays), *(c for c in columns if c not in FRAME_KEYS)):
             value = arrays[c][i]
             if not is_absent(value):
-                item[names[c]] = _restore(value)
+                item[names[c]] = decode(value, kinds[c])
         target.append(item)
     for key, items in lists.items():
         if key not in counts and not items:
@@ -822,18 +920,12 @@ def wide_view(studies: pd.DataFrame, series: pd.DataFrame, instances: pd.DataFra
     return pd.concat(parts, axis=1) if len(parts) > 1 else parts[0].copy()
 
 
-def deep_copy_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``frame`` whose list/dict cells are copies too (so edits in place cannot leak back)."""
-    out = frame.copy()
-    for position in range(out.shape[1]):
-        values = out.iloc[:, position]
-        if values.dtype != object:
-            continue
-        array = values.to_numpy()
-        types = set(map(type, array))
-        if list in types or dict in types:
-            copies = iter(_copy_many([v for v in array if type(v) in _CONTAINERS]))
-            copied = np.empty(len(array), dtype=object)
-            copied[:] = [next(copies) if type(v) in _CONTAINERS else v for v in array]
-            out.isetitem(position, pd.Series(copied, index=out.index, dtype=object))
+def wide_codecs(codecs: Mapping[str, Mapping[str, str]], columns: Mapping[str, Iterable[Any]]) -> dict[str, str]:
+    """The codecs of ``wide_view``'s columns (named as it names them) from the level frames' ``columns``."""
+    out: dict[str, str] = {}
+    for source, level in (("studies", None), ("series", "Series"), ("instances", "Instance")):
+        own = codecs.get(source, {})
+        for column in columns[source]:
+            name = f"@{level}:{column}" if column in out else column
+            out[name] = own.get(column, OBJECT)
     return out

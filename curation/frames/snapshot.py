@@ -1,18 +1,18 @@
 """Snapshot: fetched AHI documents (with datastore and version IDs) and their level frames, saved and loaded.
 
 The documents are the truth; the frames (``studies``, ``series``, ``instances``, ``frames``, ``wide``) are built
-lazily from them by ``curation.frames.flattening`` and cached. Every frame handed out is a copy (list/dict cells
-included), so editing it never changes the snapshot.
+lazily from them by ``curation.frames.flattening`` and cached. Every frame handed out is a copy whose cells are
+immutable (``curation.frames.cells``), so editing it never changes the snapshot.
 
 ``wide`` joins every level at instance level: studies columns, then series, then instance columns. A name
 already taken by a higher level is qualified with the lower one (``@Series:Name``, ``@Instance:Name``): the
 higher level keeps the plain name, as AHI normalizes attributes upwards.
 
 On disk (``save``/``load``) a snapshot is a directory: ``manifest.json`` (format version, datastore ID,
-version IDs, image set order, column levels), ``documents.jsonl.gz`` (one raw document per line), and one
-Parquet file per frame plus ``failures.parquet``. In those Parquet files the object columns hold the cells as
-JSON text (``null`` for NULL, Parquet null for absent), so loading restores them exactly. ``to_csv`` and
-``to_parquet`` are exports for other tools instead (see ``export_frame``): readable, not lossless.
+version IDs, image set order, column levels and codecs), ``documents.jsonl.gz`` (one raw document per line),
+and one Parquet file per frame plus ``failures.parquet``, written by ``curation.frames.exchange.write_frame``
+(native Arrow types; object cells as JSON text), so loading restores them exactly. ``to_csv`` and
+``to_parquet`` export each frame with ``curation.to_csv``/``curation.to_parquet``.
 """
 
 from __future__ import annotations
@@ -21,31 +21,34 @@ import gzip
 import json
 import os
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 import orjson
 import pandas as pd
 
+from curation.frames.documents import Documents
+from curation.frames.exchange import read_frame, to_csv, to_parquet, write_frame
 from curation.frames.flattening import (
-    NULL,
     Flattened,
     FlattenError,
-    build_index,
     check,
+    concat_flattened,
     copy_value,
-    deep_copy_cells,
     failures_frame,
     flatten_many,
-    is_absent,
+    materialize,
     split_column,
+    wide_codecs,
     wide_view,
 )
+from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
+from curation.model.document import GZIP_MAGIC, DocumentError, parse_document
 
 FORMAT = "ahi-curation-snapshot"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Older formats whose frames are rebuilt from the documents (version 1 held every cell as JSON text).
+REBUILT_VERSIONS = (1,)
 FRAME_NAMES = ("studies", "series", "instances", "frames")
 FAILURE_COLUMNS = ("ImageSetID", "stage", "error")
 _INDEX_PREFIX = "@index:"
@@ -67,19 +70,88 @@ def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
     return frame[[*FAILURE_COLUMNS, *rest]].astype(object)
 
 
+#: Documents are parsed and flattened this many instances at a time (then freed): the peak of parsed dicts
+#: stays one batch, and the memory they leave behind (CPython cannot give back arenas its survivors pin) too.
+BATCH_INSTANCES = 2_500
+
+
+def _parsed(image_set_id: str, blob: bytes) -> dict[str, Any]:
+    """The document of one fetched blob; a DocumentError naming the image set when it is not its document."""
+    try:
+        document = parse_document(blob)
+    except DocumentError as exc:
+        raise DocumentError(f"image set {image_set_id}: {exc}") from exc
+    if document.get("ImageSetID") != image_set_id:
+        raise DocumentError(f"image set {image_set_id}: document has ImageSetID {document.get('ImageSetID')!r}")
+    return document
+
+
+def _instance_count(document: dict[str, Any]) -> int:
+    study = document.get("Study")
+    series = study.get("Series") if isinstance(study, dict) else None
+    if not isinstance(series, dict):
+        return 0
+    return sum(len(node.get("Instances") or {}) for node in series.values() if isinstance(node, dict))
+
+
+def _flatten_blobs(blobs: Mapping[str, bytes], kept: dict[str, bytes], extra: list[dict[str, Any]]) -> Flattened:
+    """Parse and flatten ``blobs`` in batches of about ``BATCH_INSTANCES`` instances (``kept``: the blobs that
+    parsed, ``extra``: the parse failures); the batches are concatenated, or, if they disagree on a column's
+    codec, everything is flattened again at once."""
+    parts: list[Flattened] = []
+    levels: dict[str, str] = {}
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for number, (image_set_id, blob) in enumerate(blobs.items()):
+        try:
+            document = _parsed(image_set_id, blob)
+        except DocumentError as exc:
+            extra.append({"ImageSetID": image_set_id, "stage": "parse", "code": type(exc).__name__,
+                          "error": f"{type(exc).__name__}: {exc}"})
+        else:
+            kept[image_set_id] = blob
+            batch.append(document)
+            size += _instance_count(document)
+            del document
+        if batch and (size >= BATCH_INSTANCES or number == len(blobs) - 1):
+            deferred: list = []
+            parts.append(flatten_many(batch, deferred=deferred, levels=levels))
+            batch.clear()
+            size = 0
+            materialize(deferred)
+    if not parts:
+        return flatten_many([])
+    flat = concat_flattened(parts)
+    if flat is None:
+        parts.clear()
+        flat = flatten_many([_parsed(k, v) for k, v in kept.items()])
+    return flat
+
+
+def _json_line(documents: Documents, image_set_id: str) -> bytes:
+    """One document as a JSON line: its blob's own bytes when they are one line, else re-serialized."""
+    blob = documents.blob(image_set_id)
+    if blob is not None:
+        text = gzip.decompress(blob) if blob[:2] == GZIP_MAGIC else bytes(blob)
+        if b"\n" not in text and b"\r" not in text:
+            return text + b"\n"
+    return orjson.dumps(documents[image_set_id]) + b"\n"
+
+
 class Snapshot:
     """Fetched documents + lazily built level frames. Build with ``Snapshot.from_documents``."""
 
     def __init__(
         self,
-        documents: list[dict[str, Any]],
+        documents: list[dict[str, Any]] | Documents,
         *,
         datastore_id: str,
         version_ids: dict[str, str],
         failures: pd.DataFrame,
         flattened: Flattened | None = None,
     ) -> None:
-        self._documents = {doc["ImageSetID"]: doc for doc in documents}
+        self._documents = documents if isinstance(documents, Documents) else Documents(
+            {doc["ImageSetID"]: doc for doc in documents})
         self.datastore_id = datastore_id
         self._version_ids = dict(version_ids)
         self._failures = failures
@@ -121,6 +193,37 @@ class Snapshot:
         versions = {k: str(v) for k, v in (version_ids or {}).items()}
         return cls(kept, datastore_id=datastore_id, version_ids=versions, failures=table)
 
+    @classmethod
+    def from_blobs(
+        cls,
+        blobs: Mapping[str, bytes],
+        *,
+        datastore_id: str,
+        version_ids: dict[str, str] | None = None,
+        failures: pd.DataFrame | list | None = None,
+    ) -> Snapshot:
+        """A snapshot of fetched metadata blobs (``{ImageSetID: bytes}``, gzip or JSON), held compactly.
+
+        The blobs are parsed and flattened in batches (``BATCH_INSTANCES``) with the cyclic GC paused
+        (``gc_paused``: a parsed batch is a large acyclic graph), then only the blobs and the frames are kept:
+        ``documents`` parses a blob again when asked for it. A blob that does not parse, or whose document
+        cannot be flattened or names another image set, is a failure (stage ``"parse"`` or ``"flatten"``).
+        """
+        table = _failures(failures)
+        kept: dict[str, bytes] = {}
+        extra: list[dict[str, Any]] = []
+        with gc_paused():
+            flat = _flatten_blobs(blobs, kept, extra)
+        if len(flat.failures):
+            kept = {k: v for k, v in kept.items() if k not in set(flat.failures["ImageSetID"])}
+            extra.extend(flat.failures.to_dict("records"))
+            flat.failures = failures_frame([])
+        if extra:
+            table = pd.concat([table, pd.DataFrame(extra, dtype=object)], ignore_index=True).astype(object)
+        versions = {k: str(v) for k, v in (version_ids or {}).items() if k in kept}
+        return cls(Documents(blobs=kept, order=blobs), datastore_id=datastore_id, version_ids=versions,
+                   failures=table, flattened=flat)
+
     # --- contents ----------------------------------------------------------------------------------------
 
     def __len__(self) -> int:
@@ -139,8 +242,9 @@ class Snapshot:
 
     @property
     def documents(self) -> Mapping[str, dict[str, Any]]:
-        """The documents as fetched, by ImageSetID (read-only view: do not modify them)."""
-        return MappingProxyType(self._documents)
+        """The documents as fetched, by ImageSetID (read-only: do not modify them; a snapshot made
+        ``from_blobs`` parses a blob again when one is asked for)."""
+        return self._documents
 
     def document(self, image_set_id: str) -> dict[str, Any]:
         """A copy of one document."""
@@ -162,19 +266,27 @@ class Snapshot:
         if self._flat is None:
             flat = flatten_many(self._documents.values(), copy=False)
             if len(flat.failures):
-                bad = set(flat.failures["ImageSetID"])
-                self._documents = {k: v for k, v in self._documents.items() if k not in bad}
+                self._documents = self._documents.without(set(flat.failures["ImageSetID"]))
                 self._failures = pd.concat([self._failures, flat.failures], ignore_index=True).astype(object)
             self._flat = flat
         return self._flat
 
     def _frame(self, name: str) -> pd.DataFrame:
+        """A copy of a cached frame: its arrays are copied, its cells are immutable and so shared."""
         if name == "wide":
             if "wide" not in self._cache:
                 flat = self._flattened()
                 self._cache["wide"] = wide_view(flat.studies, flat.series, flat.instances)
-            return deep_copy_cells(self._cache["wide"])
-        return deep_copy_cells(getattr(self._flattened(), name))
+            return self._cache["wide"].copy()
+        return getattr(self._flattened(), name).copy()
+
+    def codecs(self, name: str) -> dict[str, str]:
+        """How each column of frame ``name`` holds its cells (``curation.frames.cells``; a copy)."""
+        flat = self._flattened()
+        if name == "wide":
+            columns = {n: list(getattr(flat, n).columns) for n in ("studies", "series", "instances")}
+            return wide_codecs(flat.codecs, columns)
+        return dict(flat.codecs.get(name, {}))
 
     @property
     def studies(self) -> pd.DataFrame:
@@ -201,13 +313,17 @@ class Snapshot:
         """Instance-level view with every level joined (see the module docstring for name collisions)."""
         return self._frame("wide")
 
+    def cached_flattened(self) -> Flattened:
+        """The cached level frames themselves, not copies: for ``diff`` and ``plan``, which never modify them."""
+        return self._flattened()
+
     @property
     def flattened(self) -> Flattened:
         """The level frames as one ``Flattened`` (copies), e.g. for ``curation.frames.flattening.unflatten``."""
         flat = self._flattened()
-        return Flattened(
-            *(deep_copy_cells(getattr(flat, n)) for n in FRAME_NAMES), dict(flat.levels), flat.failures.copy()
-        )
+        studies, series, instances, frames = (getattr(flat, n).copy() for n in FRAME_NAMES)
+        return Flattened(studies, series, instances, frames, dict(flat.levels), flat.failures.copy(),
+                         codecs={name: dict(codecs) for name, codecs in flat.codecs.items()})
 
     # --- column metadata ---------------------------------------------------------------------------------
 
@@ -244,15 +360,19 @@ class Snapshot:
             return None
         return dicom.vr_of(key, self._dicom_vrs())
 
+    def dicom_vrs(self) -> dict[str, str]:
+        """Every DICOMVRs entry of the documents (first seen wins; a copy)."""
+        return dict(self._dicom_vrs())
+
     def _dicom_vrs(self) -> dict[str, str]:
-        """Every DICOMVRs entry of the documents (first seen wins)."""
+        """Every DICOMVRs entry of the documents (first seen wins), read from the instances frame."""
         if self._private_vrs is None:
             found: dict[str, str] = {}
-            for document in self._documents.values():
-                for series in document["Study"]["Series"].values():
-                    for instance in series["Instances"].values():
-                        for tag, vr in (instance.get("DICOMVRs") or {}).items():
-                            found.setdefault(tag, vr)
+            instances = self._flattened().instances
+            if "@DICOMVRs" in instances.columns:
+                for vrs in dict.fromkeys(v for v in instances["@DICOMVRs"].tolist() if isinstance(v, dict)):
+                    for tag, vr in vrs.items():
+                        found.setdefault(tag, vr)
             self._private_vrs = found
         return self._private_vrs
 
@@ -277,12 +397,13 @@ class Snapshot:
             "version_ids": self._version_ids,
             "image_set_ids": self.image_set_ids,
             "levels": flat.levels,
+            "codecs": flat.codecs,
             "primary": dict(self.primary),
             "frames": {},
         }
         with gzip.open(os.path.join(path, "documents.jsonl.gz"), "wb", compresslevel=6) as handle:
-            for document in self._documents.values():
-                handle.write(orjson.dumps(document) + b"\n")
+            for image_set_id in self._documents:
+                handle.write(_json_line(self._documents, image_set_id))
         for name in FRAME_NAMES:
             manifest["frames"][name] = write_frame(getattr(flat, name), os.path.join(path, f"{name}.parquet"))
         manifest["frames"]["failures"] = write_frame(self._failures, os.path.join(path, "failures.parquet"))
@@ -294,16 +415,20 @@ class Snapshot:
         """Read a snapshot written by ``save``."""
         with open(os.path.join(path, "manifest.json")) as handle:
             manifest = json.load(handle)
-        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version")
+        if manifest.get("format") != FORMAT or (version != FORMAT_VERSION and version not in REBUILT_VERSIONS):
             raise ValueError(f"{path} is not an ahi-curation snapshot of format version {FORMAT_VERSION}")
         with gzip.open(os.path.join(path, "documents.jsonl.gz"), "rb") as handle:
             documents = [orjson.loads(line) for line in handle if line.strip()]
-        frames = {
-            name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
-            for name in FRAME_NAMES
-        }
         failures = read_frame(os.path.join(path, "failures.parquet"), manifest["frames"]["failures"])
-        flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]))
+        flat = None
+        if version == FORMAT_VERSION:
+            frames = {
+                name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
+                for name in FRAME_NAMES
+            }
+            flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]),
+                             codecs=manifest["codecs"])
         snapshot = cls(
             documents,
             datastore_id=manifest["datastore_id"],
@@ -315,11 +440,11 @@ class Snapshot:
         return snapshot
 
     def to_csv(self, directory: str | os.PathLike) -> list[str]:
-        """Export the level frames as ``<frame>.csv`` files (see ``export_frame``); returns the paths."""
+        """Export the level frames as ``<frame>.csv`` files (``curation.to_csv``); returns the paths."""
         return self._export(directory, "csv")
 
     def to_parquet(self, directory: str | os.PathLike) -> list[str]:
-        """Export the level frames as ``<frame>.parquet`` files (see ``export_frame``); returns the paths."""
+        """Export the level frames as ``<frame>.parquet`` files (``curation.to_parquet``); returns the paths."""
         return self._export(directory, "parquet")
 
     def _export(self, directory: str | os.PathLike, kind: str) -> list[str]:
@@ -327,108 +452,7 @@ class Snapshot:
         paths = []
         flat = self._flattened()
         for name in FRAME_NAMES:
-            frame = export_frame(getattr(flat, name))
             target = os.path.join(directory, f"{name}.{kind}")
-            if kind == "csv":
-                frame.to_csv(target, index=False)
-            else:
-                frame.to_parquet(target, index=False)
+            (to_csv if kind == "csv" else to_parquet)(getattr(flat, name), target)
             paths.append(target)
         return paths
-
-
-# --- Parquet encoding (lossless) -------------------------------------------------------------------------
-
-
-def encode_cell(value: Any) -> str | None:
-    """A cell as JSON text for Parquet/CSV (NULL -> "null"); absent stays None."""
-    if is_absent(value):
-        return None
-    return orjson.dumps(None if value is NULL else value).decode()
-
-
-def decode_cell(text: Any) -> Any:
-    """The cell that ``encode_cell`` wrote (exact: "null" -> NULL, lists and dicts as they were)."""
-    if is_absent(text):
-        return None
-    value = orjson.loads(text)
-    return NULL if value is None else value
-
-
-def write_frame(frame: pd.DataFrame, path: str) -> dict[str, Any]:
-    """Write ``frame`` to Parquet with object columns as JSON text; returns how to read it back."""
-    names = [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
-    data: dict[str, Any] = {}
-    for i, name in enumerate(names):
-        data[_INDEX_PREFIX + name] = frame.index.get_level_values(i)
-    json_columns = []
-    for column in frame.columns:
-        values = frame[column]
-        if values.dtype == object:
-            json_columns.append(column)
-            data[column] = pd.array([encode_cell(v) for v in values.to_numpy()], dtype="str")
-        else:
-            data[column] = values.array
-    table = pd.DataFrame(data, index=range(len(frame)))
-    table.to_parquet(path, index=False, engine="pyarrow")
-    return {"index": names, "columns": [str(c) for c in frame.columns], "json_columns": json_columns}
-
-
-def read_frame(path: str, info: dict[str, Any]) -> pd.DataFrame:
-    """Read a frame that ``write_frame`` wrote, with ``info`` the description it returned."""
-    table = pd.read_parquet(path, engine="pyarrow")
-    index_names = info["index"]
-    index_columns = [table[_INDEX_PREFIX + n] for n in index_names]
-    json_columns = set(info["json_columns"])
-    data: dict[str, Any] = {}
-    for column in info["columns"]:
-        if column in json_columns:
-            array = np.empty(len(table), dtype=object)
-            array[:] = [decode_cell(v) for v in table[column].to_numpy(dtype=object)]
-            data[column] = pd.Series(array, dtype=object, copy=False)
-        else:
-            data[column] = table[column].reset_index(drop=True)
-    frame = pd.DataFrame(data, columns=info["columns"]) if data else pd.DataFrame(index=range(len(table)))
-    if index_names == ["level_0"]:
-        frame.index = pd.RangeIndex(len(table))
-    elif len(index_names) == 1:
-        frame.index = pd.Index(index_columns[0].to_numpy(dtype=object), dtype="str", name=index_names[0])
-    else:
-        frame.index = build_index([c.tolist() for c in index_columns], tuple(index_names))
-    return frame
-
-
-# --- exports (readable, for other tools) -----------------------------------------------------------------
-
-
-def export_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A frame for CSV/Parquet export: index levels as leading columns, cells readable.
-
-    Per object column: all integers -> Int64; all numbers -> Float64; otherwise strings stay as they are and
-    every other value (lists, dicts, numbers, NULL) is written as JSON text (NULL as ``null``); absent cells
-    are empty. A column named like an index level is exported as ``@<Level>:<name>`` (e.g. the DICOM
-    ``SeriesInstanceUID`` of ``series``). Exports are one-way: use ``Snapshot.save`` to keep everything.
-    """
-    data: dict[str, Any] = {}
-    index_names = [n for n in frame.index.names if n is not None]
-    for i, name in enumerate(frame.index.names):
-        if name is not None:
-            data[name] = np.asarray(frame.index.get_level_values(i))
-    level = {"SeriesInstanceUID": "Series", "SOPInstanceUID": "Instance"}
-    for column in frame.columns:
-        values = frame[column]
-        target = column if column not in index_names else f"@{level.get(column, 'Study')}:{column}"
-        if values.dtype != object:
-            data[target] = values.array
-            continue
-        present = [v for v in values.to_numpy() if not is_absent(v)]
-        kinds = set(map(type, present))
-        if present and kinds <= {int}:
-            data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Int64")
-        elif present and kinds <= {int, float}:
-            data[target] = pd.array([None if is_absent(v) else v for v in values], dtype="Float64")
-        else:
-            data[target] = pd.array(
-                [None if is_absent(v) else v if type(v) is str else encode_cell(v) for v in values], dtype="str"
-            )
-    return pd.DataFrame(data, index=range(len(frame)))

@@ -6,12 +6,14 @@
   time (a ``+hhmm`` offset is dropped: mixed offsets cannot share a column); TM -> ``timedelta64`` since
   midnight (``"131344.000"`` -> 13:13:44).
 - IS -> ``Int64``, DS -> ``Float64`` (padding stripped).
-- Multi-valued cells (lists) become lists of parsed values (``None`` for an empty element) in an ``object``
-  column; a column mixing scalars and lists is treated the same way, scalars parsed alone.
+- Multi-valued cells (backslash-joined text in a ``str`` column, or tuples) become lists of parsed values
+  (``None`` for an empty element) in an ``object`` column; a column mixing scalars and lists is treated the
+  same way, scalars parsed alone.
 - PN -> the column is kept and five component columns are added right after it: ``<col>.family``,
   ``.given``, ``.middle``, ``.prefix``, ``.suffix`` (the alphabetic group; lists give lists).
 
-NULL, absent and unparseable cells become missing (NaT / NA). Other columns are copied unchanged.
+Present-empty (``""``, ``NULL``), absent and unparseable cells become missing (NaT / NA). Other columns are
+copied unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 import pandas as pd
 from pydicom.valuerep import PersonName
 
-from curation.frames.flattening import NULL, copy_value, is_absent, split_column
+from curation.frames.cells import freeze, is_empty
+from curation.frames.flattening import NULL, is_absent, split_column
 from curation.model import dictionary as dicom
 
 PN_COMPONENTS = ("family", "given", "middle", "prefix", "suffix")
@@ -44,7 +47,8 @@ def parse_da(text: str) -> pd.Timestamp | None:
     if not match:
         return None
     try:
-        return pd.Timestamp(datetime(*(int(g) for g in match.groups())))
+        year, month, day = (int(g) for g in match.groups())
+        return pd.Timestamp(datetime(year, month, day))
     except ValueError:
         return None
 
@@ -114,10 +118,12 @@ _PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 
 
-def _parse(value: Any, parser: Callable[[str], Any]) -> Any:
-    if is_absent(value) or value is NULL:
+def _parse(value: Any, parser: Callable[[str], Any], multi: bool = False) -> Any:
+    if is_absent(value) or is_empty(value):
         return None
-    if type(value) is list:
+    if isinstance(value, str) and multi:
+        value = value.split("\\")
+    if type(value) is list or type(value) is tuple:
         return [parser(v) if isinstance(v, str) else v if isinstance(v, int | float) else None for v in value]
     if isinstance(value, str):
         return parser(value)
@@ -155,7 +161,8 @@ def typed(frame: pd.DataFrame, vrs: Any = None) -> pd.DataFrame:
         vr = vr_of(column) if isinstance(column, str) and not split_column(column)[2] else None
         if vr in _PARSERS:
             parser, dtype = _PARSERS[vr]
-            parsed = [_parse(v, parser) for v in values.to_numpy(dtype=object)]
+            multi = _multi_valued(column)
+            parsed = [_parse(v, parser, multi) for v in values.to_numpy(dtype=object)]
             if any(type(v) is list for v in parsed):
                 array = np.empty(len(parsed), dtype=object)
                 array[:] = parsed
@@ -166,11 +173,23 @@ def typed(frame: pd.DataFrame, vrs: Any = None) -> pd.DataFrame:
             columns[column] = values.copy()
             for i, part in enumerate(PN_COMPONENTS):
                 columns[f"{column}.{part}"] = pd.Series(
-                    [_pn_part(v, i) for v in values.to_numpy(dtype=object)], index=frame.index, dtype=object
+                    [_pn_part(v, i, _multi_valued(column)) for v in values.to_numpy(dtype=object)],
+                    index=frame.index, dtype=object,
                 )
         else:
             columns[column] = values.copy()
     return pd.concat(columns, axis=1) if columns else frame.copy()
+
+
+def _multi_valued(column: Any) -> bool:
+    """True when the dictionary says the column's attribute is multi-valued (its text cells are joined)."""
+    if not isinstance(column, str):
+        return False
+    key = split_column(column)[1]
+    if dicom.is_tag_key(key):
+        return False
+    vm = dicom.vm_of(key)
+    return bool(vm) and vm != "1"
 
 
 def _typed_series(parsed: list, dtype: str, index: pd.Index) -> pd.Series:
@@ -182,10 +201,12 @@ def _typed_series(parsed: list, dtype: str, index: pd.Index) -> pd.Series:
     return pd.Series([pd.NaT if v is None else v for v in parsed], index=index, dtype=dtype)
 
 
-def _pn_part(value: Any, i: int) -> Any:
+def _pn_part(value: Any, i: int, multi: bool = False) -> Any:
+    if isinstance(value, str) and multi and value:
+        value = value.split("\\")
     if isinstance(value, str):
-        return parse_pn(value)[i]
-    if type(value) is list:
+        return parse_pn(value)[i] if value else None
+    if type(value) is list or type(value) is tuple:
         return [parse_pn(v)[i] if isinstance(v, str) else None for v in value]
     return None
 
@@ -195,8 +216,9 @@ def explode(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
 
     Exploding an exploded frame adds ``item2`` (then ``item3``...), so every index level keeps its own name.
 
-    The items' attributes become columns (first-seen order; NULL and absent kept as in the level frames;
-    nested sequences stay lists). Rows whose value is absent, NULL or an empty list give no row.
+    The items' attributes become columns of immutable cells (first-seen order; ``NULL`` for a null value, None
+    for absent; nested sequences stay tuples of read-only mappings). Rows whose value is absent, NULL or empty
+    give no row.
     """
     if attribute not in frame.columns:
         raise KeyError(f"no column {attribute!r}")
@@ -204,7 +226,7 @@ def explode(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
     items: list[int] = []
     rows: list[dict] = []
     for key, value in zip(frame.index, frame[attribute].to_numpy(dtype=object), strict=True):
-        if type(value) is not list:
+        if type(value) is not tuple and type(value) is not list:
             continue
         for number, item in enumerate(value):
             if isinstance(item, dict):
@@ -239,4 +261,4 @@ def _cell(row: dict, key: str) -> Any:
         return None
     if value is None:
         return NULL
-    return copy_value(value)
+    return freeze(value)

@@ -127,68 +127,104 @@ def _ds(value: Any) -> str:
         raise CoercionError(f"VR DS cannot hold {value}: {exc}") from None
 
 
+def _ambiguous(value: Any, vr: str) -> Any:
+    """A value for a dictionary VR such as ``"US or SS"``: the first candidate that encodes and validates it."""
+    errors = []
+    for candidate in (part.strip() for part in vr.split(" or ")):
+        try:
+            coerced = _element(value, candidate)
+        except CoercionError as exc:
+            errors.append(str(exc))
+            continue
+        if value_problem(candidate, None, coerced) is None:
+            return coerced
+    if errors:
+        raise CoercionError(errors[0])
+    return value
+
+
+def _da(value: Any, vr: str) -> Any:
+    value = _datetime(value)
+    return value.strftime("%Y%m%d") if isinstance(value, dt.date) else value
+
+
+def _tm(value: Any, vr: str) -> Any:
+    value = _datetime(value)
+    if isinstance(value, dt.datetime):
+        value = value.time()
+    if isinstance(value, dt.time):
+        return value.strftime("%H%M%S") + _fraction(value.microsecond)
+    return value
+
+
+def _dt(value: Any, vr: str) -> Any:
+    value = _datetime(value)
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y%m%d%H%M%S") + _fraction(value.microsecond) + _offset(value)
+    if isinstance(value, dt.date):
+        return value.strftime("%Y%m%d")
+    return value
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal)
+
+
+def _is(value: Any, vr: str) -> Any:
+    if not _numeric(value):
+        return value
+    text = str(_integral(value, "IS"))
+    if len(text) > _IS_MAX:
+        raise CoercionError(f"VR IS holds at most {_IS_MAX} characters; {text} is longer")
+    return text
+
+
+def _float(value: Any, vr: str) -> Any:
+    if not _numeric(value):
+        return value
+    number = _number(value, vr)
+    return float(number) if isinstance(number, Decimal) else number
+
+
+def _pn(value: Any, vr: str) -> Any:
+    return str(value) if type(value).__name__ == "PersonName" else value
+
+
+def _at(value: Any, vr: str) -> Any:
+    return f"{value:08X}" if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _binary(value: Any, vr: str) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return value
+
+
+#: How one value (not a list) is put in AHI's encoding, by VR (VRs not listed: kept as given).
+_ENCODERS: dict[str, Any] = {
+    "DA": _da,
+    "TM": _tm,
+    "DT": _dt,
+    "DS": lambda value, vr: _ds(value) if _numeric(value) else value,
+    "IS": _is,
+    **{vr: (lambda value, vr: _integral(value, vr) if _numeric(value) else value) for vr in _INT_VRS},
+    **{vr: _float for vr in _FLOAT_VRS},
+    "PN": _pn,
+    "AT": _at,
+    **{vr: _binary for vr in _BINARY_VRS},
+    "SQ": lambda value, vr: _item(value) if isinstance(value, dict) else value,
+}
+
+
 def _element(value: Any, vr: str | None) -> Any:
     """One value (not a list) in AHI's encoding for ``vr``."""
     value = _plain(value)
     if value is NULL or value is None or isinstance(value, str) or vr is None:
         return None if value is NULL else value
     if " or " in vr:
-        errors = []
-        for candidate in (part.strip() for part in vr.split(" or ")):
-            try:
-                coerced = _element(value, candidate)
-            except CoercionError as exc:
-                errors.append(str(exc))
-                continue
-            if value_problem(candidate, None, coerced) is None:
-                return coerced
-        if errors:
-            raise CoercionError(errors[0])
-        return value
-    if vr == "DA":
-        value = _datetime(value)
-        if isinstance(value, dt.date):
-            return value.strftime("%Y%m%d")
-    elif vr == "TM":
-        value = _datetime(value)
-        if isinstance(value, dt.datetime):
-            value = value.time()
-        if isinstance(value, dt.time):
-            return value.strftime("%H%M%S") + _fraction(value.microsecond)
-    elif vr == "DT":
-        value = _datetime(value)
-        if isinstance(value, dt.datetime):
-            return value.strftime("%Y%m%d%H%M%S") + _fraction(value.microsecond) + _offset(value)
-        if isinstance(value, dt.date):
-            return value.strftime("%Y%m%d")
-    elif vr == "DS":
-        if isinstance(value, int | float | Decimal):
-            return _ds(value)
-    elif vr == "IS":
-        if isinstance(value, int | float | Decimal):
-            text = str(_integral(value, "IS"))
-            if len(text) > _IS_MAX:
-                raise CoercionError(f"VR IS holds at most {_IS_MAX} characters; {text} is longer")
-            return text
-    elif vr in _INT_VRS:
-        if isinstance(value, int | float | Decimal):
-            return _integral(value, vr)
-    elif vr in _FLOAT_VRS:
-        if isinstance(value, int | float | Decimal):
-            number = _number(value, vr)
-            return float(number) if isinstance(number, Decimal) else number
-    elif vr == "PN":
-        if type(value).__name__ == "PersonName":
-            return str(value)
-    elif vr == "AT":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return f"{value:08X}"
-    elif vr in _BINARY_VRS:
-        if isinstance(value, bytes | bytearray | memoryview):
-            return base64.b64encode(bytes(value)).decode("ascii")
-    elif vr == "SQ" and isinstance(value, dict):
-        return _item(value)
-    return value
+        return _ambiguous(value, vr)
+    encoder = _ENCODERS.get(vr)
+    return value if encoder is None else encoder(value, vr)
 
 
 def _item(item: dict) -> dict:

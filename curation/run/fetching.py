@@ -562,21 +562,25 @@ def fetch(
         progress=progress,
         retries=retries,
         limiters=limiters,
+        parse=False,
     )
     return to_snapshot(result)
 
 
 def to_snapshot(result: FetchResult) -> Snapshot:
-    """Build the Snapshot of a FetchResult (parsing its blobs first if it holds only those; flattening
-    happens in the Snapshot)."""
+    """Build the Snapshot of a FetchResult: from its documents when it holds them, else from the blobs as
+    fetched (``Snapshot.from_blobs`` parses and flattens them in batches and keeps only the blobs: compact)."""
     from curation.frames.snapshot import Snapshot
 
-    result = result.parsed()
-    snapshot = Snapshot.from_documents(
-        result.documents,
-        datastore_id=result.datastore_id,
-        version_ids=result.version_ids,
-        failures=result.failures,
-    )
+    if result.documents or not result.blobs:
+        snapshot = Snapshot.from_documents(
+            result.documents, datastore_id=result.datastore_id, version_ids=result.version_ids,
+            failures=result.failures,
+        )
+    else:
+        snapshot = Snapshot.from_blobs(
+            result.blobs, datastore_id=result.datastore_id, version_ids=result.version_ids,
+            failures=result.failures,
+        )
     snapshot.primary = {i: p for i, p in result.primary.items() if i in snapshot.documents}
     return snapshot

@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from curation.frames.cells import REMOVE, is_empty, is_remove
 from curation.frames.flattening import NULL, copy_value, is_absent, split_column
 from curation.model import dictionary as dicom
 
@@ -56,12 +57,12 @@ class Filter:
 
 
 def _text(value: Any) -> str | None:
-    """A cell as text for comparisons: strings stripped, arrays joined by backslashes; None when absent/NULL."""
-    if value is NULL or is_absent(value):
+    """A cell as text for comparisons: strings stripped, arrays joined by backslashes; None when absent/empty."""
+    if is_absent(value) or is_empty(value) or is_remove(value):
         return None
     if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, list):
+        return "\\".join(part.strip() for part in value.split("\\")) if "\\" in value else value.strip()
+    if isinstance(value, list | tuple):
         parts = [_text(v) for v in value]
         return "\\".join("" if p is None else p for p in parts)
     if isinstance(value, dict):
@@ -72,7 +73,7 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, list) and len(value) == 1:
+    if isinstance(value, list | tuple) and len(value) == 1:
         value = value[0]
     if isinstance(value, bool):
         return None
@@ -93,8 +94,8 @@ def filter_mask(frame: pd.DataFrame, attribute: str, op: str, value: str = "") -
     also matches numerically ("1" == 1.0). "!=" is the negation of "==" (absent cells match it).
     "contains"/"startswith" are case-sensitive on the text. "<"/">" compare numbers when the value is a
     number (cells that are not numbers never match), else text (DA dates compare correctly as text).
-    "is missing": the attribute is absent; "is NULL": present with a null value. An unknown column matches
-    nothing (and everything is "missing").
+    "is missing": the attribute is absent; "is NULL": present-empty (``""`` in a text column, ``NULL`` in an
+    object one). An unknown column matches nothing (and everything is "missing").
     """
     if op not in OPERATORS:
         raise ValueError(f"unknown operator {op!r}; use one of {', '.join(OPERATORS)}")
@@ -102,9 +103,9 @@ def filter_mask(frame: pd.DataFrame, attribute: str, op: str, value: str = "") -
         return pd.Series(op in ("is missing", "!="), index=frame.index, dtype=bool)
     cells = frame[attribute].to_numpy(dtype=object)
     if op == "is missing":
-        result = [v is not NULL and is_absent(v) for v in cells]
+        result = [is_absent(v) for v in cells]
     elif op == "is NULL":
-        result = [v is NULL for v in cells]
+        result = [not is_absent(v) and is_empty(v) for v in cells]
     else:
         target = value.strip() if isinstance(value, str) else _text(value) or ""
         number = _number(target)
@@ -175,14 +176,29 @@ def parse_value(text: Any, vr: str | None, vm: str | None = None) -> Any:
 def _display(value: Any) -> str:
     if value is NULL:
         return "NULL"
+    if is_remove(value):
+        return "REMOVE"
     if is_absent(value):
         return ""
-    if isinstance(value, list) and all(not isinstance(v, list | dict) for v in value):
+    if isinstance(value, list | tuple) and all(not isinstance(v, list | tuple | dict) for v in value):
         return "\\".join("" if v is None else str(v) for v in value)
-    if isinstance(value, list | dict):
+    if isinstance(value, list | tuple | dict):
         text = orjson.dumps(value).decode()
         return text if len(text) <= 80 else text[:77] + "..."
     return str(value)
+
+
+def _cell_for(value: Any, text: bool) -> Any:
+    """The cell the panel writes for a JSON ``value`` (None: remove): in a text column ``""`` for empty and
+    arrays of text joined by backslashes; elsewhere ``NULL`` for empty; ``REMOVE`` for a removal."""
+    if value is None:
+        return REMOVE
+    if text:
+        if value is NULL:
+            return ""
+        if isinstance(value, list) and all(isinstance(v, str) and "\\" not in v for v in value) and value != [""]:
+            return "\\".join(value)
+    return copy_value(value)
 
 
 def _html(frame: pd.DataFrame, rows: int | None = None) -> str:
@@ -412,7 +428,8 @@ class CurationPanel:
         """Set ``attribute`` on every matching row; returns how many rows that is.
 
         ``value``: text as typed (converted by VR, see ``parse_value``) or a JSON value; ``NULL`` makes the
-        attribute empty (present with a null value); ``None`` removes it. ``vr`` is required for a private tag
+        attribute empty (present with a null value: ``""`` in a text column); ``None`` removes it (the cells
+        hold ``curation.REMOVE``). ``vr`` is required for a private tag
         whose VR the snapshot does not know (it is passed to diff). Raises ValueError when the attribute or
         the value is not acceptable; the edit is then not made.
         """
@@ -443,13 +460,20 @@ class CurationPanel:
         if info["private"] and vr and known_vr is None:
             self.vrs[attribute] = vr
         edited = self._edited
-        if attribute in edited.columns:
-            cells = edited[attribute].to_numpy(dtype=object).copy()
+        text = attribute in edited.columns and isinstance(edited[attribute].dtype, pd.StringDtype)
+        cell = _cell_for(None if value is None else new_value, text)
+        if text and (cell is None or isinstance(cell, str)):
+            column = edited[attribute].copy()
+            column[mask] = cell
+            edited[attribute] = column
         else:
-            cells = np.full(len(edited), None, dtype=object)
-        for position in np.flatnonzero(mask):
-            cells[position] = None if value is None else copy_value(new_value)
-        edited[attribute] = pd.Series(cells, index=edited.index, dtype=object)
+            if attribute in edited.columns:
+                cells = edited[attribute].to_numpy(dtype=object).copy()
+            else:
+                cells = np.full(len(edited), None, dtype=object)
+            for position in np.flatnonzero(mask):
+                cells[position] = _cell_for(None if value is None else new_value, False)
+            edited[attribute] = pd.Series(cells, index=edited.index, dtype=object)
         if attribute not in self._edited_columns:
             self._edited_columns.append(attribute)
         self._on_edit()
@@ -474,7 +498,7 @@ class CurationPanel:
         """The ChangeSet of the edits so far (``curation.curate.differ.diff`` of the snapshot and the edited view)."""
         from curation.curate.differ import diff
 
-        self.last_changes = diff(self.snapshot, self._edited.copy(), vrs=dict(self.vrs) or None)
+        self.last_changes = diff(self.snapshot, self._edited.copy(), vrs=dict(self.vrs) or None, rows="selection")
         return self.last_changes
 
     def plan(self, **options: Any) -> Any:

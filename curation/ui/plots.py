@@ -24,7 +24,8 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-from curation.frames.flattening import NULL, is_absent
+from curation.frames.cells import is_empty
+from curation.frames.flattening import is_absent
 from curation.frames.views import parse_ds, parse_is, typed
 
 __all__ = ["completeness", "slice_geometry", "study_timeline", "value_counts", "version_timeline"]
@@ -54,14 +55,14 @@ def _index_level(frame: pd.DataFrame, name: str) -> pd.Index | None:
 
 
 def _label(value: Any) -> str:
-    """A display label for a cell: strings stripped, arrays joined with backslashes, NULL and absent named."""
-    if value is NULL:
-        return NULL_LABEL
+    """A display label for a cell: strings stripped, arrays joined with backslashes, empty and absent named."""
     if is_absent(value):
         return MISSING_LABEL
+    if is_empty(value):
+        return NULL_LABEL
     if isinstance(value, str):
-        return value.strip()
-    if isinstance(value, list):
+        return "\\".join(part.strip() for part in value.split("\\")) if "\\" in value else value.strip()
+    if isinstance(value, list | tuple):
         return "\\".join(_label(v) for v in value)
     if isinstance(value, dict):
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
@@ -101,7 +102,7 @@ def completeness(data: Any, attributes: list[str] | None = None, *, ax: Any = No
     missing = [a for a in attributes if a not in frame.columns]
     present = pd.DataFrame(
         {a: np.zeros(len(frame), dtype=bool) if a in missing else
-         np.fromiter((not is_absent(v) and v is not NULL for v in frame[a].to_numpy(dtype=object)), bool,
+         np.fromiter((not is_absent(v) and not is_empty(v) for v in frame[a].to_numpy(dtype=object)), bool,
                      len(frame))
          for a in attributes},
         index=range(len(frame)),
@@ -132,7 +133,7 @@ def _series_label(frame: pd.DataFrame, key: tuple) -> str:
         rows = None
     if rows is not None and len(rows):
         for column, fmt in (("Modality", "{}"), ("SeriesNumber", "#{}")):
-            if column in rows.columns and not is_absent(rows[column].iloc[0]) and rows[column].iloc[0] is not NULL:
+            if column in rows.columns and not is_absent(rows[column].iloc[0]) and not is_empty(rows[column].iloc[0]):
                 parts.append(fmt.format(_label(rows[column].iloc[0])))
     parts.append(_short(str(series)))
     return " ".join(parts)
@@ -202,7 +203,7 @@ def study_timeline(snapshot: Any, *, ax: Any = None) -> Figure:
     table = typed(studies[wanted], vrs)
     out = pd.DataFrame(index=studies.index)
     for column in ("StudyInstanceUID", "PatientID", "StudyDescription"):
-        out[column] = (pd.Series([None if is_absent(v) or v is NULL else _label(v) for v in table[column]],
+        out[column] = (pd.Series([None if is_absent(v) or is_empty(v) else _label(v) for v in table[column]],
                                  index=studies.index, dtype=object) if column in table.columns
                        else pd.Series([None] * len(studies), index=studies.index, dtype=object))
     date = table["StudyDate"] if "StudyDate" in table.columns else pd.Series(pd.NaT, index=studies.index)
@@ -227,8 +228,10 @@ def study_timeline(snapshot: Any, *, ax: Any = None) -> Figure:
 
 
 def _floats(value: Any, count: int) -> np.ndarray | None:
-    """``count`` floats from a DS array cell (strings or numbers), None if it is not that."""
-    if not isinstance(value, list) or len(value) != count:
+    """``count`` floats from a DS array cell (backslash-joined text, or strings or numbers), None if not that."""
+    if isinstance(value, str):
+        value = value.split("\\")
+    if not isinstance(value, list | tuple) or len(value) != count:
         return None
     out = []
     for item in value:
@@ -240,7 +243,7 @@ def _floats(value: Any, count: int) -> np.ndarray | None:
 
 
 def _integer(value: Any) -> Any:
-    if isinstance(value, list) and len(value) == 1:
+    if isinstance(value, list | tuple) and len(value) == 1:
         value = value[0]
     if isinstance(value, str):
         number = parse_is(value)

@@ -15,7 +15,7 @@ import pytest
 
 from curation.curate.changeset import CHANGE_COLUMNS, PROBLEM_COLUMNS
 from curation.curate.differ import DiffError, diff, diff_documents
-from curation.frames.flattening import NULL
+from curation.frames.flattening import NULL, REMOVE
 from curation.frames.snapshot import Snapshot
 
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
@@ -128,14 +128,18 @@ def test_primary_image_set_refuses_patient_level_but_not_study_level():
 def test_same_value_written_back_is_no_change(snap):
     studies = snap.studies
     studies.loc[CT, "PatientName"] = "".join(["MAYRA", "^POETA"])
+    studies["StudyDate"] = studies["StudyDate"].astype(object)  # a str column takes only text: object for a date
     studies.loc[CT, "StudyDate"] = dt.date(2023, 4, 17)
     studies.loc[CT, "PatientWeight"] = np.nan
     studies.loc[CT2, "PatientWeight"] = pd.NA
-    studies.loc[CT2, "PatientSex"] = NULL
+    studies.loc[CT2, "PatientSex"] = ""  # present-empty written back
     instances = snap.instances
     label = instance_label(snap, US)
-    instances.at[label, "ImageType"] = ["ORIGINAL", "PRIMARY", "", "0015"]
+    instances.at[label, "ImageType"] = "ORIGINAL\\PRIMARY\\\\0015"  # the same array, as DICOM text
     instances.at[label, "Rows"] = 480.0
+    assert len(diff(snap, [studies, instances])) == 0
+    instances["ImageType"] = instances["ImageType"].astype(object)
+    instances.at[label, "ImageType"] = ["ORIGINAL", "PRIMARY", "", "0015"]  # or as a list
     assert len(diff(snap, [studies, instances])) == 0
 
 
@@ -149,9 +153,11 @@ def test_set_to_missing_removes_with_the_current_value(snap):
 
 def test_null_empties_the_attribute_distinct_from_removal(snap):
     studies = snap.studies
-    studies.loc[CT, "StudyDescription"] = NULL
-    studies.loc[CT, "PatientWeight"] = NULL
-    studies.loc[US, "PatientSex"] = None
+    studies.loc[CT, "StudyDescription"] = ""
+    studies.loc[CT, "PatientWeight"] = ""
+    studies.loc[US, "PatientSex"] = None  # a missing cell over a present-empty attribute: unchanged
+    assert len(diff(snap, studies)) == 2
+    studies.loc[US, "PatientSex"] = REMOVE  # removing a present-empty attribute is explicit
     got = {(r["attribute"], r["op"]): (r["old"], r["new"]) for r in rows(diff(snap, studies))}
     assert got == {
         ("StudyDescription", "update"): ("CT Liver", NULL),
@@ -195,10 +201,10 @@ def test_node_key_columns_cannot_be_edited(snap):
 
 
 def test_values_are_coerced_to_ahi_encoding(snap):
-    studies = snap.studies
+    studies = snap.studies.astype({"StudyDate": object, "StudyTime": object})
     studies.loc[CT, "StudyDate"] = pd.Timestamp("2024-02-03 10:11:12")
     studies.loc[CT, "StudyTime"] = dt.time(10, 11, 12)
-    instances = snap.instances
+    instances = snap.instances.astype({"SliceThickness": object, "InstanceNumber": object})
     label = instance_label(snap, CT)
     instances.at[label, "ImageType"] = "ORIGINAL\\SECONDARY"
     instances.at[label, "SliceThickness"] = 2.5
@@ -213,7 +219,7 @@ def test_values_are_coerced_to_ahi_encoding(snap):
 def test_invalid_values_are_problems_naming_row_and_column(snap):
     studies = snap.studies
     studies.loc[CT, "StudyDate"] = "2023-04-17"
-    instances = snap.instances
+    instances = snap.instances.astype({"InstanceNumber": object})
     label = instance_label(snap, CT)
     instances.at[label, "Rows"] = 70000
     instances.at[label, "InstanceNumber"] = 1.5
@@ -239,7 +245,7 @@ def test_strict_raises_one_error_listing_every_problem(snap):
 
 def test_force_reasons_are_information_not_problems(snap):
     instances = snap.instances
-    instances.at[instance_label(snap, CT), "ImageType"] = ["DERIVED", "SECONDARY"]
+    instances.at[instance_label(snap, CT), "ImageType"] = "DERIVED\\SECONDARY"
     changes = diff(snap, instances)
     assert changes.problems.empty
     [reasons] = changes.force_reasons().tolist()
@@ -252,7 +258,8 @@ def test_force_reasons_are_information_not_problems(snap):
 def test_dropped_instance_row_removes_the_instance(snap):
     instances = snap.instances
     label = instance_label(snap, US, 3)
-    changes = diff(snap, instances.drop(index=[label]))
+    assert len(diff(snap, instances.drop(index=[label]))) == 0  # a selection: the row is left alone
+    changes = diff(snap, instances.drop(index=[label]), rows="all")
     assert rows(changes) == [{
         "ImageSetID": US, "level": "Instance", "SeriesInstanceUID": label[1], "SOPInstanceUID": label[2],
         "attribute": None, "VR": None, "old": None, "new": None, "op": "remove_instance", "row": label,
@@ -265,7 +272,7 @@ def test_dropping_every_instance_of_a_series_removes_the_series():
     instances = snapshot.instances
     gone = instances.loc[(US, SECOND_SERIES)].index
     edited = instances.drop(index=[(US, SECOND_SERIES, sop) for sop in gone])
-    changes = diff(snapshot, edited)
+    changes = diff(snapshot, edited, rows="all")
     assert [(r["op"], r["SeriesInstanceUID"], r["SOPInstanceUID"]) for r in rows(changes)] == [
         ("remove_series", SECOND_SERIES, None)]
 
@@ -273,14 +280,14 @@ def test_dropping_every_instance_of_a_series_removes_the_series():
 def test_dropping_a_series_row_removes_the_series():
     snapshot = make_snapshot(two_series=True)
     series = snapshot.series
-    changes = diff(snapshot, series.drop(index=[(US, SECOND_SERIES)]))
+    changes = diff(snapshot, series.drop(index=[(US, SECOND_SERIES)]), rows="all")
     assert [(r["op"], r["level"], r["SeriesInstanceUID"], r["row"]) for r in rows(changes)] == [
         ("remove_series", "Series", SECOND_SERIES, (US, SECOND_SERIES))]
 
 
 def test_removing_every_series_of_an_image_set_is_a_problem(snap):
     instances = snap.instances
-    changes = diff(snap, instances.drop(index=US, level="ImageSetID"))
+    changes = diff(snap, instances.drop(index=US, level="ImageSetID"), rows="all")
     assert len(changes) == 0
     [problem] = changes.problems.to_dict("records")
     assert problem["ImageSetID"] == US and "DeleteImageSet" in problem["reason"]
@@ -321,7 +328,7 @@ def test_hex_key_of_a_keyword_is_refused(snap):
 def test_sop_instance_uid_change_is_addressed_by_the_old_uid(snap):
     instances = snap.instances
     label = instance_label(snap, CT2)
-    instances.at[label, "SOPInstanceUID"] = "1.2.3.4.5"
+    instances.loc[label, "SOPInstanceUID"] = "1.2.3.4.5"
     [row] = rows(diff(snap, instances))
     assert (row["op"], row["attribute"], row["SOPInstanceUID"], row["old"], row["new"]) == (
         "update", "SOPInstanceUID", label[2], label[2], "1.2.3.4.5")
@@ -330,7 +337,7 @@ def test_sop_instance_uid_change_is_addressed_by_the_old_uid(snap):
 def test_uid_already_used_in_the_image_set_is_a_problem(snap):
     instances = snap.instances
     first, second = instance_label(snap, US, 0), instance_label(snap, US, 1)
-    instances.at[first, "SOPInstanceUID"] = second[2]
+    instances.loc[first, "SOPInstanceUID"] = second[2]
     changes = diff(snap, instances)
     assert "already used" in changes.problems["reason"][0]
 
@@ -339,7 +346,7 @@ def test_changed_index_is_refused_not_guessed(snap):
     instances = snap.instances
     label = instance_label(snap, CT2)
     edited = instances.rename(index={label[2]: "9.9.9"}, level="SOPInstanceUID")
-    changes = diff(snap, edited)
+    changes = diff(snap, edited, rows="all")
     assert len(changes) == 0
     reasons = changes.problems["reason"].tolist()
     assert any("adding instances is not possible with UpdateImageSetMetadata" in r for r in reasons)
@@ -385,7 +392,7 @@ def test_wide_instance_columns_and_dropped_rows(snap):
     label = wide.loc[[US]].index[0]
     wide.at[label, "InstanceNumber"] = "42"
     dropped = wide.loc[[US]].index[1]
-    changes = diff(snap, wide.drop(index=[dropped]))
+    changes = diff(snap, wide.drop(index=[dropped]), rows="all")
     assert sorted((r["op"], r["SOPInstanceUID"]) for r in rows(changes)) == [
         ("remove_instance", dropped[2]), ("update", label[2])]
 
@@ -408,14 +415,14 @@ def test_user_frames_and_snapshot_are_never_mutated(snap):
     before = orjson.dumps(list(snap.documents.values()))
     studies, instances = snap.studies, snap.instances
     studies.loc[CT, "StudyDescription"] = None
-    instances.at[instance_label(snap, CT), "ImageType"] = ("A", "B")
+    instances.at[instance_label(snap, CT), "ImageType"] = "A\\B"
     instances = instances.drop(index=[instance_label(snap, US, 2)])
     copies = [studies.copy(deep=True), instances.copy(deep=True)]
-    diff(snap, [studies, instances])
+    diff(snap, [studies, instances], rows="all")
     assert orjson.dumps(list(snap.documents.values())) == before
     pd.testing.assert_frame_equal(studies, copies[0])
     pd.testing.assert_frame_equal(instances, copies[1])
-    assert instances.at[instance_label(snap, CT), "ImageType"] == ("A", "B")
+    assert instances.at[instance_label(snap, CT), "ImageType"] == "A\\B"
 
 
 def test_diff_documents_reads_a_version_change():
@@ -451,7 +458,8 @@ def test_display_escapes_and_summarises(snap):
     text = changes._repr_html_()
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.index("problem") < text.index("StudyDescription")
-    assert repr(changes) == "ChangeSet(2 change(s) in 2 image set(s): 2 update; 1 problem(s))"
+    assert repr(changes) == ("ChangeSet(2 change(s) in 2 image set(s): 2 update; removes 0 attribute(s), "
+                             "0 instance(s), 0 series; 1 problem(s))")
     assert changes.summary().loc[CT, "update"] == 1
 
 
@@ -465,9 +473,9 @@ def test_frames_diff_matches_the_documents_the_plan_produces(snap):
     instances["001910F9"] = None
     instances.at[label, "001910F9"] = 97
     instances.at[instance_label(snap, US, 1), "7FDF0010"] = "GE_GENESIS_DD"
-    instances.at[instance_label(snap, CT2), "SOPInstanceUID"] = "1.2.3.4.5"
+    instances.loc[instance_label(snap, CT2), "SOPInstanceUID"] = "1.2.3.4.5"
     instances = instances.drop(index=[instance_label(snap, US, 4)])
-    changes = diff(snap, [studies, instances], vrs={"001910F9": "DS"})
+    changes = diff(snap, [studies, instances], vrs={"001910F9": "DS"}, rows="all")
     assert changes.problems.empty and len(changes) == 6
     previews = plan_module.plan(changes).preview({k: snap.document(k) for k in snap.image_set_ids})
     fields = ["ImageSetID", "level", "SeriesInstanceUID", "SOPInstanceUID", "attribute", "VR", "old", "new", "op"]
@@ -483,6 +491,7 @@ def test_frames_diff_matches_the_documents_the_plan_produces(snap):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from curation.frames.cells import decode, is_remove  # noqa: E402
 from curation.model.values import coerce, is_absent, same_value, vr_vm_of  # noqa: E402
 
 _US_SNAPSHOT = Snapshot.from_documents([copy.deepcopy(_DOCS["us-doppler-9-instances"])], datastore_id="0" * 32)
@@ -491,35 +500,112 @@ _US_INSTANCES = _US_SNAPSHOT.instances
 _EDITABLE = [c for c in _US_INSTANCES.columns if not c.startswith("@") and c not in ("PixelData", "SOPInstanceUID")]
 
 
+def _assignable(column: str, kind: str, source_value: object) -> object:
+    """The value an edit of ``kind`` writes into ``column`` (what pandas lets that column's dtype hold)."""
+    text = isinstance(_US_INSTANCES[column].dtype, pd.StringDtype)
+    typed_numbers = str(_US_INSTANCES[column].dtype) in ("Int64", "Float64")
+    if kind == "copy":
+        return source_value
+    if kind in ("none", "nan"):
+        return None if kind == "none" else np.nan
+    if typed_numbers:
+        return np.nan
+    if kind == "empty":
+        return "" if text else NULL
+    return REMOVE
+
+
+def _expected(column: str, codec: str, old: object, new: object, vrs: dict) -> str | None:
+    """What a naive per-cell reading of the rules says the edit of one cell is (None: no change)."""
+    absent = object()
+    old_json = absent if is_absent(old) else decode(old, codec)
+    empty = old_json is not absent and (old_json is None or old_json == "")
+    if is_remove(new) or is_absent(new):
+        if old_json is absent or (is_absent(new) and empty):
+            return None
+        return "remove"
+    if isinstance(new, str) and new == "" and codec in ("str", 'str:""', "joined"):
+        return None if empty else ("add" if old_json is absent else "update")
+    value = coerce(new, *vr_vm_of(column, vrs))
+    value = None if value is NULL else value
+    if old_json is not absent and same_value(value, old_json):
+        return None
+    return "add" if old_json is absent else "update"
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 8), st.sampled_from(_EDITABLE), st.integers(0, 8),
-                          st.sampled_from(["copy", "none", "null", "nan"])), max_size=12),
+                          st.sampled_from(["copy", "none", "empty", "nan", "remove"])), max_size=12),
        st.sets(st.integers(0, 8), max_size=3))
 def test_diff_matches_a_naive_cell_loop(edits, drops):
     edited = _US_INSTANCES.copy()
     for row, column, source, kind in edits:
-        value = {"copy": _US_INSTANCES.iat[source, _US_INSTANCES.columns.get_loc(column)], "none": None,
-                 "null": NULL, "nan": np.nan}[kind]
-        edited.iat[row, edited.columns.get_loc(column)] = copy.deepcopy(value)
+        value = _assignable(column, kind, _US_INSTANCES.iat[source, _US_INSTANCES.columns.get_loc(column)])
+        edited.iat[row, edited.columns.get_loc(column)] = value
     edited = edited.drop(index=[edited.index[i] for i in drops])
-    changes = diff(_US_SNAPSHOT, edited)
+    changes = diff(_US_SNAPSHOT, edited, rows="all")
+    codecs = _US_SNAPSHOT.codecs("instances")
     expected = set()
     before = _US_INSTANCES.loc[edited.index, _EDITABLE].to_numpy(dtype=object)
     after = edited[_EDITABLE].to_numpy(dtype=object)
     dicom_vrs = _US_INSTANCES.loc[edited.index, "@DICOMVRs"].tolist()
     for i, label in enumerate(edited.index):
         for j, column in enumerate(_EDITABLE):
-            old, new = before[i, j], after[i, j]
-            old = None if is_absent(old) else old
-            if is_absent(new):
-                if old is not None:
-                    expected.add((label[2], column, "remove"))
-                continue
-            if not same_value(coerce(new, *vr_vm_of(column, dicom_vrs[i])), old):
-                expected.add((label[2], column, "add" if old is None else "update"))
+            op = _expected(column, codecs[column], before[i, j], after[i, j], dicom_vrs[i])
+            if op is not None:
+                expected.add((label[2], column, op))
     removals = {label[2] for label in _US_INSTANCES.index} - {label[2] for label in edited.index}
     attribute_rows = changes.changes[changes.changes["op"].isin(["add", "update", "remove"])]
     assert set(zip(attribute_rows["SOPInstanceUID"], attribute_rows["attribute"], attribute_rows["op"],
                    strict=True)) == expected
     removed = changes.changes[changes.changes["op"] == "remove_instance"]["SOPInstanceUID"]
     assert set(removed) == (removals if len(removals) < 9 else set())
+
+
+def test_primary_refusals_carry_the_plans_workaround_text():
+    from curation.model.rules import PRIMARY_WORKAROUND
+
+    snapshot = make_snapshot(primary=True)
+    studies = snapshot.studies
+    studies.loc[CT, "PatientName"] = "MX^MX"
+    [problem] = diff(snapshot, studies).problems.to_dict("records")
+    assert PRIMARY_WORKAROUND in problem["reason"]
+
+
+def test_rows_must_be_selection_or_all(snap):
+    with pytest.raises(ValueError, match="rows must be one of"):
+        diff(snap, snap.instances, rows="some")
+    assert len(diff(snap, snap.studies.iloc[:1], rows="all").problems) == 2  # image sets are never removed
+
+
+def test_remove_marker_survives_str_columns_csv_and_pickle(snap):
+    import pickle
+
+    import curation
+
+    studies = snap.studies
+    studies.loc[US, "PatientSex"] = REMOVE  # a str column takes it: REMOVE is a str
+    assert studies["PatientSex"].dtype == "str" and repr(REMOVE) == "REMOVE"
+    assert pickle.loads(pickle.dumps(REMOVE)) is REMOVE
+    back = curation.read_csv(__import__("io").StringIO(curation.to_csv(studies)))
+    for frame in (studies, back):
+        [row] = rows(diff(snap, frame))
+        assert (row["op"], row["attribute"], row["old"]) == ("remove", "PatientSex", NULL)
+
+
+def test_changeset_and_plan_first_lines_count_removals():
+    import curation
+
+    snapshot = make_snapshot(two_series=True)
+    studies = snapshot.studies
+    studies.loc[CT, "StudyDescription"] = REMOVE
+    instances = snapshot.instances
+    keep = ~instances.index.isin([instance_label(snapshot, CT, 0), instance_label(snapshot, CT, 1)])
+    keep &= instances.index.get_level_values("SeriesInstanceUID") != SECOND_SERIES
+    changes = diff(snapshot, [studies, instances[keep]], rows="all")
+    assert changes.removals() == {"attributes": 1, "instances": 2, "series": 1}
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in repr(changes)
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in changes._repr_html_()
+    update_plan = curation.plan(changes)
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in repr(update_plan)
+    assert "removes 1 attribute(s), 2 instance(s), 1 series" in update_plan._repr_html_()

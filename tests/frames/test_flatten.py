@@ -215,7 +215,7 @@ def test_attribute_at_two_levels_round_trips() -> None:
     flat = flatten_many([a, b])
     assert flat.levels["PatientName"] == "Patient" and flat.levels["PatientSex"] == "Patient"
     assert flat.studies.loc[a["ImageSetID"], "@Study:PatientName"] == "STUDY^COPY"
-    assert flat.studies.loc[b["ImageSetID"], "@Study:PatientSex"] is NULL
+    assert flat.studies.loc[b["ImageSetID"], "@Study:PatientSex"] == ""  # present-empty in a str column
     assert pd.isna(flat.studies.loc[b["ImageSetID"], "PatientSex"])
     assert [canonical(d) for d in unflatten(flat)] == [canonical(a), canonical(b)]
     wide = wide_view(flat.studies, flat.series, flat.instances)
@@ -234,10 +234,14 @@ def test_levels_indexes_and_values_as_ahi_encodes_them() -> None:
     assert flat.series.index.names == ["ImageSetID", "SeriesInstanceUID"]
     assert flat.instances.index.names == ["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID"]
     assert flat.frames.index.names == ["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID", "frame"]
+    assert "SeriesInstanceUID" not in flat.series.columns  # the index holds it (it equals every row's key)
+    assert "SOPInstanceUID" not in flat.instances.columns
+    assert flat.codecs["instances"]["SOPInstanceUID"] == "index"
     row = flat.instances.iloc[0]
     assert row["KVP"] == "120 "  # padding kept
-    assert row["ImageType"] == ["DERIVED", "PRIMARY", "AXIAL"]
-    assert row["Rows"] == 640 and type(row["Rows"]) is int
+    assert row["ImageType"] == "DERIVED\\PRIMARY\\AXIAL"  # multi-valued text: joined by backslashes
+    assert str(flat.instances["ImageType"].dtype) == "str" and str(flat.instances["Rows"].dtype) == "Int64"
+    assert row["Rows"] == 640
     assert row["SourceImageSequence"][0]["PurposeOfReferenceCodeSequence"][0]["CodeValue"] == "121320"
     assert row["@StoredTransferSyntaxUID"] == "1.2.840.10008.1.2.4.202"
     assert row["@ChecksumType"] == "DECOMPRESSED" and row["@DICOMVRs"] == {} and row["@ImageFrames"] == 1
@@ -262,15 +266,17 @@ def test_frames_keep_the_whole_pyramid() -> None:
 def test_null_and_absent_are_distinct_in_the_frame_and_back() -> None:
     document = load("us-doppler-9-instances.json")
     flat = flatten(document)
-    assert flat.studies.iloc[0]["PatientID"] is NULL  # present, null
+    assert flat.studies.iloc[0]["PatientID"] == ""  # present, null: "" in a str column
     assert not pd.isna(flat.studies.iloc[0]["PatientID"])
     assert is_null(flat.studies["PatientID"]).all()
     instances = flat.instances
-    assert (instances["PixelData"].map(lambda v: v is NULL)).all()
-    # AcquisitionTime is null in some instances and present in others; absent cells are NA
+    assert (instances["PixelData"].map(lambda v: v is NULL)).all()  # binary VR: an object column, NULL
+    assert not instances["PixelData"].isna().any()
+    # AcquisitionTime is null in some instances and present in others
     acquisition = instances["AcquisitionTime"]
-    assert acquisition.map(lambda v: v is NULL).any()
-    assert "BodyPartExamined" in flat.series.columns and flat.series.iloc[0]["BodyPartExamined"] is NULL
+    assert (acquisition == "").any() and not acquisition.isna().any()
+    assert "BodyPartExamined" in flat.series.columns and flat.series.iloc[0]["BodyPartExamined"] == ""
+    assert flat.studies.sort_values("PatientID").index.equals(flat.studies.index)  # sorts like any str column
     assert repr(NULL) == "NULL" and not NULL
     assert pickle.loads(pickle.dumps(NULL)) is NULL and copy.deepcopy(NULL) is NULL
 
@@ -284,7 +290,7 @@ def test_user_edits_set_null_remove_and_add() -> None:
     series.loc[mask, "ProtocolName"] = None  # remove
     series.loc[mask, "SeriesDescription"] = "Doppler"
     instances = flat.instances
-    instances.loc[:, "StageName"] = NULL
+    instances.loc[:, "StageName"] = ""  # empty it
     instances["ImageComments"] = "checked"  # a new column
     back = unflatten(flat)[0]
     series_node = next(iter(back["Study"]["Series"].values()))
@@ -295,21 +301,27 @@ def test_user_edits_set_null_remove_and_add() -> None:
         assert node["DICOM"]["ImageComments"] == "checked"
 
 
-def test_flatten_does_not_share_containers_with_the_document() -> None:
+def test_cells_are_immutable_and_share_nothing_with_the_document() -> None:
     document = load("ct-2025-htj2k-1-instance.json")
     before = canonical(document)
     flat = flatten(document)
-    flat.instances.iloc[0]["ImageType"].append("EDITED")
-    flat.frames.iloc[0]["PixelDataChecksumFromBaseToFullResolution"][0]["Width"] = 1
+    sequence = flat.instances.iloc[0]["SourceImageSequence"]
+    assert isinstance(sequence, tuple) and sequence[0]["ReferencedSOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2"
+    with pytest.raises(TypeError):
+        sequence[0]["ReferencedSOPClassUID"] = "1.2"
+    with pytest.raises(TypeError):
+        flat.frames.iloc[0]["PixelDataChecksumFromBaseToFullResolution"][0]["Width"] = 1
+    assert pickle.loads(pickle.dumps(sequence)) == sequence
     assert canonical(document) == before
 
 
-def test_attribute_columns_are_object_and_memory_within_twice_the_json() -> None:
+def test_column_dtypes_follow_the_vr_and_memory_within_the_json() -> None:
     path = REFERENCE / "ct-588-instances.json"
     flat = flatten(read_document(str(path)))
-    dtypes = {str(t) for c, t in flat.instances.dtypes.items() if c != "@ImageFrames"}
-    assert dtypes == {"object"}
-    assert flat.instances.memory_usage(deep=True).sum() <= 2 * path.stat().st_size
+    dtypes = flat.instances.dtypes.astype(str)
+    assert dtypes["SOPClassUID"] == "str" and dtypes["Rows"] == "Int64" and dtypes["PixelData"] == "object"
+    assert set(dtypes) == {"str", "Int64", "object"}
+    assert flat.instances.memory_usage(deep=True).sum() <= path.stat().st_size
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import orjson
 import pandas as pd
 import pytest
 
+import curation
 from curation.frames.flattening import NULL, unflatten
 from curation.frames.snapshot import Snapshot
 from curation.model.document import read_document
@@ -64,12 +65,12 @@ def test_frames_handed_out_are_copies(snapshot: Snapshot, documents: list[dict])
     series = snapshot.series
     series.loc[:, "BodyPartExamined"] = "CHEST"
     instances = snapshot.instances
-    instances.iloc[0]["ImageType"].append("EDITED")
-    instances.loc[instances.index[0], "KVP"] = NULL
+    instances.loc[instances.index[0], "ImageType"] = "EDITED"
+    instances.loc[instances.index[0], "KVP"] = ""
     wide = snapshot.wide
     wide["New"] = 1
     assert "CHEST" not in set(snapshot.series["BodyPartExamined"])
-    assert "EDITED" not in snapshot.instances.iloc[0]["ImageType"]
+    assert snapshot.instances.iloc[0]["ImageType"] == "DERIVED\\PRIMARY\\AXIAL"
     assert snapshot.instances.iloc[0]["KVP"] == "120 "
     assert "New" not in snapshot.wide.columns
     assert canonical(documents) == before
@@ -111,7 +112,7 @@ def test_save_and_load_round_trip(snapshot: Snapshot, tmp_path: Path) -> None:
     snapshot.primary = {snapshot.image_set_ids[0]: True, snapshot.image_set_ids[1]: False}
     snapshot.save(tmp_path / "snap")
     manifest = json.loads((tmp_path / "snap" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["datastore_id"] == DATASTORE
+    assert manifest["format_version"] == 2 and manifest["datastore_id"] == DATASTORE
     assert (tmp_path / "snap" / "documents.jsonl.gz").exists()
     assert (tmp_path / "snap" / "instances.parquet").exists()
     loaded = Snapshot.load(tmp_path / "snap")
@@ -123,9 +124,10 @@ def test_save_and_load_round_trip(snapshot: Snapshot, tmp_path: Path) -> None:
         pd.testing.assert_frame_equal(getattr(loaded, name), getattr(snapshot, name))
     pd.testing.assert_frame_equal(loaded.failures, snapshot.failures)
     studies = loaded.studies
-    assert studies.iloc[0]["PatientSex"] is NULL  # NULL survives Parquet
+    assert studies.iloc[0]["PatientSex"] == "" and studies["PatientSex"].isna().sum() == 0  # "" survives Parquet
+    assert loaded.instances["PixelData"].iloc[1] is NULL  # so does NULL in an object column
     instance = loaded.instances.iloc[0]
-    assert instance["KVP"] == "120 " and instance["ImageType"] == ["DERIVED", "PRIMARY", "AXIAL"]
+    assert instance["KVP"] == "120 " and instance["ImageType"] == "DERIVED\\PRIMARY\\AXIAL"
     assert loaded.level("PatientName") == "Patient"
     assert [canonical(d) for d in unflatten(loaded.flattened)] == [
         canonical(d) for d in snapshot.documents.values()
@@ -135,21 +137,80 @@ def test_save_and_load_round_trip(snapshot: Snapshot, tmp_path: Path) -> None:
 def test_csv_and_parquet_export(snapshot: Snapshot, tmp_path: Path) -> None:
     paths = snapshot.to_csv(tmp_path / "csv")
     assert sorted(Path(p).name for p in paths) == ["frames.csv", "instances.csv", "series.csv", "studies.csv"]
-    instances = pd.read_csv(tmp_path / "csv" / "instances.csv", dtype=str, keep_default_na=False)
+    instances = pd.read_csv(tmp_path / "csv" / "instances.csv", dtype=str, keep_default_na=False, skiprows=[1])
     first = instances.iloc[0]
     assert first["ImageSetID"] == snapshot.image_set_ids[0]
-    assert json.loads(first["ImageType"]) == ["DERIVED", "PRIMARY", "AXIAL"]
+    assert first["ImageType"] == "DERIVED\\PRIMARY\\AXIAL"
     assert first["KVP"] == "120 "
-    assert first["AcquisitionNumber"] == "null"  # NULL is written as JSON null; absent cells are empty
+    assert first["AcquisitionNumber"] == ""  # present-empty and absent are both an empty field in CSV
     assert first["StageName"] == ""
-    assert "@Instance:SOPInstanceUID" in instances.columns
+    assert json.loads(first["SourceImageSequence"])[0]["ReferencedSOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2"
+    assert "SOPInstanceUID" in instances.columns and "@Instance:SOPInstanceUID" not in instances.columns
+    for name in ("studies", "series", "instances", "frames"):
+        back = curation.read_csv(tmp_path / "csv" / f"{name}.csv")
+        original = getattr(snapshot, name)
+        for column in original.columns:  # CSV cannot tell "" from absent: a str column's "" reads back missing
+            if isinstance(original[column].dtype, pd.StringDtype):
+                original[column] = original[column].replace("", None)
+        pd.testing.assert_frame_equal(back, original)
     snapshot.to_parquet(tmp_path / "pq")
     series = pd.read_parquet(tmp_path / "pq" / "series.parquet")
-    assert list(series.columns[:2]) == ["ImageSetID", "SeriesInstanceUID"]
-    assert "@Series:SeriesInstanceUID" in series.columns
+    assert list(series.columns[:2]) == ["@index:ImageSetID", "@index:SeriesInstanceUID"]
     frames = pd.read_parquet(tmp_path / "pq" / "frames.parquet")
     assert str(frames["FrameSizeInBytes"].dtype) == "Int64"
     pyramid = json.loads(frames["PixelDataChecksumFromBaseToFullResolution"].iloc[0])
     assert pyramid == [{"Width": 640, "Height": 640, "Checksum": 989529591}]
     instances_pq = pd.read_parquet(tmp_path / "pq" / "instances.parquet")
     assert str(instances_pq["Rows"].dtype) == "Int64" and instances_pq["Rows"].iloc[0] == 640
+    assert str(instances_pq["KVP"].dtype) == "str"
+    for name in ("studies", "series", "instances", "frames"):
+        pd.testing.assert_frame_equal(curation.read_parquet(tmp_path / "pq" / f"{name}.parquet"),
+                                      getattr(snapshot, name))
+
+
+def test_from_blobs_holds_the_blobs_and_parses_on_demand(documents: list[dict]) -> None:
+    from curation.model.document import encode_document
+
+    blobs = {d["ImageSetID"]: encode_document(d, compress=n % 2 == 0) for n, d in enumerate(documents)}
+    blobs["b" * 32] = b"not json"
+    blobs["c" * 32] = encode_document({**documents[0], "ImageSetID": "d" * 32})
+    snapshot = Snapshot.from_blobs(blobs, datastore_id=DATASTORE)
+    assert snapshot.image_set_ids == [d["ImageSetID"] for d in documents]
+    assert list(snapshot.failures["stage"]) == ["parse", "parse"]
+    assert snapshot.documents.compact and snapshot.documents.blob(documents[0]["ImageSetID"]) is not None
+    assert [canonical(snapshot.documents[d["ImageSetID"]]) for d in documents] == [canonical(d) for d in documents]
+    reference = Snapshot.from_documents(documents, datastore_id=DATASTORE)
+    for name in ("studies", "series", "instances", "frames"):
+        pd.testing.assert_frame_equal(getattr(snapshot, name), getattr(reference, name))
+    assert snapshot.vr("7FDF1001") == "UN"
+
+
+def test_fetch_keeps_the_blobs_as_fetched(local_client: object) -> None:
+    import curation
+
+    store = local_client.meta.local_service.store
+    report = store.import_documents([read_document(str(REFERENCE / NAMES[1]))])
+    snapshot = curation.fetch(local_client, report.datastore_id, progress=False)
+    (image_set_id,) = snapshot.image_set_ids
+    assert snapshot.documents.compact and snapshot.documents.blob(image_set_id)[:2] == b"\x1f\x8b"
+    assert snapshot.documents[image_set_id]["ImageSetID"] == image_set_id
+
+
+def test_from_blobs_in_batches_equals_one_flatten(documents: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    import curation.frames.snapshot as snapshot_module
+    from curation.model.document import encode_document
+
+    more = copy.deepcopy(documents[1])
+    more["ImageSetID"] = "e" * 32
+    more["Study"]["DICOM"]["PatientName"] = "AT^STUDY"  # a Patient key at Study level, met in a later batch
+    del more["Patient"]["DICOM"]["PatientName"]
+    more["Study"]["DICOM"].pop("AccessionNumber", None)  # a column the other batches have
+    docs = [*documents, more]
+    blobs = {d["ImageSetID"]: encode_document(d) for d in docs}
+    monkeypatch.setattr(snapshot_module, "BATCH_INSTANCES", 1)  # one document per batch
+    batched = Snapshot.from_blobs(blobs, datastore_id=DATASTORE)
+    whole = Snapshot.from_documents(docs, datastore_id=DATASTORE)
+    for name in ("studies", "series", "instances", "frames"):
+        pd.testing.assert_frame_equal(getattr(batched, name), getattr(whole, name))
+    assert batched.codecs("instances") == whole.codecs("instances")
+    assert [canonical(d) for d in unflatten(batched.flattened)] == [canonical(d) for d in docs]

@@ -20,7 +20,7 @@ from curation import scale
 from curation.curate.differ import diff as memory_diff
 from curation.curate.planner import plan as memory_plan
 from curation.curate.updateplan import PlanError
-from curation.frames.flattening import NULL
+from curation.frames.flattening import REMOVE
 from curation.local.server import serving
 from curation.local.store import Store
 from curation.model.document import read_document
@@ -131,16 +131,17 @@ def test_open_snapshot_gives_the_in_memory_frames(scaled: Any, memory: Any) -> N
     # the partitions hold whole image sets, in order
     parts = frames["studies"].to_delayed()
     assert list(parts[1].compute().index) == scaled.partitions[1]["image_set_ids"]
-    # absent is None, present-and-null is NULL, lists stay lists
+    # absent is missing, present-and-null is "", multi-valued text is joined, sequences stay tuples
     studies = scale.to_pandas(frames["studies"].compute(), "studies")
     first = studies.index[studies["PatientID"] == "SCALE-000"][0]
-    assert studies.loc[first, "AccessionNumber"] is NULL
-    assert studies.loc[first, "StudyDescription"] is None
-    assert isinstance(studies.loc[first, "DeidentificationMethod"], list)
+    assert studies.loc[first, "AccessionNumber"] == ""
+    assert pd.isna(studies.loc[first, "StudyDescription"])
+    assert isinstance(studies.loc[first, "DeidentificationMethod"], str)
+    assert str(studies["PatientID"].dtype) == "str"
 
 
 def test_sql_filters_return_toolkit_frames(scaled: Any, memory: Any) -> None:
-    found = scale.sql(scaled.path, "SELECT ImageSetID, PatientID FROM studies WHERE PatientID->>'$' = 'SCALE-005'")
+    found = scale.sql(scaled.path, "SELECT ImageSetID, PatientID FROM studies WHERE PatientID = 'SCALE-005'")
     expected = [i for i in memory.image_set_ids if memory.studies.loc[i, "PatientID"] == "SCALE-005"]
     assert sorted(found.index) == sorted(expected)
     assert list(found["PatientID"]) == ["SCALE-005"] * 3
@@ -160,7 +161,7 @@ def _edit_studies(frame: pd.DataFrame, ids: set[str], names: set[str]) -> pd.Dat
     frame = frame.copy()
     mask = frame["PatientID"].isin(["SCALE-005", "SCALE-010", "SCALE-025"])
     frame["StudyDescription"] = frame["StudyDescription"].where(~mask, "SCALED")
-    frame["AccessionNumber"] = frame["AccessionNumber"].where(~frame.index.isin(list(ids)), None)
+    frame["AccessionNumber"] = frame["AccessionNumber"].where(~frame.index.isin(list(ids)), REMOVE)
     frame["PatientName"] = frame["PatientName"].where(~frame.index.isin(list(names)), "REFUSED^ON^PRIMARY")
     moved = "@Study:PatientIdentityRemoved"  # named so in the partitions that hold it at Patient level too
     frame[moved] = frame[moved].where(~(frame.index.isin(list(ids)) & frame[moved].notna()), "NO")
@@ -188,9 +189,10 @@ def test_scale_diff_and_plan_equal_the_in_memory_ones(scaled: Any, memory: Any, 
     studies = frames["studies"].map_partitions(_edit_studies, touched, names, meta=frames["studies"]._meta)
     instances = frames["instances"].map_partitions(_edit_instances, touched, dropped, "SOPInstanceUID",
                                                    meta=frames["instances"]._meta)
-    ours = scale.diff(frames, {"studies": studies, "instances": instances}, client=dask_client)
+    ours = scale.diff(frames, {"studies": studies, "instances": instances}, rows="all", client=dask_client)
     theirs = memory_diff(memory, {"studies": _edit_studies(memory.studies, touched, names),
-                                  "instances": _edit_instances(memory.instances, touched, dropped, "-")})
+                                  "instances": _edit_instances(memory.instances, touched, dropped, "-")},
+                         rows="all")
     assert len(theirs.changes) > 10 and set(theirs.changes["op"]) >= {"update", "remove", "remove_instance"}
     pd.testing.assert_frame_equal(ours.changes, theirs.changes)
     pd.testing.assert_frame_equal(ours.problems, theirs.problems)
@@ -206,7 +208,7 @@ def test_scale_diff_and_plan_equal_the_in_memory_ones(scaled: Any, memory: Any, 
     assert set(reopened) == {"studies", "instances"} and reopened.snapshot.path == scaled.path
     pd.testing.assert_frame_equal(scale.to_pandas(reopened["studies"].compute(), "studies"),
                                   _edit_studies(memory.studies, touched, names))
-    again = scale.diff(scaled, saved, client=dask_client)
+    again = scale.diff(scaled, saved, rows="all", client=dask_client)
     pd.testing.assert_frame_equal(again.changes, theirs.changes)
 
     with pytest.raises(PlanError):
@@ -220,7 +222,7 @@ def test_scale_diff_and_plan_equal_the_in_memory_ones(scaled: Any, memory: Any, 
 
 
 def test_a_pandas_edit_and_the_default_scheduler_work_too(scaled: Any, memory: Any, dask_client: Client) -> None:
-    edited = scale.sql(scaled.path, "SELECT * FROM studies WHERE PatientID->>'$' = 'SCALE-010'")
+    edited = scale.sql(scaled.path, "SELECT * FROM studies WHERE PatientID = 'SCALE-010'")
     edited["StudyDescription"] = "FROM SQL"
     ours = scale.diff(scaled.path, edited)  # dask_client is the default scheduler here
     theirs = memory_diff(memory, edited)

@@ -85,7 +85,8 @@ def test_completeness_defaults_to_the_dicom_columns(snapshot):
     assert not any(c.startswith("@") for c in matrix.index)
     assert "7FDF1001" in matrix.index and "StudyInstanceUID" in matrix.index
     assert ((matrix >= 0) & (matrix <= 1)).all().all()
-    assert (matrix.loc["SOPInstanceUID"] == 1.0).all()
+    assert (matrix.loc["SOPClassUID"] == 1.0).all()
+    assert "SOPInstanceUID" not in matrix.index  # the index holds it
 
 
 def test_value_counts_by_modality_and_by_series(snapshot, documents):
@@ -141,7 +142,7 @@ def ct_instances(snapshot, documents) -> tuple[pd.DataFrame, str]:
 
 
 def _z(frame: pd.DataFrame, sop: str) -> float:
-    return float(frame.xs(sop, level="SOPInstanceUID")["ImagePositionPatient"].iloc[0][2])
+    return float(frame.xs(sop, level="SOPInstanceUID")["ImagePositionPatient"].iloc[0].split("\\")[2])
 
 
 def _by_number(frame: pd.DataFrame, series: str) -> dict[int, tuple]:
@@ -200,9 +201,9 @@ def test_slice_geometry_flags_an_overlap_and_the_gap_after_it(ct_instances):
     edited = instances.copy()
     key = numbers[100]
     z_before = _z(instances, numbers[99][2])
-    position = list(edited.loc[key, "ImagePositionPatient"])
+    position = edited.loc[key, "ImagePositionPatient"].split("\\")
     position[2] = str(z_before + 0.25)
-    edited.loc[[key], "ImagePositionPatient"] = pd.Series([position], index=[key], dtype=object)
+    edited.loc[key, "ImagePositionPatient"] = "\\".join(position)
     assert _z(instances, key[2]) == z_before + 1  # the snapshot's frame is untouched
     table = plots.slice_geometry(edited, series).geometry
     overlap = table[table["overlap"]]

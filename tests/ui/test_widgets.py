@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from curation.frames.flattening import NULL
+from curation.frames.cells import is_remove
 from curation.frames.snapshot import Snapshot
 from curation.ui.panel import OPERATORS, CurationPanel, filter_mask, parse_value
 
@@ -163,15 +163,15 @@ def test_set_null_and_remove_edit_only_the_panels_copy(snapshot):
     assert "edited on 9 row(s)" in panel.message.value
     edited = panel.edited
     assert (edited["StudyDescription"] == "Echo study").sum() == 9
-    assert (edited.loc[edited["Modality"] != "US", "StudyDescription"].to_numpy()
-            == before.loc[before["Modality"] != "US", "StudyDescription"].to_numpy()).all()
+    pd.testing.assert_series_equal(edited.loc[edited["Modality"] != "US", "StudyDescription"],
+                                   before.loc[before["Modality"] != "US", "StudyDescription"])
     _same(snapshot.wide, before, ["StudyDescription"])  # the snapshot is untouched
     assert "StudyDescription" in panel.preview.value and "Echo study" in panel.preview.value
 
     _edit(panel, "PatientSize", button="null_button")
-    assert all(v is NULL for v in panel.edited.loc[edited["Modality"] == "US", "PatientSize"])
+    assert all(v == "" for v in panel.edited.loc[edited["Modality"] == "US", "PatientSize"])  # DS: a str column
     _edit(panel, "HeartRate", button="remove_button")
-    assert panel.edited.loc[edited["Modality"] == "US", "HeartRate"].isna().all()
+    assert all(is_remove(v) for v in panel.edited.loc[edited["Modality"] == "US", "HeartRate"])
     assert snapshot.wide["HeartRate"].notna().sum() == 9
 
     # a new attribute: a column created for the matching rows only
@@ -194,7 +194,7 @@ def test_values_are_converted_by_vr_and_invalid_ones_refused(snapshot):
     _edit(panel, "Rows", "512")
     assert set(panel.edited.loc[panel.mask(), "Rows"]) == {512}  # US: an integer, not the text
     _edit(panel, "ImageType", "DERIVED\\SECONDARY")
-    assert panel.edited.loc[panel.mask(), "ImageType"].iloc[0] == ["DERIVED", "SECONDARY"]
+    assert panel.edited.loc[panel.mask(), "ImageType"].iloc[0] == "DERIVED\\SECONDARY"  # joined, as the column
 
     edited = panel.edited
     for attribute, value, reason in [

@@ -1,0 +1,404 @@
+"""How a cell is held in a frame: one codec per column, chosen from the attribute's VR and the documents' values.
+
+The team's decision (issue 13 with issue 17), implemented here and nowhere else:
+
+1. ``str``: text-VR single-valued attributes (AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT; private tags
+   whose VR is one of these; node keys such as ``@StoredTransferSyntaxUID``) in a pandas ``str`` column
+   (``StringDtype(na_value=nan)``, Arrow-backed). Absent = missing (NaN); present-empty = ``""``. The documents
+   spell an empty value JSON ``null`` (the usual) or ``""``; the codec remembers which (``str`` or ``str:""``) so
+   the JSON comes back exact. A column whose documents use both spellings is ``object`` instead.
+2. ``joined``: text-VR multi-valued attributes (dictionary VM other than 1): the DICOM value text, items joined by
+   a backslash (PS3.5 6.4: the value delimiter, not allowed inside those VRs' values), in a ``str`` column;
+   ``""`` is present-empty. Columns whose documents hold what this cannot spell (an item with a backslash, a
+   ``null`` item, an empty array, ``[""]``, a scalar) are ``object``.
+3. ``Int64`` / ``Float64``: single-valued US SS UL SL SV UV / FL FD whose present values are all JSON integers /
+   all JSON floats (a ``null``, a mix of both, or an integer beyond 64 bits -> ``object``). Absent = ``pd.NA``.
+4. ``object``: everything else (SQ, binary VRs, AT, multi-valued numbers, the fall-backs, keys without a VR):
+   immutable cells, tuples for arrays and ``FrozenDict`` for sequence items (so a frame is handed out without a
+   deep copy), ``NULL`` for present-empty, None for absent.
+
+A cell set to ``REMOVE`` removes the attribute (``diff``); a missing cell over a present-empty attribute is
+"unchanged" (CSV cannot tell ``""`` from absent), over any other present value it removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import chain, islice, repeat
+from operator import is_
+from typing import Any, NoReturn
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+
+from curation.model import dictionary
+from curation.model.missing import NULL, is_absent
+from curation.model.vr import FLOAT_VRS, INT_VRS, TEXT_VRS, candidates
+
+__all__ = [
+    "REMOVE",
+    "FrozenDict",
+    "codec_for",
+    "column_array",
+    "decode",
+    "freeze",
+    "is_empty",
+    "is_remove",
+    "thaw",
+]
+
+STR, STR_BLANK, JOINED, INT64, FLOAT64, OBJECT = "str", 'str:""', "joined", "Int64", "Float64", "object"
+#: Codec of a UID column that is the frame's index level (no column; the DICOM value equals the key).
+INDEX = "index"
+TEXT_CODECS = frozenset({STR, STR_BLANK, JOINED})
+STR_DTYPE = pd.StringDtype("pyarrow", na_value=np.nan)
+_INT64 = (-(2**63), 2**63 - 1)
+#: Absent in the transposed node values (flattening's marker of "this row has no such key").
+MISSING = object()
+
+
+#: The text ``REMOVE`` is made of: a NUL can be no DICOM text value, so it never collides with one.
+REMOVE_TEXT = "\x00curation.REMOVE\x00"
+
+
+class _Remove(str):
+    """The marker of an explicit removal (``df.loc[m, "X"] = curation.REMOVE``).
+
+    A ``str`` (of ``REMOVE_TEXT``) so that pandas' ``str`` columns take it; it keeps its meaning where pandas
+    stores only its text (Arrow, CSV, Parquet): ``is_remove`` recognises both.
+    """
+
+    __slots__ = ()
+    _instance: _Remove | None = None
+
+    def __new__(cls) -> _Remove:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls, REMOVE_TEXT)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> str:  # pickle, copy and deepcopy give the one REMOVE back
+        return "REMOVE"
+
+
+#: Set a cell to ``REMOVE`` to remove the attribute, whatever it holds (a present-empty one included).
+REMOVE = _Remove()
+
+
+class FrozenDict(dict):
+    """A read-only dict (a sequence item in a frame cell): equal to a dict with the same items, never mutated."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("frame cells are immutable: build a new value (curation.frames.cells.thaw gives a dict)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self.items()))
+
+    def __reduce__(self) -> tuple:
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> FrozenDict:
+        return self
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({dict.__repr__(self)})"
+
+
+def freeze(value: Any) -> Any:
+    """A JSON value as an immutable cell: lists -> tuples, dicts -> ``FrozenDict`` (recursively), None -> NULL."""
+    t = type(value)
+    if t is list or t is tuple:
+        return tuple(map(_freeze_item, value))
+    if t is dict or t is FrozenDict:
+        return FrozenDict(zip(value, map(_freeze_item, value.values()), strict=True))
+    if value is None:
+        return NULL
+    return value
+
+
+def _freeze_item(value: Any) -> Any:
+    """Inside an array or item JSON ``null`` stays None (only a whole cell's null is ``NULL``)."""
+    t = type(value)
+    if t is list or t is tuple or t is dict or t is FrozenDict:
+        return freeze(value)
+    return value
+
+
+def freeze_all(values: list) -> list:
+    """``freeze`` of many JSON values at once, level by level in C (``map``/``islice``), not cell by cell.
+
+    Inside arrays and objects JSON ``null`` stays None; the caller maps a whole cell's null to ``NULL``.
+    """
+    kinds = list(map(type, values))
+    present = set(kinds)
+    if list not in present and dict not in present:
+        return values
+    out = list(values)
+    if list in present:
+        positions = [i for i, k in enumerate(kinds) if k is list]
+        lists = [values[i] for i in positions]
+        items = iter(freeze_all(list(chain.from_iterable(lists))))
+        for i, array in zip(positions, map(tuple, map(islice, repeat(items), map(len, lists))), strict=True):
+            out[i] = array
+    if dict in present:
+        positions = [i for i, k in enumerate(kinds) if k is dict]
+        dicts = [values[i] for i in positions]
+        items = iter(freeze_all(list(chain.from_iterable(map(dict.values, dicts)))))
+        frozen = map(FrozenDict, map(zip, map(dict.keys, dicts), map(islice, repeat(items), map(len, dicts))))
+        for i, mapping in zip(positions, frozen, strict=True):
+            out[i] = mapping
+    return out
+
+
+def thaw(value: Any) -> Any:
+    """A cell back to its JSON value: tuples -> lists, mappings -> dicts, NULL -> None, NumPy scalars -> Python."""
+    t = type(value)
+    if t is str or t is int or t is float:
+        return value
+    if t is tuple or t is list:
+        return [thaw(v) for v in value]
+    if t is FrozenDict or t is dict:
+        return {k: thaw(v) for k, v in value.items()}
+    if value is NULL:
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def is_remove(value: Any) -> bool:
+    """True for the ``REMOVE`` marker, or its text where pandas kept only the text."""
+    return value is REMOVE or (isinstance(value, str) and value == REMOVE_TEXT)
+
+
+def is_empty(value: Any) -> bool:
+    """True for a present-empty cell or JSON value: ``NULL``, JSON ``null`` (None) or ``""``."""
+    return value is NULL or value is None or (type(value) is str and not value)
+
+
+# --- choosing a codec -----------------------------------------------------------------------------------------
+
+
+def _family(vr: str | None) -> str | None:
+    if vr is None:
+        return None
+    parts = candidates(vr)
+    if all(p in TEXT_VRS for p in parts):
+        return "text"
+    if all(p in INT_VRS for p in parts):
+        return "int"
+    if all(p in FLOAT_VRS for p in parts):
+        return "float"
+    return None
+
+
+def codec_for(key: str, vr: str | None, node: bool = False) -> str:
+    """The codec a column of ``key`` gets when its values allow (see ``column_array``): by VR family and VM."""
+    if node:
+        return STR
+    family = _family(vr)
+    if family is None:
+        return OBJECT
+    vm = None if dictionary.is_tag_key(key) else dictionary.vm_of(key)
+    multi = bool(vm) and vm != "1"
+    if family == "text":
+        return JOINED if multi else STR
+    if multi:
+        return OBJECT
+    return INT64 if family == "int" else FLOAT64
+
+
+# --- building columns -------------------------------------------------------------------------------------------
+
+
+def _mask(values: Sequence, marker: Any) -> np.ndarray:
+    return np.fromiter(map(is_, values, repeat(marker)), dtype=bool, count=len(values))
+
+
+def _str_array(array: np.ndarray) -> pd.api.extensions.ExtensionArray:
+    """A pandas ``str`` array from an object array of str and None (None -> missing), built by Arrow in C."""
+    arrow = pa.array(array, type=pa.large_string(), from_pandas=True)
+    return pd.arrays.ArrowStringArray(arrow, dtype=STR_DTYPE)
+
+
+def _text(values: Sequence, types: set) -> tuple[Any, str] | None:
+    """A ``str`` column of single values (str, JSON null, MISSING), or None when the spellings mix."""
+    if not types <= {str, type(None), object}:
+        return None
+    has_null = type(None) in types
+    if has_null and "" in values:
+        return None
+    array = np.fromiter(values, dtype=object, count=len(values))
+    if has_null:
+        array[_mask(values, None)] = ""
+    spelling = STR if has_null or "" not in values else STR_BLANK
+    if object in types:
+        array[_mask(values, MISSING)] = None
+    return _str_array(array), spelling
+
+
+def _joined(values: Sequence, types: set) -> tuple[Any, str] | None:
+    """A ``str`` column of backslash-joined arrays, or None when an array cannot be spelled so."""
+    if not types <= {list, type(None), object}:
+        return None
+    lists = [v for v in values if type(v) is list]
+    items = list(chain.from_iterable(lists))
+    if not set(map(type, items)) <= {str}:
+        return None
+    if lists and (min(map(len, lists)) == 0 or [""] in lists or "\\" in "\x00".join(items)):
+        return None
+    array = np.empty(len(values), dtype=object)
+    if lists:
+        kinds = list(map(type, values))
+        mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=len(values))
+        array[mask] = list(map("\\".join, lists))
+    if type(None) in types:
+        array[_mask(values, None)] = ""
+    return _str_array(array), JOINED
+
+
+def _int64(values: Sequence, types: set) -> tuple[Any, str] | None:
+    if not types <= {int, object} or int not in types:
+        return None
+    mask = _mask(values, MISSING) if object in types else np.zeros(len(values), dtype=bool)
+    filled = [0 if v is MISSING else v for v in values] if object in types else values
+    try:
+        data = np.fromiter(filled, dtype=np.int64, count=len(values))
+    except OverflowError:
+        return None
+    return pd.arrays.IntegerArray(data, mask), INT64
+
+
+def _float64(values: Sequence, types: set) -> tuple[Any, str] | None:
+    if not types <= {float, object} or float not in types:
+        return None
+    mask = _mask(values, MISSING) if object in types else np.zeros(len(values), dtype=bool)
+    filled = [0.0 if v is MISSING else v for v in values] if object in types else values
+    data = np.fromiter(filled, dtype=np.float64, count=len(values))
+    return pd.arrays.FloatingArray(data, mask), FLOAT64
+
+
+def object_array(values: Sequence) -> np.ndarray:
+    """Immutable object cells: MISSING -> None (absent), None -> NULL, lists/dicts frozen."""
+    n = len(values)
+    types = set(map(type, values))
+    array = np.fromiter(values, dtype=object, count=n)
+    if list in types or dict in types:
+        kinds = list(map(type, values))
+        mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
+        if dict in types:
+            mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
+        frozen = _shared(array[mask].tolist())
+        array[mask] = np.fromiter(frozen, dtype=object, count=len(frozen))
+    if type(None) in types:
+        array[_mask(values, None)] = NULL
+    if object in types:
+        array[_mask(values, MISSING)] = None
+    return array
+
+
+def _shared(containers: list) -> list:
+    """``freeze_all`` of arrays/objects, equal ones frozen once and shared (cells are immutable, so sharing is
+    safe; DICOMVRs maps and code sequences repeat across the instances of a series)."""
+    try:
+        texts = list(map(orjson.dumps, containers))
+    except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: freeze each
+        return freeze_all(containers)
+    firsts: dict[bytes, Any] = {}
+    for text, value in zip(texts, containers, strict=True):
+        firsts.setdefault(text, value)
+    if len(firsts) == len(texts):
+        return freeze_all(containers)
+    lookup = dict(zip(firsts, freeze_all(list(firsts.values())), strict=True))
+    return list(map(lookup.__getitem__, texts))
+
+
+_BUILDERS = {STR: _text, JOINED: _joined, INT64: _int64, FLOAT64: _float64}
+
+
+class Deferred:
+    """An object column kept as JSON text until the documents it came from are freed (``materialize``).
+
+    Cells made while a large parsed batch is alive are scattered through its memory, which then cannot be
+    given back; made after, from text, they are packed together. ``Snapshot.from_blobs`` defers.
+    """
+
+    __slots__ = ("missing", "text")
+
+    def __init__(self, values: Sequence) -> None:
+        self.missing = _mask(values, MISSING)
+        self.text = orjson.dumps([None if v is MISSING else v for v in values])
+
+    def materialize(self) -> np.ndarray:
+        values = orjson.loads(self.text)
+        for position in np.flatnonzero(self.missing).tolist():
+            values[position] = MISSING
+        return object_array(values)
+
+
+def column_array(values: Sequence, codec: str, defer: bool = False) -> tuple[Any, str]:
+    """The column of ``values`` (JSON values, ``MISSING`` for absent) under ``codec``, or ``object`` when they do
+    not fit it; returns the array and the codec actually used (a ``Deferred`` object column when ``defer``)."""
+    builder = _BUILDERS.get(STR if codec == STR_BLANK else codec)
+    if builder is not None:
+        built = builder(values, set(map(type, values)))
+        if built is not None:
+            return built
+    if defer:
+        try:
+            return Deferred(values), OBJECT
+        except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: build it now
+            pass
+    return object_array(values), OBJECT
+
+
+def infer_codec(key: str, vr: str | None, dtype: Any, node: bool = False) -> str:
+    """The codec of a column the documents never had (a user's new column), from its VR and its dtype."""
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        return OBJECT
+    if isinstance(dtype, pd.StringDtype):
+        wanted = codec_for(key, vr, node)
+        return JOINED if wanted == JOINED else STR
+    name = str(dtype)
+    if name in ("Int64", "Float64"):
+        return name
+    return OBJECT
+
+
+# --- reading cells back -----------------------------------------------------------------------------------------
+
+
+def decode(value: Any, codec: str) -> Any:
+    """The JSON value of a present cell under ``codec`` (call only when ``is_absent(value)`` is False)."""
+    t = type(value)
+    if t is str:
+        if codec in TEXT_CODECS:
+            if not value:
+                return "" if codec == STR_BLANK else None
+            return value.split("\\") if codec == JOINED else value
+        return value
+    if value is NULL:
+        return None
+    if t is int or t is float:
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return thaw(value)
+
+
+def decoded(values: Iterable[Any], codec: str) -> list[tuple[int, Any]]:
+    """``(position, JSON value)`` of every present cell."""
+    return [(i, decode(v, codec)) for i, v in enumerate(values) if not is_absent(v) and not is_remove(v)]
