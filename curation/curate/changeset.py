@@ -7,13 +7,11 @@ problems found while validating them, and the VRs the user gave for new private 
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import orjson
 import pandas as pd
 
 from curation.model.rules import change_force_reasons
@@ -170,46 +168,11 @@ class ChangeSet:
         return text + (f"; {problems} problem(s))" if problems else "; no problems)")
 
     def _repr_html_(self, max_rows: int = 200) -> str:
-        """Problems first (row, column, reason), then old -> new per attribute, grouped by image set."""
-        esc = html.escape
-        out = [f"<div class='ahi-changeset'><p><b>{esc(repr(self))}</b></p>"]
-        if not self.problems.empty:
-            out.append("<table style='border-collapse:collapse'><tr style='background:#fdd'>"
-                       "<th>problem: image set</th><th>row</th><th>column</th><th>reason</th></tr>")
-            for p in self.problems.head(max_rows).to_dict("records"):
-                out.append("<tr style='background:#fee'>" + "".join(
-                    f"<td>{esc(_cell_text(p[name], 120))}</td>" for name in ("ImageSetID", "row", "column"))
-                    + f"<td>{esc(str(p['reason']))}</td></tr>")
-            if len(self.problems) > max_rows:
-                out.append(f"<tr><td colspan=4>... {len(self.problems) - max_rows} more problem(s)</td></tr>")
-            out.append("</table>")
-        shown = 0
-        forced = self.force_reasons() if not self.changes.empty else pd.Series([], dtype=object)
-        for image_set, group in self.by_image_set().items():
-            if shown >= max_rows:
-                out.append(f"<p>... {len(self.changes) - shown} more change(s)</p>")
-                break
-            out.append(f"<h4>image set {esc(str(image_set))} ({len(group)} change(s))</h4>"
-                       "<table><tr><th>op</th><th>level</th><th>series / instance</th><th>attribute</th>"
-                       "<th>VR</th><th>old</th><th></th><th>new</th><th>force</th></tr>")
-            head = group.head(max_rows - shown)
-            for position, change in zip(head.index, head.to_dict("records"), strict=True):
-                shown += 1
-                op = str(change["op"])
-                color = _OP_COLORS.get(op, "#eee")
-                where = "/".join(_tail(change[k]) for k in ("SeriesInstanceUID", "SOPInstanceUID")
-                                 if change[k] is not None)
-                reasons = forced.get(position) or []
-                out.append(
-                    f"<tr><td style='background:{color}'>{esc(op)}</td><td>{esc(str(change['level']))}</td>"
-                    f"<td title='{esc(where)}'>{esc(where[-40:])}</td><td>{esc(_cell_text(change['attribute']))}</td>"
-                    f"<td>{esc(_cell_text(change['VR']))}</td><td>{_value_html(change['old'], op == 'add')}</td>"
-                    f"<td>&rarr;</td><td>{_value_html(change['new'], op.startswith('remove'))}</td>"
-                    f"<td title='{esc('; '.join(reasons))}'>{'force' if reasons else ''}</td></tr>"
-                )
-            out.append("</table>")
-        out.append("</div>")
-        return "".join(out)
+        """Problems first, then one row per change (old -> new), UIDs by the part that tells them apart
+        (``curation.ui.display.changeset_html``)."""
+        from curation.ui.display import changeset_html
+
+        return changeset_html(self, repr(self), max_rows)
 
 
 def payload_removals(payloads: Iterable[Any]) -> dict[str, int]:
@@ -237,40 +200,3 @@ def removal_text(counts: dict[str, int]) -> str:
     """``"removes 2 attribute(s), 0 instance(s), 1 series"``: the removals a first line always shows."""
     return (f"removes {counts.get('attributes', 0)} attribute(s), {counts.get('instances', 0)} instance(s), "
             f"{counts.get('series', 0)} series")
-
-
-_OP_COLORS = {
-    "add": "#dfd",
-    "update": "#def",
-    "remove": "#fed",
-    "remove_instance": "#fcc",
-    "remove_series": "#f99",
-}
-
-
-def _tail(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 24 else "…" + text[-23:]
-
-
-def _value_html(value: Any, absent: bool) -> str:
-    """An old/new value for the HTML table: escaped text, or an italic marker for "absent"/"removed"."""
-    if absent:
-        return "<i>absent</i>"
-    return html.escape(_cell_text(value))
-
-
-def _cell_text(value: Any, limit: int = 80) -> str:
-    """A short readable text of a cell value (NULL, absent and JSON values)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if type(value).__name__ == "_Null":
-        return "NULL"
-    if isinstance(value, list | dict):
-        try:
-            text = orjson.dumps(value).decode()
-        except TypeError:
-            text = repr(value)
-    else:
-        text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"

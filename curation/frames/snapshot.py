@@ -235,6 +235,12 @@ class Snapshot:
             f"failures={len(self._failures)})"
         )
 
+    def _repr_html_(self) -> str:
+        """The notebook display: image sets, series, instances, failures, primary or not (``curation.ui.display``)."""
+        from curation.ui.display import snapshot_html
+
+        return snapshot_html(self)
+
     @property
     def image_set_ids(self) -> list[str]:
         """Image set IDs in fetch order."""
