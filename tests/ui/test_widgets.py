@@ -1,56 +1,18 @@
 """curation.ui.panel.CurationPanel driven through its widgets (values set, buttons clicked), no browser.
 
 The review/apply tests run the real diff, plan and apply against the embedded service with the reference
-documents imported.
+documents imported (fixtures in tests/ui/conftest.py).
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from curation.frames.cells import is_remove
-from curation.frames.snapshot import Snapshot
 from curation.ui.panel import OPERATORS, CurationPanel, filter_mask, parse_value
-
-REFERENCE = Path(__file__).parents[1] / "data" / "reference"
-NAMES = ("ct-588-instances", "us-doppler-9-instances", "ct-2025-htj2k-1-instance")
-TEXTS = {name: (REFERENCE / f"{name}.json").read_text() for name in NAMES}
-
-
-def _documents() -> dict[str, dict]:
-    return {name: json.loads(text) for name, text in TEXTS.items()}
-
-
-@pytest.fixture
-def documents() -> dict[str, dict]:
-    return _documents()
-
-
-@pytest.fixture
-def snapshot() -> Snapshot:
-    docs = list(_documents().values())
-    return Snapshot.from_documents(docs, datastore_id="0" * 32, version_ids={d["ImageSetID"]: "1" for d in docs})
-
-
-@pytest.fixture
-def live(local_client):
-    """(client, snapshot fetched from a store holding the three reference documents, {name: image set})."""
-    from curation.run.fetching import fetch
-
-    store = local_client.meta.local_service.store
-    docs = _documents()
-    report = store.import_documents(list(docs.values()))
-    assert not report.failures
-    names = {}
-    for name, image_set_id in zip(docs, report.created, strict=True):
-        names[name] = image_set_id
-    snapshot = fetch(local_client, report.datastore_id, progress=False)
-    assert len(snapshot) == 3
-    return local_client, snapshot, names
 
 
 def _metadata(client, datastore_id: str, image_set_id: str) -> dict:
@@ -347,7 +309,8 @@ def test_apply_then_undo_against_the_embedded_service(live, tmp_path):
     _edit(panel, "StudyDescription", "CT Liver (curated)")
     assert not panel.apply_button.disabled
 
-    panel.apply_button.click()
+    panel.apply_button.click()  # runs in the background
+    assert panel.wait()
     assert "color:#b00020" not in panel.message.value, panel.message.value
     result = panel.last_result
     assert list(result["ImageSetID"]) == [ct]
@@ -367,8 +330,10 @@ def test_apply_then_undo_against_the_embedded_service(live, tmp_path):
     assert not panel.undo_button.disabled
 
     panel.undo_button.click()
+    assert panel.wait()
     assert "color:#b00020" not in panel.message.value, panel.message.value
     assert panel.last_undo["status"].tolist() == ["applied"]
+    assert "1 reverted" in panel.message.value and "applied" not in panel.message.value
     document = _metadata(client, snapshot.datastore_id, ct)
     assert document["Study"]["DICOM"]["StudyDescription"] == "CT Liver"
     assert panel.snapshot.version_ids[ct] == "3"
@@ -391,6 +356,7 @@ def test_an_apply_that_meets_a_newer_version_reports_the_conflict(live, tmp_path
             {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "theirs"}}})}},
     )
     panel.apply_button.click()
+    assert panel.wait()
     assert panel.last_result["status"].tolist() == ["conflict"]
     assert "color:#b00020" in panel.message.value and "1 conflict" in panel.message.value
     document = _metadata(client, snapshot.datastore_id, us)
