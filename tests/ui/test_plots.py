@@ -1,4 +1,5 @@
-"""curation.ui.plots: what each view computes (the tables attached to the figures), on the reference documents."""
+"""curation.ui.plots: what each view computes (its ``*_table``) and draws (the Axes it returns), on the reference
+documents."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib import pyplot as plt
-from matplotlib.figure import Figure
+from matplotlib.axes import Axes
 
 from curation.frames.flattening import NULL
 from curation.frames.snapshot import Snapshot
@@ -64,9 +65,9 @@ def test_completeness_counts_present_non_null_fraction_per_series(snapshot, docu
     column[rows[147:294]] = NULL  # present, null
     wide["WindowWidth"] = pd.Series(column, index=wide.index, dtype=object)
 
-    fig = plots.completeness(wide, ["WindowWidth", "PatientName", "PixelData", "NoSuchAttribute"])
-    assert isinstance(fig, Figure)
-    matrix = fig.completeness
+    ax = plots.completeness(wide, ["WindowWidth", "PatientName", "PixelData", "NoSuchAttribute"])
+    assert isinstance(ax, Axes)
+    matrix = plots.completeness_table(wide, ["WindowWidth", "PatientName", "PixelData", "NoSuchAttribute"])
     assert list(matrix.index) == ["WindowWidth", "PatientName", "PixelData", "NoSuchAttribute"]
     assert matrix.shape == (4, 3)
     us_set, us_series = _ids(documents, "us-doppler-9-instances")
@@ -76,12 +77,12 @@ def test_completeness_counts_present_non_null_fraction_per_series(snapshot, docu
     assert (matrix.loc["PixelData"] == 0.0).all()  # present everywhere, but always null
     assert (matrix.loc["NoSuchAttribute"] == 0.0).all()
     # the snapshot itself is untouched: its own wide view is complete for WindowWidth in the CT series
-    original = plots.completeness(snapshot, ["WindowWidth"]).completeness
+    original = plots.completeness_table(snapshot, ["WindowWidth"])
     assert original.loc["WindowWidth", (ct_set, ct_series)] == pytest.approx(587 / 588)
 
 
 def test_completeness_defaults_to_the_dicom_columns(snapshot):
-    matrix = plots.completeness(snapshot).completeness
+    matrix = plots.completeness_table(snapshot)
     assert not any(c.startswith("@") for c in matrix.index)
     assert "7FDF1001" in matrix.index and "StudyInstanceUID" in matrix.index
     assert ((matrix >= 0) & (matrix <= 1)).all().all()
@@ -90,20 +91,20 @@ def test_completeness_defaults_to_the_dicom_columns(snapshot):
 
 
 def test_value_counts_by_modality_and_by_series(snapshot, documents):
-    counts = plots.value_counts(snapshot.wide, "Modality").counts
+    counts = plots.value_counts_table(snapshot.wide, "Modality")
     assert counts.loc["CT", "CT"] == 589 and counts.loc["US", "US"] == 9
     assert counts.loc["CT", "US"] == 0
 
-    counts = plots.value_counts(snapshot, "PatientSex", by="Modality").counts
+    counts = plots.value_counts_table(snapshot, "PatientSex", by="Modality")
     assert counts.loc["F", "CT"] == 588  # the 588-slice CT; the 2025 CT has its own value
     assert counts.loc[plots.NULL_LABEL, "US"] == 9  # present with a null value in the US document
 
-    counts = plots.value_counts(snapshot.wide, "ImageType", by="series").counts
+    counts = plots.value_counts_table(snapshot.wide, "ImageType", by="series")
     assert counts.to_numpy().sum() == 598
     assert counts.loc["ORIGINAL\\PRIMARY\\AXIAL"].sum() == 588
     assert counts.index[0] == "ORIGINAL\\PRIMARY\\AXIAL"  # most frequent first
 
-    counts = plots.value_counts(snapshot.wide, "BodyPartExamined", by=None).counts
+    counts = plots.value_counts_table(snapshot.wide, "BodyPartExamined", by=None)
     assert counts.to_numpy().sum() == 598
     with pytest.raises(KeyError):
         plots.value_counts(snapshot.wide, "Modality", by="NoSuchColumn")
@@ -112,8 +113,7 @@ def test_value_counts_by_modality_and_by_series(snapshot, documents):
 
 
 def test_study_timeline_types_date_and_time(snapshot, documents):
-    fig = plots.study_timeline(snapshot)
-    table = fig.timeline
+    table = plots.study_timeline_table(snapshot)
     assert list(table.index) == [
         documents["ct-2025-htj2k-1-instance"]["ImageSetID"],
         documents["us-doppler-9-instances"]["ImageSetID"],
@@ -130,7 +130,7 @@ def test_study_timeline_types_date_and_time(snapshot, documents):
     studies = snapshot.studies
     studies["StudyDate"] = studies["StudyDate"].astype(object)
     studies.loc[documents["us-doppler-9-instances"]["ImageSetID"], "StudyDate"] = "not a date"
-    table = plots.study_timeline(studies).timeline
+    table = plots.study_timeline_table(studies)
     assert table["StudyDateTime"].isna().sum() == 1
     assert table.index[-1] == documents["us-doppler-9-instances"]["ImageSetID"]  # undated last
 
@@ -152,8 +152,7 @@ def _by_number(frame: pd.DataFrame, series: str) -> dict[int, tuple]:
 
 def test_slice_geometry_of_the_588_slice_ct_is_regular(ct_instances):
     instances, series = ct_instances
-    fig = plots.slice_geometry(instances, series)
-    table = fig.geometry
+    table = plots.geometry_table(instances, series)
     assert len(table) == 588
     assert table.attrs["median_spacing"] == pytest.approx(1.0)
     assert table.attrs["normal"] == pytest.approx([0.0, 0.0, 1.0])
@@ -168,7 +167,7 @@ def test_slice_geometry_flags_a_removed_slice_as_a_gap(ct_instances):
     instances, series = ct_instances
     numbers = _by_number(instances, series)
     edited = instances.drop(index=[numbers[300]])
-    table = plots.slice_geometry(edited, series).geometry
+    table = plots.geometry_table(edited, series)
     assert len(table) == 587
     assert table["gap"].sum() == 1
     gap = table[table["gap"]]
@@ -186,7 +185,7 @@ def test_slice_geometry_flags_a_duplicated_slice(ct_instances):
     copy.index = pd.MultiIndex.from_tuples([(image_set, series, sop + ".9")], names=instances.index.names)
     copy["InstanceNumber"] = pd.Series(["589"], index=copy.index, dtype=object)
     edited = pd.concat([instances, copy])
-    table = plots.slice_geometry(edited, series).geometry
+    table = plots.geometry_table(edited, series)
     assert len(table) == 589
     duplicates = table[table["duplicate"]]
     assert set(duplicates.index) == {sop, sop + ".9"}
@@ -205,7 +204,7 @@ def test_slice_geometry_flags_an_overlap_and_the_gap_after_it(ct_instances):
     position[2] = str(z_before + 0.25)
     edited.loc[key, "ImagePositionPatient"] = "\\".join(position)
     assert _z(instances, key[2]) == z_before + 1  # the snapshot's frame is untouched
-    table = plots.slice_geometry(edited, series).geometry
+    table = plots.geometry_table(edited, series)
     overlap = table[table["overlap"]]
     assert list(overlap["InstanceNumber"]) == [100]
     assert overlap["spacing"].iloc[0] == pytest.approx(0.25)
@@ -226,14 +225,14 @@ def test_slice_geometry_uses_the_orientation_normal():
             "ImageOrientationPatient": pd.Series([sagittal] * 4, index=index, dtype=object),
         }
     )
-    table = plots.slice_geometry(frame, "1.2").geometry
+    table = plots.geometry_table(frame, "1.2")
     assert table.attrs["normal"] == pytest.approx([-1.0, 0.0, 0.0])
     assert list(table["position"]) == pytest.approx([-10.0, -7.0, -4.0, -4.0])
     assert list(table["InstanceNumber"]) == [1, 2, 3, 4]
     assert table["duplicate"].tolist() == [False, False, True, True]
     assert table.attrs["median_spacing"] == pytest.approx(3.0)
     with pytest.raises(KeyError):
-        plots.slice_geometry(frame, "9.9")
+        plots.geometry_table(frame, "9.9")
 
 
 def test_version_timeline_from_list_image_set_versions(local_client, documents):
@@ -249,14 +248,13 @@ def test_version_timeline_from_list_image_set_versions(local_client, documents):
         )
     listed = local_client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)
     history = pd.DataFrame(listed["imageSetPropertiesList"])
-    fig = plots.version_timeline(history)
-    versions = fig.versions
+    versions = plots.version_table(history)
     assert versions["version"].tolist() == [1, 2, 3]  # oldest first, whatever the listing order
     assert versions["status"].tolist()[1:] == ["UPDATED", "UPDATED"]
     assert versions["time"].is_monotonic_increasing
     assert not versions["forced"].any()
     with pytest.raises(KeyError):
-        plots.version_timeline(pd.DataFrame({"x": [1]}))
+        plots.version_table(pd.DataFrame({"x": [1]}))
 
 
 def test_version_timeline_of_curation_history(local_client, documents):
@@ -274,7 +272,81 @@ def test_version_timeline_of_curation_history(local_client, documents):
         updateImageSetMetadataUpdates={"revertToVersionId": "1"},
     )
     frame = history_module.history(local_client, datastore_id, image_set_id)
-    versions = plots.version_timeline(frame).versions
+    versions = plots.version_table(frame)
     assert versions["version"].tolist() == [1, 2, 3]
     assert versions["status"].tolist() == list(frame["workflowStatus"])
     assert versions["status"].iloc[1] == "UPDATED"
+
+
+# --- what a person sees ----------------------------------------------------------------------------------------
+
+
+def test_each_view_returns_its_axes_and_makes_one_figure(snapshot, documents):
+    _, ct_series = _ids(documents, "ct-588-instances")
+    for draw in (lambda: plots.completeness(snapshot, ["PatientName"]),
+                 lambda: plots.value_counts(snapshot, "Modality"),
+                 lambda: plots.study_timeline(snapshot),
+                 lambda: plots.slice_geometry(snapshot, ct_series)):
+        plt.close("all")
+        ax = draw()
+        assert isinstance(ax, Axes)
+        # one figure, managed by pyplot (the inline backend shows it once); the Axes itself has no rich
+        # display of its own, so a cell ending with the call does not show the figure a second time
+        assert plt.get_fignums() == [ax.figure.number]
+        assert not hasattr(ax, "_repr_png_") and not hasattr(ax, "_repr_html_")
+    _, own = plt.subplots()
+    assert plots.value_counts(snapshot, "Modality", ax=own) is own  # draws into the caller's Axes
+
+
+def test_series_are_labelled_by_modality_number_and_description(snapshot, documents):
+    labels = plots.series_labels(snapshot)
+    ct_set, ct_series = _ids(documents, "ct-588-instances")
+    us_set, us_series = _ids(documents, "us-doppler-9-instances")
+    series = snapshot.series
+    ct = series.loc[(ct_set, ct_series)]
+    assert labels[(ct_set, ct_series)].startswith(f"CT #{ct['SeriesNumber']}")
+    assert labels[(us_set, us_series)].startswith("US")
+    ax = plots.completeness(snapshot, ["PatientName"])
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[(ct_set, ct_series)] in ticks and not any(t.startswith("…") for t in ticks)
+    groups = plots.value_counts_table(snapshot, "Modality", by="series")
+    assert set(groups.columns) == set(labels.values())
+
+
+def test_two_series_with_the_same_label_are_told_apart_by_their_uid():
+    index = pd.MultiIndex.from_tuples([("a", "1.2.3.10", "1.2.3.10.1"), ("a", "1.2.3.11", "1.2.3.11.1")],
+                                      names=["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID"])
+    frame = pd.DataFrame({"Modality": ["CT", "CT"], "SeriesNumber": ["2", "2"]}, index=index)
+    labels = plots.series_labels(frame)
+    assert labels == {("a", "1.2.3.10"): "CT #2 …10", ("a", "1.2.3.11"): "CT #2 …11"}
+
+
+def test_version_timeline_marks_reverts_and_shows_dates(local_client, documents):
+    import curation
+
+    store = local_client.meta.local_service.store
+    report = store.import_documents([documents["ct-2025-htj2k-1-instance"]])
+    datastore_id, (image_set_id,) = report.datastore_id, report.created
+    local_client.update_image_set_metadata(
+        datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="1",
+        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(
+            {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})}},
+    )
+    local_client.update_image_set_metadata(
+        datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="2",
+        updateImageSetMetadataUpdates={"revertToVersionId": "1"},
+    )
+    history = curation.history(local_client, datastore_id, image_set_id)
+    assert not plots.version_table(history)["revert"].any()  # AHI's list does not say which is a revert
+    table = plots.version_table(history, reverts=["3"])
+    assert table["revert"].tolist() == [False, False, True]
+    result = pd.DataFrame({"ImageSetID": [image_set_id], "status": ["applied"], "version_after": ["3"]})
+    assert plots.version_table(history, reverts=result)["revert"].tolist() == [False, False, True]
+
+    ax = plots.version_timeline(history, reverts=result)
+    assert "revert" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(a.get_text() == "revert" for a in ax.texts)
+    assert type(ax.xaxis.get_major_formatter()).__name__ == "ConciseDateFormatter"  # dates, not times of day
+    plt.gcf().canvas.draw()
+    shown = " ".join(t.get_text() for t in ax.get_xticklabels()) + ax.xaxis.get_offset_text().get_text()
+    assert str(pd.Timestamp.now(tz="UTC").year) in shown
