@@ -127,8 +127,15 @@ def short_uids(values: Iterable[Any]) -> dict[str, str]:
 # --- frames --------------------------------------------------------------------------------------------------
 
 
-def frame_html(frame: pd.DataFrame, rows: int | None = None, *, index: bool = True, caption: str | None = None,
-               highlight: pd.DataFrame | None = None, color: str = "#fff3bf") -> str:
+def frame_html(
+    frame: pd.DataFrame,
+    rows: int | None = None,
+    *,
+    index: bool = True,
+    caption: str | None = None,
+    highlight: pd.DataFrame | None = None,
+    color: str = "#fff3bf",
+) -> str:
     """``frame`` (its first ``rows``) as an HTML table of text cells (``text_of``), through ``Styler``.
 
     ``index=False`` hides the index; ``highlight`` is a boolean frame of the same shape marking cells to
@@ -173,8 +180,12 @@ def _counts(frame: pd.DataFrame) -> pd.Series:
 def _modalities(series: pd.DataFrame) -> pd.Series:
     if "Modality" not in series.columns:
         return pd.Series(dtype=object)
-    frame = pd.DataFrame({"ImageSetID": series.index.get_level_values(0),
-                          "Modality": [text_of(v) for v in series["Modality"].to_numpy(dtype=object)]})
+    frame = pd.DataFrame(
+        {
+            "ImageSetID": series.index.get_level_values(0),
+            "Modality": [text_of(v) for v in series["Modality"].to_numpy(dtype=object)],
+        }
+    )
     return frame.groupby("ImageSetID", sort=False)["Modality"].agg(lambda v: ", ".join(sorted(set(v) - {""})))
 
 
@@ -203,12 +214,18 @@ def snapshot_html(snapshot: _SnapshotLike, max_rows: int = 20) -> str:
     primary = int((table["primary"] == "yes").sum())
     non_primary = int((table["primary"] == "no").sum())
     unknown = len(table) - primary - non_primary
-    parts = [f"{len(table)} image set(s) ({primary} primary, {non_primary} non-primary"
-             + (f", {unknown} unknown" if unknown else "") + ")",
-             f"{int(table['series'].sum())} series", f"{int(table['instances'].sum())} instances",
-             f"{len(failures)} failure(s)"]
-    out = [f"<div class='ahi-snapshot'><p><b>Snapshot</b> of datastore <code>{html.escape(snapshot.datastore_id)}"
-           f"</code>: {html.escape(', '.join(parts))}</p>"]
+    parts = [
+        f"{len(table)} image set(s) ({primary} primary, {non_primary} non-primary"
+        + (f", {unknown} unknown" if unknown else "")
+        + ")",
+        f"{int(table['series'].sum())} series",
+        f"{int(table['instances'].sum())} instances",
+        f"{len(failures)} failure(s)",
+    ]
+    out = [
+        f"<div class='ahi-snapshot'><p><b>Snapshot</b> of datastore <code>{html.escape(snapshot.datastore_id)}"
+        f"</code>: {html.escape(', '.join(parts))}</p>"
+    ]
     out.append(frame_html(table, max_rows))
     if len(failures):
         out.append(message_html("error", f"{len(failures)} image set(s) could not be fetched or read:"))
@@ -239,17 +256,20 @@ def change_table(changes: _ChangeSetLike, max_rows: int = 200) -> pd.DataFrame:
     forced = changes.force_reasons().head(max_rows) if len(rows) else pd.Series([], dtype=object)
     adding = rows["op"] == "add"
     removing = rows["op"].astype(str).str.startswith("remove")
-    table = pd.DataFrame({
-        "image set": [sets.get(str(i), str(i)) for i in rows["ImageSetID"]],
-        "op": rows["op"].astype(str).to_numpy(),
-        "level": rows["level"].to_numpy(dtype=object),
-        "series / instance": _where(rows),
-        "attribute": [text_of(a) for a in rows["attribute"]],
-        "VR": [text_of(v) for v in rows["VR"]],
-        "old": ["(absent)" if a else text_of(v) for v, a in zip(rows["old"], adding, strict=True)],
-        "new": ["(removed)" if r else text_of(v) for v, r in zip(rows["new"], removing, strict=True)],
-        "force": ["; ".join(r) for r in forced] if len(forced) else [],
-    }, index=pd.RangeIndex(len(rows)))
+    table = pd.DataFrame(
+        {
+            "image set": [sets.get(str(i), str(i)) for i in rows["ImageSetID"]],
+            "op": rows["op"].astype(str).to_numpy(),
+            "level": rows["level"].to_numpy(dtype=object),
+            "series / instance": _where(rows),
+            "attribute": [text_of(a) for a in rows["attribute"]],
+            "VR": [text_of(v) for v in rows["VR"]],
+            "old": ["(absent)" if a else text_of(v) for v, a in zip(rows["old"], adding, strict=True)],
+            "new": ["(removed)" if r else text_of(v) for v, r in zip(rows["new"], removing, strict=True)],
+            "force": ["; ".join(r) for r in forced] if len(forced) else [],
+        },
+        index=pd.RangeIndex(len(rows)),
+    )
     return table
 
 
@@ -263,8 +283,11 @@ def changeset_html(changes: _ChangeSetLike, title: str, max_rows: int = 200) -> 
         out.append(_escaped(shown).hide(axis="index").set_properties(**{"background-color": "#fee"}).to_html())
     if len(changes.changes):
         table = change_table(changes, max_rows)
-        styler = _escaped(table).hide(axis="index").apply(
-            lambda column: [f"background-color:{OP_COLORS.get(op, '#eee')}" for op in column], subset=["op"])
+        styler = (
+            _escaped(table)
+            .hide(axis="index")
+            .apply(lambda column: [f"background-color:{OP_COLORS.get(op, '#eee')}" for op in column], subset=["op"])
+        )
         out.append(styler.to_html())
         if len(changes.changes) > max_rows:
             out.append(f"<div><i>… {len(changes.changes) - max_rows} more change(s)</i></div>")

@@ -97,8 +97,7 @@ def filter_mask(frame: pd.DataFrame, attribute: str, op: str, value: str = "") -
         number = _number(target)
         if op in ("==", "!="):
             equal = [
-                (text := _text(v)) is not None
-                and (text == target or (number is not None and _number(v) == number))
+                (text := _text(v)) is not None and (text == target or (number is not None and _number(v) == number))
                 for v in cells
             ]
             result = equal if op == "==" else [not e for e in equal]

@@ -42,17 +42,33 @@ _STYLED = "jp-RenderedHTMLCommon"  # JupyterLab's class for rendered HTML: its t
 class FilterRow:
     """The widgets of one filter: attribute dropdown, operator dropdown, value text, remove button."""
 
-    def __init__(self, columns: list[str], attribute: str | None, op: str, value: str,
-                 on_change: Callable[[], None], on_remove: Callable[[FilterRow], None]) -> None:
+    def __init__(
+        self,
+        columns: list[str],
+        attribute: str | None,
+        op: str,
+        value: str,
+        on_change: Callable[[], None],
+        on_remove: Callable[[FilterRow], None],
+    ) -> None:
         layout = widgets.Layout
-        self.attribute = widgets.Dropdown(options=columns, value=attribute if attribute in columns else None,
-                                          description="attribute", layout=layout(width="34%"))
+        self.attribute = widgets.Dropdown(
+            options=columns,
+            value=attribute if attribute in columns else None,
+            description="attribute",
+            layout=layout(width="34%"),
+        )
         self.op = widgets.Dropdown(options=OPERATORS, value=op, layout=layout(width="14%"))
         self.value = widgets.Text(value=value, placeholder="value", layout=layout(width="30%"))
         self.remove = widgets.Button(description="remove", icon="minus", layout=layout(width="12%"))
         self.box = widgets.HBox([self.attribute, self.op, self.value, self.remove])
-        for widget, name in ((self.attribute, "attribute"), (self.op, "op"), (self.value, "value"),
-                             (self.remove, "remove"), (self.box, "row")):
+        for widget, name in (
+            (self.attribute, "attribute"),
+            (self.op, "op"),
+            (self.value, "value"),
+            (self.remove, "remove"),
+            (self.box, "row"),
+        ):
             widget.add_class(f"ahi-filter-{name}")
         self.remove.on_click(lambda _button: on_remove(self))
         self._quiet = False
@@ -121,9 +137,16 @@ class CurationPanel:
     apply_options = _FromState()
     plan_options = _FromState()
 
-    def __init__(self, snapshot: Snapshot, client: Any = None, journal: str | os.PathLike[str] | None = None, *,
-                 preview_rows: int = 10, plan_options: dict[str, Any] | None = None,
-                 apply_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        client: Any = None,
+        journal: str | os.PathLike[str] | None = None,
+        *,
+        preview_rows: int = 10,
+        plan_options: dict[str, Any] | None = None,
+        apply_options: dict[str, Any] | None = None,
+    ) -> None:
         self.state = PanelState(snapshot, client, journal, plan_options=plan_options, apply_options=apply_options)
         self.preview_rows = preview_rows
         self.messages: list[tuple[str, str]] = []
@@ -248,14 +271,22 @@ class CurationPanel:
     def start_apply(self) -> None:
         """Apply in a background thread (what the Apply button does); ``wait`` for it, ``cancel`` it."""
         self._idle()
-        self.run.start("applying", lambda cancel: self.state.apply(on_progress=self.run.on_progress, cancel=cancel),
-                       self._applied, self._controls)
+        self.run.start(
+            "applying",
+            lambda cancel: self.state.apply(on_progress=self.run.on_progress, cancel=cancel),
+            self._applied,
+            self._controls,
+        )
 
     def start_undo(self) -> None:
         """Undo in a background thread (what the Undo button does)."""
         self._idle()
-        self.run.start("reverting", lambda cancel: self.state.undo(on_progress=self.run.on_progress, cancel=cancel),
-                       self._undone, self._controls)
+        self.run.start(
+            "reverting",
+            lambda cancel: self.state.undo(on_progress=self.run.on_progress, cancel=cancel),
+            self._undone,
+            self._controls,
+        )
 
     def cancel(self) -> None:
         """Stop the background run between requests (what the Cancel button does); apply again resumes it."""
@@ -285,21 +316,27 @@ class CurationPanel:
         self.add_filter_button.on_click(lambda _b: self._handle(lambda: self.add_filter()))
         self.count_label = widgets.HTML()
         self.preview = widgets.HTML()
-        self.attribute = widgets.Combobox(options=self.state.editable_columns(), ensure_option=False,
-                                          placeholder="attribute", description="attribute",
-                                          layout=layout(width="40%"))
+        self.attribute = widgets.Combobox(
+            options=self.state.editable_columns(),
+            ensure_option=False,
+            placeholder="attribute",
+            description="attribute",
+            layout=layout(width="40%"),
+        )
         self.attribute_info = widgets.HTML()
         self.vr = widgets.Text(placeholder="VR (private tags)", description="VR", layout=layout(width="20%"))
-        self.value = widgets.Text(placeholder="value (backslash between values)", description="value",
-                                  layout=layout(width="60%"))
+        self.value = widgets.Text(
+            placeholder="value (backslash between values)", description="value", layout=layout(width="60%")
+        )
         self.set_button = widgets.Button(description="set", button_style="primary")
         self.null_button = widgets.Button(description="set empty (NULL)")
         self.remove_button = widgets.Button(description="remove", button_style="warning")
         self.reset_button = widgets.Button(description="reset edits")
         self.message = widgets.HTML()
         self.attribute.observe(lambda _c: self._show_attribute(), names="value")
-        self.set_button.on_click(lambda _b: self._edit(lambda a: self.set_value(a, self.value.value,
-                                                                               self.vr.value or None)))
+        self.set_button.on_click(
+            lambda _b: self._edit(lambda a: self.set_value(a, self.value.value, self.vr.value or None))
+        )
         self.null_button.on_click(lambda _b: self._edit(lambda a: self.set_value(a, NULL, self.vr.value or None)))
         self.remove_button.on_click(lambda _b: self._edit(lambda a: self.set_value(a, None)))
         self.reset_button.on_click(lambda _b: self._handle(self.reset, "edits cleared"))
@@ -322,11 +359,19 @@ class CurationPanel:
             return widgets.HTML(f"<h4 style='margin:6px 0 2px'>{text}</h4>")
 
         return [
-            heading("1. Select instances"), self.filter_box, self.add_filter_button, self.count_label, self.preview,
+            heading("1. Select instances"),
+            self.filter_box,
+            self.add_filter_button,
+            self.count_label,
+            self.preview,
             heading("2. Edit the matching instances"),
-            widgets.HBox([self.attribute, self.vr, self.attribute_info]), widgets.HBox([self.value]),
-            widgets.HBox([self.set_button, self.null_button, self.remove_button, self.reset_button]), self.message,
-            heading("3. Review"), self.changes_html, self.plan_html,
+            widgets.HBox([self.attribute, self.vr, self.attribute_info]),
+            widgets.HBox([self.value]),
+            widgets.HBox([self.set_button, self.null_button, self.remove_button, self.reset_button]),
+            self.message,
+            heading("3. Review"),
+            self.changes_html,
+            self.plan_html,
             heading("4. Apply"),
             widgets.HBox([self.apply_button, self.cancel_button, self.progress, self.status, self.undo_button]),
             self.result_html,
@@ -335,10 +380,28 @@ class CurationPanel:
     def _classes(self) -> None:
         """CSS classes: JupyterLab's table styling on the tables, and names a browser test can find."""
         self.widget.add_class("ahi-curation-panel")
-        for name in ("count_label", "preview", "attribute", "attribute_info", "vr", "value", "set_button",
-                     "null_button", "remove_button", "reset_button", "message", "changes_html", "plan_html",
-                     "apply_button", "cancel_button", "undo_button", "progress", "status", "result_html",
-                     "add_filter_button"):
+        for name in (
+            "count_label",
+            "preview",
+            "attribute",
+            "attribute_info",
+            "vr",
+            "value",
+            "set_button",
+            "null_button",
+            "remove_button",
+            "reset_button",
+            "message",
+            "changes_html",
+            "plan_html",
+            "apply_button",
+            "cancel_button",
+            "undo_button",
+            "progress",
+            "status",
+            "result_html",
+            "add_filter_button",
+        ):
             getattr(self, name).add_class("ahi-" + name.replace("_", "-"))
         for name in ("preview", "changes_html", "plan_html", "result_html"):
             getattr(self, name).add_class(_STYLED)
@@ -355,8 +418,10 @@ class CurationPanel:
         try:
             result = action()
         except Exception as exc:
-            self._say("error", f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError | KeyError)
-                      else str(exc).strip("'\""))
+            self._say(
+                "error",
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError | KeyError) else str(exc).strip("'\""),
+            )
             return None
         if success:
             self._say("ok", success)
@@ -407,15 +472,18 @@ class CurationPanel:
         series = len(set(zip(index.get_level_values(0), index.get_level_values(1), strict=True))) if count else 0
         ignored = sum(not f.complete for f in self.filters)
         note = f"; {ignored} filter(s) without a value ignored" if ignored else ""
-        self.count_label.value = (f"<b>{count}</b> of {len(self.state.edited)} instances match "
-                                  f"({image_sets} image set(s), {series} series{note})")
+        self.count_label.value = (
+            f"<b>{count}</b> of {len(self.state.edited)} instances match "
+            f"({image_sets} image set(s), {series} series{note})"
+        )
         if not count:
             self.preview.value = "<i>no rows</i>"
             return
         shown, changed = self.state.preview(self.filters, self.preview_rows)
         more = f" (first {len(shown)} of {count})" if count > len(shown) else ""
-        self.preview.value = frame_html(shown, index=False, highlight=changed,
-                                        caption=f"matching instances{more}; edited cells highlighted")
+        self.preview.value = frame_html(
+            shown, index=False, highlight=changed, caption=f"matching instances{more}; edited cells highlighted"
+        )
 
     def refresh_review(self) -> None:
         """Recompute the ChangeSet and the plan and show them; enable apply when there is a valid plan."""
@@ -435,4 +503,3 @@ class CurationPanel:
         self.cancel_button.disabled = not running
         for button in (self.set_button, self.null_button, self.remove_button, self.reset_button):
             button.disabled = running
-

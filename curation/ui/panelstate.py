@@ -62,8 +62,15 @@ def _cancelled(result: pd.DataFrame) -> bool:
 class PanelState:
     """The state of a curation panel over ``snapshot`` (see the module docstring and ``CurationPanel``)."""
 
-    def __init__(self, snapshot: Snapshot, client: Any = None, journal: str | os.PathLike[str] | None = None, *,
-                 plan_options: dict[str, Any] | None = None, apply_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        client: Any = None,
+        journal: str | os.PathLike[str] | None = None,
+        *,
+        plan_options: dict[str, Any] | None = None,
+        apply_options: dict[str, Any] | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.client = client
         self.journal_dir = Path(journal) if journal is not None else None
@@ -110,9 +117,17 @@ class PanelState:
         shown = self.edited[mask][columns].head(rows)
         before = self.base.reindex(index=shown.index, columns=columns)
         changed = pd.DataFrame(
-            {c: [not _same(a, b) for a, b in zip(shown[c].to_numpy(dtype=object), before[c].to_numpy(dtype=object),
-                                                  strict=True)] if c in self.edited_columns else False
-             for c in columns}, index=shown.index)
+            {
+                c: [
+                    not _same(a, b)
+                    for a, b in zip(shown[c].to_numpy(dtype=object), before[c].to_numpy(dtype=object), strict=True)
+                ]
+                if c in self.edited_columns
+                else False
+                for c in columns
+            },
+            index=shown.index,
+        )
         return shown.reset_index(drop=True), changed.reset_index(drop=True)
 
     def columns(self) -> list[str]:
@@ -145,8 +160,15 @@ class PanelState:
                 level = level_of(key)
             except (KeyError, ValueError):
                 level = None
-        return {"attribute": attribute, "VR": vr, "VM": None if node_key else dicom.vm_of(key), "level": level,
-                "new": attribute not in self.edited.columns, "private": dicom.is_private(key), "dicom": not node_key}
+        return {
+            "attribute": attribute,
+            "VR": vr,
+            "VM": None if node_key else dicom.vm_of(key),
+            "level": level,
+            "new": attribute not in self.edited.columns,
+            "private": dicom.is_private(key),
+            "dicom": not node_key,
+        }
 
     def check_attribute(self, attribute: str) -> None:
         """Raise ValueError unless ``attribute`` names something an edit can set."""
@@ -220,8 +242,11 @@ class PanelState:
             column[mask] = cell
             edited[attribute] = column
             return
-        cells = (edited[attribute].to_numpy(dtype=object).copy() if attribute in edited.columns
-                 else np.full(len(edited), None, dtype=object))
+        cells = (
+            edited[attribute].to_numpy(dtype=object).copy()
+            if attribute in edited.columns
+            else np.full(len(edited), None, dtype=object)
+        )
         for position in np.flatnonzero(mask):
             cells[position] = cell_for(value, False)
         edited[attribute] = pd.Series(cells, index=edited.index, dtype=object)
@@ -275,8 +300,9 @@ class PanelState:
             raise RuntimeError("the panel has no client: create it with CurationPanel(snapshot, client)")
         return self.client
 
-    def _run_keywords(self, on_progress: Callable[[Progress], object] | None,
-                      cancel: threading.Event | None) -> dict[str, Any]:
+    def _run_keywords(
+        self, on_progress: Callable[[Progress], object] | None, cancel: threading.Event | None
+    ) -> dict[str, Any]:
         keywords = {"progress": False, **self.apply_options}
         if on_progress is not None:
             keywords["on_progress"] = on_progress
@@ -284,8 +310,9 @@ class PanelState:
             keywords["cancel"] = cancel
         return keywords
 
-    def apply(self, *, on_progress: Callable[[Progress], object] | None = None,
-              cancel: threading.Event | None = None) -> pd.DataFrame:
+    def apply(
+        self, *, on_progress: Callable[[Progress], object] | None = None, cancel: threading.Event | None = None
+    ) -> pd.DataFrame:
         """Apply the current plan (or resume the pending one) with ``curation.apply``; returns its result.
 
         ``on_progress`` and ``cancel`` go to apply. A cancelled run stays ``pending`` (apply again resumes it
@@ -313,8 +340,9 @@ class PanelState:
         self.refetch(list(dict.fromkeys(touched)))
         return result
 
-    def undo(self, *, on_progress: Callable[[Progress], object] | None = None,
-             cancel: threading.Event | None = None) -> pd.DataFrame:
+    def undo(
+        self, *, on_progress: Callable[[Progress], object] | None = None, cancel: threading.Event | None = None
+    ) -> pd.DataFrame:
         """Revert the last apply not undone yet (``curation.revert`` on its journal); returns its result.
 
         A cancelled undo keeps the journal: undo again resumes the revert."""
@@ -347,12 +375,18 @@ class PanelState:
             documents = dict(self.snapshot.documents)
             documents.update(fresh.documents)
             versions = {**self.snapshot.version_ids, **fresh.version_ids}
-            failures = (pd.concat([self.snapshot.failures, fresh.failures], ignore_index=True)
-                        if len(fresh.failures) else self.snapshot.failures)
+            failures = (
+                pd.concat([self.snapshot.failures, fresh.failures], ignore_index=True)
+                if len(fresh.failures)
+                else self.snapshot.failures
+            )
             order = dict.fromkeys([*self.snapshot.image_set_ids, *fresh.image_set_ids])
-            merged = Snapshot.from_documents([documents[i] for i in order if i in documents],
-                                             datastore_id=self.snapshot.datastore_id, version_ids=versions,
-                                             failures=failures)
+            merged = Snapshot.from_documents(
+                [documents[i] for i in order if i in documents],
+                datastore_id=self.snapshot.datastore_id,
+                version_ids=versions,
+                failures=failures,
+            )
             merged.primary = {**self.snapshot.primary, **fresh.primary}
             self.snapshot = merged
         self.reset()

@@ -86,8 +86,13 @@ class RunView:
         done, total = progress.requests_finished, progress.requests_total
         self.status.value = f"{self.what}: {done} of {total} request(s){stopping}"
 
-    def start(self, what: str, job: Callable[[threading.Event], pd.DataFrame], done: Callable[[pd.DataFrame], None],
-              controls: Callable[[], None]) -> None:
+    def start(
+        self,
+        what: str,
+        job: Callable[[threading.Event], pd.DataFrame],
+        done: Callable[[pd.DataFrame], None],
+        controls: Callable[[], None],
+    ) -> None:
         """Run ``job(cancel)`` in a background thread; then ``done(result)`` (or the error shown), ``controls()``."""
         cancel = threading.Event()
         self._cancel = cancel
@@ -140,5 +145,3 @@ class RunView:
             return "error", f"cancelled: {text} ({where}; journaled: click '{again}' to continue)"
         self.status.value = "done" if kind == "apply" else "reverted"
         return ("ok" if set(counts.index) <= _GOOD else "error"), f"{text} ({where})"
-
-

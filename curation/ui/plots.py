@@ -96,12 +96,15 @@ def _series_keys(frame: pd.DataFrame) -> pd.Index:
     if series is None and "SeriesInstanceUID" in frame.columns:
         series = pd.Index([_label(v) for v in frame["SeriesInstanceUID"]])
     if series is None:
-        return pd.MultiIndex.from_arrays([["all"] * len(frame), ["all"] * len(frame)],
-                                         names=["ImageSetID", "SeriesInstanceUID"])
+        return pd.MultiIndex.from_arrays(
+            [["all"] * len(frame), ["all"] * len(frame)], names=["ImageSetID", "SeriesInstanceUID"]
+        )
     if image_sets is None:
         image_sets = pd.Index(["all"] * len(frame))
-    return pd.MultiIndex.from_arrays([np.asarray(image_sets, dtype=object), np.asarray(series, dtype=object)],
-                                     names=["ImageSetID", "SeriesInstanceUID"])
+    return pd.MultiIndex.from_arrays(
+        [np.asarray(image_sets, dtype=object), np.asarray(series, dtype=object)],
+        names=["ImageSetID", "SeriesInstanceUID"],
+    )
 
 
 def _short(text: str, keep: int = 10) -> str:
@@ -120,10 +123,14 @@ def completeness_table(data: Any, attributes: list[str] | None = None) -> pd.Dat
     if attributes is None:
         attributes = [c for c in frame.columns if isinstance(c, str) and not c.startswith("@")]
     present = pd.DataFrame(
-        {a: np.zeros(len(frame), dtype=bool) if a not in frame.columns else
-         np.fromiter((not is_absent(v) and not is_empty(v) for v in frame[a].to_numpy(dtype=object)), bool,
-                     len(frame))
-         for a in attributes},
+        {
+            a: np.zeros(len(frame), dtype=bool)
+            if a not in frame.columns
+            else np.fromiter(
+                (not is_absent(v) and not is_empty(v) for v in frame[a].to_numpy(dtype=object)), bool, len(frame)
+            )
+            for a in attributes
+        },
         index=range(len(frame)),
     )
     present.index = _series_keys(frame)
@@ -140,8 +147,13 @@ def completeness(data: Any, attributes: list[str] | None = None, *, ax: Axes | N
     image = ax.imshow(matrix.to_numpy(), aspect="auto", vmin=0.0, vmax=1.0, cmap="viridis", interpolation="none")
     ax.set_yticks(range(len(matrix.index)), list(matrix.index), fontsize=7)
     keys: list[Any] = list(matrix.columns)
-    ax.set_xticks(range(len(keys)), [labels.get((str(i), str(u)), _short(str(u))) for i, u in keys],
-                  rotation=45, ha="right", fontsize=7)
+    ax.set_xticks(
+        range(len(keys)),
+        [labels.get((str(i), str(u)), _short(str(u))) for i, u in keys],
+        rotation=45,
+        ha="right",
+        fontsize=7,
+    )
     ax.set_title("Attribute completeness (present and not NULL)")
     fig.colorbar(image, ax=ax, label="fraction of instances")
     return ax
@@ -166,8 +178,11 @@ def series_labels(data: Any) -> dict[tuple[str, str], str]:
     rows.index = keys
     labels: dict[tuple[str, str], str] = {}
     for key, group in rows.groupby(level=[0, 1], sort=False):
-        parts = [_first_text(group, "Modality"), _first_text(group, "SeriesNumber"),
-                 _first_text(group, "SeriesDescription")]
+        parts = [
+            _first_text(group, "Modality"),
+            _first_text(group, "SeriesNumber"),
+            _first_text(group, "SeriesDescription"),
+        ]
         if parts[1] is not None:
             parts[1] = f"#{parts[1]}"
         label = " ".join(p for p in parts if p)
@@ -243,14 +258,23 @@ def study_timeline_table(snapshot: Any) -> pd.DataFrame:
     """
     studies = _frame_of(snapshot, "studies")
     vrs = snapshot if not isinstance(snapshot, pd.DataFrame) else None
-    wanted = [c for c in ("StudyInstanceUID", "PatientID", "StudyDescription", "StudyDate", "StudyTime")
-              if c in studies.columns]
+    wanted = [
+        c
+        for c in ("StudyInstanceUID", "PatientID", "StudyDescription", "StudyDate", "StudyTime")
+        if c in studies.columns
+    ]
     table = typed(studies[wanted], vrs)
     out = pd.DataFrame(index=studies.index)
     for column in ("StudyInstanceUID", "PatientID", "StudyDescription"):
-        out[column] = (pd.Series([None if is_absent(v) or is_empty(v) else _label(v) for v in table[column]],
-                                 index=studies.index, dtype=object) if column in table.columns
-                       else pd.Series([None] * len(studies), index=studies.index, dtype=object))
+        out[column] = (
+            pd.Series(
+                [None if is_absent(v) or is_empty(v) else _label(v) for v in table[column]],
+                index=studies.index,
+                dtype=object,
+            )
+            if column in table.columns
+            else pd.Series([None] * len(studies), index=studies.index, dtype=object)
+        )
     date = table["StudyDate"] if "StudyDate" in table.columns else pd.Series(pd.NaT, index=studies.index)
     time_of_day = table["StudyTime"] if "StudyTime" in table.columns else pd.Series(pd.NaT, index=studies.index)
     out["StudyDate"] = pd.to_datetime(date, errors="coerce")
@@ -322,8 +346,11 @@ def geometry_table(data: Any, series_uid: str) -> pd.DataFrame:
         raise KeyError(f"no instances of series {series_uid!r}")
     sops = _index_level(rows, "SOPInstanceUID")
     if sops is None:
-        sops = pd.Index([_label(v) for v in rows["SOPInstanceUID"]]) if "SOPInstanceUID" in rows.columns \
+        sops = (
+            pd.Index([_label(v) for v in rows["SOPInstanceUID"]])
+            if "SOPInstanceUID" in rows.columns
             else pd.RangeIndex(len(rows))
+        )
     column = rows.get("ImagePositionPatient", pd.Series([None] * len(rows), dtype=object))
     positions = [_floats(v, 3) for v in column.to_numpy(dtype=object)]
     column = rows.get("ImageOrientationPatient", pd.Series([None] * len(rows), dtype=object))
@@ -345,8 +372,10 @@ def geometry_table(data: Any, series_uid: str) -> pd.DataFrame:
         {
             "InstanceNumber": pd.array([_integer(v) for v in numbers.to_numpy(dtype=object)], dtype="Int64"),
             "position": [float(p @ normal) if p is not None and normal is not None else np.nan for p in positions],
-            "oblique": [o is not None and reference is not None and not np.allclose(o, reference, atol=1e-3)
-                        for o in orientations],
+            "oblique": [
+                o is not None and reference is not None and not np.allclose(o, reference, atol=1e-3)
+                for o in orientations
+            ],
         },
         index=pd.Index(np.asarray(sops, dtype=object), name="SOPInstanceUID"),
     )
@@ -365,8 +394,17 @@ def geometry_table(data: Any, series_uid: str) -> pd.DataFrame:
     for dup, gap, overlap, absent, oblique in table[
         ["duplicate", "gap", "overlap", "missing_position", "oblique"]
     ].itertuples(index=False):
-        names = [n for n, on in (("duplicate", dup), ("gap", gap), ("overlap", overlap),
-                                 ("no position", absent), ("orientation", oblique)) if on]
+        names = [
+            n
+            for n, on in (
+                ("duplicate", dup),
+                ("gap", gap),
+                ("overlap", overlap),
+                ("no position", absent),
+                ("orientation", oblique),
+            )
+            if on
+        ]
         flags.append(",".join(names))
     table["flag"] = pd.Series(flags, index=table.index, dtype=object)
     table.attrs["median_spacing"] = median
@@ -391,12 +429,20 @@ def slice_geometry(data: Any, series_uid: str, *, ax: Axes | None = None) -> Axe
         top, bottom = ax, None
     ok = table["flag"] == ""
     top.plot(table.loc[ok, "InstanceNumber"].astype(float), table.loc[ok, "position"], ".", ms=3, label="ok")
-    for name, marker, color in (("gap", "v", "tab:red"), ("overlap", "^", "tab:orange"),
-                                ("duplicate", "x", "tab:purple")):
+    for name, marker, color in (
+        ("gap", "v", "tab:red"),
+        ("overlap", "^", "tab:orange"),
+        ("duplicate", "x", "tab:purple"),
+    ):
         hit = table[name]
         if hit.any():
-            top.plot(table.loc[hit, "InstanceNumber"].astype(float), table.loc[hit, "position"], marker,
-                     color=color, label=f"{name} ({int(hit.sum())})")
+            top.plot(
+                table.loc[hit, "InstanceNumber"].astype(float),
+                table.loc[hit, "position"],
+                marker,
+                color=color,
+                label=f"{name} ({int(hit.sum())})",
+            )
     top.set_xlabel("InstanceNumber")
     top.set_ylabel("position along normal (mm)")
     label = _series_name(data, series_uid)
@@ -463,8 +509,11 @@ def version_table(history: pd.DataFrame, reverts: Iterable[Any] | pd.DataFrame |
     times = _first(history, _TIME_COLUMNS)
     status = _first(history, _STATUS_COLUMNS)
     message = _first(history, _MESSAGE_COLUMNS)
-    forced = history["overrides"].map(lambda o: bool(isinstance(o, dict) and o.get("forced"))) \
-        if "overrides" in history.columns else history.get("forced")
+    forced = (
+        history["overrides"].map(lambda o: bool(isinstance(o, dict) and o.get("forced")))
+        if "overrides" in history.columns
+        else history.get("forced")
+    )
     reverted = _reverted(reverts)
     numbers = pd.array([_integer(str(v)) for v in versions], dtype="Int64")
     out = pd.DataFrame(
@@ -480,8 +529,9 @@ def version_table(history: pd.DataFrame, reverts: Iterable[Any] | pd.DataFrame |
     return out.sort_values("version", kind="stable").reset_index(drop=True)
 
 
-def version_timeline(history: pd.DataFrame, *, reverts: Iterable[Any] | pd.DataFrame | None = None,
-                     ax: Axes | None = None) -> Axes:
+def version_timeline(
+    history: pd.DataFrame, *, reverts: Iterable[Any] | pd.DataFrame | None = None, ax: Axes | None = None
+) -> Axes:
     """``version_table`` drawn: each version by date, coloured by workflow status, reverts and forced
     updates marked and labelled."""
     out = version_table(history, reverts)
@@ -495,15 +545,21 @@ def version_timeline(history: pd.DataFrame, *, reverts: Iterable[Any] | pd.DataF
             ax.scatter(x[rows], out.loc[rows, "version"].astype(float), label=name, zorder=2)
     if out["revert"].any():
         rows = out["revert"]
-        ax.scatter(x[rows], out.loc[rows, "version"].astype(float), marker="D", s=60, color="tab:red",
-                   label="revert", zorder=3)
+        ax.scatter(
+            x[rows], out.loc[rows, "version"].astype(float), marker="D", s=60, color="tab:red", label="revert", zorder=3
+        )
     for i, row in out.iterrows():
         notes = [word for word, on in (("revert", row["revert"]), ("forced", row["forced"])) if on]
         if row["message"]:
             notes.append(str(row["message"]))
         if notes:
-            ax.annotate(_short(" ".join(notes), 30), (x.iloc[int(str(i))], float(row["version"])), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")
+            ax.annotate(
+                _short(" ".join(notes), 30),
+                (x.iloc[int(str(i))], float(row["version"])),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     ax.set_ylabel("version")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Image set versions")

@@ -49,8 +49,10 @@ def test_the_snapshot_display_lists_failures_escaped(snapshot):
 
 def test_changeset_rows_show_the_distinguishing_part_of_their_uids(snapshot):
     instances = snapshot.instances
-    ct = instances[instances["InstanceNumber"].astype(str).isin(["1", "2", "3"])
-                   & (instances.index.get_level_values(0) == instances.index[0][0])].copy()
+    ct = instances[
+        instances["InstanceNumber"].astype(str).isin(["1", "2", "3"])
+        & (instances.index.get_level_values(0) == instances.index[0][0])
+    ].copy()
     ct["ImageComments"] = "checked"
     changes = diff(snapshot, ct)
     assert len(changes) == 3
@@ -74,3 +76,18 @@ def test_frame_html_hides_the_index_and_highlights_cells():
     assert "row-one" not in page and "&lt;y&gt;" in page and ">NULL<" in page
     assert "background-color: #fff3bf" in page
     assert "1 more row" in frame_html(frame, 1)
+
+
+def test_a_document_displays_folded_by_level_with_keywords_tags_and_vrs(documents):
+    from curation.ui.documentview import DocumentView, attribute_table
+
+    document = documents["us-doppler-9-instances"]
+    patient = attribute_table(document["Patient"]).set_index("keyword")
+    assert patient.loc["PatientName", "value"] == "US Echo" and patient.loc["PatientName", "tag"] == "(0010,0010)"
+    assert patient.loc["PatientID", "value"] is NULL and patient.loc["PatientID", "VR"] == "LO"  # null: present, empty
+    view = DocumentView(document, max_instances=2)
+    page = view._repr_html_()
+    assert page.count("<details") == 2 + 1 + 2  # Patient, Study, one series, two of its nine instances
+    assert "9 instance(s)" in page and "7 more instance(s)" in page and ">NULL<" in page
+    assert "&quot;" not in page.split("<summary>")[0]  # the head is text, not JSON
+    assert repr(view).endswith("1 series, 9 instances)") and '"ImageSetID"' in view.json()

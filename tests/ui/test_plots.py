@@ -214,14 +214,14 @@ def test_slice_geometry_flags_an_overlap_and_the_gap_after_it(ct_instances):
 
 
 def test_slice_geometry_uses_the_orientation_normal():
-    index = pd.MultiIndex.from_tuples([("s", "1.2", f"1.2.{n}") for n in range(1, 5)],
-                                      names=["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID"])
+    index = pd.MultiIndex.from_tuples(
+        [("s", "1.2", f"1.2.{n}") for n in range(1, 5)], names=["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID"]
+    )
     sagittal = ["0", "1", "0", "0", "0", "-1"]  # normal = (0,1,0) x (0,0,-1) = (-1, 0, 0)
     frame = pd.DataFrame(
         {
             "InstanceNumber": pd.Series(["1", "2", "3", "4"], index=index, dtype=object),
-            "ImagePositionPatient": pd.Series([[str(x), "5", "7"] for x in (10, 7, 4, 4)], index=index,
-                                              dtype=object),
+            "ImagePositionPatient": pd.Series([[str(x), "5", "7"] for x in (10, 7, 4, 4)], index=index, dtype=object),
             "ImageOrientationPatient": pd.Series([sagittal] * 4, index=index, dtype=object),
         }
     )
@@ -242,9 +242,16 @@ def test_version_timeline_from_list_image_set_versions(local_client, documents):
     for value in ("A^B", "C^D"):
         latest = local_client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["versionId"]
         local_client.update_image_set_metadata(
-            datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId=latest,
-            updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(
-                {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": value}}})}},
+            datastoreId=datastore_id,
+            imageSetId=image_set_id,
+            latestVersionId=latest,
+            updateImageSetMetadataUpdates={
+                "DICOMUpdates": {
+                    "updatableAttributes": json.dumps(
+                        {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": value}}}
+                    )
+                }
+            },
         )
     listed = local_client.list_image_set_versions(datastoreId=datastore_id, imageSetId=image_set_id)
     history = pd.DataFrame(listed["imageSetPropertiesList"])
@@ -263,12 +270,19 @@ def test_version_timeline_of_curation_history(local_client, documents):
     report = store.import_documents([documents["ct-2025-htj2k-1-instance"]])
     datastore_id, (image_set_id,) = report.datastore_id, report.created
     local_client.update_image_set_metadata(
-        datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="1",
-        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(
-            {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})}},
+        datastoreId=datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId="1",
+        updateImageSetMetadataUpdates={
+            "DICOMUpdates": {
+                "updatableAttributes": json.dumps({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})
+            }
+        },
     )
     local_client.update_image_set_metadata(
-        datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="2",
+        datastoreId=datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId="2",
         updateImageSetMetadataUpdates={"revertToVersionId": "1"},
     )
     frame = history_module.history(local_client, datastore_id, image_set_id)
@@ -283,10 +297,12 @@ def test_version_timeline_of_curation_history(local_client, documents):
 
 def test_each_view_returns_its_axes_and_makes_one_figure(snapshot, documents):
     _, ct_series = _ids(documents, "ct-588-instances")
-    for draw in (lambda: plots.completeness(snapshot, ["PatientName"]),
-                 lambda: plots.value_counts(snapshot, "Modality"),
-                 lambda: plots.study_timeline(snapshot),
-                 lambda: plots.slice_geometry(snapshot, ct_series)):
+    for draw in (
+        lambda: plots.completeness(snapshot, ["PatientName"]),
+        lambda: plots.value_counts(snapshot, "Modality"),
+        lambda: plots.study_timeline(snapshot),
+        lambda: plots.slice_geometry(snapshot, ct_series),
+    ):
         plt.close("all")
         ax = draw()
         assert isinstance(ax, Axes)
@@ -314,8 +330,10 @@ def test_series_are_labelled_by_modality_number_and_description(snapshot, docume
 
 
 def test_two_series_with_the_same_label_are_told_apart_by_their_uid():
-    index = pd.MultiIndex.from_tuples([("a", "1.2.3.10", "1.2.3.10.1"), ("a", "1.2.3.11", "1.2.3.11.1")],
-                                      names=["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID"])
+    index = pd.MultiIndex.from_tuples(
+        [("a", "1.2.3.10", "1.2.3.10.1"), ("a", "1.2.3.11", "1.2.3.11.1")],
+        names=["ImageSetID", "SeriesInstanceUID", "SOPInstanceUID"],
+    )
     frame = pd.DataFrame({"Modality": ["CT", "CT"], "SeriesNumber": ["2", "2"]}, index=index)
     labels = plots.series_labels(frame)
     assert labels == {("a", "1.2.3.10"): "CT #2 …10", ("a", "1.2.3.11"): "CT #2 …11"}
@@ -328,12 +346,19 @@ def test_version_timeline_marks_reverts_and_shows_dates(local_client, documents)
     report = store.import_documents([documents["ct-2025-htj2k-1-instance"]])
     datastore_id, (image_set_id,) = report.datastore_id, report.created
     local_client.update_image_set_metadata(
-        datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="1",
-        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(
-            {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})}},
+        datastoreId=datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId="1",
+        updateImageSetMetadataUpdates={
+            "DICOMUpdates": {
+                "updatableAttributes": json.dumps({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})
+            }
+        },
     )
     local_client.update_image_set_metadata(
-        datastoreId=datastore_id, imageSetId=image_set_id, latestVersionId="2",
+        datastoreId=datastore_id,
+        imageSetId=image_set_id,
+        latestVersionId="2",
         updateImageSetMetadataUpdates={"revertToVersionId": "1"},
     )
     history = curation.history(local_client, datastore_id, image_set_id)

@@ -125,8 +125,10 @@ def test_set_null_and_remove_edit_only_the_panels_copy(snapshot):
     assert "edited on 9 row(s)" in panel.message.value
     edited = panel.edited
     assert (edited["StudyDescription"] == "Echo study").sum() == 9
-    pd.testing.assert_series_equal(edited.loc[edited["Modality"] != "US", "StudyDescription"],
-                                   before.loc[before["Modality"] != "US", "StudyDescription"])
+    pd.testing.assert_series_equal(
+        edited.loc[edited["Modality"] != "US", "StudyDescription"],
+        before.loc[before["Modality"] != "US", "StudyDescription"],
+    )
     _same(snapshot.wide, before, ["StudyDescription"])  # the snapshot is untouched
     assert "StudyDescription" in panel.preview.value and "Echo study" in panel.preview.value
 
@@ -248,7 +250,12 @@ def test_changes_and_plan_follow_the_edits(live):
     assert len(rows) == 1
     row = rows.iloc[0]
     assert (row["ImageSetID"], row["attribute"], row["op"], row["new"], row["level"]) == (
-        ct, "StudyDescription", "update", "CT Liver (curated)", "Study")
+        ct,
+        "StudyDescription",
+        "update",
+        "CT Liver (curated)",
+        "Study",
+    )
     assert row["old"] == "CT Liver"
     assert "CT Liver (curated)" in panel.changes_html.value
 
@@ -270,7 +277,8 @@ def test_changes_and_plan_follow_the_edits(live):
     assert set(added["new"]) == {"checked"}
     assert len(panel.last_plan) == 1
     payload = json.loads(
-        panel.last_plan.requests[0].params["updateImageSetMetadataUpdates"]["DICOMUpdates"]["updatableAttributes"])
+        panel.last_plan.requests[0].params["updateImageSetMetadataUpdates"]["DICOMUpdates"]["updatableAttributes"]
+    )
     (series,) = payload["Study"]["Series"].values()
     assert len(series["Instances"]) == 3
 
@@ -351,9 +359,16 @@ def test_an_apply_that_meets_a_newer_version_reports_the_conflict(live, tmp_path
     _filter(panel, "Modality", "==", "US")
     _edit(panel, "StudyDescription", "US Doppler")
     client.update_image_set_metadata(  # someone else changes the image set after the snapshot
-        datastoreId=snapshot.datastore_id, imageSetId=us, latestVersionId="1",
-        updateImageSetMetadataUpdates={"DICOMUpdates": {"updatableAttributes": json.dumps(
-            {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "theirs"}}})}},
+        datastoreId=snapshot.datastore_id,
+        imageSetId=us,
+        latestVersionId="1",
+        updateImageSetMetadataUpdates={
+            "DICOMUpdates": {
+                "updatableAttributes": json.dumps(
+                    {"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "theirs"}}}
+                )
+            }
+        },
     )
     panel.apply_button.click()
     assert panel.wait()
