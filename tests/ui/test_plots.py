@@ -264,8 +264,8 @@ def test_version_timeline_from_list_image_set_versions(local_client, documents):
         plots.version_table(pd.DataFrame({"x": [1]}))
 
 
-def test_version_timeline_of_curation_history(local_client, documents):
-    history_module = importlib.import_module("curation.run.history")
+def _updated_then_reverted(local_client, documents) -> tuple[str, str]:
+    """(datastore, image set) of one imported document, updated (version 2) then reverted (version 3)."""
     store = local_client.meta.local_service.store
     report = store.import_documents([documents["ct-2025-htj2k-1-instance"]])
     datastore_id, (image_set_id,) = report.datastore_id, report.created
@@ -285,6 +285,12 @@ def test_version_timeline_of_curation_history(local_client, documents):
         latestVersionId="2",
         updateImageSetMetadataUpdates={"revertToVersionId": "1"},
     )
+    return datastore_id, image_set_id
+
+
+def test_version_timeline_of_curation_history(local_client, documents):
+    history_module = importlib.import_module("curation.run.history")
+    datastore_id, image_set_id = _updated_then_reverted(local_client, documents)
     frame = history_module.history(local_client, datastore_id, image_set_id)
     versions = plots.version_table(frame)
     assert versions["version"].tolist() == [1, 2, 3]
@@ -342,25 +348,7 @@ def test_two_series_with_the_same_label_are_told_apart_by_their_uid():
 def test_version_timeline_marks_reverts_and_shows_dates(local_client, documents):
     import curation
 
-    store = local_client.meta.local_service.store
-    report = store.import_documents([documents["ct-2025-htj2k-1-instance"]])
-    datastore_id, (image_set_id,) = report.datastore_id, report.created
-    local_client.update_image_set_metadata(
-        datastoreId=datastore_id,
-        imageSetId=image_set_id,
-        latestVersionId="1",
-        updateImageSetMetadataUpdates={
-            "DICOMUpdates": {
-                "updatableAttributes": json.dumps({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "X"}}})
-            }
-        },
-    )
-    local_client.update_image_set_metadata(
-        datastoreId=datastore_id,
-        imageSetId=image_set_id,
-        latestVersionId="2",
-        updateImageSetMetadataUpdates={"revertToVersionId": "1"},
-    )
+    datastore_id, image_set_id = _updated_then_reverted(local_client, documents)
     history = curation.history(local_client, datastore_id, image_set_id)
     assert not plots.version_table(history)["revert"].any()  # AHI's list does not say which is a revert
     table = plots.version_table(history, reverts=["3"])
