@@ -1,11 +1,10 @@
 """Fixtures of the notebook-UI tests: the reference documents, a Snapshot of them, and the same documents
-imported into a fresh embedded store and fetched through a real boto3 client; ``Gate`` holds a client's
-updates until a test lets them through."""
+imported into a fresh embedded store and fetched through a real boto3 client (``Gate``, which holds a client's
+updates, is in ``gating.py``)."""
 
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,6 @@ from curation.frames.snapshot import Snapshot
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
 NAMES = ("ct-588-instances", "us-doppler-9-instances", "ct-2025-htj2k-1-instance")
 TEXTS = {name: (REFERENCE / f"{name}.json").read_text() for name in NAMES}
-#: How long a test waits for a request to reach the gate before it fails (a hang guard, not a timing check).
-HANG_GUARD = 120.0
 
 
 def reference_documents() -> dict[str, dict]:
@@ -49,30 +46,3 @@ def live(local_client: Any) -> tuple[Any, Snapshot, dict[str, str]]:
     snapshot = fetch(local_client, report.datastore_id, progress=False)
     assert len(snapshot) == 3
     return local_client, snapshot, names
-
-
-class Gate:
-    """Holds each UpdateImageSetMetadata call of ``client`` (botocore's ``before-call`` event) until the test
-    lets one through: a run can be stopped at a known point without sleeping."""
-
-    EVENT = "before-call.medical-imaging.UpdateImageSetMetadata"
-
-    def __init__(self, client: Any) -> None:
-        self._permits = threading.Semaphore(0)
-        self._arrivals = threading.Semaphore(0)
-        self.held = 0
-        client.meta.events.register(self.EVENT, self._hold)
-
-    def _hold(self, **_: Any) -> None:
-        self._arrivals.release()
-        self._permits.acquire()
-
-    def arrived(self) -> None:
-        """Wait until a request is held at the gate."""
-        assert self._arrivals.acquire(timeout=HANG_GUARD), "no request reached the gate"
-        self.held += 1
-
-    def open(self, count: int = 1) -> None:
-        """Let ``count`` requests through (held now or arriving later)."""
-        for _ in range(count):
-            self._permits.release()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import Gate
+from gating import Gate
 
 from curation.run.journal import read_journal
 from curation.ui.panel import CurationPanel
