@@ -127,6 +127,9 @@ class PanelSteps:
         assert not any(re.fullmatch(r"[0-9a-f]{32}|[0-9.]{20,}", h) for h in headers)  # attributes, not the UID index
         self.expect(self.preview.locator("tbody tr")).to_have_count(9)
         assert set(_column(self.preview, "Modality")) == {"US"}
+        rows = self.preview.locator("tbody tr")
+        stripes = {rows.nth(n).evaluate("r => getComputedStyle(r).backgroundColor") for n in (0, 1)}
+        assert len(stripes) == 2, stripes  # JupyterLab's table styling (striped rows) applies inside the widget
         self.shot(self.yours, "1-selected")
 
     def set_and_review(self) -> None:
