@@ -31,12 +31,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from pydicom.datadict import RepeatersDictionary
-from pydicom.sr.coding import Code
-from pydicom.sr.codedict import codes
 
 from curation.model import dictionary as dicom
 
@@ -70,21 +68,34 @@ UNSUPPORTED = {
     "cannot clean",
 }
 
-#: CID 7050 (De-identification Method) concepts, from pydicom's code dictionary, never typed by hand.
-CID7050: dict[str, Code] = {
-    "basic": codes.DCM.BasicApplicationConfidentialityProfile,
-    DeidOption.RETAIN_SAFE_PRIVATE: codes.DCM.RetainSafePrivateOption,
-    DeidOption.RETAIN_UIDS: codes.DCM.RetainUidsOption,
-    DeidOption.RETAIN_DEVICE_IDENTITY: codes.DCM.RetainDeviceIdentityOption,
-    DeidOption.RETAIN_INSTITUTION_IDENTITY: codes.DCM.RetainInstitutionIdentityOption,
-    DeidOption.RETAIN_PATIENT_CHARACTERISTICS: codes.DCM.RetainPatientCharacteristicsOption,
-    DeidOption.RETAIN_LONGITUDINAL_FULL_DATES: codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption,
-    DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES:
-        codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption,
-    DeidOption.CLEAN_DESCRIPTORS: codes.DCM.CleanDescriptorsOption,
-    DeidOption.CLEAN_STRUCTURED_CONTENT: codes.DCM.CleanStructuredContentOption,
-    DeidOption.CLEAN_GRAPHICS: codes.DCM.CleanGraphicsOption,
-}
+if TYPE_CHECKING:
+    from pydicom.sr.coding import Code
+
+
+@cache
+def cid7050() -> dict[str, Code]:
+    """CID 7050 (De-identification Method) concepts, from pydicom's code dictionary, never typed by hand.
+
+    Keys: ``"basic"`` and each ``DeidOption``. Loaded on first use (pydicom's SR dictionaries take ~0.2 s).
+    """
+    from pydicom.sr.codedict import codes
+
+    return {
+        "basic": codes.DCM.BasicApplicationConfidentialityProfile,
+        DeidOption.RETAIN_SAFE_PRIVATE: codes.DCM.RetainSafePrivateOption,
+        DeidOption.RETAIN_UIDS: codes.DCM.RetainUidsOption,
+        DeidOption.RETAIN_DEVICE_IDENTITY: codes.DCM.RetainDeviceIdentityOption,
+        DeidOption.RETAIN_INSTITUTION_IDENTITY: codes.DCM.RetainInstitutionIdentityOption,
+        DeidOption.RETAIN_PATIENT_CHARACTERISTICS: codes.DCM.RetainPatientCharacteristicsOption,
+        DeidOption.RETAIN_LONGITUDINAL_FULL_DATES: codes.DCM.RetainLongitudinalTemporalInformationFullDatesOption,
+        DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES: (
+            codes.DCM.RetainLongitudinalTemporalInformationModifiedDatesOption
+        ),
+        DeidOption.CLEAN_DESCRIPTORS: codes.DCM.CleanDescriptorsOption,
+        DeidOption.CLEAN_STRUCTURED_CONTENT: codes.DCM.CleanStructuredContentOption,
+        DeidOption.CLEAN_GRAPHICS: codes.DCM.CleanGraphicsOption,
+    }
+
 
 #: Compound codes as one action (see the module docstring); X/Z/U* depends on ``compound``.
 _COMPOUND = {"X/Z": "X", "X/D": "X", "X/Z/D": "X", "Z/D": "Z"}
@@ -128,8 +139,14 @@ class ActionTable:
         """The table as a DataFrame (index tag; columns keyword, name, retired, basic, one per option)."""
         rules = [*self.exact.values(), *(r for _, r in self.wildcards), self.private]
         rows = [
-            {"tag": r.tag, "keyword": _keyword(r.tag), "name": r.name, "retired": r.retired, "basic": r.basic,
-             **{o.value: r.options.get(o.value) for o in DeidOption}}
+            {
+                "tag": r.tag,
+                "keyword": _keyword(r.tag),
+                "name": r.name,
+                "retired": r.retired,
+                "basic": r.basic,
+                **{o.value: r.options.get(o.value) for o in DeidOption},
+            }
             for r in rules
         ]
         out = pd.DataFrame(rows).set_index("tag")
@@ -162,8 +179,13 @@ def parse_table(raw: Mapping[str, Any]) -> ActionTable:
     wildcards: list[tuple[re.Pattern[str], Rule]] = []
     private: Rule | None = None
     for row in raw["rules"]:
-        rule = Rule(tag=row["tag"].upper() if "x" not in row["tag"] else row["tag"], name=row["name"],
-                    basic=row["basic"], options=dict(row.get("options") or {}), retired=bool(row.get("retired")))
+        rule = Rule(
+            tag=row["tag"].upper() if "x" not in row["tag"] else row["tag"],
+            name=row["name"],
+            basic=row["basic"],
+            options=dict(row.get("options") or {}),
+            retired=bool(row.get("retired")),
+        )
         if row["tag"] == PRIVATE_ROW:
             private = rule
         elif "x" in row["tag"].lower():
@@ -172,8 +194,13 @@ def parse_table(raw: Mapping[str, Any]) -> ActionTable:
             exact[int(row["tag"], 16)] = rule
     if private is None:
         raise ValueError("the table has no 'Private Attributes' row")
-    return ActionTable(edition=str(raw["source"]["edition"]), source=dict(raw["source"]), exact=exact,
-                       wildcards=tuple(wildcards), private=private)
+    return ActionTable(
+        edition=str(raw["source"]["edition"]),
+        source=dict(raw["source"]),
+        exact=exact,
+        wildcards=tuple(wildcards),
+        private=private,
+    )
 
 
 @cache
@@ -219,8 +246,14 @@ KEEP = Resolution(code="", option=None, applied="K", rule="not in table")
 class Resolver:
     """Resolve attribute keys to one action under chosen options (see the module docstring)."""
 
-    def __init__(self, table: ActionTable, options: Iterable[str | DeidOption] = (), *,
-                 compound: str = "keep_references", vr_safety_net: bool = True) -> None:
+    def __init__(
+        self,
+        table: ActionTable,
+        options: Iterable[str | DeidOption] = (),
+        *,
+        compound: str = "keep_references",
+        vr_safety_net: bool = True,
+    ) -> None:
         if compound not in ("keep_references", "remove"):
             raise ValueError(f"compound must be 'keep_references' or 'remove', not {compound!r}")
         self.table = table
@@ -240,10 +273,10 @@ class Resolver:
         if code == "X/Z/U*":
             applied = "U" if self.compound == "keep_references" else "X"
             return Resolution(code, option, applied, f"compound {code} -> {applied}", rule.name, rule.basic)
-        applied = _COMPOUND.get(code)
-        if applied is None:
+        single = _COMPOUND.get(code)
+        if single is None:
             raise ValueError(f"Table E.1-1 row {rule.tag} has an unknown action code {code!r}")
-        return Resolution(code, option, applied, f"compound {code} -> {applied}", rule.name, rule.basic)
+        return Resolution(code, option, single, f"compound {code} -> {single}", rule.name, rule.basic)
 
     def resolve(self, key: str, vr: str | None = None) -> Resolution:
         """The action for an attribute key (keyword or 8-hex tag) whose VR is ``vr``."""
@@ -280,3 +313,71 @@ class Resolver:
 def _repeater_mask(keyword: str) -> str | None:
     """The mask (``60xx3000``) of a repeating-group keyword such as ``OverlayData``."""
     return next((mask for mask, entry in RepeatersDictionary.items() if entry[4] == keyword), None)
+
+
+#: D (dummy) per VR, each valid for its VR (a test validates them with curation.model.validation).
+DUMMY: dict[str, Any] = {
+    "PN": "ANONYMOUS",
+    "LO": "ANONYMOUS",
+    "SH": "ANONYMOUS",
+    "CS": "ANONYMOUS",
+    "AE": "ANONYMOUS",
+    "ST": "ANONYMOUS",
+    "LT": "ANONYMOUS",
+    "UT": "ANONYMOUS",
+    "UC": "ANONYMOUS",
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000D",
+    "IS": "0",
+    "DS": "0",
+    "UR": "urn:anonymous",
+    "US": 0,
+    "UL": 0,
+    "SS": 0,
+    "SL": 0,
+    "SV": 0,
+    "UV": 0,
+    "FL": 0.0,
+    "FD": 0.0,
+}
+
+
+class SafePrivate:
+    """The user's safe private attributes (PS3.15 Table E.3.10-1 rows): creator, tag ``ggggxxee``, optional VR."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        missing = {"creator", "tag"} - set(table.columns)
+        if missing:
+            raise ValueError(f"safe_private needs columns creator and tag (e.g. '0019xx0C'); missing {missing}")
+        self.entries: dict[tuple[int, str, int], str | None] = {}
+        for n, (creator, tag, vr) in enumerate(
+            zip(table["creator"], table["tag"], table["vr"] if "vr" in table else [None] * len(table), strict=True)
+        ):
+            text = str(tag).replace(",", "").replace("(", "").replace(")", "").upper()
+            if not re.fullmatch(r"[0-9A-F]{4}XX[0-9A-F]{2}", text) or int(text[:4], 16) % 2 == 0:
+                raise ValueError(f"safe_private row {n}: tag {tag!r} is not a private 'ggggxxee' tag")
+            self.entries[(int(text[:4], 16), str(creator).strip(), int(text[6:], 16))] = (
+                None if vr is None or pd.isna(vr) else str(vr)
+            )
+
+    def keeps(self, key: str, creator: str | None, vr: str | None) -> bool:
+        """True when private element ``key`` (8 hex) under ``creator`` is listed (with the same VR, if given)."""
+        tag = int(key, 16)
+        group, element = tag >> 16, tag & 0xFFFF
+        if creator is None:
+            return False
+        if 0x10 <= element <= 0xFF:  # a private creator: kept when any of its elements may be
+            return any(g == group and c == creator for g, c, _ in self.entries)
+        listed = (group, creator.strip(), element & 0xFF)
+        return listed in self.entries and self.entries[listed] in (None, vr)
+
+
+def creator_key(key: str) -> str | None:
+    """The private creator element (``gggg00bb``) of a private element key ``ggggbbee`` (None for a creator)."""
+    tag = int(key, 16)
+    element = tag & 0xFFFF
+    if element < 0x1000:
+        return None
+    return f"{tag >> 16:04X}00{element >> 8:02X}"

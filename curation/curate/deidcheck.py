@@ -17,16 +17,22 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
+from curation.curate.confidentiality import DUMMY, Resolution, Resolver, SafePrivate, creator_key
 from curation.model import dictionary as dicom
 
-if TYPE_CHECKING:
-    from curation.curate.deidentification import Deidentification
+
+def normalize_text(text: str) -> str:
+    """Case-folded, punctuation-insensitive text: runs of non-alphanumerics become one space."""
+    return " ".join(re.split(r"[^0-9a-z]+", text.casefold())).strip()
+
 
 COLUMNS = ["ImageSetID", "level", "path", "code", "rule", "detail"]
+DUMMIES = frozenset(v for v in DUMMY.values() if isinstance(v, str))
 _WORD_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT", "AE", "DA", "DT"})
 
 
@@ -57,117 +63,155 @@ def _texts(value: Any) -> list[str]:
     return []
 
 
-def _old_values(result: Deidentification) -> tuple[dict[int, set[str]], set[str], dict[str, set[str]]]:
-    """From the snapshot before: values per tag, every old UID, and per patient key its identifier words."""
-    from curation.curate.deidentification import normalize_text
+@dataclass(frozen=True)
+class _Before:
+    """What verification knows of the snapshot before: values per tag, old UIDs, identifier words per image set."""
 
+    values: Mapping[int, set[str]]
+    old_uids: set[str]
+    new_values: set[str]
+    words: Mapping[str, set[str]]
+    sources: Mapping[str, str]
+
+
+def _before(before: Any, mapping: pd.DataFrame, after: Any) -> _Before:
     values: dict[int, set[str]] = defaultdict(set)
-    for document in result._before.documents.values():
+    for document in before.documents.values():
         for _, node, _ in nodes(document):
             for _, key, value in walk(node):
                 tag = dicom.tag_of(key)
                 if tag is not None:
                     values[tag].update(t for t in _texts(value) if t.strip())
-    old_uids = set(result.mapping.loc[result.mapping["kind"] == "UID", "old"])
+    uids = mapping[mapping["kind"] == "UID"]
     words: dict[str, set[str]] = defaultdict(set)
-    for kind, old, ids in zip(result.mapping["kind"], result.mapping["old"], result.mapping["image_sets"],
-                              strict=True):
-        parts = re.split(r"[\^=\s]+", old) if kind == "PatientName" else [old]
+    for kind, old, ids in zip(mapping["kind"], mapping["old"], mapping["image_sets"], strict=True):
         if kind in ("PatientID", "PatientName", "AccessionNumber"):
+            parts = re.split(r"[\^=\s]+", old) if kind == "PatientName" else [old]
             for image_set in ids:
                 words[image_set].update(normalize_text(p) for p in parts if len(normalize_text(p)) >= 3)
-    for image_set, document in result._before.documents.items():
+    for image_set, document in before.documents.items():
         birth = document["Patient"]["DICOM"].get("PatientBirthDate")
         if isinstance(birth, str) and re.fullmatch(r"\d{8}", birth.strip()):
             words[image_set].add(birth.strip())
-    return values, old_uids, words
-
-
-def verify(result: Deidentification, after: Any) -> pd.DataFrame:
-    """The findings in snapshot ``after`` (see the module docstring); an empty frame means verified."""
-    from curation.curate.deidentification import DUMMY, normalize_text
-
-    values, old_uids, words_by_set = _old_values(result)
-    new_values = set(result.mapping["new"])
-    dummies = {v for v in DUMMY.values() if isinstance(v, str)}
-    resolver = result._resolver
-    findings: list[dict[str, Any]] = []
-    sources = _sources(result, after)
+    study_of = {d["Study"]["DICOM"].get("StudyInstanceUID"): i for i, d in before.documents.items()}
+    new_to_old = dict(zip(uids["new"], uids["old"], strict=True))
+    sources = {}
     for image_set, document in after.documents.items():
-        words = words_by_set.get(sources.get(image_set, image_set), set())
+        old = new_to_old.get(document["Study"]["DICOM"].get("StudyInstanceUID"))
+        sources[image_set] = image_set if image_set in before.documents else study_of.get(old, image_set)
+    return _Before(values, set(uids["old"]), set(mapping["new"]), words, sources)
 
-        def find(level: str, path: str, code: str, rule: str, detail: str, image_set: str = image_set) -> None:
-            findings.append({"ImageSetID": image_set, "level": level, "path": path, "code": code, "rule": rule,
-                             "detail": detail})
 
+def verify(
+    after: Any, *, before: Any, mapping: pd.DataFrame, resolver: Resolver, safe: SafePrivate | None
+) -> pd.DataFrame:
+    """The findings in snapshot ``after`` (see the module docstring); an empty frame means verified.
+
+    ``before`` is the snapshot that was de-identified, ``mapping`` the run's old -> new table; an image set of
+    ``after`` that is not in ``before`` (a research copy) is matched to its source by its mapped study UID.
+    """
+    known = _before(before, mapping, after)
+    findings: list[dict[str, Any]] = []
+    for image_set, document in after.documents.items():
+        words = known.words.get(known.sources[image_set], set())
         for level, node, vrs in nodes(document):
             for path, key, value in walk(node):
-                tag = dicom.tag_of(key)
-                vr = vrs.get(key) or dicom.vr_of(key)
-                res = resolver.resolve(key, vr)
-                applied = res.applied
-                if dicom.is_private(key) and applied == "C":
-                    applied = "K" if result._safe is not None and _safe_kept(result, key, node, vr) else "X"
-                texts = _texts(value)
-                if applied == "X":
-                    find(level, path, res.code or "X", res.rule, "the profile removes it (X) but it is present")
-                    continue
-                if any(t in old_uids for t in texts):
-                    find(level, path, res.code, res.rule, "an old UID remains")
-                if applied in ("Z", "D") and tag is not None:
-                    kept = [t for t in texts if t in values[tag] and t not in dummies and t not in new_values]
-                    if kept:
-                        find(level, path, res.code, res.rule, f"action {res.code} but the old value is kept")
-                if vr in _WORD_VRS and words:
-                    padded = " ".join(f" {normalize_text(t)} " for t in texts)
-                    leaked = sorted(w for w in words if f" {w} " in padded)
-                    if leaked:
-                        find(level, path, res.code or "K", res.rule, "an old identifier of the patient is in the "
-                             "text")
-        for series_uid, series in document["Study"]["Series"].items():
-            if series_uid in old_uids:
-                find("Series", "SeriesInstanceUID (key)", "U", "table", "an old UID remains")
-            for sop in series["Instances"]:
-                if sop in old_uids:
-                    find("Instance", "SOPInstanceUID (key)", "U", "table", "an old UID remains")
+                detail, res = _finding(key, value, node, vrs, known, words, resolver, safe)
+                if detail:
+                    findings.append(
+                        {
+                            "ImageSetID": image_set,
+                            "level": level,
+                            "path": path,
+                            "code": res.code or res.applied,
+                            "rule": res.rule,
+                            "detail": detail,
+                        }
+                    )
+        findings.extend(_key_findings(image_set, document, known.old_uids))
         findings.extend(_marker_findings(image_set, document))
     return pd.DataFrame(findings, columns=COLUMNS)
 
 
-def _sources(result: Deidentification, after: Any) -> dict[str, str]:
-    """after image set -> the before image set it comes from (same ID, or the same mapped StudyInstanceUID)."""
-    before = result._before
-    out = {i: i for i in after.documents if i in before.documents}
-    study_of = {}
-    for image_set, document in before.documents.items():
-        old = document["Study"]["DICOM"].get("StudyInstanceUID")
-        study_of[old] = image_set
-    uid_map = dict(zip(result.mapping.loc[result.mapping["kind"] == "UID", "new"],
-                       result.mapping.loc[result.mapping["kind"] == "UID", "old"], strict=True))
-    for image_set, document in after.documents.items():
-        if image_set not in out:
-            old = uid_map.get(document["Study"]["DICOM"].get("StudyInstanceUID"))
-            if old in study_of:
-                out[image_set] = study_of[old]
+def _finding(
+    key: str,
+    value: Any,
+    node: Mapping[str, Any],
+    vrs: Mapping[str, str],
+    known: _Before,
+    words: set[str],
+    resolver: Resolver,
+    safe: SafePrivate | None,
+) -> tuple[str, Resolution]:
+    """What is wrong with one attribute ("" when nothing), and its resolution."""
+    vr = vrs.get(key) or dicom.vr_of(key)
+    res = resolver.resolve(key, vr)
+    applied = res.applied
+    if dicom.is_private(key) and applied == "C":
+        creator = node.get(creator_key(key) or key)
+        kept = safe is not None and safe.keeps(key, creator if isinstance(creator, str) else None, vr)
+        applied = "K" if kept else "X"
+    if applied == "X":
+        return "the profile removes it (X) but it is present", res
+    texts = _texts(value)
+    if any(t in known.old_uids for t in texts):
+        return "an old UID remains", res
+    tag = dicom.tag_of(key)
+    if applied in ("Z", "D") and tag is not None:
+        old = known.values.get(tag, set())
+        if any(t in old and t not in DUMMIES and t not in known.new_values for t in texts):
+            return f"action {res.code} but the old value is kept", res
+    if vr in _WORD_VRS and words:
+        padded = " ".join(f" {normalize_text(t)} " for t in texts)
+        if any(f" {w} " in padded for w in words):
+            return "an old identifier of the patient is in the text", res
+    return "", res
+
+
+def _key_findings(image_set: str, document: Mapping[str, Any], old_uids: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for series_uid, series in document["Study"]["Series"].items():
+        keys = [("Series", "SeriesInstanceUID (key)", series_uid)]
+        keys += [("Instance", "SOPInstanceUID (key)", sop) for sop in series["Instances"]]
+        out += [
+            {
+                "ImageSetID": image_set,
+                "level": level,
+                "path": path,
+                "code": "U",
+                "rule": "table",
+                "detail": "an old UID remains",
+            }
+            for level, path, uid in keys
+            if uid in old_uids
+        ]
     return out
-
-
-def _safe_kept(result: Deidentification, key: str, node: Mapping[str, Any], vr: str | None) -> bool:
-    from curation.curate.deidentification import creator_key
-
-    assert result._safe is not None
-    creator = node.get(creator_key(key) or key)
-    return result._safe.keeps(key, creator if isinstance(creator, str) else None, vr)
 
 
 def _marker_findings(image_set: str, document: Mapping[str, Any]) -> list[dict[str, Any]]:
     patient = document["Patient"]["DICOM"]
     out = []
     if patient.get("PatientIdentityRemoved") != "YES":
-        out.append({"ImageSetID": image_set, "level": "Patient", "path": "PatientIdentityRemoved", "code": "",
-                    "rule": "PS3.15 E.1.1", "detail": "PatientIdentityRemoved is not YES"})
+        out.append(
+            {
+                "ImageSetID": image_set,
+                "level": "Patient",
+                "path": "PatientIdentityRemoved",
+                "code": "",
+                "rule": "PS3.15 E.1.1",
+                "detail": "PatientIdentityRemoved is not YES",
+            }
+        )
     codes = patient.get("DeidentificationMethodCodeSequence") or []
     if not any(isinstance(i, dict) and i.get("CodeValue") == "113100" for i in codes):
-        out.append({"ImageSetID": image_set, "level": "Patient", "path": "DeidentificationMethodCodeSequence",
-                    "code": "", "rule": "PS3.15 E.1.1", "detail": "no 113100 (Basic Profile) code item"})
+        out.append(
+            {
+                "ImageSetID": image_set,
+                "level": "Patient",
+                "path": "DeidentificationMethodCodeSequence",
+                "code": "",
+                "rule": "PS3.15 E.1.1",
+                "detail": "no 113100 (Basic Profile) code item",
+            }
+        )
     return out

@@ -40,12 +40,16 @@ from typing import Any
 import pandas as pd
 
 from curation.curate.confidentiality import (
-    CID7050,
+    DUMMY,
     DeidOption,
     Resolution,
     Resolver,
+    SafePrivate,
+    cid7050,
+    creator_key,
     load_table,
 )
+from curation.curate.deidcheck import normalize_text, verify
 from curation.curate.pseudonyms import DateShift, Pseudonyms
 from curation.frames.cells import REMOVE, freeze, is_empty, thaw
 from curation.model import dictionary as dicom
@@ -55,18 +59,13 @@ from curation.model.missing import NULL, is_absent
 MARKER_TOOL = "ahi-curation deidentify 1"
 #: Identifiers that must stay joinable: Z/D gives them a pseudonym (PatientName gets the PatientID's).
 PSEUDONYM_KINDS = frozenset({"PatientID", "PatientName", "AccessionNumber", "StudyID"})
-#: D (dummy) per VR, each valid for its VR (a test validates them with curation.model.validation).
-DUMMY: dict[str, Any] = {
-    "PN": "ANONYMOUS", "LO": "ANONYMOUS", "SH": "ANONYMOUS", "CS": "ANONYMOUS", "AE": "ANONYMOUS",
-    "ST": "ANONYMOUS", "LT": "ANONYMOUS", "UT": "ANONYMOUS", "UC": "ANONYMOUS", "DA": "19000101",
-    "TM": "000000", "DT": "19000101000000", "AS": "000D", "IS": "0", "DS": "0", "UR": "urn:anonymous",
-    "US": 0, "UL": 0, "SS": 0, "SL": 0, "SV": 0, "UV": 0, "FL": 0.0, "FD": 0.0,
-}
-TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
-                      "UR", "UT"})
+TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 CLEANABLE_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT", "CS"})
 _DROP = object()  # an item attribute removed
 _SAME = object()  # a cell left as it is
+DEFAULT_SHIFT = DateShift()
 _INDEX_UIDS = {"series": "SeriesInstanceUID", "instances": "SOPInstanceUID"}
 
 
@@ -79,11 +78,6 @@ class CleanContext:
 
 
 Cleaner = Callable[[str, CleanContext], str | None]
-
-
-def normalize_text(text: str) -> str:
-    """Case-folded, punctuation-insensitive text: runs of non-alphanumerics become one space."""
-    return " ".join(re.split(r"[^0-9a-z]+", text.casefold())).strip()
 
 
 def default_cleaner(value: str, context: CleanContext) -> str | None:
@@ -103,7 +97,7 @@ class PHIFrame(pd.DataFrame):
         return "PHI: old identifiers and UIDs; keep with the source data\n" + super().__repr__()
 
     def _repr_html_(self) -> str | None:
-        html = super()._repr_html_()
+        html = super()._repr_html_()  # type: ignore[misc]
         return "<p><b>PHI</b>: old identifiers and UIDs; keep with the source data</p>" + (html or "")
 
 
@@ -136,56 +130,18 @@ class Deidentification:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name} {frame.shape[0]}x{frame.shape[1]}" for name, frame in self.frames.items())
-        return (f"Deidentification(PS3.15 {self.edition}, options={[o.value for o in self.options]}, "
-                f"frames: {sizes or 'none'}, {len(self.mapping)} mapped values (PHI), "
-                f"{len(self.skipped)} skipped image set(s))")
+        return (
+            f"Deidentification(PS3.15 {self.edition}, options={[o.value for o in self.options]}, "
+            f"frames: {sizes or 'none'}, {len(self.mapping)} mapped values (PHI), "
+            f"{len(self.skipped)} skipped image set(s))"
+        )
 
     def verify(self, after: Any) -> pd.DataFrame:
         """Findings in ``after`` (a Snapshot fetched after apply) against Table E.1-1; empty = verified.
 
-        See ``curation.curate.deidcheck.verify`` for what is checked.
+        See ``curation.curate.deidcheck`` for what is checked.
         """
-        from curation.curate.deidcheck import verify
-
-        return verify(self, after)
-
-
-class SafePrivate:
-    """The user's safe private attributes (PS3.15 Table E.3.10-1 rows): creator, tag ``ggggxxee``, optional VR."""
-
-    def __init__(self, table: pd.DataFrame) -> None:
-        missing = {"creator", "tag"} - set(table.columns)
-        if missing:
-            raise ValueError(f"safe_private needs columns creator and tag (e.g. '0019xx0C'); missing {missing}")
-        self.entries: dict[tuple[int, str, int], str | None] = {}
-        for n, (creator, tag, vr) in enumerate(zip(table["creator"], table["tag"],
-                                                  table["vr"] if "vr" in table else [None] * len(table),
-                                                  strict=True)):
-            text = str(tag).replace(",", "").replace("(", "").replace(")", "").upper()
-            if not re.fullmatch(r"[0-9A-F]{4}XX[0-9A-F]{2}", text) or int(text[:4], 16) % 2 == 0:
-                raise ValueError(f"safe_private row {n}: tag {tag!r} is not a private 'ggggxxee' tag")
-            self.entries[(int(text[:4], 16), str(creator).strip(), int(text[6:], 16))] = (
-                None if vr is None or is_absent(vr) else str(vr))
-
-    def keeps(self, key: str, creator: str | None, vr: str | None) -> bool:
-        """True when private element ``key`` (8 hex) under ``creator`` is listed (with the same VR, if given)."""
-        tag = int(key, 16)
-        group, element = tag >> 16, tag & 0xFFFF
-        if creator is None:
-            return False
-        if 0x10 <= element <= 0xFF:  # a private creator: kept when any of its elements may be
-            return any(g == group and c == creator for g, c, _ in self.entries)
-        listed = (group, creator.strip(), element & 0xFF)
-        return listed in self.entries and self.entries[listed] in (None, vr)
-
-
-def creator_key(key: str) -> str | None:
-    """The private creator element (``gggg00bb``) of a private element key ``ggggbbee`` (None for a creator)."""
-    tag = int(key, 16)
-    element = tag & 0xFFFF
-    if element < 0x1000:
-        return None
-    return f"{tag >> 16:04X}00{element >> 8:02X}"
+        return verify(after, before=self._before, mapping=self.mapping, resolver=self._resolver, safe=self._safe)
 
 
 # --- values ------------------------------------------------------------------------------------------------
@@ -231,8 +187,15 @@ def _rebuild(value: Any, items: list[str], joined: bool) -> Any:
 class _Editor:
     """One de-identification run: resolves, transforms and records (actions, mapping, review)."""
 
-    def __init__(self, resolver: Resolver, keys: Pseudonyms, patients: Mapping[str, _Patient],
-                 safe: SafePrivate | None, cleaner: Cleaner, pseudonyms: Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        keys: Pseudonyms,
+        patients: Mapping[str, _Patient],
+        safe: SafePrivate | None,
+        cleaner: Cleaner,
+        pseudonyms: Mapping[str, str] | None,
+    ) -> None:
         self.resolver, self.keys, self.patients = resolver, keys, patients
         self.safe, self.cleaner, self.lookup = safe, cleaner, dict(pseudonyms or {})
         self.actions: dict[tuple[str, str], dict[str, Any]] = {}
@@ -243,16 +206,27 @@ class _Editor:
 
     # --- bookkeeping --------------------------------------------------------------------------------------
 
-    def record(self, level: str, path: str, key: str, vr: str | None, res: Resolution, image_set: str,
-               rule: str | None = None) -> None:
+    def record(
+        self, level: str, path: str, key: str, vr: str | None, res: Resolution, image_set: str, rule: str | None = None
+    ) -> None:
         entry = self.actions.get((level, path))
         if entry is None:
             tag = dicom.tag_of(key)
             entry = self.actions[(level, path)] = {
-                "level": level, "path": path, "tag": f"{tag:08X}" if tag is not None else "",
-                "keyword": dicom.keyword_of(key) or "", "name": res.name, "vr": vr or "", "basic": res.basic,
-                "option": res.option or "", "code": res.code, "applied": res.applied, "rule": rule or res.rule,
-                "image_sets": set(), "occurrences": 0}
+                "level": level,
+                "path": path,
+                "tag": f"{tag:08X}" if tag is not None else "",
+                "keyword": dicom.keyword_of(key) or "",
+                "name": res.name,
+                "vr": vr or "",
+                "basic": res.basic,
+                "option": res.option or "",
+                "code": res.code,
+                "applied": res.applied,
+                "rule": rule or res.rule,
+                "image_sets": set(),
+                "occurrences": 0,
+            }
         entry["image_sets"].add(image_set)
         entry["occurrences"] += 1
 
@@ -277,8 +251,19 @@ class _Editor:
 
     # --- one value ----------------------------------------------------------------------------------------
 
-    def value(self, key: str, vr: str | None, value: Any, res: Resolution, image_set: str, *,
-              joined: bool, top: bool, level: str, path: str) -> Any:
+    def value(
+        self,
+        key: str,
+        vr: str | None,
+        value: Any,
+        res: Resolution,
+        image_set: str,
+        *,
+        joined: bool,
+        top: bool,
+        level: str,
+        path: str,
+    ) -> Any:
         """The new value of one attribute (``_DROP`` to remove it, ``_SAME`` to keep it as it is)."""
         action = res.applied
         if dicom.is_private(key):
@@ -298,7 +283,7 @@ class _Editor:
             dummy = DUMMY.get(vr or "")
             if dummy is None:
                 return ("" if isinstance(value, str) else NULL) if top else None
-            return dummy if not joined or isinstance(dummy, str) else dummy
+            return dummy
         texts = _texts(value, joined)
         if action == "U":
             return _SAME if texts is None else _rebuild(value, [self.uid(t, image_set) for t in texts], joined)
@@ -311,8 +296,17 @@ class _Editor:
         creator = self.creators.get(creator_key(key) or key)
         return "K" if self.safe.keeps(key, creator, vr) else "X"
 
-    def clean(self, key: str, vr: str | None, value: Any, texts: list[str] | None, patient: _Patient, *,
-              joined: bool, top: bool) -> Any:
+    def clean(
+        self,
+        key: str,
+        vr: str | None,
+        value: Any,
+        texts: list[str] | None,
+        patient: _Patient,
+        *,
+        joined: bool,
+        top: bool,
+    ) -> Any:
         """C: dates shifted, times kept, text through the cleaner, anything else removed."""
         if vr in ("DA", "DT") and texts is not None:
             shift = shift_date if vr == "DA" else shift_datetime
@@ -346,8 +340,9 @@ class _Editor:
                 vr = dicom.vr_of(key)
                 res = self.resolver.resolve(key, vr)
                 self.record(level, f"{path}>{key}", key, vr, res, image_set)
-                new = self.value(key, vr, nested, res, image_set, joined=False, top=False, level=level,
-                                 path=f"{path}>{key}")
+                new = self.value(
+                    key, vr, nested, res, image_set, joined=False, top=False, level=level, path=f"{path}>{key}"
+                )
                 if new is _DROP:
                     continue
                 out[key] = nested if new is _SAME else thaw(new) if isinstance(new, tuple) else new
@@ -359,19 +354,21 @@ class _Editor:
 
 def _creators_of(row: Mapping[str, Any]) -> dict[str, str]:
     """The private creator values (``gggg00bb`` keys, 0x10 <= bb <= 0xFF) of a row or item."""
-    return {k: v for k, v in row.items()
-            if isinstance(v, str) and dicom.is_private(k) and 0x10 <= int(k[4:], 16) <= 0xFF}
+    return {
+        k: v for k, v in row.items() if isinstance(v, str) and dicom.is_private(k) and 0x10 <= int(k[4:], 16) <= 0xFF
+    }
 
 
 # --- frames ------------------------------------------------------------------------------------------------
 
 
-def _column_values(editor: _Editor, snapshot: Any, frame: pd.DataFrame, column: str, ids: list[str],
-                   level: str) -> dict[int, Any]:
+def _column_values(
+    editor: _Editor, snapshot: Any, frame: pd.DataFrame, column: str, ids: list[str], level: str
+) -> dict[int, Any]:
     """{row position: new cell} for one column of a frame."""
     key, vr = column, snapshot.vr(column)
     res = editor.resolver.resolve(key, vr)
-    joined = isinstance(frame[column].dtype, pd.StringDtype) and not (dicom.vm_of(key) in (None, "1"))
+    joined = isinstance(frame[column].dtype, pd.StringDtype) and dicom.vm_of(key) not in (None, "1")
     changed: dict[int, Any] = {}
     ck = (creator_key(key) or key) if dicom.is_private(key) else None
     creators = frame[ck].tolist() if editor.safe is not None and ck in frame.columns else None
@@ -422,8 +419,9 @@ def _edited_frame(frame: pd.DataFrame, changes: dict[str, dict[int, Any]]) -> pd
             cells[position[n]] = new
         text = all(isinstance(c, str) or is_absent(c) for c in cells)
         if text and (dtype is None or isinstance(dtype, pd.StringDtype)):
-            out[column] = pd.array([None if is_absent(c) else c for c in cells],
-                                   dtype=dtype or pd.StringDtype(na_value=float("nan")))
+            out[column] = pd.array(
+                [None if is_absent(c) else c for c in cells], dtype=dtype or pd.StringDtype(na_value=float("nan"))
+            )
         else:
             series = pd.Series(index=out.index, dtype=object)
             series[:] = cells  # tuples stay cells, not rows
@@ -433,8 +431,12 @@ def _edited_frame(frame: pd.DataFrame, changes: dict[str, dict[int, Any]]) -> pd
 
 def _marker(options: tuple[DeidOption, ...], edition: str, fingerprint: str) -> list[str]:
     """Our DeidentificationMethod values (each within LO's 64 characters)."""
-    return [MARKER_TOOL, f"PS3.15 {edition} Table E.1-1", f"secret fingerprint {fingerprint}",
-            *(CID7050[o].meaning for o in options)]
+    return [
+        MARKER_TOOL,
+        f"PS3.15 {edition} Table E.1-1",
+        f"secret fingerprint {fingerprint}",
+        *(cid7050()[o].meaning for o in options),
+    ]
 
 
 def _marker_state(methods: Any, marker: list[str]) -> str | None:
@@ -442,7 +444,7 @@ def _marker_state(methods: Any, marker: list[str]) -> str | None:
     values = methods.split("\\") if isinstance(methods, str) else list(methods or ())
     if MARKER_TOOL not in values:
         return None
-    ours = values[values.index(MARKER_TOOL):]
+    ours = values[values.index(MARKER_TOOL) :]
     if ours[: len(marker)] == marker and len(ours) == len(marker):
         return "same"
     return "de-identified by ahi-curation with another edition, secret or options: " + "; ".join(ours[1:])
@@ -473,10 +475,11 @@ def _identifiers(rows: Iterable[Mapping[str, Any]]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _patients(studies: pd.DataFrame, keys: Pseudonyms, shift: DateShift,
-              lookup: Mapping[str, str] | None) -> dict[str, _Patient]:
+def _patients(
+    studies: pd.DataFrame, keys: Pseudonyms, shift: DateShift, lookup: Mapping[str, str] | None
+) -> dict[str, _Patient]:
     """image set -> its patient (PS3.15 E.3.6: one offset per patient; no PatientID: one per study)."""
-    rows = studies.reset_index().to_dict("records")
+    rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()} for r in studies.reset_index().to_dict("records")]
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     key_of: dict[str, str] = {}
     for row in rows:
@@ -492,16 +495,17 @@ def _patients(studies: pd.DataFrame, keys: Pseudonyms, shift: DateShift,
             subject = lookup[pid]
         else:
             subject = keys.pseudonym("PatientID", pid) if pid.strip() else keys.pseudonym("PatientName", name)
-        out[image_set] = _Patient(key=key, days=keys.day_shift(key, shift), subject=subject,
-                                  identifiers=_identifiers(groups[key]))
+        out[image_set] = _Patient(
+            key=key, days=keys.day_shift(key, shift), subject=subject, identifiers=_identifiers(groups[key])
+        )
     return out
 
 
 def _split_marked(studies: pd.DataFrame, marker: list[str], redo: bool) -> tuple[list[str], pd.DataFrame]:
     """(image sets to edit, skipped table): ours with the same marker are skipped, another of ours refused."""
     targets, skipped = [], []
-    methods = studies["DeidentificationMethod"] if "DeidentificationMethod" in studies else None
-    removed = studies["PatientIdentityRemoved"] if "PatientIdentityRemoved" in studies else None
+    methods = studies.get("DeidentificationMethod")
+    removed = studies.get("PatientIdentityRemoved")
     for n, image_set in enumerate(studies.index):
         state = None
         if methods is not None and removed is not None and removed.iloc[n] == "YES":
@@ -509,19 +513,22 @@ def _split_marked(studies: pd.DataFrame, marker: list[str], redo: bool) -> tuple
         if state is None or redo:
             targets.append(image_set)
         elif state == "same":
-            skipped.append({"ImageSetID": image_set, "reason": "already de-identified with this secret, table "
-                            "edition and options"})
+            skipped.append(
+                {"ImageSetID": image_set, "reason": "already de-identified with this secret, table edition and options"}
+            )
         else:
             raise ValueError(f"image set {image_set}: {state} (deidentify(..., redo=True) de-identifies again)")
     return targets, pd.DataFrame(skipped, columns=["ImageSetID", "reason"])
 
 
-def _marker_columns(studies: pd.DataFrame, marker: list[str],
-                    options: tuple[DeidOption, ...]) -> dict[str, dict[int, Any]]:
+def _marker_columns(
+    studies: pd.DataFrame, marker: list[str], options: tuple[DeidOption, ...]
+) -> dict[str, dict[int, Any]]:
     """PatientIdentityRemoved, DeidentificationMethod and its code sequence for every edited image set."""
-    codes = [CID7050["basic"], *(CID7050[o] for o in options)]
-    ours = [{"CodeValue": c.value, "CodingSchemeDesignator": c.scheme_designator, "CodeMeaning": c.meaning}
-            for c in codes]
+    codes = [cid7050()["basic"], *(cid7050()[o] for o in options)]
+    ours = [
+        {"CodeValue": c.value, "CodingSchemeDesignator": c.scheme_designator, "CodeMeaning": c.meaning} for c in codes
+    ]
     removed, methods, sequences = {}, {}, {}
     for n in range(len(studies)):
         row = studies.iloc[n]
@@ -530,14 +537,19 @@ def _marker_columns(studies: pd.DataFrame, marker: list[str],
         old = row.get("DeidentificationMethod")
         values = [v for v in (old.split("\\") if isinstance(old, str) and old else []) if v not in marker]
         methods[n] = "\\".join([*values, *marker])
-        items = [thaw(i) for i in row.get("DeidentificationMethodCodeSequence") or ()
-                 if isinstance(i, Mapping)] if isinstance(row.get("DeidentificationMethodCodeSequence"),
-                                                           tuple) else []
+        items = (
+            [thaw(i) for i in row.get("DeidentificationMethodCodeSequence") or () if isinstance(i, Mapping)]
+            if isinstance(row.get("DeidentificationMethodCodeSequence"), tuple)
+            else []
+        )
         seen = {(i.get("CodeValue"), i.get("CodingSchemeDesignator")) for i in items}
         items += [i for i in ours if (i["CodeValue"], i["CodingSchemeDesignator"]) not in seen]
         sequences[n] = freeze(items)
-    return {"PatientIdentityRemoved": removed, "DeidentificationMethod": methods,
-            "DeidentificationMethodCodeSequence": sequences}
+    return {
+        "PatientIdentityRemoved": removed,
+        "DeidentificationMethod": methods,
+        "DeidentificationMethodCodeSequence": sequences,
+    }
 
 
 def deidentify(
@@ -548,7 +560,7 @@ def deidentify(
     profile: str = "basic",
     safe_private: pd.DataFrame | None = None,
     cleaner: Cleaner | None = None,
-    date_shift: DateShift = DateShift(),
+    date_shift: DateShift = DEFAULT_SHIFT,
     compound: str = "keep_references",
     vr_safety_net: bool = True,
     pseudonyms: Mapping[str, str] | None = None,
@@ -566,8 +578,10 @@ def deidentify(
     table = load_table()
     resolver = Resolver(table, options, compound=compound, vr_safety_net=vr_safety_net)
     if DeidOption.RETAIN_SAFE_PRIVATE in resolver.options and safe_private is None:
-        raise ValueError("retain_safe_private needs safe_private=: a table of (creator, tag, vr) rows from "
-                         "PS3.15 Table E.3.10-1, which no package ships as data")
+        raise ValueError(
+            "retain_safe_private needs safe_private=: a table of (creator, tag, vr) rows from "
+            "PS3.15 Table E.3.10-1, which no package ships as data"
+        )
     keys = Pseudonyms(secret)
     marker = _marker(resolver.options, table.edition, keys.fingerprint)
     all_studies = snapshot.studies
@@ -583,9 +597,19 @@ def deidentify(
     mapping = _mapping_table(editor, patients)
     _check_collisions(editor)
     return Deidentification(
-        frames=frames, actions=_actions_table(editor), mapping=mapping, skipped=skipped,
-        review=_review_table(editor), warnings=_warnings(snapshot, set(targets)), options=resolver.options,
-        edition=table.edition, fingerprint=keys.fingerprint, _resolver=resolver, _safe=safe, _before=snapshot)
+        frames=frames,
+        actions=_actions_table(editor),
+        mapping=mapping,
+        skipped=skipped,
+        review=_review_table(editor),
+        warnings=_warnings(snapshot, set(targets)),
+        options=resolver.options,
+        edition=table.edition,
+        fingerprint=keys.fingerprint,
+        _resolver=resolver,
+        _safe=safe,
+        _before=snapshot,
+    )
 
 
 def _edit_frames(editor: _Editor, snapshot: Any, targets: set[str]) -> dict[str, pd.DataFrame]:
@@ -625,8 +649,7 @@ def _check_collisions(editor: _Editor) -> None:
     for (kind, old), (new, _) in editor.mapping.items():
         seen = by_kind[kind].get(new)
         if seen is not None and seen != old and kind not in ("PatientName",):
-            raise ValueError(f"{kind} pseudonyms collide: {seen!r} and {old!r} both map to {new!r}; use another "
-                             "secret")
+            raise ValueError(f"{kind} pseudonyms collide: {seen!r} and {old!r} both map to {new!r}; use another secret")
         by_kind[kind][new] = old
     old_uids = {old for (kind, old) in editor.mapping if kind == "UID"}
     clash = old_uids & set(by_kind["UID"])
@@ -635,26 +658,50 @@ def _check_collisions(editor: _Editor) -> None:
 
 
 def _mapping_table(editor: _Editor, patients: Mapping[str, _Patient]) -> PHIFrame:
-    rows = [{"kind": kind, "old": old, "new": new, "image_sets": tuple(sorted(ids))}
-            for (kind, old), (new, ids) in editor.mapping.items()]
+    rows = [
+        {"kind": kind, "old": old, "new": new, "image_sets": tuple(sorted(ids))}
+        for (kind, old), (new, ids) in editor.mapping.items()
+    ]
     shifts: dict[str, tuple[int, set[str]]] = {}
     for image_set, patient in patients.items():
         shifts.setdefault(patient.key, (patient.days, set()))[1].add(image_set)
-    rows += [{"kind": "date shift (days)", "old": key.replace("\x00", "/").rstrip("/"), "new": str(days),
-              "image_sets": tuple(sorted(ids))} for key, (days, ids) in shifts.items()]
+    rows += [
+        {
+            "kind": "date shift (days)",
+            "old": key.replace("\x00", "/").rstrip("/"),
+            "new": str(days),
+            "image_sets": tuple(sorted(ids)),
+        }
+        for key, (days, ids) in shifts.items()
+    ]
     return PHIFrame(rows, columns=["kind", "old", "new", "image_sets"])
 
 
 def _actions_table(editor: _Editor) -> pd.DataFrame:
-    columns = ["level", "path", "tag", "keyword", "name", "vr", "basic", "option", "code", "applied", "rule",
-               "image_sets", "occurrences"]
+    columns = [
+        "level",
+        "path",
+        "tag",
+        "keyword",
+        "name",
+        "vr",
+        "basic",
+        "option",
+        "code",
+        "applied",
+        "rule",
+        "image_sets",
+        "occurrences",
+    ]
     rows = [{**entry, "image_sets": len(entry["image_sets"])} for entry in editor.actions.values()]
     return pd.DataFrame(rows, columns=columns)
 
 
 def _review_table(editor: _Editor) -> pd.DataFrame:
-    rows = [{"attribute": a, "value": old, "cleaned": new, "kept": old == new, "count": n}
-            for (a, old, new), n in sorted(editor.review.items())]
+    rows = [
+        {"attribute": a, "value": old, "cleaned": new, "kept": old == new, "count": n}
+        for (a, old, new), n in sorted(editor.review.items())
+    ]
     return pd.DataFrame(rows, columns=["attribute", "value", "cleaned", "kept", "count"])
 
 
@@ -665,6 +712,11 @@ def _warnings(snapshot: Any, targets: set[str]) -> pd.DataFrame:
     if "BurnedInAnnotation" in instances.columns:
         burned = instances[instances["BurnedInAnnotation"] == "YES"]
         for image_set in sorted(set(burned.index.get_level_values("ImageSetID")) & targets):
-            rows.append({"ImageSetID": image_set, "warning": "BurnedInAnnotation YES: the pixel data may show "
-                         "identifiers (Clean Pixel Data is not possible through metadata updates)"})
+            rows.append(
+                {
+                    "ImageSetID": image_set,
+                    "warning": "BurnedInAnnotation YES: the pixel data may show "
+                    "identifiers (Clean Pixel Data is not possible through metadata updates)",
+                }
+            )
     return pd.DataFrame(rows, columns=["ImageSetID", "warning"])
