@@ -279,7 +279,9 @@ class _Editor:
             if key in PSEUDONYM_KINDS and isinstance(value, str):
                 return self.pseudonym(key, value, patient, image_set)
             return ("" if isinstance(value, str) else NULL) if top else None
-        if action == "D":
+        if action == "D" and vr == "UI":
+            action = "U"  # a dummy consistent with the VR: for a UID, a new one (PS3.15 E.1.1)
+        elif action == "D":
             dummy = DUMMY.get(vr or "")
             if dummy is None:
                 return ("" if isinstance(value, str) else NULL) if top else None
