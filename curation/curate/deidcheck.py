@@ -33,6 +33,10 @@ def normalize_text(text: str) -> str:
 
 COLUMNS = ["ImageSetID", "level", "path", "code", "rule", "detail"]
 DUMMIES = frozenset(v for v in DUMMY.values() if isinstance(v, str))
+#: Code item attributes: terms of controlled vocabularies, not free text (no identifier search in them).
+CODED = frozenset(
+    {"CodeValue", "CodingSchemeDesignator", "CodingSchemeVersion", "CodeMeaning", "LongCodeValue", "URNCodeValue"}
+)
 _WORD_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT", "AE", "DA", "DT"})
 
 
@@ -154,14 +158,14 @@ def _finding(
     if applied == "X":
         return "the profile removes it (X) but it is present", res
     texts = _texts(value)
-    if any(t in known.old_uids for t in texts):
+    if applied == "U" and any(t in known.old_uids for t in texts):
         return "an old UID remains", res
     tag = dicom.tag_of(key)
     if applied in ("Z", "D") and tag is not None:
         old = known.values.get(tag, set())
         if any(t in old and t not in DUMMIES and t not in known.new_values for t in texts):
             return f"action {res.code} but the old value is kept", res
-    if vr in _WORD_VRS and words:
+    if vr in _WORD_VRS and words and key not in CODED:
         padded = " ".join(f" {normalize_text(t)} " for t in texts)
         if any(f" {w} " in padded for w in words):
             return "an old identifier of the patient is in the text", res

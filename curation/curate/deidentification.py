@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from curation.curate.confidentiality import (
@@ -410,7 +411,8 @@ def _edited_frame(frame: pd.DataFrame, changes: dict[str, dict[int, Any]]) -> pd
         return None
     rows = sorted({n for values in changes.values() for n in values})
     position = {n: i for i, n in enumerate(rows)}
-    out = pd.DataFrame(index=frame.index[rows])
+    index = frame.index[rows]
+    columns: dict[str, Any] = {}
     for column, values in changes.items():
         if column in frame.columns:
             cells = frame[column].iloc[rows].tolist()
@@ -421,13 +423,14 @@ def _edited_frame(frame: pd.DataFrame, changes: dict[str, dict[int, Any]]) -> pd
             cells[position[n]] = new
         text = all(isinstance(c, str) or is_absent(c) for c in cells)
         if text and (dtype is None or isinstance(dtype, pd.StringDtype)):
-            out[column] = pd.array(
+            columns[column] = pd.array(
                 [None if is_absent(c) else c for c in cells], dtype=dtype or pd.StringDtype(na_value=float("nan"))
             )
         else:
-            series = pd.Series(index=out.index, dtype=object)
-            series[:] = cells  # tuples stay cells, not rows
-            out[column] = series
+            array = np.empty(len(cells), dtype=object)
+            array[:] = cells  # tuples stay cells, not rows
+            columns[column] = array
+    out = pd.DataFrame(columns, index=index)
     return out
 
 
@@ -443,7 +446,10 @@ def _marker(options: tuple[DeidOption, ...], edition: str, fingerprint: str) -> 
 
 def _marker_state(methods: Any, marker: list[str]) -> str | None:
     """None: not ours; "same": ours with this edition, secret and options; else what differs."""
-    values = methods.split("\\") if isinstance(methods, str) else list(methods or ())
+    if isinstance(methods, str):
+        values = methods.split("\\")
+    else:
+        values = list(methods) if isinstance(methods, tuple | list) else []
     if MARKER_TOOL not in values:
         return None
     ours = values[values.index(MARKER_TOOL) :]

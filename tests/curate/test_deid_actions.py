@@ -27,24 +27,47 @@ SECRET = "another test secret, thirty-two bytes or more"
 KEYS = Pseudonyms(SECRET)
 
 
-def _document(image_set: str, patient: str, name: str, study: str, series: str, sop: str,
-              description: str) -> dict[str, Any]:
+def _document(
+    image_set: str, patient: str, name: str, study: str, series: str, sop: str, description: str
+) -> dict[str, Any]:
     doc = json.loads((REFERENCE / "ct-2025-htj2k-1-instance.json").read_text())
     doc["ImageSetID"] = image_set
-    doc["Patient"]["DICOM"] = {"PatientName": name, "PatientID": patient, "PatientBirthDate": "19700215",
-                               "PatientSex": "F", "OtherPatientIDs": "MRN-7", "PatientComments": "x"}
-    doc["Study"]["DICOM"].update({"StudyInstanceUID": study, "StudyDate": "20230417", "AccessionNumber": "ACC9",
-                                  "StudyDescription": "CT chest", "PatientAge": "053Y"})
+    doc["Patient"]["DICOM"] = {
+        "PatientName": name,
+        "PatientID": patient,
+        "PatientBirthDate": "19700215",
+        "PatientSex": "F",
+        "OtherPatientIDs": "MRN-7",
+        "PatientComments": "x",
+    }
+    doc["Study"]["DICOM"].update(
+        {
+            "StudyInstanceUID": study,
+            "StudyDate": "20230417",
+            "AccessionNumber": "ACC9",
+            "StudyDescription": "CT chest",
+            "PatientAge": "053Y",
+        }
+    )
     old_series = next(iter(doc["Study"]["Series"]))
     node = doc["Study"]["Series"].pop(old_series)
-    node["DICOM"].update({"SeriesInstanceUID": series, "SeriesDescription": description,
-                          "OperatorsName": "TECH^TOM"})
+    node["DICOM"].update({"SeriesInstanceUID": series, "SeriesDescription": description, "OperatorsName": "TECH^TOM"})
     old_sop = next(iter(node["Instances"]))
     instance = node["Instances"].pop(old_sop)
     dicom = instance["DICOM"]
-    dicom.update({"SOPInstanceUID": sop, "MediaStorageSOPInstanceUID": sop, "AcquisitionDateTime":
-                  "20230417101500.5+0100", "ContentDate": "1997.04.24", "ClinicalTrialSubjectID": "S-1",
-                  "00190010": "SIEMENS MR HEADER", "0019100C": "1000", "0019100D": "secret", "00291010": "x"})
+    dicom.update(
+        {
+            "SOPInstanceUID": sop,
+            "MediaStorageSOPInstanceUID": sop,
+            "AcquisitionDateTime": "20230417101500.5+0100",
+            "ContentDate": "1997.04.24",
+            "ClinicalTrialSubjectID": "S-1",
+            "00190010": "SIEMENS MR HEADER",
+            "0019100C": "1000",
+            "0019100D": "secret",
+            "00291010": "x",
+        }
+    )
     instance["DICOMVRs"] = {"00190010": "LO", "0019100C": "IS", "0019100D": "LO", "00291010": "LO"}
     node["Instances"] = {sop: instance}
     doc["Study"]["Series"] = {series: node}
@@ -111,8 +134,11 @@ def test_each_action_code_as_a_frame_edit(snap: Snapshot, basic: Deidentificatio
     # the marker
     assert cell(basic, "studies", a, "PatientIdentityRemoved") == "YES"
     methods = cell(basic, "studies", a, "DeidentificationMethod").split("\\")
-    assert methods[:3] == ["ahi-curation deidentify 1", "PS3.15 2026d Table E.1-1",
-                           f"secret fingerprint {KEYS.fingerprint}"]
+    assert methods[:3] == [
+        "ahi-curation deidentify 1",
+        "PS3.15 2026d Table E.1-1",
+        f"secret fingerprint {KEYS.fingerprint}",
+    ]
     codes = cell(basic, "studies", a, "DeidentificationMethodCodeSequence")
     assert [c["CodeValue"] for c in codes] == ["113100"]
 
@@ -173,8 +199,10 @@ def test_clean_descriptors_empties_text_naming_the_patient(snap: Snapshot) -> No
     result = deidentify(snap, secret=SECRET, options=["clean_descriptors"])
     series = result.frames["series"]
     assert series.loc[("a" * 32, "1.2.3.1.1"), "SeriesDescription"] == ""  # "Jane Doe chest"
-    assert "SeriesDescription" not in series.columns or series.loc[
-        ("b" * 32, "1.2.3.1.2"), "SeriesDescription"] == "Axial 1mm"
+    assert (
+        "SeriesDescription" not in series.columns
+        or series.loc[("b" * 32, "1.2.3.1.2"), "SeriesDescription"] == "Axial 1mm"
+    )
     review = result.review.set_index("value")
     assert not review.loc["Jane Doe chest", "kept"] and review.loc["Axial 1mm", "count"] == 2
     custom = deidentify(snap, secret=SECRET, options=["clean_descriptors"], cleaner=lambda v, c: v.upper())
@@ -205,7 +233,8 @@ def _applied(snap: Snapshot, result: Deidentification) -> Snapshot:
     documents = {i: snap.document(i) for i in snap.image_set_ids}
     for request in plan.requests:
         documents[request.image_set_id] = curation.apply_to_document(
-            documents[request.image_set_id], request.params, is_primary=False)
+            documents[request.image_set_id], request.params, is_primary=False
+        )
     after = Snapshot.from_documents(documents.values(), datastore_id=snap.datastore_id)
     after.primary = dict(snap.primary)
     return after

@@ -117,7 +117,9 @@ def test_options_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="unknown de-identification option"):
         check_options(["retain_everything"])
     assert check_options(["clean_descriptors", DeidOption.RETAIN_UIDS]) == (
-        DeidOption.RETAIN_UIDS, DeidOption.CLEAN_DESCRIPTORS)
+        DeidOption.RETAIN_UIDS,
+        DeidOption.CLEAN_DESCRIPTORS,
+    )
 
 
 def test_dummies_are_valid_values_of_their_vr() -> None:
