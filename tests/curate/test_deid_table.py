@@ -3,10 +3,10 @@ the actions under options; the HMAC pseudonyms, UIDs and day shifts."""
 
 from __future__ import annotations
 
-import importlib
 import re
 
 import pytest
+from deid_oracle import kitware_basic
 from pydicom.datadict import DicomDictionary
 from pydicom.uid import UID
 
@@ -23,17 +23,6 @@ from curation.curate.pseudonyms import DateShift, Pseudonyms, new_secret
 from curation.model.validation import value_problem
 
 SECRET = b"a test secret of at least thirty-two bytes"
-
-
-def kitware_basic() -> dict[int, str]:
-    """KitwareMedical dicom-anonymizer's Basic Profile column (its own scrape of the standard, 2026c)."""
-    db = importlib.import_module("dicomanonymizer.dicom_anonymization_databases.dicomfields_2026c")
-    out = {}
-    for name in ("D", "Z", "X", "U", "Z_D", "X_Z", "X_D", "X_Z_D", "X_Z_U_STAR"):
-        for tag in getattr(db, f"{name}_TAGS"):
-            if len(tag) == 2:
-                out[(tag[0] << 16) | tag[1]] = name.replace("_STAR", "*").replace("_", "/")
-    return out
 
 
 def test_the_table_is_edition_2026d_with_every_column() -> None:
