@@ -67,6 +67,7 @@ CLEANABLE_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT", "CS"})
 _DROP = object()  # an item attribute removed
 _SAME = object()  # a cell left as it is
 DEFAULT_SHIFT = DateShift()
+MODIFIED_FLAG = "LongitudinalTemporalInformationModified"
 _INDEX_UIDS = {"series": "SeriesInstanceUID", "instances": "SOPInstanceUID"}
 
 
@@ -634,10 +635,18 @@ def _edit_frames(editor: _Editor, snapshot: Any, targets: set[str]) -> dict[str,
             changes[column] = _column_values(editor, snapshot, frame, column, ids, level)
         if name in _INDEX_UIDS:
             changes[_INDEX_UIDS[name]] = _index_uids(editor, frame, name, ids)
+        if name == "instances" and editor.resolver.modified_dates:
+            changes[MODIFIED_FLAG] = _modified_flag(frame)
         edited = _edited_frame(frame, changes)
         if edited is not None:
             frames[name] = edited
     return frames
+
+
+def _modified_flag(frame: pd.DataFrame) -> dict[int, Any]:
+    """PS3.15 E.3.6: with Modified Dates, Longitudinal Temporal Information Modified (0028,0303) is MODIFIED."""
+    current = frame[MODIFIED_FLAG].tolist() if MODIFIED_FLAG in frame.columns else [None] * len(frame)
+    return {n: "MODIFIED" for n, value in enumerate(current) if value != "MODIFIED"}
 
 
 def _merge(edited: pd.DataFrame | None, marks: pd.DataFrame) -> pd.DataFrame:

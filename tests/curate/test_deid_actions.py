@@ -130,6 +130,7 @@ def test_each_action_code_as_a_frame_edit(snap: Snapshot, basic: Deidentificatio
     assert "StationName" not in equipment and equipment["Manufacturer"] == "PixelMed"
     # K: untouched and not in the frames
     assert "Modality" not in basic.frames["series"].columns
+    assert "LongitudinalTemporalInformationModified" not in basic.frames["instances"].columns
     assert "SOPClassUID" not in basic.frames["instances"].columns
     # the marker
     assert cell(basic, "studies", a, "PatientIdentityRemoved") == "YES"
@@ -190,9 +191,14 @@ def test_modified_dates_shift_per_patient(snap: Snapshot) -> None:
     assert instances.loc[row, "AcquisitionDateTime"] == shift_date("20230417", days["PAT-1"]) + "101500.5+0100"
     assert instances.loc[row, "ContentDate"] == ""  # "1997.04.24" does not parse: emptied, never kept
     assert "AcquisitionTime" not in instances.columns  # TM: a whole-day shift keeps it
+    assert set(instances["LongitudinalTemporalInformationModified"]) == {"MODIFIED"}  # PS3.15 E.3.6
     assert shift_date("20240301", -1) == "20240229" and shift_date("2024", -1) is None
     codes = [c["CodeValue"] for c in studies.loc["a" * 32, "DeidentificationMethodCodeSequence"]]
     assert codes == ["113100", "113107"]
+    changes = curation.diff(snap, result.frames)
+    assert changes.ok, changes.problems.to_dict("records")
+    added = changes.changes[changes.changes["attribute"] == "LongitudinalTemporalInformationModified"]
+    assert set(added["op"]) == {"add"} and len(added) == 3
 
 
 def test_clean_descriptors_empties_text_naming_the_patient(snap: Snapshot) -> None:
