@@ -68,6 +68,7 @@ _DROP = object()  # an item attribute removed
 _SAME = object()  # a cell left as it is
 DEFAULT_SHIFT = DateShift()
 MODIFIED_FLAG = "LongitudinalTemporalInformationModified"
+_MODIFIED = DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES.value
 _INDEX_UIDS = {"series": "SeriesInstanceUID", "instances": "SOPInstanceUID"}
 
 
@@ -291,7 +292,7 @@ class _Editor:
         texts = _texts(value, joined)
         if action == "U":
             return _SAME if texts is None else _rebuild(value, [self.uid(t, image_set) for t in texts], joined)
-        return self.clean(key, vr, value, texts, patient, joined=joined, top=top)
+        return self.clean(key, vr, value, texts, patient, joined=joined, top=top, dates=res.option == _MODIFIED)
 
     def _private(self, key: str, vr: str | None, action: str, image_set: str) -> str:
         if action != "C":
@@ -310,8 +311,13 @@ class _Editor:
         *,
         joined: bool,
         top: bool,
+        dates: bool = False,
     ) -> Any:
-        """C: dates shifted, times kept, text through the cleaner, anything else removed."""
+        """C: dates shifted, times kept, text through the cleaner, anything else removed.
+
+        ``dates``: the C comes from Modified Dates, whose "clean" is a shift: a non-date VR it lists
+        (TimezoneOffsetFromUTC SH, OB timestamps) cannot be shifted and is removed (the protective reading).
+        """
         if vr in ("DA", "DT") and texts is not None:
             shift = shift_date if vr == "DA" else shift_datetime
             moved = [shift(t, patient.days) if t else t for t in texts]
@@ -320,7 +326,7 @@ class _Editor:
             return _rebuild(value, [m or "" for m in moved], joined)
         if vr == "TM":
             return _SAME
-        if vr in CLEANABLE_VRS and texts is not None:
+        if vr in CLEANABLE_VRS and texts is not None and not dates:
             context = CleanContext(key, patient.identifiers)
             cleaned = [self.cleaner(t, context) for t in texts]
             for old, new in zip(texts, cleaned, strict=True):

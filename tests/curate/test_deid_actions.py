@@ -58,6 +58,7 @@ def _document(
     dicom.update(
         {
             "SOPInstanceUID": sop,
+            "TimezoneOffsetFromUTC": "-0500",
             "MediaStorageSOPInstanceUID": sop,
             "AcquisitionDateTime": "20230417101500.5+0100",
             "ContentDate": "1997.04.24",
@@ -191,6 +192,7 @@ def test_modified_dates_shift_per_patient(snap: Snapshot) -> None:
     assert instances.loc[row, "AcquisitionDateTime"] == shift_date("20230417", days["PAT-1"]) + "101500.5+0100"
     assert instances.loc[row, "ContentDate"] == ""  # "1997.04.24" does not parse: emptied, never kept
     assert "AcquisitionTime" not in instances.columns  # TM: a whole-day shift keeps it
+    assert is_remove(instances.loc[row, "TimezoneOffsetFromUTC"])  # C of Modified Dates on SH: no shift, removed
     assert set(instances["LongitudinalTemporalInformationModified"]) == {"MODIFIED"}  # PS3.15 E.3.6
     assert shift_date("20240301", -1) == "20240229" and shift_date("2024", -1) is None
     codes = [c["CodeValue"] for c in studies.loc["a" * 32, "DeidentificationMethodCodeSequence"]]
