@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,21 @@ class PHIFrame(pd.DataFrame):
     def _repr_html_(self) -> str | None:
         html = super()._repr_html_()  # type: ignore[misc]
         return "<p><b>PHI</b>: old identifiers and UIDs; keep with the source data</p>" + (html or "")
+
+    def to_csv(self, *args: Any, **kwargs: Any) -> Any:
+        """``DataFrame.to_csv``, with a ``PHIWarning``: write it where the source data live, not with the copy."""
+        warnings.warn(
+            PHIWarning(
+                "this table holds PHI (old identifiers and UIDs): store it with the source data, "
+                "never next to the de-identified copy"
+            ),
+            stacklevel=2,
+        )
+        return super().to_csv(*args, **kwargs)
+
+
+class PHIWarning(UserWarning):
+    """A table holding protected health information is being written out."""
 
 
 @dataclass

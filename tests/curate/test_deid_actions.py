@@ -8,6 +8,7 @@ Patient/Series-level edits without the copy-and-promote procedure)."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pandas as pd
 import pytest
 
 import curation
-from curation.curate.deidentification import Deidentification, deidentify, shift_date
+from curation.curate.deidentification import Deidentification, PHIWarning, deidentify, shift_date
 from curation.curate.pseudonyms import Pseudonyms
 from curation.frames.cells import FrozenDict, is_remove
 from curation.frames.snapshot import Snapshot
@@ -155,6 +156,9 @@ def test_actions_and_mapping_tables(basic: Deidentification) -> None:
     assert ("Instance", "ContributingEquipmentSequence>StationName") in actions.index
     mapping = basic.mapping
     assert "PHI" in repr(mapping) and "PHI" in (mapping._repr_html_() or "")
+    assert "PHI" in repr(mapping.head(2))  # a slice is still marked
+    with pytest.warns(PHIWarning, match="holds PHI"):
+        mapping.to_csv(io.StringIO())
     uids = mapping[mapping["kind"] == "UID"]
     assert dict(zip(uids["old"], uids["new"], strict=True))["1.2.3.1"] == KEYS.uid("1.2.3.1")
     study = uids[uids["old"] == "1.2.3.1"].iloc[0]
@@ -290,3 +294,10 @@ def test_profile_and_secret_are_checked(snap: Snapshot) -> None:
         deidentify(snap, secret=SECRET, profile="strict")
     with pytest.raises(ValueError, match="at least 32 bytes"):
         deidentify(snap, secret="x")
+
+
+def test_compound_remove_drops_reference_sequences(snap: Snapshot) -> None:
+    result = deidentify(snap, secret=SECRET, compound="remove")
+    assert result.frames["instances"]["SourceImageSequence"].map(is_remove).all()
+    rule = result.actions.set_index("path").loc["SourceImageSequence", "rule"]
+    assert rule == "compound X/Z/U* -> X"
