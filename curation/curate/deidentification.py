@@ -596,17 +596,23 @@ def deidentify(
     vr_safety_net: bool = True,
     pseudonyms: Mapping[str, str] | None = None,
     redo: bool = False,
+    edition: str | None = None,
 ) -> Deidentification:
     """De-identify ``snapshot`` with PS3.15 Annex E's Basic Application Level Confidentiality Profile.
 
     ``options``: ``DeidOption`` values (Table E.1-1's columns); ``secret`` (>= 32 bytes) makes every pseudonym,
     UID and day shift reproducible; ``safe_private`` (creator, tag ``ggggxxee``, vr) is required with Retain
     Safe Private; ``cleaner(value, CleanContext) -> str | None`` replaces ``default_cleaner`` for "C" on text;
-    ``pseudonyms`` maps PatientID -> a study subject ID (recorded in ``mapping``). See the module docstring.
+    ``pseudonyms`` maps PatientID -> a study subject ID (recorded in ``mapping``); ``edition`` (e.g. "2026d")
+    refuses to run on another edition of Table E.1-1 (a protocol that names one). See the module docstring.
     """
     if profile != "basic":
         raise ValueError(f"PS3.15 Annex E defines one profile, 'basic', not {profile!r}; choose options instead")
     table = load_table()
+    if edition is not None and edition != table.edition:
+        raise ValueError(f"Table E.1-1 edition {edition!r} was asked for; the installed table is {table.edition!r}")
+    if isinstance(options, str):
+        options = [options]
     resolver = Resolver(table, options, compound=compound, vr_safety_net=vr_safety_net)
     if DeidOption.RETAIN_SAFE_PRIVATE in resolver.options and safe_private is None:
         raise ValueError(

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 import curation
+from curation.curate.confidentiality import DeidOption
 from curation.curate.deidentification import Deidentification, PHIWarning, deidentify, shift_date
 from curation.curate.pseudonyms import Pseudonyms
 from curation.frames.cells import FrozenDict, is_remove
@@ -294,6 +295,10 @@ def test_profile_and_secret_are_checked(snap: Snapshot) -> None:
         deidentify(snap, secret=SECRET, profile="strict")
     with pytest.raises(ValueError, match="at least 32 bytes"):
         deidentify(snap, secret="x")
+    with pytest.raises(ValueError, match="edition '2024b' was asked for"):
+        deidentify(snap, secret=SECRET, edition="2024b")
+    one = deidentify(snap, secret=SECRET, options="clean_descriptors", edition="2026d")  # one option as a string
+    assert one.options == (DeidOption.CLEAN_DESCRIPTORS,)
 
 
 def test_compound_remove_drops_reference_sequences(snap: Snapshot) -> None:
