@@ -61,9 +61,6 @@ from curation.model.missing import NULL, is_absent
 MARKER_TOOL = "ahi-curation deidentify 1"
 #: Identifiers that must stay joinable: Z/D gives them a pseudonym (PatientName gets the PatientID's).
 PSEUDONYM_KINDS = frozenset({"PatientID", "PatientName", "AccessionNumber", "StudyID"})
-TEXT_VRS = frozenset(
-    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
-)
 CLEANABLE_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT", "CS"})
 _DROP = object()  # an item attribute removed
 _SAME = object()  # a cell left as it is
@@ -213,10 +210,9 @@ class _Editor:
         patients: Mapping[str, _Patient],
         safe: SafePrivate | None,
         cleaner: Cleaner,
-        pseudonyms: Mapping[str, str] | None,
     ) -> None:
         self.resolver, self.keys, self.patients = resolver, keys, patients
-        self.safe, self.cleaner, self.lookup = safe, cleaner, dict(pseudonyms or {})
+        self.safe, self.cleaner = safe, cleaner
         self.actions: dict[tuple[str, str], dict[str, Any]] = {}
         self.mapping: dict[tuple[str, str], tuple[str, set[str]]] = {}
         self.review: Counter[tuple[str, str, str]] = Counter()
@@ -225,9 +221,8 @@ class _Editor:
 
     # --- bookkeeping --------------------------------------------------------------------------------------
 
-    def record(
-        self, level: str, path: str, key: str, vr: str | None, res: Resolution, image_set: str, rule: str | None = None
-    ) -> None:
+    def record(self, level: str, path: str, key: str, vr: str | None, res: Resolution, image_set: str) -> None:
+        """Count one occurrence of an attribute in the ``actions`` table."""
         entry = self.actions.get((level, path))
         if entry is None:
             tag = dicom.tag_of(key)
@@ -242,7 +237,7 @@ class _Editor:
                 "option": res.option or "",
                 "code": res.code,
                 "applied": res.applied,
-                "rule": rule or res.rule,
+                "rule": res.rule,
                 "image_sets": set(),
                 "occurrences": 0,
             }
@@ -250,6 +245,7 @@ class _Editor:
         entry["occurrences"] += 1
 
     def mapped(self, kind: str, old: str, new: str, image_set: str) -> str:
+        """Record old -> new in the ``mapping`` table (with the image sets where it occurs); returns ``new``."""
         entry = self.mapping.get((kind, old))
         if entry is None:
             entry = self.mapping[(kind, old)] = (new, set())
@@ -626,7 +622,7 @@ def deidentify(
     studies = all_studies.loc[targets]
     patients = _patients(studies, keys, date_shift, pseudonyms)
     safe = SafePrivate(safe_private) if safe_private is not None else None
-    editor = _Editor(resolver, keys, patients, safe, cleaner or default_cleaner, pseudonyms)
+    editor = _Editor(resolver, keys, patients, safe, cleaner or default_cleaner)
     frames = _edit_frames(editor, snapshot, set(targets))
     marks = _edited_frame(studies, _marker_columns(studies, marker, resolver.options))
     if marks is not None:
