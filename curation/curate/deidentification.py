@@ -562,13 +562,12 @@ def _marker_columns(
         if row.get("PatientIdentityRemoved") != "YES":
             removed[n] = "YES"
         old = row.get("DeidentificationMethod")
-        values = [v for v in (old.split("\\") if isinstance(old, str) and old else []) if v not in marker]
-        methods[n] = "\\".join([*values, *marker])
-        items = (
-            [thaw(i) for i in row.get("DeidentificationMethodCodeSequence") or () if isinstance(i, Mapping)]
-            if isinstance(row.get("DeidentificationMethodCodeSequence"), tuple)
-            else []
-        )
+        values = old.split("\\") if isinstance(old, str) and old else []
+        if MARKER_TOOL in values:  # redo: our earlier marker is replaced, another tool's values are kept
+            values = values[: values.index(MARKER_TOOL)]
+        methods[n] = "\\".join([*dict.fromkeys(values), *marker])
+        cell = row.get("DeidentificationMethodCodeSequence")
+        items = [thaw(i) for i in cell if isinstance(i, Mapping)] if isinstance(cell, tuple) else []
         seen = {(i.get("CodeValue"), i.get("CodingSchemeDesignator")) for i in items}
         items += [i for i in ours if (i["CodeValue"], i["CodingSchemeDesignator"]) not in seen]
         sequences[n] = freeze(items)

@@ -263,7 +263,10 @@ def test_idempotent_marker_and_verify(snap: Snapshot, basic: Deidentification) -
         deidentify(after, secret=SECRET + "!")
     with pytest.raises(ValueError, match="another edition, secret or options"):
         deidentify(after, secret=SECRET, options=["retain_uids"])
-    assert deidentify(after, secret=SECRET + "!", redo=True).frames
+    redone = deidentify(after, secret=SECRET + "!", redo=True)
+    methods = redone.frames["studies"]["DeidentificationMethod"].iloc[0].split("\\")
+    assert methods.count("ahi-curation deidentify 1") == 1  # the earlier marker replaced, not stacked
+    assert f"secret fingerprint {Pseudonyms(SECRET + '!').fingerprint}" in methods
 
 
 def test_verify_finds_planted_leftovers(snap: Snapshot, basic: Deidentification) -> None:
