@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from curation.curate.confidentiality import DUMMY, Resolution, Resolver, SafePrivate, creator_key
+from curation.frames.snapshot import Snapshot
 from curation.model import dictionary as dicom
 
 
@@ -78,7 +79,7 @@ class _Before:
     sources: Mapping[str, str]
 
 
-def _before(before: Any, mapping: pd.DataFrame, after: Any) -> _Before:
+def _before(before: Snapshot, mapping: pd.DataFrame, after: Snapshot) -> _Before:
     values: dict[int, set[str]] = defaultdict(set)
     for document in before.documents.values():
         for _, node, _ in nodes(document):
@@ -107,7 +108,7 @@ def _before(before: Any, mapping: pd.DataFrame, after: Any) -> _Before:
 
 
 def verify(
-    after: Any, *, before: Any, mapping: pd.DataFrame, resolver: Resolver, safe: SafePrivate | None
+    after: Snapshot, *, before: Snapshot, mapping: pd.DataFrame, resolver: Resolver, safe: SafePrivate | None
 ) -> pd.DataFrame:
     """The findings in snapshot ``after`` (see the module docstring); an empty frame means verified.
 

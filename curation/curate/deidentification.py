@@ -54,6 +54,7 @@ from curation.curate.confidentiality import (
 from curation.curate.deidcheck import normalize_text, verify
 from curation.curate.pseudonyms import DateShift, Pseudonyms
 from curation.frames.cells import REMOVE, freeze, is_empty, thaw
+from curation.frames.snapshot import Snapshot
 from curation.model import dictionary as dicom
 from curation.model.missing import NULL, is_absent
 
@@ -142,7 +143,7 @@ class Deidentification:
     fingerprint: str
     _resolver: Resolver = field(repr=False)
     _safe: SafePrivate | None = field(repr=False)
-    _before: Any = field(repr=False)
+    _before: Snapshot = field(repr=False)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{name} {frame.shape[0]}x{frame.shape[1]}" for name, frame in self.frames.items())
@@ -152,7 +153,7 @@ class Deidentification:
             f"{len(self.skipped)} skipped image set(s))"
         )
 
-    def verify(self, after: Any) -> pd.DataFrame:
+    def verify(self, after: Snapshot) -> pd.DataFrame:
         """Findings in ``after`` (a Snapshot fetched after apply) against Table E.1-1; empty = verified.
 
         See ``curation.curate.deidcheck`` for what is checked.
@@ -385,7 +386,7 @@ def _creators_of(row: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _column_values(
-    editor: _Editor, snapshot: Any, frame: pd.DataFrame, column: str, ids: list[str], level: str
+    editor: _Editor, snapshot: Snapshot, frame: pd.DataFrame, column: str, ids: list[str], level: str
 ) -> dict[int, Any]:
     """{row position: new cell} for one column of a frame."""
     key, vr = column, snapshot.vr(column)
@@ -579,7 +580,7 @@ def _marker_columns(
 
 
 def deidentify(
-    snapshot: Any,
+    snapshot: Snapshot,
     *,
     secret: bytes | str,
     options: Iterable[str | DeidOption] = (),
@@ -644,7 +645,7 @@ def deidentify(
     )
 
 
-def _edit_frames(editor: _Editor, snapshot: Any, targets: set[str]) -> dict[str, pd.DataFrame]:
+def _edit_frames(editor: _Editor, snapshot: Snapshot, targets: set[str]) -> dict[str, pd.DataFrame]:
     frames: dict[str, pd.DataFrame] = {}
     for name in ("studies", "series", "instances"):
         frame = getattr(snapshot, name)
@@ -745,7 +746,7 @@ def _review_table(editor: _Editor) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["attribute", "value", "cleaned", "kept", "count"])
 
 
-def _warnings(snapshot: Any, targets: set[str]) -> pd.DataFrame:
+def _warnings(snapshot: Snapshot, targets: set[str]) -> pd.DataFrame:
     """Image sets whose pixels may carry identifiers (BurnedInAnnotation YES): metadata edits cannot clean them."""
     rows = []
     instances = snapshot.instances
