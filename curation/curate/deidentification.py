@@ -130,7 +130,16 @@ class _Patient:
 
 @dataclass
 class Deidentification:
-    """The result of ``deidentify``: edited frames for ``diff`` and the coordinator's tables."""
+    """The result of ``deidentify``: edited frames for ``diff`` and the coordinator's tables.
+
+    - ``frames``: ``{"studies" | "series" | "instances": DataFrame}``, only the rows and columns that change;
+    - ``actions``: one row per (level, attribute path) found: tag, keyword, name, VR, the table's basic code,
+      the option that decided, the code, the one action applied, the rule, image sets, occurrences;
+    - ``mapping``: kind, old, new, image sets (identifiers, UIDs, day shift per patient): **PHI**;
+    - ``review``: every distinct value "C" looked at (descriptors, unparseable dates) and what became of it;
+    - ``skipped``: image sets already de-identified with this secret, edition and options;
+    - ``warnings``: image sets whose pixels may show identifiers (BurnedInAnnotation YES).
+    """
 
     frames: dict[str, pd.DataFrame]
     actions: pd.DataFrame
@@ -334,7 +343,9 @@ class _Editor:
         if vr in ("DA", "DT") and texts is not None:
             shift = shift_date if vr == "DA" else shift_datetime
             moved = [shift(t, patient.days) if t else t for t in texts]
-            if any(m is None for m in moved):  # PS3.15 leaves no unparseable date: emptied
+            if any(m is None for m in moved):  # PS3.15 leaves no unparseable date: emptied, listed in review
+                for text in texts:
+                    self.review[(key, text, "")] += 1
                 return "" if top and isinstance(value, str) else (NULL if top else None)
             return _rebuild(value, [m or "" for m in moved], joined)
         if vr == "TM":

@@ -196,6 +196,7 @@ def test_modified_dates_shift_per_patient(snap: Snapshot) -> None:
     instances = result.frames["instances"]
     assert instances.loc[row, "AcquisitionDateTime"] == shift_date("20230417", days["PAT-1"]) + "101500.5+0100"
     assert instances.loc[row, "ContentDate"] == ""  # "1997.04.24" does not parse: emptied, never kept
+    assert result.review.set_index(["attribute", "value"]).loc[("ContentDate", "1997.04.24"), "cleaned"] == ""
     assert "AcquisitionTime" not in instances.columns  # TM: a whole-day shift keeps it
     assert is_remove(instances.loc[row, "TimezoneOffsetFromUTC"])  # C of Modified Dates on SH: no shift, removed
     assert set(instances["LongitudinalTemporalInformationModified"]) == {"MODIFIED"}  # PS3.15 E.3.6
