@@ -163,3 +163,16 @@ def test_short_secrets_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes"):
         Pseudonyms("short")
     assert len(new_secret().encode()) >= 32 and new_secret() != new_secret()
+
+
+def test_a_missing_table_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata as md
+
+    from curation.curate import confidentiality
+
+    def missing(name: str) -> None:
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setattr(confidentiality.md, "files", missing)
+    with pytest.raises(ImportError, match=r"pip install 'ahi-curation\[deid\]'"):
+        confidentiality.table_path()
