@@ -4,7 +4,8 @@ The workflow, one subpackage per stage:
 
 - ``curation.model``: the AHI metadata document and AHI's rules (levels, VRs, values, what an update does);
 - ``curation.frames``: documents <-> DataFrames (``flatten``, ``Snapshot``, typed views);
-- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``);
+- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``); ``deidentify``
+  (PS3.15 Annex E as edited frames);
 - ``curation.run``: everything that holds a client (``fetch``, ``apply``, ``verify``, ``revert``, ``history``);
 - ``curation.local``: the embedded HealthImaging service (``Store``, ``client``, ``serving``);
 - ``curation.ui``: the notebook panel and plots; ``curation.scale``: the same workflow on Dask.
@@ -13,8 +14,11 @@ The names below are the public API; each is defined in the module its docstring 
 """
 
 from curation.curate.changeset import ChangeSet
+from curation.curate.confidentiality import DeidOption
+from curation.curate.deidentification import Deidentification, deidentify
 from curation.curate.differ import DiffError, diff, diff_documents
 from curation.curate.planner import plan, revert_plan
+from curation.curate.pseudonyms import DateShift, new_secret
 from curation.curate.updateplan import PlanError, UpdatePlan
 from curation.frames.cells import REMOVE
 from curation.frames.exchange import read_csv, read_parquet, to_csv, to_parquet
@@ -33,6 +37,9 @@ __all__ = [
     "NULL",
     "REMOVE",
     "ChangeSet",
+    "DateShift",
+    "DeidOption",
+    "Deidentification",
     "DiffError",
     "DocumentError",
     "PlanError",
@@ -40,6 +47,7 @@ __all__ = [
     "UpdatePlan",
     "apply",
     "apply_to_document",
+    "deidentify",
     "diff",
     "diff_documents",
     "encode_document",
@@ -48,6 +56,7 @@ __all__ = [
     "flatten",
     "flatten_many",
     "history",
+    "new_secret",
     "parse_document",
     "plan",
     "read_csv",
