@@ -55,16 +55,19 @@ GENERATED_KEYS: frozenset[str] = AHI_GENERATED_KEYS | (frozenset(INSTANCE_SYSTEM
 PRIMARY_LEVEL_REFUSAL = "Patient and Series level metadata elements cannot be updated for primary image sets"
 #: What AHI answers for removing a series of a primary image set.
 PRIMARY_SERIES_REMOVAL_REFUSAL = "a series of a primary image set cannot be removed"
-#: The documented way around every refusal of a primary image set.
+#: What ``plan(primary="refuse")`` adds to every refusal of a primary image set it reports (D5).
+PRIMARY_OPTION = (
+    'plan(changes, primary="promote") runs AHI\'s documented copy-and-promote procedure for it (the image set ID '
+    "changes)"
+)
+#: The documented way around every refusal of a primary image set, and the option that runs it (Developer
+#: Guide, "Updating image set metadata": copy the primary to a new non-primary image set, update the copy with
+#: force where needed, delete the primary, copy the copy back with promoteToPrimary, delete the copy; "the
+#: action of promoting an image set to primary changes the image set ID", translated copy of the same page).
 PRIMARY_WORKAROUND = (
     "AHI refuses this on a primary image set; documented workaround: CopyImageSet to a new non-primary image "
     "set, update the copy, DeleteImageSet the primary, CopyImageSet the copy back with promoteToPrimary (the "
-    "image set ID changes), then delete the copy"
-)
-#: What ``plan(primary="refuse")`` adds to every refusal of a primary image set it reports.
-PRIMARY_OPTION = (
-    'plan(changes, primary="promote") plans that procedure for this image set (journaled, resumable, '
-    "revertible; the image set ID changes)"
+    "image set ID changes), then delete the copy; " + PRIMARY_OPTION
 )
 
 
