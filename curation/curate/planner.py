@@ -54,6 +54,8 @@ from curation.curate.updateplan import (
     UNKNOWN_PRIMARY,
     PlanError,
     PlannedRequest,
+    PlannedStep,
+    Undo,
     UpdatePlan,
     _json_default,
     _jsonable,
@@ -780,7 +782,9 @@ def _plan(
         if bad & {carrier, *affects[carrier]}:
             bad |= {carrier, *affects[carrier]}
     requests, base_versions = _requests(order, bad, planned, affects, snapshot.version_ids, documents, start)
-    steps, undo, first = [], {}, changes.problems
+    steps: list[PlannedStep] = []
+    undo: dict[str, Undo] = {}
+    first = changes.problems
     if procedures is not None:
         steps, undo, found = procedures.build(requests, base_versions, bad)
         problems.extend(found)

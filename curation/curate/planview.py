@@ -12,15 +12,58 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import pandas as pd
 
 from curation.curate.changeset import PROBLEM_COLUMNS
 from curation.curate.planstep import PlannedStep, Ref, StepKind
 
-if TYPE_CHECKING:
-    from curation.curate.updateplan import PlannedRequest, UpdatePlan
+
+class ShownRequest(Protocol):
+    """What the display reads of a plain request (``curation.curate.updateplan.PlannedRequest``)."""
+
+    image_set_id: str
+    index: int
+    params: dict[str, Any]
+    force_reasons: list[str]
+    affects: list[str]
+    description: str
+
+    @property
+    def force(self) -> bool: ...
+    @property
+    def step_id(self) -> str: ...
+    @property
+    def include_study_image_sets(self) -> bool: ...
+    @property
+    def revert_to(self) -> str | None: ...
+    def blob_bytes(self, name: str) -> int: ...
+    def payload(self, name: str) -> dict[str, Any] | None: ...
+
+
+class ShownPlan(Protocol):
+    """What the display reads of a plan (``curation.curate.updateplan.UpdatePlan``; a protocol, so that this
+    module does not import the one that imports it)."""
+
+    plan_id: str
+    datastore_id: str
+    base_versions: dict[str, str]
+    problems: pd.DataFrame
+
+    @property
+    def requests(self) -> Sequence[ShownRequest]: ...
+    @property
+    def steps(self) -> Sequence[PlannedStep]: ...
+    @property
+    def image_set_ids(self) -> list[str]: ...
+    @property
+    def members(self) -> list[str]: ...
+    def all_steps(self) -> list[PlannedStep]: ...
+    def steps_by_image_set(self) -> dict[str, list[PlannedStep]]: ...
+    def _removals(self) -> str: ...
+
 
 _HTML_IMAGE_SETS = 50
 _HTML_JSON_CHARS = 20_000
@@ -48,12 +91,12 @@ STEP_COLUMNS = (
 )
 
 
-def numbers(plan: UpdatePlan) -> dict[str, int]:
+def numbers(plan: ShownPlan) -> dict[str, int]:
     """Step ID -> its number in the plan's display (1-based)."""
     return {step.step_id: number for number, step in enumerate(plan.all_steps(), 1)}
 
 
-def counts(plan: UpdatePlan) -> Counter[str]:
+def counts(plan: ShownPlan) -> Counter[str]:
     """Steps by action (checks as ``checks``), and ``delete`` / ``new_id`` / ``steps`` totals."""
     found: Counter[str] = Counter()
     for step in plan.all_steps():
@@ -64,57 +107,79 @@ def counts(plan: UpdatePlan) -> Counter[str]:
     return found
 
 
-def counts_text(plan: UpdatePlan) -> str:
+def counts_text(plan: ShownPlan) -> str:
     """``27 steps — 3 UpdateImageSetMetadata, 6 CopyImageSet, 6 DeleteImageSet, 12 checks · 6 DELETE an image
     set · 3 CHANGE an image set ID``."""
     found = counts(plan)
-    actions = [f"{found[name]} {name}" for name in ("UpdateImageSetMetadata", "CopyImageSet", "DeleteImageSet")
-               if found[name]]
+    actions = [
+        f"{found[name]} {name}" for name in ("UpdateImageSetMetadata", "CopyImageSet", "DeleteImageSet") if found[name]
+    ]
     if found["checks"]:
         actions.append(f"{found['checks']} checks")
-    return (f"{found['steps']} steps — {', '.join(actions) or 'none'} · {found['delete']} DELETE an image set · "
-            f"{found['new_id']} CHANGE an image set ID")
+    return (
+        f"{found['steps']} steps — {', '.join(actions) or 'none'} · {found['delete']} DELETE an image set · "
+        f"{found['new_id']} CHANGE an image set ID"
+    )
 
 
-def windows(plan: UpdatePlan) -> list[str]:
-    """``study <uid> has no primary image set between steps 13 and 16`` for every study the plan empties for a
-    while (every primary of it deleted before the first promotion into it)."""
+def windows(plan: ShownPlan) -> list[str]:
+    """``study <uid> has no primary image set between steps 11 and 14`` for every study the plan empties for a
+    while: its study check (``params["empties"]``) says every primary of it is deleted before the group's first
+    promotion (AHI refuses the promotion otherwise, /work/team/primary-design.md D10)."""
     number = numbers(plan)
     out = []
-    for step in plan.steps:
-        if step.kind is not StepKind.CHECK_STUDY:
+    for check in plan.steps:
+        if check.kind is not StepKind.CHECK_STUDY:
             continue
-        for uid in step.params.get("empties") or []:
-            deletes = [number[s.step_id] for s in plan.steps if s.group == step.group
-                       and s.kind is StepKind.DELETE_PRIMARY]
-            promotes = [number[s.step_id] for s in plan.steps if s.group == step.group and s.kind is StepKind.PROMOTE
-                        and uid in (s.params.get("study"),)]
+        for uid in check.params.get("empties") or []:
+            group = [s for s in plan.steps if s.group == check.group]
+            deletes = [number[s.step_id] for s in group if s.kind is StepKind.DELETE_PRIMARY]
+            promotes = [number[s.step_id] for s in group if s.kind is StepKind.PROMOTE]
             if deletes and promotes:
                 out.append(f"study {uid} has no primary image set between steps {min(deletes)} and {min(promotes)}")
     return out
 
 
-def first_line(plan: UpdatePlan) -> str:
-    """The plan's first line (the HTML heading, ``summary()``, the dry run's header)."""
+def first_line(plan: ShownPlan) -> str:
+    """The plan's first line (the HTML heading, ``summary()``, the dry run's header): for a plan with
+    copy-and-promote steps, every step counted by action, the deletions, the ID changes and the studies left
+    without a primary image set for a while."""
     forced = sum(r.force for r in plan.requests) + sum(s.force for s in plan.steps)
-    line = (f"UpdatePlan {plan.plan_id}: {len(plan.requests)} request(s) on {len(plan.image_set_ids)} image set(s), "
-            f"{forced} forced, {plan._removals()}")
-    if plan.steps:
-        line += f" · {counts_text(plan)}"
-        line += "".join(f" · {window}" for window in windows(plan))
-    if len(plan.problems):
-        line += f" · {len(plan.problems)} problem(s)"
-    return line
+    problems = f" · {len(plan.problems)} problem(s)" if len(plan.problems) else ""
+    if not plan.steps:
+        return (
+            f"UpdatePlan {plan.plan_id}: {len(plan.requests)} request(s) on {len(plan.image_set_ids)} image "
+            f"set(s), {forced} forced, {plan._removals()}{problems}"
+        )
+    empty = [w.rsplit(" between steps ", 1)[1].replace(" and ", "-") for w in windows(plan)]
+    gaps = (
+        (f" · {len(empty)} stud{'y' if len(empty) == 1 else 'ies'} without a primary between steps {', '.join(empty)}")
+        if empty
+        else ""
+    )
+    return (
+        f"UpdatePlan {plan.plan_id}: {len(plan.image_set_ids)} image set(s) ({len(plan.members)} through "
+        f"copy-and-promote), {counts_text(plan)}{gaps} · {forced} forced · {plan._removals()}{problems}"
+    )
 
 
 # --- tables -------------------------------------------------------------------------------------------------
 
 
-def requests_frame(plan: UpdatePlan) -> pd.DataFrame:
+def requests_frame(plan: ShownPlan) -> pd.DataFrame:
     """One row per plain request: image set, index, force and reasons, blob sizes, description."""
     columns = [
-        "ImageSetID", "index", "force", "force_reasons", "includeStudyImageSets", "affects", "updatable_bytes",
-        "removable_bytes", "revertToVersionId", "base_version", "description",
+        "ImageSetID",
+        "index",
+        "force",
+        "force_reasons",
+        "includeStudyImageSets",
+        "affects",
+        "updatable_bytes",
+        "removable_bytes",
+        "revertToVersionId",
+        "base_version",
+        "description",
     ]
     rows = [
         {
@@ -135,7 +200,7 @@ def requests_frame(plan: UpdatePlan) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def target_text(target: str | Ref, number: dict[str, int], plan: UpdatePlan) -> str:
+def target_text(target: str | Ref, number: dict[str, int], plan: ShownPlan) -> str:
     """An image set as a step addresses it: its ID, or ``<image set created by step #n (copy of …)>``."""
     if isinstance(target, str):
         return target
@@ -145,7 +210,7 @@ def target_text(target: str | Ref, number: dict[str, int], plan: UpdatePlan) -> 
     return f"<image set created by step #{number.get(target.step, '?')} ({what} of {original})>"
 
 
-def steps_frame(plan: UpdatePlan) -> pd.DataFrame:
+def steps_frame(plan: ShownPlan) -> pd.DataFrame:
     """One row per step, numbered: what it calls, on what, after which steps, and whether it deletes an image
     set or changes an image set ID."""
     number = numbers(plan)
@@ -178,7 +243,7 @@ def marker(step: PlannedStep) -> str:
     return "[DELETE] " if step.kind.deletes else "[NEW ID] " if step.kind.changes_id else ""
 
 
-def call(step: PlannedStep, plan: UpdatePlan, number: dict[str, int]) -> tuple[str, dict[str, Any]]:
+def call(step: PlannedStep, plan: ShownPlan, number: dict[str, int]) -> tuple[str, dict[str, Any]]:
     """The boto3 method and keyword arguments a step sends (IDs not known yet spelled as placeholders)."""
     target = target_text(step.target, number, plan)
     version = f"<latest version of {target} when sent>"
@@ -203,7 +268,7 @@ def call(step: PlannedStep, plan: UpdatePlan, number: dict[str, int]) -> tuple[s
     return "copy_image_set", kwargs
 
 
-def step_line(step: PlannedStep, plan: UpdatePlan, number: dict[str, int]) -> str:
+def step_line(step: PlannedStep, plan: ShownPlan, number: dict[str, int]) -> str:
     """One numbered line: the call it makes (or ``# check: …``), marked, with what it waits for."""
     after = sorted(number[a] for a in step.after if a in number)
     wait = f" (after #{', #'.join(map(str, after))})" if after else ""
@@ -214,7 +279,7 @@ def step_line(step: PlannedStep, plan: UpdatePlan, number: dict[str, int]) -> st
     return f"{head}{method}(**{json.dumps(kwargs, sort_keys=True)}){wait}  # {step.description}"
 
 
-def text(plan: UpdatePlan) -> str:
+def text(plan: ShownPlan) -> str:
     """The first line, then every step as one line."""
     number = numbers(plan)
     return "\n".join([first_line(plan), *(step_line(step, plan, number) for step in plan.all_steps())])
@@ -227,7 +292,7 @@ def _cell_text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and value != value) else str(value)
 
 
-def _problems_html(plan: UpdatePlan) -> str:
+def _problems_html(plan: ShownPlan) -> str:
     esc = html.escape
     parts = [
         f'<div style="background:#fde2e2;border:1px solid #c00;padding:4px"><b>{len(plan.problems)} '
@@ -240,27 +305,29 @@ def _problems_html(plan: UpdatePlan) -> str:
     return "".join(parts)
 
 
-def summary_rows(plan: UpdatePlan) -> pd.DataFrame:
+def summary_rows(plan: ShownPlan) -> pd.DataFrame:
     """One row per image set: its steps by kind, deletes, whether its ID changes, force, base version."""
     rows = []
     for image_set, steps in plan.steps_by_image_set().items():
         kinds = Counter(step.action or "check" for step in steps)
-        rows.append({
-            "ImageSetID": image_set,
-            "steps": len(steps),
-            "UpdateImageSetMetadata": kinds["UpdateImageSetMetadata"],
-            "CopyImageSet": kinds["CopyImageSet"],
-            "DeleteImageSet": kinds["DeleteImageSet"],
-            "checks": kinds["check"],
-            "new_id": any(step.kind.changes_id for step in steps),
-            "force": any(step.force for step in steps),
-            "base_version": plan.base_versions.get(image_set),
-            "group": next((step.group for step in steps if step.group), None),
-        })
+        rows.append(
+            {
+                "ImageSetID": image_set,
+                "steps": len(steps),
+                "UpdateImageSetMetadata": kinds["UpdateImageSetMetadata"],
+                "CopyImageSet": kinds["CopyImageSet"],
+                "DeleteImageSet": kinds["DeleteImageSet"],
+                "checks": kinds["check"],
+                "new_id": any(step.kind.changes_id for step in steps),
+                "force": any(step.force for step in steps),
+                "base_version": plan.base_versions.get(image_set),
+                "group": next((step.group for step in steps if step.group), None),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def _summary_table(plan: UpdatePlan) -> str:
+def _summary_table(plan: ShownPlan) -> str:
     esc = html.escape
     table = summary_rows(plan)
     if not len(table):
@@ -270,14 +337,17 @@ def _summary_table(plan: UpdatePlan) -> str:
     body = []
     for record in shown.to_dict("records"):
         marks = {"new_id": "NEW ID" if record["new_id"] else "", "force": "force" if record["force"] else ""}
-        cells = [marks.get(name, _cell_text(value)) for name, value in record.items()]
+        cells = [marks.get(str(name), _cell_text(value)) for name, value in record.items()]
         body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
-    more = f"<p>... and {len(table) - len(shown)} more image set(s) (see steps_frame())</p>" if len(table) > len(
-        shown) else ""
+    more = (
+        f"<p>... and {len(table) - len(shown)} more image set(s) (see steps_frame())</p>"
+        if len(table) > len(shown)
+        else ""
+    )
     return f'<table class="ahi-plan-summary"><tr>{head}</tr>{"".join(body)}</table>{more}'
 
 
-def plan_html(plan: UpdatePlan) -> str:
+def plan_html(plan: ShownPlan) -> str:
     """The plan as HTML: the first line, the problems, a summary row per image set, then each image set's
     steps in a closed ``<details>``."""
     esc = html.escape
@@ -308,16 +378,18 @@ def plan_html(plan: UpdatePlan) -> str:
     return "".join(parts)
 
 
-def _step_html(step: PlannedStep, plan: UpdatePlan, number: dict[str, int]) -> str:
+def _step_html(step: PlannedStep, plan: ShownPlan, number: dict[str, int]) -> str:
     esc = html.escape
     request = _plain_request(plan, step)
     if request is not None:
         return _request_html(request, number[step.step_id])
     color = "#c00" if step.kind.deletes else "#06c" if step.kind.changes_id else "#888" if step.kind.check else "#444"
-    line = esc(step_line(step, plan, number)) if not step.kind.check else (
-        f'<span style="color:#888">{esc(step_line(step, plan, number))}</span>')
-    out = [f'<div style="border-left:4px solid {color};margin:4px 0 8px 8px;padding-left:6px">',
-           f"<div>{line}</div>"]
+    line = (
+        esc(step_line(step, plan, number))
+        if not step.kind.check
+        else (f'<span style="color:#888">{esc(step_line(step, plan, number))}</span>')
+    )
+    out = [f'<div style="border-left:4px solid {color};margin:4px 0 8px 8px;padding-left:6px">', f"<div>{line}</div>"]
     if step.force_reasons:
         out.append('<div style="color:#c00">force needed because:<ul>')
         out.extend(f"<li>{esc(reason)}</li>" for reason in step.force_reasons)
@@ -327,7 +399,7 @@ def _step_html(step: PlannedStep, plan: UpdatePlan, number: dict[str, int]) -> s
     return "".join(out)
 
 
-def _plain_request(plan: UpdatePlan, step: PlannedStep) -> PlannedRequest | None:
+def _plain_request(plan: ShownPlan, step: PlannedStep) -> ShownRequest | None:
     if step.kind is not StepKind.UPDATE or step.step_id not in {r.step_id for r in plan.requests}:
         return None
     return next(r for r in plan.requests if r.step_id == step.step_id)
@@ -348,7 +420,7 @@ def _payloads_html(payload: Any, sizes: Any = None) -> list[str]:
     return out
 
 
-def _request_html(request: PlannedRequest, number: int) -> str:
+def _request_html(request: ShownRequest, number: int) -> str:
     esc = html.escape
     color = "#c00" if request.force else "#888"
     out = [

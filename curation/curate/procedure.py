@@ -126,6 +126,7 @@ class Procedures:
         self.limit = limit
         self.hooks = hooks
         self.members: dict[str, _Member] = {}
+        self.taken: set[str] = set()  # every image set planned as a member (some may be dropped by a problem)
 
     # --- phase 1: members ----------------------------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class Procedures:
             for c in rest
             if c.op == "remove_series"
         }
+        self.taken.add(image_set)
         self.members[image_set] = _Member(
             image_set,
             flag,
@@ -177,11 +179,12 @@ class Procedures:
         return True
 
     def kept_problems(self, problems: pd.DataFrame) -> pd.DataFrame:
-        """The ChangeSet's problems without the primary refusals of the members (the procedure lifts them)."""
-        if not len(problems) or not self.members:
+        """The ChangeSet's problems without the primary refusals of the image sets planned as members: the
+        procedure lifts them (and a member dropped later has its own problem saying why)."""
+        if not len(problems) or not self.taken:
             return problems
         lifted = [
-            str(image_set) in self.members and isinstance(reason, str) and rules.PRIMARY_WORKAROUND in reason
+            str(image_set) in self.taken and isinstance(reason, str) and rules.PRIMARY_WORKAROUND in reason
             for image_set, reason in zip(problems["ImageSetID"], problems["reason"], strict=True)
         ]
         return problems[[not x for x in lifted]].reset_index(drop=True)
@@ -212,9 +215,8 @@ class Procedures:
             problems.extend(found)
             for problem in found:
                 self.members.pop(problem["ImageSetID"], None)
-        steps: list[PlannedStep] = []
-        for group in self._groups():
-            steps.extend(self._steps(group, requests))
+        writer = _StepWriter(self, requests)
+        steps = [step for group in self._groups() for step in writer.steps(group)]
         versions = self.snapshot.version_ids
         for image_set in self.members:
             if image_set in versions:
@@ -373,13 +375,22 @@ class Procedures:
             raise ValueError("its inverse updates do not reproduce the pre-plan document")
         return Undo(inverse, digest(pre), len(member.post_updates), backup)
 
-    # --- phase 3: steps --------------------------------------------------------------------------------------
 
-    def _steps(self, group: _Group, requests: list[PlannedRequest]) -> list[PlannedStep]:
+class _StepWriter:
+    """Phase 3: the steps of each group (D7, D9, D10), in a topological order."""
+
+    def __init__(self, procedures: Procedures, requests: list[PlannedRequest]) -> None:
+        self.flags = procedures._flags()
+        self.documents = procedures.documents
+        self.order = list(procedures.members)
+        self.describe = procedures.hooks.describe
+        self.requests = requests
+
+    def steps(self, group: _Group) -> list[PlannedStep]:
         """The steps of one group, phase by phase (a topological order): backups, copies, copy updates,
         copy checks, the study check, the deletions, then per member promote, check, post updates, delete."""
         check = f"{group.name}:check-study"
-        plain = self._plain_steps(requests, group)
+        plain = self._plain_steps(group)
         phases: dict[str, list[PlannedStep]] = {
             name: []
             for name in (
@@ -400,7 +411,7 @@ class Procedures:
             verified.append(self._copy_steps(member, group.name, phases))
         expected = sorted(
             k
-            for k, flag in self._flags().items()
+            for k, flag in self.flags.items()
             if flag is not False and primary_facts(self.documents[k], k).study_uid == group.study
         )
         deleted = {m.image_set for m in group.members}
@@ -429,12 +440,12 @@ class Procedures:
             self._promotion_steps(member, group, tuple(verified), check, plain, phases)
         return [step for steps in phases.values() for step in steps]
 
-    def _plain_steps(self, requests: list[PlannedRequest], group: _Group) -> tuple[str, ...]:
+    def _plain_steps(self, group: _Group) -> tuple[str, ...]:
         """The last plain request of each primary image set of the group's study (they run before any of its
         promotions, so that the promoted image sets meet the values those requests leave)."""
         members = {m.image_set for m in group.members}
         last: dict[str, str] = {}
-        for request in requests:
+        for request in self.requests:
             image_set = request.image_set_id
             if self.flags.get(image_set) is False or image_set in members:
                 continue
@@ -484,7 +495,7 @@ class Procedures:
                 (previous,),
                 group,
                 force_reasons=tuple(reasons),
-                description=f"on the working copy of {image_set}: {self.hooks.describe(changes)}",
+                description=f"on the working copy of {image_set}: {self.describe(changes)}",
             )
             phases["update"].append(step)
             previous = step.step_id
@@ -532,7 +543,7 @@ class Procedures:
             )
         )
         deletes = tuple(
-            f"{other}:delete-primary" for other in sorted(group.deletes_before[image_set], key=list(self.members).index)
+            f"{other}:delete-primary" for other in sorted(group.deletes_before[image_set], key=self.order.index)
         )
         phases["promote"].append(
             PlannedStep(
@@ -561,6 +572,12 @@ class Procedures:
                 description=f"the new primary of {image_set} is ACTIVE, primary and holds the intended document",
             )
         )
+        self._after_promotion(member, name, verify, phases)
+
+    def _after_promotion(self, member: _Member, name: str, verify: str, phases: dict[str, list[PlannedStep]]) -> None:
+        """The post-promotion updates (instance removals, D9) and the deletion of the working copy."""
+        image_set = member.image_set
+        copy, promote = f"{image_set}:copy", f"{image_set}:promote"
         previous = verify
         for index, (params, reasons, changes) in enumerate(member.post_updates):
             step = PlannedStep(
@@ -572,7 +589,7 @@ class Procedures:
                 (previous,),
                 name,
                 force_reasons=tuple(reasons),
-                description=f"on the new primary of {image_set}: {self.hooks.describe(changes)}",
+                description=f"on the new primary of {image_set}: {self.describe(changes)}",
             )
             phases["post"].append(step)
             previous = step.step_id
