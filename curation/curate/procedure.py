@@ -32,8 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from curation.curate.changeset import ChangeSet
-from curation.curate.differ import diff_documents
+from curation.curate.changeset import CHANGE_COLUMNS, ChangeSet, empty_problems
 from curation.curate.planstep import PlannedStep, Ref, StepKind, Undo
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
 from curation.model import copies, rules
@@ -260,12 +259,18 @@ class Procedures:
             if theirs is _ABSENT or not rules._same_json(theirs, value):
                 shown.append(f"{image_set} ({_text(theirs)})")
         moved = member.current.study_uid != study
-        hint = (
-            "set it too, or use curation.adopt_study"
-            if moved
-            else f'edit every row of the study, e.g. studies.loc[studies["StudyInstanceUID"] == "{study}", '
-            f'"{attribute}"] = {_text(value)}'
-        )
+        if not moved:
+            hint = (
+                f'edit every row of the study, e.g. studies.loc[studies["StudyInstanceUID"] == "{study}", '
+                f'"{attribute}"] = {_text(value)}'
+            )
+        elif others:
+            hint = (
+                f"set it too, or take every Patient/Study value of the target study with "
+                f"curation.adopt_study(studies, {member.image_set!r}, like={others[0][0]!r})"
+            )
+        else:
+            hint = "set it too"
         reason = (
             f"study {study}: {level}-level {attribute} is {_text(value)} on image set {member.image_set} "
             f"after the plan but {', '.join(shown)} on the other primary image set(s) of the study; AHI "
@@ -359,8 +364,7 @@ class Procedures:
         target = _without_series(pre, member.removed_series)
         inverse: list[dict[str, Any]] = []
         if digest(member.intended) != digest(target):
-            changes = diff_documents(member.intended, target)
-            changes.snapshot.primary = {member.image_set: False}
+            changes = _inverse_changes(member, target, self.snapshot.datastore_id)
             planned = self.hooks.replan(changes)
             inverse = [_call_params(r.params) for r in planned.requests]
         restored = member.intended
@@ -656,3 +660,73 @@ def _without_series(document: dict[str, Any], removed: Mapping[str, Any]) -> dic
     study = dict(document["Study"])
     study["Series"] = {k: v for k, v in (study.get("Series") or {}).items() if k not in removed}
     return {**document, "Study": study}
+
+
+@dataclass
+class _OneDocument:
+    """What the planner reads of a snapshot, for planning the inverse updates of one working copy."""
+
+    datastore_id: str
+    documents: dict[str, dict[str, Any]]
+    primary: dict[str, bool]
+    version_ids: dict[str, str]
+
+
+def _inverse_changes(member: _Member, target: dict[str, Any], datastore_id: str) -> ChangeSet:
+    """The ChangeSet that takes ``member.intended`` (non-primary) back to ``target``: per node, the attributes
+    that differ, addressed by the node's UIDs in the intended document (a UID the plan changes is changed back,
+    last, by the planner's packing order)."""
+    changes = [c for packed in member.copy_updates for c in packed[2]]
+    series_names = _renamed_series(changes)
+    sop_names = {
+        (c.series, c.sop): c.new
+        for c in changes
+        if c.level == "Instance" and c.attribute == "SOPInstanceUID" and c.op in ("add", "update")
+    }
+    image_set, rows = member.image_set, []
+
+    def compare(
+        level: str,
+        series: str | None,
+        sop: str | None,
+        ours: dict[str, Any],
+        theirs: dict[str, Any],
+        vrs: Mapping[str, str],
+    ) -> None:
+        mine, wanted = ours.get("DICOM") or {}, theirs.get("DICOM") or {}
+        for key in sorted(set(mine) | set(wanted)):
+            if key in wanted and key in mine and rules._same_json(mine[key], wanted[key]):
+                continue
+            op = "remove" if key not in wanted else "add" if key not in mine else "update"
+            rows.append(
+                {
+                    "ImageSetID": image_set,
+                    "level": level,
+                    "SeriesInstanceUID": series,
+                    "SOPInstanceUID": sop,
+                    "attribute": key,
+                    "VR": vrs.get(key),
+                    "op": op,
+                    "old": mine.get(key),
+                    "new": wanted.get(key),
+                    "row": None,
+                    "column": key,
+                }
+            )
+
+    intended = member.intended
+    compare("Patient", None, None, intended.get("Patient") or {}, target.get("Patient") or {}, {})
+    compare("Study", None, None, intended.get("Study") or {}, target.get("Study") or {}, {})
+    for old_series, node in ((target.get("Study") or {}).get("Series") or {}).items():
+        series = series_names.get(old_series, old_series)
+        ours = _series_node(intended, series)
+        compare("Series", series, None, ours, node, {})
+        for old_sop, instance in (node.get("Instances") or {}).items():
+            sop = sop_names.get((old_series, old_sop), old_sop)
+            mine = (ours.get("Instances") or {}).get(sop) or {}
+            compare("Instance", series, sop, mine, instance, instance.get("DICOMVRs") or {})
+    frame = pd.DataFrame(
+        [{c: r.get(c) for c in CHANGE_COLUMNS} for r in rows], columns=list(CHANGE_COLUMNS), dtype=object
+    )
+    scope = _OneDocument(datastore_id, {image_set: intended}, {image_set: False}, {})
+    return ChangeSet(frame, empty_problems(), scope, {})

@@ -21,6 +21,8 @@ import pandas as pd
 import pydicom
 import pytest
 from botocore.config import Config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.uid import generate_uid
 
 import curation
@@ -455,8 +457,14 @@ def test_a_series_moved_to_another_study_ends_primary_there(served: Any, tmp_pat
     (problem,) = stopped.value.problems.to_dict("records")
     assert problem["attribute"] == "StudyDescription" and "adopt_study" in problem["reason"]
     assert target in problem["reason"] and "'OTHER STUDY'" in problem["reason"]
-    studies.loc[mover, "StudyDescription"] = "OTHER STUDY"
-    plan = curation.plan(curation.diff(snapshot, studies), primary="promote")
+    assert f"curation.adopt_study(studies, {mover!r}, like={target!r})" in problem["reason"]
+    adopted = curation.adopt_study(snapshot.studies, [mover], like=target)
+    assert adopted.loc[mover, "StudyInstanceUID"] == OTHER_STUDY and adopted is not snapshot.studies
+    assert snapshot.studies.loc[mover, "StudyInstanceUID"] == STUDY  # the snapshot's frame is untouched
+    by_hand = studies.copy()
+    by_hand.loc[mover, "StudyDescription"] = "OTHER STUDY"
+    plan = curation.plan(curation.diff(snapshot, adopted), primary="promote")
+    assert plan == curation.plan(curation.diff(snapshot, by_hand), primary="promote")
     assert plan.members == [mover] and kinds(plan, mover) == PROCEDURE
     check = step(plan, "g0:check-study")
     assert check.target == OTHER_STUDY and check.params["primaries"] == [target]
@@ -601,3 +609,93 @@ def test_undo_inverse_failures_are_checked_by_the_planner(ct_plan: Any) -> None:
         except AHIError as exc:  # pragma: no cover - shown if it ever fails
             pytest.fail(f"inverse refused: {exc}")
     assert digest(restored) == plan.undo[image_set].digest == digest(snapshot.documents[image_set])
+
+
+# --- property: any plan's order passes the promotion rule and deletes nothing before its group is verified ---
+
+
+@pytest.fixture(scope="module")
+def study_snapshot(tmp_path_factory: pytest.TempPathFactory) -> curation.Snapshot:
+    import curation.local
+    from curation.local.store import Store
+
+    directory = tmp_path_factory.mktemp("promote-property")
+    paths = [p for n in range(3) for p in _write(directory, f"s{n}", series=SERIES[n], sops=SOPS[n])]
+    paths += _write(
+        directory, "other", series=OTHER_SERIES, sops=[OTHER_SOP], study=OTHER_STUDY, description="OTHER STUDY"
+    )
+    store = Store(directory / "store")
+    report = store.import_paths(paths)
+    return curation.fetch(curation.local.client(store), report.datastore_id, progress=False)
+
+
+def _simulate(plan: UpdatePlan, snapshot: curation.Snapshot) -> dict[str, dict[str, Any]]:
+    """Run the plan's steps in order on documents with the promotion rule; the primaries at the end."""
+    from curation.model.document import primary_facts
+    from curation.model.rules import promotion_refusal
+
+    live = {k: v for k, v in snapshot.documents.items() if snapshot.primary.get(k)}
+    made: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for item in plan.all_steps():
+        assert set(item.after) <= seen, item.step_id
+        target = item.target
+        if item.kind is StepKind.COPY:
+            made[item.step_id] = live[str(target)]
+        elif item.kind is StepKind.UPDATE:
+            key = target.step if isinstance(target, Ref) else str(target)
+            pool = made if isinstance(target, Ref) else live
+            pool[key] = curation.apply_to_document(pool[key], item.params, is_primary=pool is live)
+        elif item.kind is StepKind.DELETE_PRIMARY:
+            group = {s.step_id for s in plan.steps if s.group == item.group and s.kind is StepKind.VERIFY_COPY}
+            assert group <= seen, f"{item.step_id} before every copy of {item.group} is verified"
+            del live[str(target)]
+        elif item.kind is StepKind.PROMOTE:
+            document = made[target.step]
+            refusal = promotion_refusal(primary_facts(document, "new"), [primary_facts(d, k) for k, d in live.items()])
+            assert refusal is None, f"{item.step_id}: {refusal.message}"
+            live[item.step_id] = made[item.step_id] = document
+        elif item.expect is not None:
+            assert digest(made[target.step]) == item.expect, item.step_id
+        seen.add(item.step_id)
+    return live
+
+
+EDIT = st.sampled_from([None, "NEW"])
+
+
+@settings(max_examples=12, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    patient=st.tuples(EDIT, EDIT, EDIT),
+    series=st.tuples(EDIT, EDIT, EDIT),
+    study=EDIT,
+    move=st.sampled_from([None, 0, 1, 2]),
+)
+def test_every_planned_order_passes_the_promotion_rule(
+    study_snapshot: curation.Snapshot, patient: tuple, series: tuple, study: Any, move: Any
+) -> None:
+    snapshot = study_snapshot
+    members = [by_series(snapshot, s) for s in SERIES]
+    studies, frame = snapshot.studies.copy(), snapshot.series.copy()
+    for n, image_set in enumerate(members):
+        if patient[n]:
+            studies.loc[image_set, "PatientName"] = f"DOE^{patient[n]}"
+        if series[n]:
+            frame.loc[(image_set, SERIES[n]), "SeriesDescription"] = series[n]
+        if study:
+            studies.loc[image_set, "StudyDescription"] = study
+    if move is not None:
+        studies = curation.adopt_study(studies, members[move], like=by_series(snapshot, OTHER_SERIES))
+    plan = curation.plan(curation.diff(snapshot, [studies, frame]), primary="promote", allow_problems=True)
+    end = _simulate(plan, snapshot)
+    by_study: dict[Any, set[str]] = {}
+    for document in end.values():
+        dicom = document["Study"]["DICOM"]
+        by_study.setdefault(dicom["StudyInstanceUID"], set()).add(
+            orjson.dumps([document["Patient"]["DICOM"], dicom], option=orjson.OPT_SORT_KEYS).decode()
+        )
+    if not len(plan.problems):  # (a member left out may leave its study's plain updates uneven: allowed, S6)
+        assert all(len(values) == 1 for values in by_study.values())  # every study's primaries agree at the end
+    assert set(plan.problems["ImageSetID"]) | set(plan.members) | {r.image_set_id for r in plan.requests} >= {
+        m for n, m in enumerate(members) if patient[n] or series[n] or study or move == n
+    }
