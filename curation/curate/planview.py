@@ -133,8 +133,13 @@ def windows(plan: ShownPlan) -> list[str]:
             continue
         for uid in check.params.get("empties") or []:
             group = [s for s in plan.steps if s.group == check.group]
+            promoting = set(check.params.get("promotes") or [])
             deletes = [number[s.step_id] for s in group if s.kind is StepKind.DELETE_PRIMARY]
-            promotes = [number[s.step_id] for s in group if s.kind is StepKind.PROMOTE]
+            promotes = [
+                number[s.step_id]
+                for s in group
+                if s.kind is StepKind.PROMOTE and (not promoting or s.step_id in promoting)
+            ]
             if deletes and promotes:
                 out.append(f"study {uid} has no primary image set between steps {min(deletes)} and {min(promotes)}")
     return out

@@ -110,7 +110,6 @@ class _Member:
 @dataclass
 class _Group:
     name: str
-    study: str | None
     members: list[_Member] = field(default_factory=list)
     deletes_before: dict[str, set[str]] = field(default_factory=dict)
 
@@ -309,7 +308,7 @@ class Procedures:
         for key in order:
             top = root(key)
             if top not in groups:
-                groups[top] = _Group(f"g{len(groups)}", self.members[key].target)
+                groups[top] = _Group(f"g{len(groups)}")
             groups[top].members.append(self.members[key])
             groups[top].deletes_before[key] = before[key]
         return list(groups.values())
@@ -392,9 +391,8 @@ class _StepWriter:
 
     def steps(self, group: _Group) -> list[PlannedStep]:
         """The steps of one group, phase by phase (a topological order): backups, copies, copy updates,
-        copy checks, the study check, the deletions, then per member promote, check, post updates, delete."""
-        check = f"{group.name}:check-study"
-        plain = self._plain_steps(group)
+        copy checks, a check of each target study, the deletions, then per member promote, check, post
+        updates, delete."""
         phases: dict[str, list[PlannedStep]] = {
             name: []
             for name in (
@@ -410,50 +408,59 @@ class _StepWriter:
                 "delete-copy",
             )
         }
-        verified = []
+        verified = tuple(self._copy_steps(member, group.name, phases) for member in group.members)
+        studies = list(dict.fromkeys(member.target for member in group.members))
+        checks = []
+        for number, study in enumerate(studies):
+            checks.append(f"{group.name}:check-study" + (f".{number}" if number else ""))
+            phases["check"].append(self._check(group, study, checks[-1], verified))
         for member in group.members:
-            verified.append(self._copy_steps(member, group.name, phases))
+            self._promotion_steps(
+                member, group, verified, tuple(checks), self._plain_steps(group, member.target), phases
+            )
+        return [step for steps in phases.values() for step in steps]
+
+    def _check(self, group: _Group, study: str | None, step_id: str, verified: tuple[str, ...]) -> PlannedStep:
+        """CHECK_STUDY of one target study of the group: its primaries are the ones the plan expects (``params``:
+        ``primaries``; ``empties`` when the group deletes all of them before the first promotion into it,
+        ``promotes``: the promotions into it)."""
         expected = sorted(
             k
             for k, flag in self.flags.items()
-            if flag is not False and primary_facts(self.documents[k], k).study_uid == group.study
+            if flag is not False and primary_facts(self.documents[k], k).study_uid == study
         )
         deleted = {m.image_set for m in group.members}
-        empties = [group.study] if expected and set(expected) <= deleted else []
-        original = group.members[0].image_set
-        phases["check"].append(
-            PlannedStep(
-                check,
-                StepKind.CHECK_STUDY,
-                str(group.study),
-                original,
-                {
-                    "study": group.study,
-                    "primaries": expected,
-                    "members": [m.image_set for m in group.members],
-                    "empties": empties,
-                },
-                tuple(verified) + plain,
-                group.name,
-                description=f"the primary image sets of study {group.study} are the {len(expected)} the plan "
-                f"expects ({', '.join(expected) or 'none'}), at the versions the plan leaves, and every promotion of "
-                f"{group.name} can pass",
-            )
+        into = [m.image_set for m in group.members if m.target == study]
+        empties = [study] if expected and set(expected) <= deleted else []
+        return PlannedStep(
+            step_id,
+            StepKind.CHECK_STUDY,
+            str(study),
+            into[0],
+            {
+                "study": study,
+                "primaries": expected,
+                "members": [m.image_set for m in group.members],
+                "promotes": [f"{m}:promote" for m in into],
+                "empties": empties,
+            },
+            verified + self._plain_steps(group, study),
+            group.name,
+            description=f"the primary image sets of study {study} are the {len(expected)} the plan expects "
+            f"({', '.join(expected) or 'none'}), at the versions the plan leaves, and every promotion of "
+            f"{group.name} into it can pass",
         )
-        for member in group.members:
-            self._promotion_steps(member, group, tuple(verified), check, plain, phases)
-        return [step for steps in phases.values() for step in steps]
 
-    def _plain_steps(self, group: _Group) -> tuple[str, ...]:
-        """The last plain request of each primary image set of the group's study (they run before any of its
-        promotions, so that the promoted image sets meet the values those requests leave)."""
+    def _plain_steps(self, group: _Group, study: str | None) -> tuple[str, ...]:
+        """The last plain request of each primary image set of ``study`` (they run before any promotion into
+        it, so that the promoted image sets meet the values those requests leave)."""
         members = {m.image_set for m in group.members}
         last: dict[str, str] = {}
         for request in self.requests:
             image_set = request.image_set_id
             if self.flags.get(image_set) is False or image_set in members:
                 continue
-            if primary_facts(self.documents[image_set], image_set).study_uid == group.study:
+            if primary_facts(self.documents[image_set], image_set).study_uid == study:
                 last[image_set] = request.step_id
         return tuple(last.values())
 
@@ -525,7 +532,7 @@ class _StepWriter:
         member: _Member,
         group: _Group,
         verified: tuple[str, ...],
-        check: str,
+        checks: tuple[str, ...],
         plain: tuple[str, ...],
         phases: dict[str, list[PlannedStep]],
     ) -> None:
@@ -540,10 +547,11 @@ class _StepWriter:
                 image_set,
                 image_set,
                 {},
-                (*verified, check, *backup),
+                (*verified, *checks, *backup),
                 name,
                 description=f"old primary of series {series} (after the {len(verified)} working "
-                f"cop{'y' if len(verified) == 1 else 'ies'} of study {group.study} are verified)",
+                f"cop{'y is' if len(verified) == 1 else 'ies'} of {group.name} {'' if len(verified) == 1 else 'are '}"
+                "verified)",
             )
         )
         deletes = tuple(

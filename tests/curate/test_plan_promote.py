@@ -699,3 +699,29 @@ def test_every_planned_order_passes_the_promotion_rule(
     assert set(plan.problems["ImageSetID"]) | set(plan.members) | {r.image_set_id for r in plan.requests} >= {
         m for n, m in enumerate(members) if patient[n] or series[n] or study or move == n
     }
+
+
+def test_a_study_renamed_while_one_series_moves_out_checks_both_studies(served: Any, tmp_path: Path) -> None:
+    client, _ = served
+    snapshot = imported(served, tmp_path, "study", "other")
+    a, b, c = (by_series(snapshot, s) for s in SERIES)
+    target = by_series(snapshot, OTHER_SERIES)
+    studies = snapshot.studies.copy()
+    studies.loc[[a, b, c], "PatientName"] = "DOE^J"
+    studies = curation.adopt_study(studies, [c], like=target)  # c keeps the other study's patient values
+    plan = curation.plan(curation.diff(snapshot, studies), primary="promote")
+    checks = [s for s in plan.steps if s.kind is StepKind.CHECK_STUDY]
+    assert sorted(s.step_id for s in checks) == ["g0:check-study", "g0:check-study.1"]
+    by_study = {s.target: s for s in checks}
+    assert by_study[STUDY].params["empties"] == [STUDY] and by_study[OTHER_STUDY].params["empties"] == []
+    assert by_study[OTHER_STUDY].params["primaries"] == [target] and by_study[OTHER_STUDY].original == c
+    assert set(step(plan, f"{a}:promote").after) == {f"{m}:delete-primary" for m in (a, b, c)}
+    assert step(plan, f"{c}:promote").after == (f"{c}:delete-primary",)
+    for member in (a, b, c):
+        assert {"g0:check-study", "g0:check-study.1"} <= set(step(plan, f"{member}:delete-primary").after)
+    run_steps(client, plan)
+    assert len(primaries(client, plan.datastore_id, STUDY)) == 2
+    moved = primaries(client, plan.datastore_id, OTHER_STUDY)
+    assert len(moved) == 2 and {d["Patient"]["DICOM"]["PatientName"] for d in moved.values()} == {
+        "CompressedSamples^CT1"
+    }
