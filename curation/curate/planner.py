@@ -804,7 +804,7 @@ def _procedures(snapshot: Any, flags: Mapping[str, bool], limit: int, vrs: Mappi
         return None if result is None else result.requests
 
     def replan(inverse: ChangeSet) -> UpdatePlan:
-        return _plan(inverse, max_blob_bytes=limit)
+        return _plan(inverse, max_blob_bytes=limit, allow_problems=True)
 
     return Procedures(snapshot, flags, limit, Hooks(pack, lambda c, d: _fragments(c, d, vrs), _description, replan))
 

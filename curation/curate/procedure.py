@@ -28,6 +28,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -94,16 +95,19 @@ class _Member:
     after: tuple[str, ...] = ()  # plain steps that change P before its copy (D8)
     undo: Undo | None = None
 
-    @property
+    @cached_property
     def facts(self) -> PrimaryFacts:
+        """What the promotion rule sees of the new primary."""
         return primary_facts(self.intended, f"new primary of {self.image_set}")
 
     @property
     def target(self) -> str | None:
+        """The study the new primary belongs to."""
         return self.facts.study_uid
 
-    @property
+    @cached_property
     def current(self) -> PrimaryFacts:
+        """What the promotion rule sees of the primary today."""
         return primary_facts(self.base, self.image_set)
 
 
@@ -125,6 +129,7 @@ class Procedures:
         self.hooks = hooks
         self.members: dict[str, _Member] = {}
         self.taken: set[str] = set()  # every image set planned as a member (some may be dropped by a problem)
+        self._plain_cache: dict[str, PrimaryFacts] | None = None
 
     # --- phase 1: members ----------------------------------------------------------------------------------
 
@@ -225,25 +230,33 @@ class Procedures:
     def _flags(self) -> dict[str, bool | None]:
         return {image_set: self.flags.get(image_set) for image_set in self.documents}
 
+    def _plain_facts(self, plain: Mapping[str, dict[str, Any]]) -> dict[str, PrimaryFacts]:
+        """Image set -> facts of every primary as the plain requests leave it (computed once per plan)."""
+        if self._plain_cache is None:
+            self._plain_cache = {
+                k: primary_facts(plain[k], k) for k, flag in self._flags().items() if flag is not False
+            }
+        return self._plain_cache
+
     def _end_primaries(self, plain: Mapping[str, dict[str, Any]]) -> dict[str, PrimaryFacts]:
         """Image set -> facts of every primary as the plan leaves it (members: their new primary)."""
-        out = {}
-        for image_set, flag in self._flags().items():
-            if flag is False:
-                continue
-            member = self.members.get(image_set)
-            out[image_set] = member.facts if member is not None else primary_facts(plain[image_set], image_set)
+        out = dict(self._plain_facts(plain))
+        for image_set, member in self.members.items():
+            out[image_set] = member.facts
         return out
 
     def _consistent(self, plain: Mapping[str, dict[str, Any]], requests: list[PlannedRequest]) -> list[dict[str, Any]]:
         """D10.1: every member ends with the Patient/Study values of the other primaries of its target study."""
         end = self._end_primaries(plain)
+        by_study: dict[str | None, list[tuple[str, PrimaryFacts]]] = {}
+        for key, facts in end.items():
+            by_study.setdefault(facts.study_uid, []).append((key, facts))
         found = []
         for member in self.members.values():
             ours = end[member.image_set]
-            others = [f for k, f in end.items() if k != member.image_set and f.study_uid == ours.study_uid]
+            others = [f for k, f in by_study[ours.study_uid] if k != member.image_set]
             for level, attribute, value in _first_conflict(ours, others):
-                stays = [(k, f) for k, f in end.items() if k != member.image_set and f.study_uid == ours.study_uid]
+                stays = [(k, f) for k, f in by_study[ours.study_uid] if k != member.image_set]
                 found.append(self._inconsistent(member, level, attribute, value, stays))
                 break
         return found
@@ -292,15 +305,16 @@ class Procedures:
                 key = parent[key]
             return key
 
+        now_in: dict[str | None, list[_Member]] = {}
+        for member in self.members.values():
+            now_in.setdefault(member.current.study_uid, []).append(member)
         before: dict[str, set[str]] = {}
         for member in self.members.values():
             ours = member.facts
             before[member.image_set] = {member.image_set} | {
                 other.image_set
-                for other in self.members.values()
-                if other.current.study_uid == ours.study_uid
-                and other is not member
-                and _first_conflict(ours, [other.current])
+                for other in now_in.get(ours.study_uid, [])
+                if other is not member and _first_conflict(ours, [other.current])
             }
             for other in before[member.image_set]:
                 parent[root(other)] = root(member.image_set)
@@ -316,13 +330,13 @@ class Procedures:
     def _simulate(self, plain: Mapping[str, dict[str, Any]], requests: list[PlannedRequest]) -> list[dict[str, Any]]:
         """D10.4: run every group's deletions and promotions in the plan's order against the primaries the
         plain requests leave; a promotion the rule refuses is a problem of that member."""
-        primaries = {k: primary_facts(plain[k], k) for k, flag in self._flags().items() if flag is not False}
+        primaries = _Primaries(self._plain_facts(plain).values())
         found = []
         for group in self._groups():
             for member in group.members:
-                primaries.pop(member.image_set, None)
+                primaries.pop(member.image_set)
             for member in group.members:
-                refusal = rules.promotion_refusal(member.facts, primaries.values())
+                refusal = rules.promotion_refusal(member.facts, primaries.near(member.facts))
                 if refusal is not None:
                     found.append(
                         {
@@ -333,19 +347,34 @@ class Procedures:
                             "reason": f"its promotion would be refused: {refusal.message}",
                         }
                     )
-                primaries[member.facts.image_set_id] = member.facts
+                primaries.add(member.facts)
         return found
 
     def _undo(self) -> list[dict[str, Any]]:
         """D28: per member, the updates that take its new primary (before the post-promotion updates) back to
-        the pre-plan document, planned on a non-primary copy; a member whose inverse does not reproduce the
-        pre-plan digest is a problem (revert could not be exact)."""
+        the pre-plan document, planned on non-primary copies (one planner pass for every member); a member
+        whose inverse does not reproduce the pre-plan digest is a problem (revert could not be exact)."""
+        todo = [m for m in self.members.values() if m.undo is None]
+        rows = [row for m in todo for row in _inverse_rows(m, _without_series(m.pre, m.removed_series))]
+        frame = pd.DataFrame(
+            [{c: r.get(c) for c in CHANGE_COLUMNS} for r in rows], columns=list(CHANGE_COLUMNS), dtype=object
+        )
+        scope = _OneDocument(
+            self.snapshot.datastore_id, {m.image_set: m.intended for m in todo}, {m.image_set: False for m in todo}, {}
+        )
+        planned = self.hooks.replan(ChangeSet(frame, empty_problems(), scope, {})) if rows else None
+        inverses: dict[str, list[dict[str, Any]]] = {}
+        refused: dict[str, str] = {}
+        for request in planned.requests if planned is not None else []:
+            inverses.setdefault(request.image_set_id, []).append(_call_params(request.params))
+        for record in planned.problems.to_dict("records") if planned is not None else []:
+            refused.setdefault(str(record["ImageSetID"]), str(record["reason"]))
         found = []
-        for member in self.members.values():
-            if member.undo is not None:
-                continue
+        for member in todo:
             try:
-                member.undo = self._inverse(member)
+                if member.image_set in refused:
+                    raise ValueError(refused[member.image_set])
+                member.undo = self._checked_undo(member, inverses.get(member.image_set, []))
             except (AHIError, ValueError) as exc:
                 found.append(
                     {
@@ -358,14 +387,10 @@ class Procedures:
                 )
         return found
 
-    def _inverse(self, member: _Member) -> Undo:
+    def _checked_undo(self, member: _Member, inverse: list[dict[str, Any]]) -> Undo:
+        """The Undo of ``member``, after checking that ``inverse`` (and merging the backup of removed series)
+        takes its new primary back to the pre-plan digest (D12)."""
         pre = member.pre
-        target = _without_series(pre, member.removed_series)
-        inverse: list[dict[str, Any]] = []
-        if digest(member.intended) != digest(target):
-            changes = _inverse_changes(member, target, self.snapshot.datastore_id)
-            planned = self.hooks.replan(changes)
-            inverse = [_call_params(r.params) for r in planned.requests]
         restored = member.intended
         for params in inverse:
             restored = apply_to_document(restored, params, is_primary=False, max_blob_bytes=self.limit)
@@ -384,10 +409,19 @@ class _StepWriter:
 
     def __init__(self, procedures: Procedures, requests: list[PlannedRequest]) -> None:
         self.flags = procedures._flags()
-        self.documents = procedures.documents
         self.order = list(procedures.members)
         self.describe = procedures.hooks.describe
-        self.requests = requests
+        members = set(self.order)
+        study_of = {k: _study_uid(d) for k, d in procedures.documents.items()}
+        self.primaries: dict[str | None, list[str]] = {}  # study -> its primaries today
+        for image_set, flag in self.flags.items():
+            if flag is not False:
+                self.primaries.setdefault(study_of[image_set], []).append(image_set)
+        self.plain: dict[str | None, dict[str, str]] = {}  # study -> primary -> its last plain request
+        for request in requests:
+            image_set = request.image_set_id
+            if self.flags.get(image_set) is not False and image_set not in members:
+                self.plain.setdefault(study_of[image_set], {})[image_set] = request.step_id
 
     def steps(self, group: _Group) -> list[PlannedStep]:
         """The steps of one group, phase by phase (a topological order): backups, copies, copy updates,
@@ -424,11 +458,7 @@ class _StepWriter:
         """CHECK_STUDY of one target study of the group: its primaries are the ones the plan expects (``params``:
         ``primaries``; ``empties`` when the group deletes all of them before the first promotion into it,
         ``promotes``: the promotions into it)."""
-        expected = sorted(
-            k
-            for k, flag in self.flags.items()
-            if flag is not False and primary_facts(self.documents[k], k).study_uid == study
-        )
+        expected = sorted(self.primaries.get(study, []))
         deleted = {m.image_set for m in group.members}
         into = [m.image_set for m in group.members if m.target == study]
         empties = [study] if expected and set(expected) <= deleted else []
@@ -454,15 +484,7 @@ class _StepWriter:
     def _plain_steps(self, group: _Group, study: str | None) -> tuple[str, ...]:
         """The last plain request of each primary image set of ``study`` (they run before any promotion into
         it, so that the promoted image sets meet the values those requests leave)."""
-        members = {m.image_set for m in group.members}
-        last: dict[str, str] = {}
-        for request in self.requests:
-            image_set = request.image_set_id
-            if self.flags.get(image_set) is False or image_set in members:
-                continue
-            if primary_facts(self.documents[image_set], image_set).study_uid == study:
-                last[image_set] = request.step_id
-        return tuple(last.values())
+        return tuple((self.plain.get(study) or {}).values())
 
     def _copy_steps(self, member: _Member, group: str, phases: dict[str, list[PlannedStep]]) -> str:
         """BACKUP (series removals), COPY, the copy's UPDATEs and VERIFY_COPY; the VERIFY_COPY step ID."""
@@ -621,6 +643,39 @@ class _StepWriter:
 
 # --- helpers -------------------------------------------------------------------------------------------------
 
+
+class _Primaries:
+    """The primaries of a simulation, indexed so that a promotion is compared only with the primaries that can
+    refuse it: those of its study (consistency key) and those holding one of its series or SOP instances."""
+
+    def __init__(self, facts: Iterable[PrimaryFacts]) -> None:
+        self.by_id: dict[str, PrimaryFacts] = {}
+        self.index: dict[tuple[str, Any], set[str]] = {}
+        for item in facts:
+            self.add(item)
+
+    def _keys(self, facts: PrimaryFacts) -> list[tuple[str, Any]]:
+        keys: list[tuple[str, Any]] = [("study", rules.consistency_key(facts))]
+        keys += [("series", uid) for uid in facts.series] + [("sop", uid) for uid in facts.sops]
+        return keys
+
+    def add(self, facts: PrimaryFacts) -> None:
+        self.by_id[facts.image_set_id] = facts
+        for key in self._keys(facts):
+            self.index.setdefault(key, set()).add(facts.image_set_id)
+
+    def pop(self, image_set: str) -> None:
+        facts = self.by_id.pop(image_set, None)
+        for key in self._keys(facts) if facts is not None else []:
+            self.index[key].discard(image_set)
+
+    def near(self, facts: PrimaryFacts) -> list[PrimaryFacts]:
+        found: set[str] = set()
+        for key in self._keys(facts):
+            found |= self.index.get(key, set())
+        return [self.by_id[k] for k in sorted(found)]
+
+
 _ABSENT = object()
 
 
@@ -658,6 +713,11 @@ def _renamed_series(changes: Iterable[Any]) -> dict[Any, Any]:
     }
 
 
+def _study_uid(document: dict[str, Any]) -> str | None:
+    uid = ((document.get("Study") or {}).get("DICOM") or {}).get("StudyInstanceUID")
+    return uid if isinstance(uid, str) else None
+
+
 def _series_node(document: dict[str, Any], uid: Any) -> dict[str, Any]:
     return ((document.get("Study") or {}).get("Series") or {}).get(uid) or {}
 
@@ -680,8 +740,8 @@ class _OneDocument:
     version_ids: dict[str, str]
 
 
-def _inverse_changes(member: _Member, target: dict[str, Any], datastore_id: str) -> ChangeSet:
-    """The ChangeSet that takes ``member.intended`` (non-primary) back to ``target``: per node, the attributes
+def _inverse_rows(member: _Member, target: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ChangeSet rows that take ``member.intended`` (non-primary) back to ``target``: per node, the attributes
     that differ, addressed by the node's UIDs in the intended document (a UID the plan changes is changed back,
     last, by the planner's packing order)."""
     changes = [c for packed in member.copy_updates for c in packed[2]]
@@ -733,8 +793,4 @@ def _inverse_changes(member: _Member, target: dict[str, Any], datastore_id: str)
             sop = sop_names.get((old_series, old_sop), old_sop)
             mine = (ours.get("Instances") or {}).get(sop) or {}
             compare("Instance", series, sop, mine, instance, instance.get("DICOMVRs") or {})
-    frame = pd.DataFrame(
-        [{c: r.get(c) for c in CHANGE_COLUMNS} for r in rows], columns=list(CHANGE_COLUMNS), dtype=object
-    )
-    scope = _OneDocument(datastore_id, {image_set: intended}, {image_set: False}, {})
-    return ChangeSet(frame, empty_problems(), scope, {})
+    return rows
