@@ -725,3 +725,29 @@ def test_a_study_renamed_while_one_series_moves_out_checks_both_studies(served: 
     assert len(moved) == 2 and {d["Patient"]["DICOM"]["PatientName"] for d in moved.values()} == {
         "CompressedSamples^CT1"
     }
+
+
+def test_a_study_wide_update_runs_before_the_copy_of_a_member_it_touches(served: Any, tmp_path: Path) -> None:
+    """D8: with include_study_image_sets the folded Study-level update also changes the member's primary, so
+    the member is copied after it, and its copy's updates are planned on the document it leaves."""
+    client, _ = served
+    snapshot = imported(served, tmp_path, "study")
+    members = sorted(by_series(snapshot, s) for s in SERIES)
+    studies = snapshot.studies.copy()
+    studies["StudyDescription"] = "CHEST"
+    last = members[-1]
+    (series_uid,) = [s for s in SERIES if by_series(snapshot, s) == last]
+    series = snapshot.series.copy()
+    series.loc[(last, series_uid), "SeriesDescription"] = "AXIAL"
+    plan = curation.plan(curation.diff(snapshot, [studies, series]), primary="promote", include_study_image_sets=True)
+    (carrier,) = plan.requests
+    assert carrier.include_study_image_sets and last in carrier.affects and plan.members == [last]
+    assert step(plan, f"{last}:copy").after == (carrier.step_id,)
+    assert "CHEST" not in str(step(plan, f"{last}:update.0").params)  # the study-wide request carries it
+    undo = plan.undo[last]  # revert goes back to the pre-plan document, the study-wide change included
+    assert undo.digest == digest(snapshot.documents[last]) and "StudyDescription" in str(undo.inverse)
+    run_steps(client, plan)
+    found = primaries(client, plan.datastore_id, STUDY)
+    assert {d["Study"]["DICOM"]["StudyDescription"] for d in found.values()} == {"CHEST"} and len(found) == 3
+    restored = step(plan, f"{last}:verify-primary")
+    assert restored.expect in {digest(d) for d in found.values()}
