@@ -34,6 +34,10 @@ Choices (documented because AHI leaves them to the caller):
   that turns out not to be primary would silently skip its change). Requests with ``affects`` come first in
   ``requests`` and bump the affected image sets' versions: whoever applies the plan must run them first and
   refresh those image sets' latest versions.
+- ``primary="promote"`` (default ``"refuse"``): an image set whose changes a primary image set refuses is
+  planned, whole, as AHI's copy-and-promote procedure (``curation.curate.procedure``: ``UpdatePlan.steps``),
+  its changes packed by the same packer on a non-primary copy; image sets whose changes AHI accepts on a primary
+  keep their plain requests.
 """
 
 from __future__ import annotations

@@ -751,3 +751,15 @@ def test_a_study_wide_update_runs_before_the_copy_of_a_member_it_touches(served:
     assert {d["Study"]["DICOM"]["StudyDescription"] for d in found.values()} == {"CHEST"} and len(found) == 3
     restored = step(plan, f"{last}:verify-primary")
     assert restored.expect in {digest(d) for d in found.values()}
+
+
+def test_an_unknown_primary_flag_is_treated_as_primary_and_the_plan_says_so(ct_plan: Any) -> None:
+    snapshot, _ = ct_plan
+    (image_set,) = snapshot.image_set_ids
+    snapshot.primary = {}
+    studies = snapshot.studies.copy()
+    studies["PatientName"] = "MX^MX"
+    changes = curation.diff(snapshot, studies)
+    plan = curation.plan(changes, primary="promote")
+    assert plan.members == [image_set]
+    assert "primary flag unknown: treated as primary" in step(plan, f"{image_set}:copy").description
