@@ -571,9 +571,12 @@ class _StepWriter:
                 {},
                 (*verified, *checks, *backup),
                 name,
-                description=f"old primary of series {series} (after the {len(verified)} working "
-                f"cop{'y is' if len(verified) == 1 else 'ies'} of {group.name} {'' if len(verified) == 1 else 'are '}"
-                "verified)",
+                description=f"old primary of series {series} (once "
+                + (
+                    "its working copy is verified)"
+                    if len(verified) == 1
+                    else f"all {len(verified)} working copies of {group.name} are verified)"
+                ),
             )
         )
         deletes = tuple(
