@@ -763,3 +763,19 @@ def test_an_unknown_primary_flag_is_treated_as_primary_and_the_plan_says_so(ct_p
     plan = curation.plan(changes, primary="promote")
     assert plan.members == [image_set]
     assert "primary flag unknown: treated as primary" in step(plan, f"{image_set}:copy").description
+
+
+def test_a_new_uid_held_by_another_primary_is_a_problem_before_anything_is_planned(served: Any, tmp_path: Path) -> None:
+    snapshot = imported(served, tmp_path, "study", "other")
+    a = by_series(snapshot, SERIES[1])
+    other = by_series(snapshot, OTHER_SERIES)
+    instances = snapshot.instances.copy()
+    instances.loc[(a, SERIES[1], SOPS[1][0]), "SOPInstanceUID"] = OTHER_SOP  # a SOP instance of the other study
+    with pytest.raises(PlanError) as stopped:
+        curation.plan(curation.diff(snapshot, instances), primary="promote")
+    (problem,) = stopped.value.problems.to_dict("records")
+    assert problem["ImageSetID"] == a and problem["attribute"] == "SOPInstanceUID"
+    assert (
+        f"its promotion would be refused: SOPInstanceUID {OTHER_SOP} is already held by primary image set {other}"
+        in (problem["reason"])
+    )
