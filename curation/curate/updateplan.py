@@ -130,8 +130,16 @@ class PlannedRequest:
         """This request as a ``PlannedStep`` (kind ``update``), after the image set's previous request."""
         params = {k: v for k, v in self.params.items() if k not in ("datastoreId", "imageSetId")}
         after = (f"{self.image_set_id}:update.{self.index - 1}",) if self.index else ()
-        return PlannedStep(self.step_id, StepKind.UPDATE, self.image_set_id, self.image_set_id, params, after,
-                           force_reasons=tuple(self.force_reasons), description=self.description)
+        return PlannedStep(
+            self.step_id,
+            StepKind.UPDATE,
+            self.image_set_id,
+            self.image_set_id,
+            params,
+            after,
+            force_reasons=tuple(self.force_reasons),
+            description=self.description,
+        )
 
     @property
     def include_study_image_sets(self) -> bool:
@@ -530,8 +538,6 @@ def _from_jsonable(value: Any) -> Any:
     return value
 
 
-
-
 # --- reading plans back ------------------------------------------------------------------------------------
 
 
@@ -689,10 +695,7 @@ class _PlanReader:
         if not all(isinstance(p, dict) for p in records):
             raise PlanFormatError("the plan: every problem must be an object")
         return pd.DataFrame(
-            {
-                name: pd.Series([_from_jsonable(p.get(name)) for p in records], dtype=object)
-                for name in PROBLEM_COLUMNS
-            }
+            {name: pd.Series([_from_jsonable(p.get(name)) for p in records], dtype=object) for name in PROBLEM_COLUMNS}
         )
 
     def _digests(self) -> PlanDigests:
@@ -706,8 +709,9 @@ class _PlanReader:
         undo = digests.get("undo")
         if not isinstance(steps, list) or not (undo is None or isinstance(undo, str)):
             raise PlanFormatError("the plan: 'digests' is not what a plan holds there")
-        return PlanDigests(datastore_id, base_versions, problems, tuple(str(r) for r in requests),
-                           tuple(str(d) for d in steps), undo)
+        return PlanDigests(
+            datastore_id, base_versions, problems, tuple(str(r) for r in requests), tuple(str(d) for d in steps), undo
+        )
 
 
 def _check_consistency(plan: UpdatePlan) -> None:

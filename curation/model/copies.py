@@ -81,8 +81,10 @@ def merge(destination: dict[str, Any], selected: dict[str, Any]) -> tuple[dict[s
     held = {sop for _, sop, _ in iter_instances(destination)}
     for _, sop, _ in iter_instances(selected):
         if sop in held:
-            raise _invalid(f"SOPInstanceUID {sop} is already in the destination image set: SOP Instance UIDs must "
-                           "be unique in an image set")
+            raise _invalid(
+                f"SOPInstanceUID {sop} is already in the destination image set: SOP Instance UIDs must "
+                "be unique in an image set"
+            )
     merged = copy.deepcopy(destination)
     problems: list[str] = []
 

@@ -218,14 +218,20 @@ class Refusal:
     def message(self) -> str:
         """One sentence naming the attribute, both values and the conflicting image set."""
         if self.rule == "series":
-            return (f"SeriesInstanceUID {self.value} is already held by primary image set {self.other}: a series "
-                    "belongs to one primary image set (delete it first)")
+            return (
+                f"SeriesInstanceUID {self.value} is already held by primary image set {self.other}: a series "
+                "belongs to one primary image set (delete it first)"
+            )
         if self.rule == "instance":
-            return (f"SOPInstanceUID {self.value} is already held by primary image set {self.other}: a SOP "
-                    "instance belongs to one primary image set (delete it first)")
-        return (f"{self.level}-level {self.attribute} {_shown(self.value)} differs from primary image set "
-                f"{self.other} of study {self.study_uid} ({_shown(self.other_value)}): AHI keeps Patient- and "
-                "Study-level metadata consistent across the primary image sets of a study")
+            return (
+                f"SOPInstanceUID {self.value} is already held by primary image set {self.other}: a SOP "
+                "instance belongs to one primary image set (delete it first)"
+            )
+        return (
+            f"{self.level}-level {self.attribute} {_shown(self.value)} differs from primary image set "
+            f"{self.other} of study {self.study_uid} ({_shown(self.other_value)}): AHI keeps Patient- and "
+            "Study-level metadata consistent across the primary image sets of a study"
+        )
 
 
 _ABSENT = object()
@@ -253,7 +259,8 @@ def level_conflict(level: str, ours: Mapping[str, Any], theirs: Mapping[str, Any
 
 def _same_json(left: Any, right: Any) -> bool:
     return type(left) is type(right) and orjson.dumps(left, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
-        right, option=orjson.OPT_SORT_KEYS)
+        right, option=orjson.OPT_SORT_KEYS
+    )
 
 
 def promotion_refusal(candidate: PrimaryFacts, primaries: Iterable[PrimaryFacts]) -> Refusal | None:
@@ -276,16 +283,20 @@ def promotion_refusal(candidate: PrimaryFacts, primaries: Iterable[PrimaryFacts]
             continue
         shared = candidate.series & other.series
         if shared:
-            return Refusal("series", "Series", "SeriesInstanceUID", min(shared), min(shared), other.image_set_id,
-                           other.study_uid)
+            return Refusal(
+                "series", "Series", "SeriesInstanceUID", min(shared), min(shared), other.image_set_id, other.study_uid
+            )
         shared = candidate.sops & other.sops
         if shared:
-            return Refusal("instance", "Instance", "SOPInstanceUID", min(shared), min(shared), other.image_set_id,
-                           other.study_uid)
+            return Refusal(
+                "instance", "Instance", "SOPInstanceUID", min(shared), min(shared), other.image_set_id, other.study_uid
+            )
         if scope is None or consistency_key(other) != scope:
             continue
-        for level, mine, theirs in (("Patient", candidate.patient, other.patient),
-                                    ("Study", candidate.study, other.study)):
+        for level, mine, theirs in (
+            ("Patient", candidate.patient, other.patient),
+            ("Study", candidate.study, other.study),
+        ):
             found = level_conflict(level, mine, theirs)
             if found is not None:
                 return Refusal("consistency", level, found[0], found[1], found[2], other.image_set_id, scope)
