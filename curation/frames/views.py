@@ -296,6 +296,5 @@ def adopt_study(studies: pd.DataFrame, image_set_ids: Any, like: str) -> pd.Data
                     out[column] = out[column].astype(object)
                 out.loc[present, column] = REMOVE
             continue
-        for row in rows:
-            out.at[row, column] = value
+        out.loc[rows, column] = pd.Series([value] * len(rows), index=rows, dtype=object).astype(out[column].dtype)
     return out

@@ -779,3 +779,37 @@ def test_a_new_uid_held_by_another_primary_is_a_problem_before_anything_is_plann
         f"its promotion would be refused: SOPInstanceUID {OTHER_SOP} is already held by primary image set {other}"
         in (problem["reason"])
     )
+
+
+def test_adopt_study_copies_the_target_values_and_removes_what_it_lacks() -> None:
+    studies = pd.DataFrame(
+        {
+            "StudyInstanceUID": ["1.2", "1.3"],
+            "PatientName": ["A^B", "C^D"],
+            "AccessionNumber": ["X1", None],
+            "StudyID": [1, 2],
+            "@ImageSetID": ["keep", "other"],
+        },
+        index=pd.Index(["a" * 32, "b" * 32], name="ImageSetID"),
+    ).astype(
+        {
+            "StudyInstanceUID": "str",
+            "PatientName": "str",
+            "AccessionNumber": "str",
+            "StudyID": "Int64",
+            "@ImageSetID": object,
+        }
+    )
+    before = studies.copy()
+    adopted = curation.adopt_study(studies, "a" * 32, like="b" * 32)
+    pd.testing.assert_frame_equal(studies, before)  # never modified
+    row = adopted.loc["a" * 32]
+    assert (row["StudyInstanceUID"], row["PatientName"], row["StudyID"], row["@ImageSetID"]) == (
+        "1.3",
+        "C^D",
+        2,
+        "keep",
+    )
+    assert row["AccessionNumber"] is curation.REMOVE or row["AccessionNumber"] == curation.REMOVE
+    with pytest.raises(KeyError, match="like="):
+        curation.adopt_study(studies, ["a" * 32], like="c" * 32)
