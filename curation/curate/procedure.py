@@ -765,6 +765,8 @@ def _inverse_rows(member: _Member, target: dict[str, Any]) -> list[dict[str, Any
         vrs: Mapping[str, str],
     ) -> None:
         mine, wanted = ours.get("DICOM") or {}, theirs.get("DICOM") or {}
+        if mine is wanted or (mine == wanted and rules._same_json(mine, wanted)):
+            return  # the node is unchanged (one comparison instead of one per attribute)
         for key in sorted(set(mine) | set(wanted)):
             if key in wanted and key in mine and rules._same_json(mine[key], wanted[key]):
                 continue
