@@ -813,3 +813,13 @@ def test_adopt_study_copies_the_target_values_and_removes_what_it_lacks() -> Non
     assert row["AccessionNumber"] is curation.REMOVE or row["AccessionNumber"] == curation.REMOVE
     with pytest.raises(KeyError, match="like="):
         curation.adopt_study(studies, ["a" * 32], like="c" * 32)
+
+
+def test_a_plan_without_procedures_is_the_same_plan_in_both_modes(ct_plan: Any) -> None:
+    """Changes AHI accepts on a primary stay plain updates; the plan (and its hash) is the refuse-mode one."""
+    snapshot, _ = ct_plan
+    studies = snapshot.studies.copy()
+    studies["StudyDescription"] = "CHEST"
+    changes = curation.diff(snapshot, studies)
+    promoted, refused = curation.plan(changes, primary="promote"), curation.plan(changes)
+    assert promoted.plan_id == refused.plan_id and not promoted.steps and "steps" not in promoted.to_dict()
