@@ -24,7 +24,7 @@ from curation.frames.cells import REMOVE
 from curation.frames.exchange import read_csv, read_parquet, to_csv, to_parquet
 from curation.frames.flattening import NULL, flatten, flatten_many, unflatten
 from curation.frames.snapshot import Snapshot
-from curation.frames.views import explode, typed
+from curation.frames.views import adopt_study, explode, typed
 from curation.model.document import DocumentError, encode_document, parse_document, read_document
 from curation.model.updates import apply_to_document
 from curation.run.applying import apply
@@ -45,6 +45,7 @@ __all__ = [
     "PlanError",
     "Snapshot",
     "UpdatePlan",
+    "adopt_study",
     "apply",
     "apply_to_document",
     "deidentify",

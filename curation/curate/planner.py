@@ -34,6 +34,10 @@ Choices (documented because AHI leaves them to the caller):
   that turns out not to be primary would silently skip its change). Requests with ``affects`` come first in
   ``requests`` and bump the affected image sets' versions: whoever applies the plan must run them first and
   refresh those image sets' latest versions.
+- ``primary="promote"`` (default ``"refuse"``): an image set whose changes a primary image set refuses is
+  planned, whole, as AHI's copy-and-promote procedure (``curation.curate.procedure``: ``UpdatePlan.steps``),
+  its changes packed by the same packer on a non-primary copy; image sets whose changes AHI accepts on a primary
+  keep their plain requests.
 """
 
 from __future__ import annotations
@@ -41,18 +45,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import orjson
 import pandas as pd
 
 from curation.curate.changeset import OPERATIONS, PROBLEM_COLUMNS, ChangeSet, empty_problems
+from curation.curate.procedure import Hooks, PrimaryMode, Procedures
 from curation.curate.updateplan import (
     SCHEMA_VERSION,
     UNKNOWN_PRIMARY,
     PlanError,
     PlannedRequest,
+    PlannedStep,
+    Undo,
     UpdatePlan,
     _json_default,
     _jsonable,
@@ -697,20 +704,29 @@ def _problem_key(record: Mapping[str, Any]) -> bytes:
 def plan(
     changes: ChangeSet,
     *,
+    primary: PrimaryMode | Literal["refuse", "promote"] = "refuse",
     max_blob_bytes: int = 30_000,
     include_study_image_sets: bool = False,
     allow_problems: bool = False,
 ) -> UpdatePlan:
     """The fewest validated UpdateImageSetMetadata requests that express ``changes`` (see the module docstring).
 
+    ``primary``: what to do with the changes AHI refuses on a primary image set. ``"refuse"`` (the default)
+    reports them as problems, each naming the other value; ``"promote"`` plans, for each image set whose
+    changes a primary refuses, AHI's documented copy-and-promote procedure as ordered steps
+    (``curation.curate.procedure``; the image set ID changes when it is applied), while changes AHI accepts
+    on a primary stay plain updates.
+
     Raises ``PlanError`` listing every problem (the ChangeSet's and the refusals found by validation) unless
     ``allow_problems``. With ``allow_problems`` the problems are carried and every image set whose requests
     pass validation is planned: an image set with a refusal is left out whole, while the changes the ChangeSet
     kept despite its own problems (e.g. a value breaking a VR rule, which ``force`` lets through) are sent.
     """
+    mode = PrimaryMode.parse(primary)
     with gc_paused():
         return _plan(
             changes,
+            primary=mode,
             max_blob_bytes=max_blob_bytes,
             include_study_image_sets=include_study_image_sets,
             allow_problems=allow_problems,
@@ -720,6 +736,7 @@ def plan(
 def _plan(
     changes: ChangeSet,
     *,
+    primary: PrimaryMode = PrimaryMode.REFUSE,
     max_blob_bytes: int = 30_000,
     include_study_image_sets: bool = False,
     allow_problems: bool = False,
@@ -733,6 +750,7 @@ def _plan(
     flags = _primary_flags(snapshot)
     problems: list[dict[str, Any]] = []
     per_image_set = _prepared(changes, snapshot, problems)
+    procedures = _procedures(snapshot, flags, limit, changes.vrs) if primary is PrimaryMode.PROMOTE else None
     folds = _folds(per_image_set, documents, flags) if include_study_image_sets else {}
     planned: dict[str, _Planned] = {}
     affects: dict[str, list[str]] = {}
@@ -756,19 +774,43 @@ def _plan(
         if not items:
             continue
         document = start.get(image_set, documents[image_set])
-        result = _plan_one(datastore_id, image_set, document, items, flags.get(image_set), limit, problems)
+        found: list[dict[str, Any]] = []
+        result = _plan_one(datastore_id, image_set, document, items, flags.get(image_set), limit, found)
         if result is not None:
             planned[image_set] = result
+        elif procedures is None or not procedures.take(image_set, document, items, found):
+            problems.extend(found)
 
     bad = {p["ImageSetID"] for p in problems if not _missing(p["ImageSetID"])}
-    problem_frame = _merge_problems(changes.problems, problems)
-    if len(problem_frame) and not allow_problems:
-        raise PlanError(problem_frame)
     for carrier in list(affects):
         if bad & {carrier, *affects[carrier]}:
             bad |= {carrier, *affects[carrier]}
     requests, base_versions = _requests(order, bad, planned, affects, snapshot.version_ids, documents, start)
-    return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame)
+    steps: list[PlannedStep] = []
+    undo: dict[str, Undo] = {}
+    first = changes.problems
+    if procedures is not None:
+        steps, undo, found = procedures.build(requests, base_versions, bad)
+        problems.extend(found)
+        first = procedures.kept_problems(first)
+    problem_frame = _merge_problems(first, problems)
+    if len(problem_frame) and not allow_problems:
+        raise PlanError(problem_frame)
+    return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame, steps, undo)
+
+
+def _procedures(snapshot: Any, flags: Mapping[str, bool], limit: int, vrs: Mapping[str, str]) -> Procedures:
+    """The copy-and-promote builder, with the planner's packing, fragments and descriptions as its hooks."""
+
+    def pack(image_set: str, document: dict[str, Any], items: list[_Change], is_primary: bool,
+             found: list[dict[str, Any]]) -> list[Any] | None:
+        result = _plan_one(snapshot.datastore_id, image_set, document, items, is_primary, limit, found)
+        return None if result is None else result.requests
+
+    def replan(inverse: ChangeSet) -> UpdatePlan:
+        return _plan(inverse, max_blob_bytes=limit, allow_problems=True)
+
+    return Procedures(snapshot, flags, limit, Hooks(pack, lambda c, d: _fragments(c, d, vrs), _description, replan))
 
 
 def _prepared(changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]]) -> dict[str, list[_Change]]:

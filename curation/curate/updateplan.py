@@ -17,8 +17,6 @@ request onto another writer's version.
 from __future__ import annotations
 
 import hashlib
-import html
-import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +28,7 @@ import orjson
 import pandas as pd
 
 from curation.curate.changeset import PROBLEM_COLUMNS, empty_problems, payload_removals, removal_text
+from curation.curate.planstep import PlannedStep, Ref, StepKind, Undo
 from curation.frames.flattening import NULL
 from curation.model.updates import apply_to_document, study_part
 
@@ -38,6 +37,10 @@ __all__ = [
     "PlanError",
     "PlanFormatError",
     "PlannedRequest",
+    "PlannedStep",
+    "Ref",
+    "StepKind",
+    "Undo",
     "UpdatePlan",
     "content_digest",
     "document_digest",
@@ -119,6 +122,26 @@ class PlannedRequest:
         return bool(self.params.get("force"))
 
     @property
+    def step_id(self) -> str:
+        """This request's ID among the plan's steps: ``<image set>:update.<index>``."""
+        return f"{self.image_set_id}:update.{self.index}"
+
+    def as_step(self) -> PlannedStep:
+        """This request as a ``PlannedStep`` (kind ``update``), after the image set's previous request."""
+        params = {k: v for k, v in self.params.items() if k not in ("datastoreId", "imageSetId")}
+        after = (f"{self.image_set_id}:update.{self.index - 1}",) if self.index else ()
+        return PlannedStep(
+            self.step_id,
+            StepKind.UPDATE,
+            self.image_set_id,
+            self.image_set_id,
+            params,
+            after,
+            force_reasons=tuple(self.force_reasons),
+            description=self.description,
+        )
+
+    @property
     def include_study_image_sets(self) -> bool:
         return bool(self.params.get("includeStudyImageSets"))
 
@@ -170,14 +193,21 @@ class PlanDigests:
     base_versions: str
     problems: str
     requests: tuple[str, ...]
+    #: the copy-and-promote steps and their undo (absent from plans that have none, so their IDs stay as made)
+    steps: tuple[str, ...] = ()
+    undo: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "datastore_id": self.datastore_id,
             "base_versions": self.base_versions,
             "problems": self.problems,
             "requests": list(self.requests),
         }
+        if self.steps:
+            out["steps"] = list(self.steps)
+            out["undo"] = self.undo
+        return out
 
     @property
     def plan_id(self) -> str:
@@ -194,7 +224,12 @@ class PlanDigests:
                     f"request {number} (image set {request.image_set_id}, #{request.index}) differs from the "
                     "request that was planned"
                 )
-        for part in ("datastore_id", "base_versions", "problems"):
+        if len(other.steps) != len(self.steps):
+            return f"it has {len(other.steps)} procedure step(s), {len(self.steps)} were planned"
+        for number, (then, now) in enumerate(zip(self.steps, other.steps, strict=True)):
+            if then != now:
+                return f"procedure step {number} differs from the step that was planned"
+        for part in ("datastore_id", "base_versions", "problems", "undo"):
             if getattr(self, part) != getattr(other, part):
                 return f"its {part} differ from what was planned"
         return "its plan_id does not match its content"
@@ -205,19 +240,31 @@ def _problem_records(problems: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _digests(
-    datastore_id: str, base_versions: Mapping[str, str], requests: Sequence[PlannedRequest], problems: pd.DataFrame
+    datastore_id: str,
+    base_versions: Mapping[str, str],
+    requests: Sequence[PlannedRequest],
+    problems: pd.DataFrame,
+    steps: Sequence[PlannedStep] = (),
+    undo: Mapping[str, Undo] | None = None,
 ) -> PlanDigests:
     return PlanDigests(
         datastore_id=content_digest(datastore_id),
         base_versions=content_digest(dict(base_versions)),
         problems=content_digest(_problem_records(problems)),
         requests=tuple(content_digest(r.to_dict()) for r in requests),
+        steps=tuple(content_digest(step.to_dict()) for step in steps),
+        undo=content_digest({k: u.to_dict() for k, u in (undo or {}).items()}) if steps else None,
     )
 
 
 @dataclass(eq=False)
 class UpdatePlan:
     """The requests that express a ChangeSet, per image set in order, with the versions they were made against.
+
+    ``requests`` are the plain UpdateImageSetMetadata calls. ``steps`` are the copy-and-promote procedures
+    (``plan(changes, primary="promote")``) of the image sets whose changes AHI refuses on a primary image set,
+    in a topological order (each step after the steps of its ``after``), and ``undo`` what revert needs to
+    restore their pre-plan content. ``all_steps()`` lists every step, plain requests included.
 
     Make plans with ``UpdatePlan.build`` (or ``curation.plan``), which sets ``plan_id`` to the hash of the
     content; ``check()`` tells whether the content still matches it.
@@ -230,6 +277,8 @@ class UpdatePlan:
     problems: pd.DataFrame = field(default_factory=empty_problems)
     #: the digests of the parts as made (build) or as saved (from_dict); None for a plan made by hand
     digests: PlanDigests | None = field(default=None, repr=False)
+    steps: list[PlannedStep] = field(default_factory=list)
+    undo: dict[str, Undo] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -238,12 +287,15 @@ class UpdatePlan:
         base_versions: Mapping[str, str],
         requests: list[PlannedRequest],
         problems: pd.DataFrame | None = None,
+        steps: list[PlannedStep] | None = None,
+        undo: Mapping[str, Undo] | None = None,
     ) -> UpdatePlan:
         """A plan whose ``plan_id`` is the hash of its content."""
         versions = {k: str(v) for k, v in base_versions.items()}
         table = empty_problems() if problems is None else problems.reset_index(drop=True)
-        digests = _digests(datastore_id, versions, requests, table)
-        return cls(digests.plan_id, datastore_id, versions, requests, table, digests)
+        steps, undo = list(steps or []), dict(undo or {})
+        digests = _digests(datastore_id, versions, requests, table, steps, undo)
+        return cls(digests.plan_id, datastore_id, versions, requests, table, digests, steps, undo)
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -256,19 +308,32 @@ class UpdatePlan:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        forced = sum(r.force for r in self.requests)
+        from curation.curate.planview import counts_text
+
+        forced = sum(r.force for r in self.requests) + sum(s.force for s in self.steps)
+        steps = f", {counts_text(self)}" if self.steps else ""
         return (
-            f"UpdatePlan(plan_id={self.plan_id!r}, image_sets={len(self.by_image_set())}, "
-            f"requests={len(self.requests)}, forced={forced}, {self._removals()}, problems={len(self.problems)})"
+            f"UpdatePlan(plan_id={self.plan_id!r}, image_sets={len(self.image_set_ids)}, "
+            f"requests={len(self.requests)}{steps}, forced={forced}, {self._removals()}, "
+            f"problems={len(self.problems)})"
         )
 
     def _removals(self) -> str:
         """What the plan removes, for its first line (attributes, instances, series)."""
-        return removal_text(payload_removals(r.payload("removableAttributes") for r in self.requests))
+        payloads = [r.payload("removableAttributes") for r in self.requests]
+        payloads += [s.payload("removableAttributes") for s in self.steps if s.kind is StepKind.UPDATE]
+        return removal_text(payload_removals(payloads))
 
     @property
     def image_set_ids(self) -> list[str]:
-        return list(dict.fromkeys(r.image_set_id for r in self.requests))
+        """The pre-plan image sets the plan changes (plain requests first, then procedure members)."""
+        ids = [r.image_set_id for r in self.requests] + [s.original for s in self.steps]
+        return list(dict.fromkeys(ids))
+
+    @property
+    def members(self) -> list[str]:
+        """The image sets that go through the copy-and-promote procedure (their IDs change when applied)."""
+        return list(dict.fromkeys(s.original for s in self.steps if s.kind is StepKind.PROMOTE))
 
     def by_image_set(self) -> dict[str, list[PlannedRequest]]:
         """Requests grouped by image set (in plan order), each list in application order."""
@@ -277,11 +342,22 @@ class UpdatePlan:
             groups.setdefault(request.image_set_id, []).append(request)
         return {key: sorted(value, key=lambda r: r.index) for key, value in groups.items()}
 
+    def all_steps(self) -> list[PlannedStep]:
+        """Every step in a topological order: the plain requests (as ``update`` steps), then the procedures."""
+        return [r.as_step() for r in self.requests] + list(self.steps)
+
+    def steps_by_image_set(self) -> dict[str, list[PlannedStep]]:
+        """Every step grouped by the pre-plan image set it works for (study checks under each member)."""
+        groups: dict[str, list[PlannedStep]] = {}
+        for step in self.all_steps():
+            groups.setdefault(step.original, []).append(step)
+        return groups
+
     # --- integrity ---------------------------------------------------------------------------------------
 
     def current_digests(self) -> PlanDigests:
         """The digests of the plan's content as it is now."""
-        return _digests(self.datastore_id, self.base_versions, self.requests, self.problems)
+        return _digests(self.datastore_id, self.base_versions, self.requests, self.problems, self.steps, self.undo)
 
     def check(self) -> None:
         """Raise ``PlanEditedError`` (one line) unless the content still hashes to ``plan_id``, and
@@ -297,7 +373,7 @@ class UpdatePlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain JSON-able data: what ``save`` writes and what the apply journal's first record holds."""
-        return {
+        out = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "plan_id": self.plan_id,
@@ -307,6 +383,10 @@ class UpdatePlan:
             "requests": [r.to_dict() for r in self.requests],
             "problems": _problem_records(self.problems),
         }
+        if self.steps:
+            out["steps"] = [step.to_dict() for step in self.steps]
+            out["undo"] = {key: undo.to_dict() for key, undo in self.undo.items()}
+        return out
 
     def to_json(self) -> str:
         """The plan as JSON text (blobs stay JSON strings inside it)."""
@@ -343,7 +423,6 @@ class UpdatePlan:
         with open(path, "rb") as handle:
             return cls.from_json(handle.read(), source=os.fspath(path))
 
-
     # --- preview -----------------------------------------------------------------------------------------
 
     def preview(
@@ -357,7 +436,9 @@ class UpdatePlan:
         """The documents the plan will produce: every request applied in order with ``apply_to_document``.
 
         ``documents`` maps image set IDs to current documents (others are returned unchanged); a request with
-        ``includeStudyImageSets`` also applies its Patient/Study part to the documents of ``affects``.
+        ``includeStudyImageSets`` also applies its Patient/Study part to the documents of ``affects``; a
+        procedure member's document (under its pre-plan ID: the new one is known only when applied) gets its
+        working copy's updates (non-primary) and its post-promotion updates (primary).
         ``history(image_set_id, version_id)`` serves reverts. Raises the AHIError AHI would answer.
         """
         result = dict(documents)
@@ -384,110 +465,45 @@ class UpdatePlan:
                             is_primary=bool(primary.get(other, True)),
                             max_blob_bytes=max_blob_bytes,
                         )
+        for step in self.steps:
+            if step.kind is StepKind.UPDATE and step.original in result:
+                promoted = isinstance(step.target, Ref) and step.target.step.endswith(":promote")
+                result[step.original] = apply_to_document(
+                    result[step.original], step.params, is_primary=promoted, max_blob_bytes=max_blob_bytes
+                )
         return result
 
-    # --- display -----------------------------------------------------------------------------------------
+    # --- display (curation.curate.planview) --------------------------------------------------------------
 
     def requests_frame(self) -> pd.DataFrame:
-        """One row per request: image set, index, force and reasons, blob sizes, description."""
-        rows = [
-            {
-                "ImageSetID": r.image_set_id,
-                "index": r.index,
-                "force": r.force,
-                "force_reasons": list(r.force_reasons),
-                "includeStudyImageSets": r.include_study_image_sets,
-                "affects": list(r.affects),
-                "updatable_bytes": r.blob_bytes("updatableAttributes"),
-                "removable_bytes": r.blob_bytes("removableAttributes"),
-                "revertToVersionId": r.revert_to,
-                "base_version": self.base_versions.get(r.image_set_id),
-                "description": r.description,
-            }
-            for r in self.requests
-        ]
-        columns = [
-            "ImageSetID",
-            "index",
-            "force",
-            "force_reasons",
-            "includeStudyImageSets",
-            "affects",
-            "updatable_bytes",
-            "removable_bytes",
-            "revertToVersionId",
-            "base_version",
-            "description",
-        ]
-        return pd.DataFrame(rows, columns=columns)
+        """One row per plain request: image set, index, force and reasons, blob sizes, description."""
+        from curation.curate.planview import requests_frame
+
+        return requests_frame(self)
+
+    def steps_frame(self) -> pd.DataFrame:
+        """One row per step (plain requests and procedure steps), numbered, with what deletes and what changes
+        an image set ID marked."""
+        from curation.curate.planview import steps_frame
+
+        return steps_frame(self)
+
+    def summary(self) -> str:
+        """The plan's first line: image sets, steps by action, deletes, ID changes, removals, problems."""
+        from curation.curate.planview import first_line
+
+        return first_line(self)
+
+    def describe(self) -> str:
+        """Every step as one line of text, numbered, marked [DELETE] / [NEW ID] (what a dry run prints)."""
+        from curation.curate.planview import text
+
+        return text(self)
 
     def _repr_html_(self) -> str:
-        esc = html.escape
-        forced = sum(r.force for r in self.requests)
-        groups = self.by_image_set()
-        parts = [
-            '<div class="ahi-update-plan">',
-            f"<h4>UpdatePlan {esc(self.plan_id)}: {len(self.requests)} request(s) on {len(groups)} image set(s), "
-            f"{forced} forced, {esc(self._removals())}, datastore {esc(self.datastore_id)}</h4>",
-        ]
-        if len(self.problems):
-            parts.append(
-                f'<div style="background:#fde2e2;border:1px solid #c00;padding:4px"><b>{len(self.problems)} '
-                "problem(s): these image sets are not planned</b><table>"
-                "<tr>" + "".join(f"<th>{esc(c)}</th>" for c in PROBLEM_COLUMNS) + "</tr>"
-            )
-            for record in self.problems.to_dict("records"):
-                parts.append(
-                    "<tr>" + "".join(f"<td>{esc(_cell_text(record.get(c)))}</td>" for c in PROBLEM_COLUMNS) + "</tr>"
-                )
-            parts.append("</table></div>")
-        for number, (image_set, requests) in enumerate(groups.items()):
-            if number == _HTML_IMAGE_SETS:
-                parts.append(f"<p>... and {len(groups) - number} more image set(s) (see requests_frame())</p>")
-                break
-            base = self.base_versions.get(image_set)
-            parts.append(
-                f"<details open><summary><b>image set {esc(image_set)}</b>: {len(requests)} request(s)"
-                f"{'' if base is None else f', against version {esc(base)}'}</summary>"
-            )
-            for request in requests:
-                parts.append(_request_html(request))
-            parts.append("</details>")
-        parts.append("</div>")
-        return "".join(parts)
+        from curation.curate.planview import plan_html
 
-
-def _request_html(request: PlannedRequest) -> str:
-    esc = html.escape
-    color = "#c00" if request.force else "#888"
-    out = [
-        f'<div style="border-left:4px solid {color};margin:4px 0 8px 8px;padding-left:6px">',
-        f"<div><b>#{request.index}</b> {esc(request.description)}</div>",
-    ]
-    flags = [f"datastoreId={esc(request.params.get('datastoreId', ''))}", f"imageSetId={esc(request.image_set_id)}"]
-    if request.force:
-        flags.append('<b style="color:#c00">force=True</b>')
-    if request.include_study_image_sets:
-        flags.append("<b>includeStudyImageSets=True</b>")
-    out.append(f"<div><code>{' '.join(flags)}</code></div>")
-    if request.force_reasons:
-        out.append('<div style="color:#c00">force needed because:<ul>')
-        out.extend(f"<li>{esc(reason)}</li>" for reason in request.force_reasons)
-        out.append("</ul></div>")
-    if request.affects:
-        out.append(f"<div>also updates (study consistency): {esc(', '.join(request.affects))}</div>")
-    if request.revert_to is not None:
-        out.append(f"<div>revertToVersionId = <code>{esc(request.revert_to)}</code></div>")
-    for name in ("updatableAttributes", "removableAttributes"):
-        payload = request.payload(name)
-        if payload is None:
-            continue
-        text = json.dumps(payload, indent=2, ensure_ascii=False)
-        if len(text) > _HTML_JSON_CHARS:
-            text = text[:_HTML_JSON_CHARS] + "\n... (truncated)"
-        out.append(f"<div>{name} ({request.blob_bytes(name)} bytes):</div><pre>{esc(text)}</pre>")
-    out.append("</div>")
-    return "".join(out)
+        return plan_html(self)
 
 
 def _cell_text(value: Any) -> str:
@@ -520,8 +536,6 @@ def _from_jsonable(value: Any) -> Any:
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_from_jsonable(v) for v in value["tuple"])
     return value
-
-
 
 
 # --- reading plans back ------------------------------------------------------------------------------------
@@ -648,6 +662,7 @@ class _PlanReader:
             raise PlanFormatError("the plan: 'base_versions' must map image set IDs to version IDs")
         listed = _need(data, "requests", list, "the plan")
         requests = [PlannedRequest.from_dict(r, datastore_id, n) for n, r in enumerate(listed)]
+        steps, undo = self._steps()
         return UpdatePlan(
             plan_id=_need(data, "plan_id", str, "the plan"),
             datastore_id=datastore_id,
@@ -655,17 +670,32 @@ class _PlanReader:
             requests=requests,
             problems=self._problems(),
             digests=self._digests(),
+            steps=steps,
+            undo=undo,
         )
+
+    def _steps(self) -> tuple[list[PlannedStep], dict[str, Undo]]:
+        listed = self.data.get("steps") or []
+        undo = self.data.get("undo") or {}
+        if not isinstance(listed, list) or not isinstance(undo, dict):
+            raise PlanFormatError("the plan: 'steps' must be a list and 'undo' an object")
+        steps = []
+        for number, item in enumerate(listed):
+            try:
+                steps.append(PlannedStep.from_dict(item))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PlanFormatError(f"procedure step {number} is not what a plan holds there: {exc}") from None
+        try:
+            return steps, {str(k): Undo.from_dict(v) for k, v in undo.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PlanFormatError(f"the plan: its 'undo' is not what a plan holds there: {exc}") from None
 
     def _problems(self) -> pd.DataFrame:
         records = _need(self.data, "problems", list, "the plan")
         if not all(isinstance(p, dict) for p in records):
             raise PlanFormatError("the plan: every problem must be an object")
         return pd.DataFrame(
-            {
-                name: pd.Series([_from_jsonable(p.get(name)) for p in records], dtype=object)
-                for name in PROBLEM_COLUMNS
-            }
+            {name: pd.Series([_from_jsonable(p.get(name)) for p in records], dtype=object) for name in PROBLEM_COLUMNS}
         )
 
     def _digests(self) -> PlanDigests:
@@ -675,7 +705,13 @@ class _PlanReader:
         if not all(isinstance(p, str) for p in parts) or not isinstance(requests, list):
             raise PlanFormatError("the plan: 'digests' is not what a plan holds there")
         datastore_id, base_versions, problems = (str(p) for p in parts)
-        return PlanDigests(datastore_id, base_versions, problems, tuple(str(r) for r in requests))
+        steps = digests.get("steps") or []
+        undo = digests.get("undo")
+        if not isinstance(steps, list) or not (undo is None or isinstance(undo, str)):
+            raise PlanFormatError("the plan: 'digests' is not what a plan holds there")
+        return PlanDigests(
+            datastore_id, base_versions, problems, tuple(str(r) for r in requests), tuple(str(d) for d in steps), undo
+        )
 
 
 def _check_consistency(plan: UpdatePlan) -> None:
@@ -694,3 +730,28 @@ def _check_consistency(plan: UpdatePlan) -> None:
         seen.add((request.image_set_id, request.index))
         if request.image_set_id not in plan.base_versions:
             raise PlanFormatError(f"{where}: the plan has no base version for its image set")
+    _check_steps(plan)
+
+
+def _check_steps(plan: UpdatePlan) -> None:
+    """Procedure steps: unique IDs, known dependencies (steps or plain requests) that come earlier, references to
+    steps that create an image set, and a base version for every image set a step addresses by its ID."""
+    known = {r.step_id for r in plan.requests}
+    creators: set[str] = set()
+    for number, step in enumerate(plan.steps):
+        where = f"procedure step {number} ({step.step_id})"
+        if step.step_id in known:
+            raise PlanFormatError(f"{where} appears twice")
+        missing = [a for a in step.after if a not in known]
+        if missing:
+            raise PlanFormatError(f"{where} waits for {missing[0]}, which is not an earlier step of the plan")
+        targets = [step.target, step.params.get("destination")]
+        for target in targets:
+            if isinstance(target, Ref) and target.step not in creators:
+                raise PlanFormatError(f"{where} addresses the image set of {target.step}, which no step before creates")
+        addressed = isinstance(step.target, str) and step.kind is not StepKind.CHECK_STUDY
+        if addressed and step.target not in plan.base_versions:
+            raise PlanFormatError(f"{where}: the plan has no base version for image set {step.target}")
+        known.add(step.step_id)
+        if step.kind.creates:
+            creators.add(step.step_id)

@@ -262,3 +262,39 @@ def _cell(row: dict, key: str) -> Any:
     if value is None:
         return NULL
     return freeze(value)
+
+
+def adopt_study(studies: pd.DataFrame, image_set_ids: Any, like: str) -> pd.DataFrame:
+    """A copy of ``studies`` in which the rows of ``image_set_ids`` take every Patient- and Study-level value
+    of the row ``like`` (an image set of the target study), ``StudyInstanceUID`` included.
+
+    Moving a series into another study is an edit of its image set's ``StudyInstanceUID`` and of its Patient-
+    and Study-level attributes to match the target study: AHI keeps those consistent across the primary image
+    sets of a study (Developer Guide, "Understanding image sets": data "that conflicts with primary image sets
+    already in the store will be persisted as non-primary"), so ``plan(changes, primary="promote")`` refuses a
+    move that leaves one different. An attribute ``like`` lacks becomes ``curation.REMOVE`` on those rows;
+    AHI-generated ``@`` columns are left alone. ``studies`` itself is never modified.
+    """
+    from curation.frames.cells import REMOVE
+
+    rows = [image_set_ids] if isinstance(image_set_ids, str) else list(image_set_ids)
+    if like not in studies.index:
+        raise KeyError(f"adopt_study: image set {like!r} (like=) is not a row of the studies frame")
+    missing = [row for row in rows if row not in studies.index]
+    if missing:
+        raise KeyError(f"adopt_study: image set {missing[0]!r} is not a row of the studies frame")
+    out = studies.copy()
+    source = studies.loc[like]
+    for column in studies.columns:
+        if str(column).startswith("@"):
+            continue
+        value = source[column]
+        if is_absent(value):
+            present = [row for row in rows if not is_absent(studies.at[row, column])]
+            if present:
+                if out[column].dtype != object and not isinstance(out[column].dtype, pd.StringDtype):
+                    out[column] = out[column].astype(object)
+                out.loc[present, column] = REMOVE
+            continue
+        out.loc[rows, column] = pd.Series([value] * len(rows), index=rows, dtype=object).astype(out[column].dtype)
+    return out

@@ -1,80 +1,37 @@
 """CopyImageSet and DeleteImageSet in the embedded backend, with the copy rules where AHI's guide is silent.
 
 From the developer guide ("Copying an image set"): ``copiableAttributes`` selects series and instances of the
-source; a copy into an existing image set merges into it; ``promoteToPrimary`` makes the new image set primary.
-Choices where the guide is silent (so tests and users can rely on them):
+source; a copy into an existing image set merges into it (``curation.model.copies``: what a copy does to the
+documents); "Copy is an asynchronous process": the source answers ``LOCKED`` / ``COPYING_WITH_READ_ONLY_ACCESS``
+and a new destination ``COPYING`` (the AWS CLI example of ``copy-image-set``), and "you cannot perform other write
+operations on a LOCKED image set". ``promoteToPrimary`` "will configure the CopyImageSet operation to promote the
+given image set to the primary DICOM hierarchy. If successful, a new primary image set ID will be returned as the
+destination image set" (API reference). Choices where AWS is silent (so tests and users can rely on them; strict
+readings, see /work/team/primary-design.md D29-D33):
 
 - A copy into an existing image set whose Patient/Study/Series attributes disagree with the source is accepted
   and ends ``COPY_FAILED`` (as AHI's own example shows) unless ``force``; with ``force`` the destination's
-  values win.
-- ``promoteToPrimary`` needs a new destination and no primary image set holding the same series.
-- A deleted image set frees its series for a new primary image set.
+  values win. An instance the destination already holds is refused (SOP Instance UIDs are unique in an image set).
+- A copy does not change the source's version or that version's status (only its lock shows the copy).
+- ``promoteToPrimary`` copies the whole source to a new image set: with a destination or ``copiableAttributes``
+  it is refused (ValidationException). It is refused at once with ConflictException, nothing created, when
+  :func:`curation.model.rules.promotion_refusal` finds a conflict with a primary image set that is not deleted:
+  one holding one of its series or SOP instances, or one of its study whose Patient- or Study-level metadata
+  differs; the message names the attribute, both values and that image set.
+- A deleted image set frees its series for a new primary image set; DeleteImageSet is refused while LOCKED.
+- ``Store.fail_next_copies`` (a test knob) makes accepted copies end ``COPY_FAILED`` with a message.
 """
 
 from __future__ import annotations
 
-import copy
 import sqlite3
 from typing import Any
 
-import orjson
-
 from curation.local.backend import BackendBase
 from curation.local.database import Version, invalid, new_id, timestamp
-from curation.local.indexing import index_document
+from curation.local.faults import take_copy_failure
+from curation.model import copies
 from curation.model.errors import AHIError
-
-
-def select_copiable(document: dict[str, Any], copiable: str | None) -> dict[str, Any]:
-    """The part of ``document`` named by ``copiableAttributes`` (all of it when absent), as a new document."""
-    selected = copy.deepcopy(document)
-    if copiable is None:
-        return selected
-    try:
-        wanted = orjson.loads(copiable)
-    except orjson.JSONDecodeError as exc:
-        raise invalid(f"copiableAttributes is not valid JSON: {exc}") from exc
-    study = wanted.get("Study") if isinstance(wanted, dict) else None
-    series_wanted = study.get("Series") if isinstance(study, dict) else None
-    if not isinstance(series_wanted, dict) or not series_wanted:
-        raise invalid('copiableAttributes must name series as {"Study": {"Series": {"<uid>": {...}}}}')
-    source_series = selected["Study"].get("Series", {})
-    kept: dict[str, Any] = {}
-    for series_uid, spec in series_wanted.items():
-        if series_uid not in source_series:
-            raise invalid(f"Series {series_uid} does not exist in the source image set")
-        node = source_series[series_uid]
-        instances = spec.get("Instances") if isinstance(spec, dict) else None
-        if instances is not None and not isinstance(instances, dict):
-            raise invalid(f"Instances of series {series_uid} must be an object keyed by SOPInstanceUID")
-        if instances:
-            missing = [uid for uid in instances if uid not in node.get("Instances", {})]
-            if missing:
-                raise invalid(f"Instance {missing[0]} does not exist in series {series_uid} of the source")
-            node = {**node, "Instances": {uid: node["Instances"][uid] for uid in instances}}
-        kept[series_uid] = node
-    selected["Study"]["Series"] = kept
-    return selected
-
-
-def merge_copy(destination: dict[str, Any], selected: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``selected`` merged into ``destination`` (the destination's values win) and the disagreements."""
-    merged = copy.deepcopy(destination)
-    problems: list[str] = []
-
-    def compare(label: str, ours: dict[str, Any], theirs: dict[str, Any]) -> None:
-        problems.extend(f"{label} {key}" for key in sorted(set(ours) & set(theirs)) if ours[key] != theirs[key])
-
-    compare("Patient", merged["Patient"].get("DICOM", {}), selected["Patient"].get("DICOM", {}))
-    compare("Study", merged["Study"].get("DICOM", {}), selected["Study"].get("DICOM", {}))
-    series = merged["Study"].setdefault("Series", {})
-    for series_uid, node in selected["Study"].get("Series", {}).items():
-        if series_uid not in series:
-            series[series_uid] = copy.deepcopy(node)
-            continue
-        compare(f"Series {series_uid}", series[series_uid].get("DICOM", {}), node.get("DICOM", {}))
-        series[series_uid].setdefault("Instances", {}).update(copy.deepcopy(node.get("Instances", {})))
-    return merged, problems
 
 
 class CopyOperations(BackendBase):
@@ -94,7 +51,7 @@ class CopyOperations(BackendBase):
         self.db.writable(destination, now)
         self.db.check_latest(destination, destination_info["latestVersionId"])
         before = self.db.document(conn, destination_id, destination["latest_version"])
-        merged, problems = merge_copy(before, selected)
+        merged, problems = copies.merge(before, selected)
         failed = bool(problems) and not force
         message = None
         if failed:
@@ -119,20 +76,18 @@ class CopyOperations(BackendBase):
     ) -> str:
         destination_id = new_id()
         if promote:
-            index = index_document(selected)
-            holder = self.db.primary_holding(conn, datastore_id, index.study_uid, index.series)
-            if holder is not None:
-                raise AHIError(
-                    "ConflictException",
-                    f"Primary ImageSet {holder} already holds this series; delete it before promoting a copy.",
-                )
+            refusal = self.db.promotion_refusal(conn, datastore_id, selected, destination_id)
+            if refusal is not None:
+                raise AHIError("ConflictException", f"Cannot promote the image set to primary: {refusal.message}")
+        failure = take_copy_failure(self.db, conn, promote=promote)
         version = Version(
             datastore_id=datastore_id,
             image_set_id=destination_id,
             document=selected,
-            final_status="COPIED",
+            final_status="COPY_FAILED" if failure else "COPIED",
             lock_status="COPYING",
-            is_primary=promote,
+            is_primary=promote and not failure,
+            message=failure,
         )
         self.db.put_version(conn, version, now)
         return destination_id
@@ -161,17 +116,17 @@ class CopyOperations(BackendBase):
         source_id = source_image_set_id
         source_info = copy_image_set_information["sourceImageSet"]
         destination_info = copy_image_set_information.get("destinationImageSet")
+        copiable = (source_info.get("DICOMCopies") or {}).get("copiableAttributes")
         if destination_info and promote_to_primary:
             raise invalid("promoteToPrimary copies to a new image set: omit destinationImageSet")
+        if copiable is not None and promote_to_primary:
+            raise invalid("promoteToPrimary copies the whole image set: omit copiableAttributes")
         with self.db.transaction(write=True) as conn:
             now = self.db.now()
             source = self.db.image_set(conn, datastore_id, source_id)
             self.db.writable(source, now)
             self.db.check_latest(source, source_info["latestVersionId"])
-            selected = select_copiable(
-                self.db.document(conn, source_id, source["latest_version"]),
-                (source_info.get("DICOMCopies") or {}).get("copiableAttributes"),
-            )
+            selected = copies.select(self.db.document(conn, source_id, source["latest_version"]), copiable)
             if destination_info and destination_info["imageSetId"] == source_id:
                 raise invalid("The source and destination image sets must differ")
             if destination_info:
@@ -182,10 +137,6 @@ class CopyOperations(BackendBase):
                 "UPDATE image_sets SET locked_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS', "
                 "final_status = 'COPIED', message = NULL, updated_at = ? WHERE image_set_id = ?",
                 (now + self.lock_seconds, now, source_id),
-            )
-            conn.execute(
-                "UPDATE versions SET status = 'COPIED', updated_at = ? WHERE image_set_id = ? AND version = ?",
-                (now, source_id, source["latest_version"]),
             )
             source = self.db.image_set(conn, datastore_id, source_id)
             destination = self.db.image_set(conn, datastore_id, destination_id)
@@ -207,6 +158,7 @@ class CopyOperations(BackendBase):
             )
             conn.execute("DELETE FROM frame_refs WHERE image_set_id = ?", (image_set_id,))
             conn.execute("DELETE FROM image_set_series WHERE image_set_id = ?", (image_set_id,))
+            conn.execute("DELETE FROM image_set_instances WHERE image_set_id = ?", (image_set_id,))
         return {
             "datastoreId": datastore_id,
             "imageSetId": image_set_id,

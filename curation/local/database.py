@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,8 +27,16 @@ from typing import Any
 import orjson
 
 from curation.local.indexing import index_document
-from curation.model.document import check_document, encode_document, parse_document
+from curation.model.document import (
+    PrimaryFacts,
+    check_document,
+    encode_document,
+    iter_instances,
+    parse_document,
+    primary_facts,
+)
 from curation.model.errors import AHIError
+from curation.model.rules import Refusal, promotion_refusal
 
 Clock = Callable[[], float]
 DATABASE_NAME = "store.sqlite3"
@@ -54,6 +62,9 @@ CREATE INDEX IF NOT EXISTS image_sets_study ON image_sets (datastore_id, study_u
 CREATE TABLE IF NOT EXISTS image_set_series (
     image_set_id TEXT NOT NULL, series_uid TEXT NOT NULL, PRIMARY KEY (image_set_id, series_uid));
 CREATE INDEX IF NOT EXISTS image_set_series_uid ON image_set_series (series_uid);
+CREATE TABLE IF NOT EXISTS image_set_instances (
+    image_set_id TEXT NOT NULL, sop_uid TEXT NOT NULL, PRIMARY KEY (image_set_id, sop_uid));
+CREATE INDEX IF NOT EXISTS image_set_instances_uid ON image_set_instances (sop_uid);
 CREATE TABLE IF NOT EXISTS versions (
     image_set_id TEXT NOT NULL, version INTEGER NOT NULL, document BLOB NOT NULL, status TEXT NOT NULL,
     message TEXT, forced INTEGER NOT NULL DEFAULT 0, is_primary INTEGER NOT NULL,
@@ -135,6 +146,19 @@ def _migrate(connection: sqlite3.Connection) -> None:
     columns = {row[1] for row in connection.execute("PRAGMA table_info(frames)")}
     if "transfer_syntax" not in columns:  # frames stored before issue 15 are the file's bytes, unlabelled
         connection.execute("ALTER TABLE frames ADD COLUMN transfer_syntax TEXT")
+    empty = connection.execute("SELECT 1 FROM image_set_instances LIMIT 1").fetchone() is None
+    if empty and connection.execute("SELECT 1 FROM image_sets WHERE deleted = 0 LIMIT 1").fetchone():
+        # a store written before issue 12: index the SOP instances of its image sets (the promotion rule reads them)
+        rows = connection.execute(
+            "SELECT v.image_set_id, v.document FROM image_sets s JOIN versions v "
+            "ON v.image_set_id = s.image_set_id AND v.version = s.latest_version WHERE s.deleted = 0"
+        ).fetchall()
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany(
+            "INSERT OR IGNORE INTO image_set_instances (image_set_id, sop_uid) VALUES (?, ?)",
+            [(row[0], sop) for row in rows for _, sop, _ in iter_instances(parse_document(row[1]))],
+        )
+        connection.execute("COMMIT")
 
 
 class Database:
@@ -237,21 +261,35 @@ class Database:
             raise not_found(f"Version {version} of ImageSet {image_set_id} does not exist")
         return parse_document(row["document"])
 
-    @staticmethod
-    def primary_holding(
-        conn: sqlite3.Connection, datastore_id: str, study_uid: str | None, series: Iterable[str]
-    ) -> str | None:
-        """The primary image set already holding one of ``series`` of ``study_uid``, if any."""
-        for series_uid in series:
-            row = conn.execute(
-                "SELECT s.image_set_id FROM image_sets s JOIN image_set_series r USING (image_set_id) "
-                "WHERE s.datastore_id = ? AND s.is_primary = 1 AND s.deleted = 0 AND s.study_uid IS ? "
-                "AND r.series_uid = ? LIMIT 1",
-                (datastore_id, study_uid, series_uid),
-            ).fetchone()
-            if row is not None:
-                return str(row["image_set_id"])
-        return None
+    def primaries_near(self, conn: sqlite3.Connection, datastore_id: str, facts: PrimaryFacts) -> list[PrimaryFacts]:
+        """The facts of every non-deleted primary image set that shares the study, a series or a SOP instance
+        with ``facts`` (what :func:`curation.model.rules.promotion_refusal` compares with), by ImageSetID."""
+        found: set[str] = set()
+        if facts.study_uid is not None:
+            found |= {r[0] for r in conn.execute(
+                "SELECT image_set_id FROM image_sets WHERE datastore_id = ? AND is_primary = 1 AND deleted = 0 "
+                "AND study_uid = ?", (datastore_id, facts.study_uid))}
+        for table, column, uids in (("image_set_series", "series_uid", facts.series),
+                                    ("image_set_instances", "sop_uid", facts.sops)):
+            for chunk in _chunks(sorted(uids)):
+                marks = ", ".join("?" * len(chunk))
+                found |= {r[0] for r in conn.execute(
+                    f"SELECT s.image_set_id FROM image_sets s JOIN {table} r USING (image_set_id) "
+                    f"WHERE s.datastore_id = ? AND s.is_primary = 1 AND s.deleted = 0 AND r.{column} IN ({marks})",
+                    (datastore_id, *chunk))}
+        found.discard(facts.image_set_id)
+        out = []
+        for image_set_id in sorted(found):
+            row = conn.execute("SELECT latest_version FROM image_sets WHERE image_set_id = ?", (image_set_id,))
+            out.append(primary_facts(self.document(conn, image_set_id, row.fetchone()[0]), image_set_id))
+        return out
+
+    def promotion_refusal(self, conn: sqlite3.Connection, datastore_id: str, document: dict[str, Any],
+                          image_set_id: str = "") -> Refusal | None:
+        """Why ``document`` cannot be primary in ``datastore_id`` now (:func:`curation.model.rules.promotion_refusal`
+        against the primary image sets it could conflict with), or None."""
+        facts = primary_facts(document, image_set_id)
+        return promotion_refusal(facts, self.primaries_near(conn, datastore_id, facts))
 
     @staticmethod
     def state(row: sqlite3.Row, now: float) -> tuple[str, str]:
@@ -363,4 +401,14 @@ class Database:
             "INSERT INTO frame_refs (image_set_id, frame_id) VALUES (?, ?)",
             [(image_set_id, frame_id) for frame_id in sorted(index.frames)],
         )
+        conn.execute("DELETE FROM image_set_instances WHERE image_set_id = ?", (image_set_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO image_set_instances (image_set_id, sop_uid) VALUES (?, ?)",
+            [(image_set_id, sop) for _, sop, _ in iter_instances(document)],
+        )
         return number
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]

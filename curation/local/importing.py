@@ -1,10 +1,14 @@
 """Importing DICOM P10 files and AHI JSON documents into the embedded backend, idempotently.
 
 - Imported AHI JSON documents keep their content and their ``ImageSetID`` when it is free in the store (a new
-  one otherwise); ``DatastoreID`` becomes the target datastore's. They are primary unless a primary image set
-  already holds one of their series. A document identical to one already imported into the datastore (same
-  ``ImageSetID`` and content, its image set not deleted) is skipped and reported as such, so importing the
-  same files again, or re-running an import killed half-way, makes no duplicates.
+  one otherwise); ``DatastoreID`` becomes the target datastore's. A document identical to one already imported
+  into the datastore (same ``ImageSetID`` and content, its image set not deleted) is skipped and reported as
+  such, so importing the same files again, or re-running an import killed half-way, makes no duplicates.
+- Primary or not: "Imported P10 data that conflicts with primary image sets already in the store will be
+  persisted as non-primary" (Developer Guide, "Understanding image sets"). A new image set (document or DICOM
+  series) is primary exactly when :func:`curation.model.rules.promotion_refusal` finds no conflict with the
+  primary image sets of the datastore (the rule a promotion follows; strict where AWS is silent: the same series
+  or SOP instance, or the same study with other Patient- or Study-level values).
 - DICOM instances of a (StudyInstanceUID, SeriesInstanceUID) join that series' primary image set as a new
   version when :func:`curation.local.ingest.merge_records` accepts them, else they form a new non-primary
   image set; instances already held unchanged are skipped, so importing the same files twice changes nothing.
@@ -29,7 +33,6 @@ from curation.local import ingest
 from curation.local.database import Version, invalid, new_id
 from curation.local.datastores import DatastoreOperations
 from curation.local.encoding import StorageFormat
-from curation.local.indexing import index_document
 from curation.local.ingest import InstanceRecord
 from curation.model.document import DocumentError, check_document, parse_document
 from curation.model.errors import AHIError
@@ -251,9 +254,8 @@ class ImportOperations(DatastoreOperations):
                 or conn.execute("SELECT 1 FROM image_sets WHERE image_set_id = ?", (image_set_id,)).fetchone()
             ):
                 image_set_id = new_id()
-            index = index_document(document)
             now = self.db.now()
-            primary = self.db.primary_holding(conn, datastore_id, index.study_uid, index.series) is None
+            primary = self.db.promotion_refusal(conn, datastore_id, document, image_set_id) is None
             version = Version(
                 datastore_id=datastore_id,
                 image_set_id=image_set_id,
@@ -323,13 +325,16 @@ class ImportOperations(DatastoreOperations):
             )
             new = bucket.image_set_id is None
             image_set_id = bucket.image_set_id or new_id()
+            primary = new and index == 0 and holder is None
+            if primary:
+                primary = self.db.promotion_refusal(conn, datastore_id, bucket.document, image_set_id) is None
             version = Version(
                 datastore_id=datastore_id,
                 image_set_id=image_set_id,
                 document=bucket.document,
                 final_status="CREATED" if new else "IMPORTED",
                 lock_status="IMPORTING",
-                is_primary=(index == 0 and holder is None) if new else None,
+                is_primary=primary if new else None,
                 lock=False,
                 consistent_at=now + self.consistency_seconds,
             )

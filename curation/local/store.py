@@ -31,7 +31,7 @@ from curation.local.database import (
     StoreNotFoundError,
     new_id,
 )
-from curation.local.faults import fail_next_updates
+from curation.local.faults import fail_next_copies, fail_next_updates
 from curation.local.imagesets import ImageSetReads
 from curation.local.importing import ImportOperations, ImportReport
 from curation.local.updating import UpdateOperations
@@ -93,3 +93,10 @@ class Store(ImageSetReads, UpdateOperations, CopyOperations, ImportOperations):
     def fail_next_updates(self, count: int, message: str = "INTERNAL_ERROR: simulated update failure") -> None:
         """Make the next ``count`` accepted updates end ``UPDATE_FAILED`` with ``message`` (a test knob)."""
         fail_next_updates(self.db, count, message)
+
+    def fail_next_copies(
+        self, count: int, message: str = "INTERNAL_ERROR: simulated copy failure", *, promote: bool | None = None
+    ) -> None:
+        """Make the next ``count`` accepted copies end ``COPY_FAILED`` with ``message`` (a test knob; ``promote``
+        True: only promotions, False: only plain copies)."""
+        fail_next_copies(self.db, count, message, promote=promote)

@@ -7,8 +7,10 @@ toolkit passes documents around as plain ``dict`` objects in exactly that shape.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -98,3 +100,47 @@ def iter_instances(document: dict[str, Any]) -> Iterator[tuple[str, str, dict[st
     for series_uid, series in iter_series(document):
         for sop_uid, instance in series.get("Instances", {}).items():
             yield series_uid, sop_uid, instance
+
+
+# --- what promotion and study consistency compare ------------------------------------------------------------
+
+#: Keys a document digest leaves out: they name where a document is stored, not what it holds.
+LOCATION_KEYS = frozenset({"DatastoreID", "ImageSetID"})
+
+
+def digest(document: dict[str, Any]) -> str:
+    """The sha256 of a document's content (keys sorted, ``DatastoreID``/``ImageSetID`` left out).
+
+    Two image sets hold the same metadata, frames included (``ImageFrames`` is part of the document), exactly
+    when their digests are equal: what verification compares a copy or a promoted image set with.
+    """
+    content = {key: value for key, value in document.items() if key not in LOCATION_KEYS}
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass(frozen=True)
+class PrimaryFacts:
+    """What AHI's primary-image-set rules look at in one document: its study, series and SOP instance UIDs
+    and its Patient- and Study-level attributes (``curation.model.rules.promotion_refusal``)."""
+
+    image_set_id: str
+    study_uid: str | None
+    series: frozenset[str]
+    sops: frozenset[str]
+    patient: dict[str, Any] = field(compare=False)
+    study: dict[str, Any] = field(compare=False)
+
+
+def primary_facts(document: dict[str, Any], image_set_id: str | None = None) -> PrimaryFacts:
+    """The :class:`PrimaryFacts` of ``document`` (``image_set_id`` defaults to its ``ImageSetID``)."""
+    study = document.get("Study") or {}
+    study_dicom = dict(study.get("DICOM") or {})
+    uid = study_dicom.get("StudyInstanceUID")
+    return PrimaryFacts(
+        image_set_id=str(image_set_id if image_set_id is not None else document.get("ImageSetID", "")),
+        study_uid=uid if isinstance(uid, str) else None,
+        series=frozenset(uid for uid, _ in iter_series(document)),
+        sops=frozenset(sop for _, sop, _ in iter_instances(document)),
+        patient=dict((document.get("Patient") or {}).get("DICOM") or {}),
+        study=study_dicom,
+    )

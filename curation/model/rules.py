@@ -19,12 +19,15 @@ set: a change that needs force is refused there too, and so is removing a whole 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from curation.model import dictionary
-from curation.model.document import AHI_GENERATED_KEYS, INSTANCE_SYSTEM_KEYS, LEVELS
+from curation.model.document import AHI_GENERATED_KEYS, INSTANCE_SYSTEM_KEYS, LEVELS, PrimaryFacts
 from curation.model.levels import level_of
 
 
@@ -52,11 +55,19 @@ GENERATED_KEYS: frozenset[str] = AHI_GENERATED_KEYS | (frozenset(INSTANCE_SYSTEM
 PRIMARY_LEVEL_REFUSAL = "Patient and Series level metadata elements cannot be updated for primary image sets"
 #: What AHI answers for removing a series of a primary image set.
 PRIMARY_SERIES_REMOVAL_REFUSAL = "a series of a primary image set cannot be removed"
-#: The documented way around every refusal of a primary image set.
+#: What ``plan(primary="refuse")`` adds to every refusal of a primary image set it reports (D5).
+PRIMARY_OPTION = (
+    'plan(changes, primary="promote") runs AHI\'s documented copy-and-promote procedure for it (the image set ID '
+    "changes)"
+)
+#: The documented way around every refusal of a primary image set, and the option that runs it (Developer
+#: Guide, "Updating image set metadata": copy the primary to a new non-primary image set, update the copy with
+#: force where needed, delete the primary, copy the copy back with promoteToPrimary, delete the copy; "the
+#: action of promoting an image set to primary changes the image set ID", translated copy of the same page).
 PRIMARY_WORKAROUND = (
     "AHI refuses this on a primary image set; documented workaround: CopyImageSet to a new non-primary image "
     "set, update the copy, DeleteImageSet the primary, CopyImageSet the copy back with promoteToPrimary (the "
-    "image set ID changes), then delete the copy"
+    "image set ID changes), then delete the copy; " + PRIMARY_OPTION
 )
 
 
@@ -181,4 +192,112 @@ def new_uid_problem(key: str, new: Any, taken: Container[str], *, image_set: str
         return f"the new {key} must be a non-empty string, it keys the document"
     if new in taken:
         return f"{key} {new} is already used in image set {image_set}: UIDs must stay unique"
+    return None
+
+
+# --- primary image sets: which image set may be (made) primary ----------------------------------------------
+
+#: What the promotion rule compares across the primary image sets of a study.
+CONSISTENT_LEVELS = ("Patient", "Study")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an image set cannot be (made) primary: the ``rule`` (``series``, ``instance`` or ``consistency``),
+    the ``level`` and ``attribute`` at fault, both values, and the primary image set it conflicts with."""
+
+    rule: str
+    level: str
+    attribute: str
+    value: Any
+    other_value: Any
+    other: str
+    study_uid: str | None
+
+    @property
+    def message(self) -> str:
+        """One sentence naming the attribute, both values and the conflicting image set."""
+        if self.rule == "series":
+            return (
+                f"SeriesInstanceUID {self.value} is already held by primary image set {self.other}: a series "
+                "belongs to one primary image set (delete it first)"
+            )
+        if self.rule == "instance":
+            return (
+                f"SOPInstanceUID {self.value} is already held by primary image set {self.other}: a SOP "
+                "instance belongs to one primary image set (delete it first)"
+            )
+        return (
+            f"{self.level}-level {self.attribute} {_shown(self.value)} differs from primary image set "
+            f"{self.other} of study {self.study_uid} ({_shown(self.other_value)}): AHI keeps Patient- and "
+            "Study-level metadata consistent across the primary image sets of a study"
+        )
+
+
+_ABSENT = object()
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else repr(value)
+
+
+def consistency_key(facts: PrimaryFacts) -> str | None:
+    """The scope within which primary image sets must agree on Patient- and Study-level metadata: the study
+    (the StudyInstanceUID). One function, so that a patient scope would be a one-line change."""
+    return facts.study_uid
+
+
+def level_conflict(level: str, ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first attribute (sorted) whose value differs between two levels' ``DICOM`` maps, JSON-exact over the
+    union of their keys (absent differs from present, ``"1"`` from ``1``): (attribute, ours, theirs)."""
+    for key in sorted(set(ours) | set(theirs)):
+        mine, other = ours.get(key, _ABSENT), theirs.get(key, _ABSENT)
+        if mine is _ABSENT or other is _ABSENT or not _same_json(mine, other):
+            return key, mine, other
+    return None
+
+
+def _same_json(left: Any, right: Any) -> bool:
+    return type(left) is type(right) and orjson.dumps(left, option=orjson.OPT_SORT_KEYS) == orjson.dumps(
+        right, option=orjson.OPT_SORT_KEYS
+    )
+
+
+def promotion_refusal(candidate: PrimaryFacts, primaries: Iterable[PrimaryFacts]) -> Refusal | None:
+    """Why ``candidate`` cannot become primary beside the (non-deleted) ``primaries``; None when it can.
+
+    AHI documents the principle, not the rule: primary image sets "provide a mechanism for durably storing and
+    reconciling duplicate and inconsistent data. Imported P10 data that conflicts with primary image sets
+    already in the store will be persisted as non-primary. After resolving metadata conflicts that data can be
+    made primary" (Developer Guide, "Understanding image sets"), and promoteToPrimary "will configure the
+    CopyImageSet operation to promote the given image set to the primary DICOM hierarchy" (API reference,
+    CopyImageSet). AWS does not document which conflicts refuse a promotion; the strict reading is taken (see
+    /work/team/primary-design.md D2): refused when another primary holds one of its SeriesInstanceUIDs or
+    SOPInstanceUIDs (any study), or belongs to the same study (:func:`consistency_key`) with any Patient- or
+    Study-level attribute that differs, JSON-exact over the union of keys. An image set is never compared with
+    itself.
+    """
+    scope = consistency_key(candidate)
+    for other in primaries:
+        if other.image_set_id == candidate.image_set_id:
+            continue
+        shared = candidate.series & other.series
+        if shared:
+            return Refusal(
+                "series", "Series", "SeriesInstanceUID", min(shared), min(shared), other.image_set_id, other.study_uid
+            )
+        shared = candidate.sops & other.sops
+        if shared:
+            return Refusal(
+                "instance", "Instance", "SOPInstanceUID", min(shared), min(shared), other.image_set_id, other.study_uid
+            )
+        if scope is None or consistency_key(other) != scope:
+            continue
+        for level, mine, theirs in (
+            ("Patient", candidate.patient, other.patient),
+            ("Study", candidate.study, other.study),
+        ):
+            found = level_conflict(level, mine, theirs)
+            if found is not None:
+                return Refusal("consistency", level, found[0], found[1], found[2], other.image_set_id, scope)
     return None

@@ -553,6 +553,9 @@ def study_siblings(doppler: dict[str, Any]) -> list[dict[str, Any]]:
         ((old, node),) = series.items()
         new = f"{old}.{n}"
         node["DICOM"]["SeriesInstanceUID"] = new
+        # a SOP instance belongs to one primary image set: each sibling's instances are its own
+        node["Instances"] = {f"{sop}.{n}": dict(i, DICOM={**i["DICOM"], "SOPInstanceUID": f"{sop}.{n}"})
+                             for sop, i in node["Instances"].items()}
         document["Study"]["Series"] = {new: node}
         documents.append(document)
     return documents

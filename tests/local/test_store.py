@@ -80,11 +80,18 @@ def reference(name: str = "ct-2025-htj2k-1-instance.json") -> dict[str, Any]:
 
 
 def with_series(document: dict[str, Any], suffix: str) -> dict[str, Any]:
-    """The document with its (single) series renamed: another series of the same study."""
+    """The document with its (single) series and its instances renamed: another series of the same study (a SOP
+    instance belongs to one primary image set, so the instances are new too)."""
     document = copy.deepcopy(document)
     (old_uid, node), *_ = document["Study"]["Series"].items()
     new_uid = f"{old_uid}.{suffix}"
     node["DICOM"]["SeriesInstanceUID"] = new_uid
+    renamed = {}
+    for sop_uid, instance in node.get("Instances", {}).items():
+        if "SOPInstanceUID" in instance.get("DICOM", {}):
+            instance["DICOM"]["SOPInstanceUID"] = f"{sop_uid}.{suffix}"
+        renamed[f"{sop_uid}.{suffix}"] = instance
+    node["Instances"] = renamed
     document["Study"]["Series"] = {new_uid: node}
     document["ImageSetID"] = "0" * 32
     return document
@@ -628,14 +635,18 @@ def test_forced_update_records_overrides(loaded: tuple) -> None:
 
 
 def test_include_study_image_sets_is_atomic(store_path: Path) -> None:
-    store = Store(store_path, lock_seconds=600)
+    now = [1_000_000.0]
+    store = Store(store_path, lock_seconds=600, clock=lambda: now[0])
     base = reference()
     description = base["Study"]["DICOM"]["StudyDescription"] = "CT of a phantom"
     odd = with_series(base, "3")
-    odd["Study"]["DICOM"]["StudyDescription"] = "another description"
     report = store.import_documents([base, with_series(base, "1"), with_series(base, "2"), another_copy(base), odd])
     datastore_id, (target, sibling, sibling2, non_primary, odd_sibling) = report.datastore_id, report.created
     assert [get(store, datastore_id, i)["isPrimary"] for i in report.created] == [True, True, True, False, True]
+    # a primary made inconsistent with its study by a plain Study-level update (imports of inconsistent data
+    # land non-primary): the study-wide removal below cannot apply to it
+    store.call("UpdateImageSetMetadata", study_update(datastore_id, odd_sibling, "1", "another description"))
+    now[0] += 601
 
     # a sibling where the update cannot apply refuses the whole call (removal must match its value)
     before = snapshot(store_path)
@@ -654,9 +665,9 @@ def test_include_study_image_sets_is_atomic(store_path: Path) -> None:
         "UpdateImageSetMetadata", study_update(datastore_id, target, "1", "study-wide", includeStudyImageSets=True)
     )
     assert out["latestVersionId"] == "2" and out["imageSetWorkflowStatus"] == "UPDATING"
-    for image_set_id in (sibling, sibling2, odd_sibling):
+    for image_set_id, version in ((sibling, "2"), (sibling2, "2"), (odd_sibling, "3")):
         props = get(store, datastore_id, image_set_id)
-        assert props["versionId"] == "2"
+        assert props["versionId"] == version
         assert (props["imageSetState"], props["imageSetWorkflowStatus"]) == ("LOCKED", "UPDATING_FOR_STUDY_CONSISTENCY")
         assert metadata(store, datastore_id, image_set_id)["Study"]["DICOM"]["StudyDescription"] == "study-wide"
     assert get(store, datastore_id, non_primary)["versionId"] == "1"
@@ -680,14 +691,16 @@ def test_include_study_image_sets_is_atomic(store_path: Path) -> None:
 # ------------------------------------------------------------------ search
 
 
-def variant(number: int, *, patient: str, accession: str, study: str, date: str, time_of_day: str) -> dict:
+def variant(
+    number: int, *, patient: str, accession: str, study: str, date: str, time_of_day: str, study_id: str = ""
+) -> dict:
     document = with_series(reference(), str(number))
     document["Patient"]["DICOM"]["PatientID"] = patient
     document["Study"]["DICOM"].update(
         {
             "AccessionNumber": accession,
             "StudyInstanceUID": study,
-            "StudyID": f"S{number}",
+            "StudyID": study_id or f"S{number}",
             "StudyDate": date,
             "StudyTime": time_of_day,
         }
@@ -699,7 +712,8 @@ def variant(number: int, *, patient: str, accession: str, study: str, date: str,
 def searchable(store: Store) -> tuple[Store, str, list[str]]:
     documents = [
         variant(0, patient="P1", accession="A0", study="1.2.3.1", date="20200101", time_of_day="080000"),
-        variant(1, patient="P1", accession="A1", study="1.2.3.1", date="20200101", time_of_day="080000"),
+        # the same study as set 0, so the same Study-level values (else it would be imported non-primary)
+        variant(1, patient="P1", accession="A0", study="1.2.3.1", date="20200101", time_of_day="080000", study_id="S0"),
         variant(2, patient="P2", accession="A2", study="1.2.3.2", date="20210615", time_of_day="120000.5"),
         variant(3, patient="P3", accession="A3", study="1.2.3.3", date="20221231", time_of_day="2359"),
         variant(4, patient="P3", accession="A4", study="1.2.3.4", date="19991122", time_of_day=""),

@@ -47,7 +47,8 @@ def _copies(count: int, *, study_uid: str | None = None) -> list[dict[str, Any]]
     for number in range(count):
         document = copy.deepcopy(base)
         document.pop("ImageSetID", None)
-        document["Patient"]["DICOM"]["PatientID"] = f"P{number:03d}"
+        # one patient per study: the primary image sets of a study agree on Patient- and Study-level metadata
+        document["Patient"]["DICOM"]["PatientID"] = f"P{0 if study_uid else number:03d}"
         document["Study"]["DICOM"]["StudyInstanceUID"] = study_uid or str(generate_uid())
         (series,) = document["Study"]["Series"].values()
         (instance,) = series["Instances"].values()
