@@ -267,6 +267,10 @@ class _Runner:
         return self.steps.record(request, version, self.steps.send(request, version), current)
 
 
+#: the runner of plain requests, which ``curation.run.promoting`` runs on its scheduler too
+PlainRunner = _Runner
+
+
 def run_plan(
     plan: UpdatePlan,
     client: HealthImagingClient,
@@ -309,6 +313,7 @@ def apply(
     *,
     dry_run: bool = False,
     options: RunOptions | None = None,
+    window: int = 16,
     **keywords: Unpack[RunKeywords],
 ) -> pd.DataFrame:
     """Apply ``plan`` (an UpdatePlan) with ``client`` (a boto3 ``medical-imaging`` client), journaled.
@@ -338,12 +343,16 @@ def apply(
     """
     plan.check()
     if dry_run:
-        return dry_run_frame(plan)
+        return dry_run_frame(plan) if not plan.steps else dry_run_steps(plan)
     if journal is None:
         raise ValueError("apply needs a journal path (journal=...): it is what makes a crash resumable")
     opts = run_options(options, **keywords)
     with JournalLock(journal), Journal(journal) as opened:
         opened.start(plan, Purpose.APPLY)
+        if plan.steps:
+            from curation.run.promoting import run_steps
+
+            return run_steps(plan, client, opened, opts, purpose=Purpose.APPLY, window=window)
         frame, _ = run_plan(plan, client, opened, opts, purpose=Purpose.APPLY)
     return frame
 
@@ -363,3 +372,26 @@ def dry_run_frame(plan: UpdatePlan) -> pd.DataFrame:
     frame = result_frame(rows)
     frame.attrs["requests"] = calls
     return frame
+
+
+def dry_run_steps(plan: UpdatePlan) -> pd.DataFrame:
+    """Print every request and step of a plan with procedures in order, as the call it makes (image sets a step
+    creates spelled ``<image set created by step S>``; checks as ``# check:`` lines); send nothing."""
+    from curation.curate.planstep import Ref
+
+    def spell(target: object) -> str:
+        return f"<image set created by step {target.step}>" if isinstance(target, Ref) else str(target)
+
+    for request in plan.requests:
+        call = request.call(str(plan.base_versions.get(request.image_set_id)))
+        print(f"update_image_set_metadata(**{json.dumps(call, sort_keys=True)})")
+    for step in plan.steps:
+        if step.kind.check:
+            print(f"# check: {step.kind} {spell(step.target)} ({step.step_id}) {step.description}".rstrip())
+            continue
+        params = {k: (spell(v) if isinstance(v, Ref) else v) for k, v in step.params.items()}
+        marker = " [DELETE]" if step.kind.deletes else " [NEW ID]" if step.kind.changes_id else ""
+        print(f"{step.action}{marker} {spell(step.target)} {json.dumps(params, sort_keys=True)} ({step.step_id})")
+    rows = [ImageSetResult(i, _opt_str(plan.base_versions.get(i)), 0, status=ResultStatus.DRY_RUN)
+            for i in plan.image_set_ids]
+    return result_frame(rows, procedures=True)
