@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from curation.model.document import digest
+from curation.model.quotas import Quota
 from curation.run.applying import apply
 from curation.run.journal import read_journal
 from curation.run.mapping import id_mapping
@@ -23,7 +23,8 @@ FAST: dict[str, Any] = {
     "retries": RetryPolicy(max_attempts=12, base_delay=0.002, max_delay=0.01),
     "control_rate": None,
     "rate": None,
-    "quotas": None,
+    # no client-side quota: the embedded service enforces none here (the benchmark runs at AHI's quotas)
+    "quotas": {a: Quota(10_000, 10_000) for a in ("CopyImageSet", "DeleteImageSet", "UpdateImageSetMetadata")},
 }
 
 
