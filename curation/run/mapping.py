@@ -16,7 +16,7 @@ import pandas as pd
 
 from curation.run.journal import RecordKind, read_journal
 
-__all__ = ["IdMapping", "id_mapping", "rekey"]
+__all__ = ["IdMapping", "id_mapping", "mapping_from_records", "rekey"]
 
 
 class IdMapping(Mapping[str, str]):
@@ -53,7 +53,8 @@ class IdMapping(Mapping[str, str]):
         return pd.DataFrame(rows, columns=["ImageSetID", "new_image_set_id", "version"])
 
 
-def _from_records(records: list[dict[str, Any]]) -> IdMapping:
+def mapping_from_records(records: list[dict[str, Any]]) -> IdMapping:
+    """The mapping the ``mapping`` records of a journal hold."""
     pairs: dict[str, str] = {}
     versions: dict[str, str] = {}
     for record in records:
@@ -76,7 +77,7 @@ def id_mapping(source: pd.DataFrame | str | os.PathLike[str] | IdMapping) -> IdM
             return IdMapping()
         rows = source.dropna(subset=["new_image_set_id"])
         return IdMapping(dict(zip(rows["ImageSetID"], rows["new_image_set_id"], strict=True)))
-    return _from_records(read_journal(source))
+    return mapping_from_records(read_journal(source))
 
 
 def _rekey_frame(frame: pd.DataFrame, mapping: Mapping[str, str]) -> pd.DataFrame:

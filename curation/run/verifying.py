@@ -152,7 +152,8 @@ def verify(
     Without a journal the latest versions are compared. With one, each image set is compared at the last
     version the journal's chain says our requests made (so later edits by others are not reported), and image
     sets the journal did not finish are reported with their status in ``note``. An empty frame means verified.
-    Columns: ImageSetID, path (dotted document path), expected, actual, note. Image sets are checked
+    Columns: ImageSetID, path (dotted document path), expected, actual, note. Members of copy-and-promote
+    procedures are checked under their new image set ID (the journal's mapping; ``curation.run.memberverify``). Image sets are checked
     ``max_workers`` at a time (8 unless given); reads are limited per action (``control_rate``: "auto" is AHI's
     quotas, adapting). The keyword arguments are ``apply``'s (``RunKeywords``; rate and burst play no part).
     """
@@ -177,5 +178,9 @@ def verify(
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     rows = [row for rows in results for row in rows]
+    if plan.steps:
+        from curation.run.memberverify import member_rows
+
+        rows.extend(member_rows(plan, calls, journal))
     return pd.DataFrame(rows, columns=list(MISMATCH_COLUMNS), dtype=object)
 

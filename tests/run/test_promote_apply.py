@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from curation.model.document import digest
 from curation.model.quotas import Quota
 from curation.run.applying import apply
 from curation.run.journal import read_journal
@@ -65,3 +66,50 @@ def test_patient_name_fixed_on_an_imported_primary(served: Any, tmp_path: Path) 
                      "verify_primary", "delete_copy"]
     calls = served[1].service.calls
     assert (calls["CopyImageSet"], calls["DeleteImageSet"], calls["UpdateImageSetMetadata"]) == (2, 2, 1)
+
+
+def test_verify_follows_the_mapping_and_revert_restores_the_content_under_a_third_id(
+    served: Any, tmp_path: Path
+) -> None:
+    from curation.run.mapping import rekey
+    from curation.run.reverting import revert
+    from curation.run.verifying import verify
+
+    store, _, client = served
+    study = "1.2.826.0.1.3680043.8.498.77"
+    datastore_id, originals = _import(store, tmp_path, 3, study_uid=study, seed="three")
+    before = {i: fetch_document(client, datastore_id, i)[0] for i in originals}
+    plan = promote_plan(client, datastore_id, {i: patient_name("DOE^JANE") for i in originals})
+    journal = tmp_path / "j.jsonl"
+    result = apply(plan, client, journal, **FAST)
+    assert (result["status"] == "applied").all(), result
+    mapping = id_mapping(result)
+    assert set(mapping) == set(originals) and not set(mapping.values()) & set(originals)
+    # the group's three primaries are all deleted before the first promotion (the study's barrier)
+    done = [(r["step_kind"], r["original"]) for r in read_journal(journal) if r.get("status") == "done"]
+    kinds = [k for k, _ in done]
+    assert max(i for i, k in enumerate(kinds) if k == "delete_primary") < kinds.index("promote")
+    assert verify(plan, client, journal, progress=False).empty
+    unjournaled = verify(plan, client, progress=False)
+    assert sorted(unjournaled["ImageSetID"]) == sorted(originals)
+    assert unjournaled["note"].str.contains("ID changed").all()
+    # a user's frame re-keyed: a new frame, the user's untouched
+    import pandas as pd
+
+    frame = pd.DataFrame({"ImageSetID": originals, "x": range(3)})
+    rekeyed = rekey(frame, mapping)
+    assert list(rekeyed["ImageSetID"]) == [mapping[i] for i in originals]
+    assert list(frame["ImageSetID"]) == originals
+    reverted = revert(journal, client, **FAST)
+    assert (reverted["status"] == "applied").all(), reverted
+    third = id_mapping(reverted)
+    for original in originals:
+        new = mapping[original]
+        final = third[original]
+        assert third[new] == final and final not in (original, new)
+        document, _ = fetch_document(client, datastore_id, final)
+        assert digest(document) == digest(before[original])  # exact: frames and every attribute
+    assert set(_primaries(client, datastore_id)) == {third[i] for i in originals}
+    again = revert(journal, client, **FAST)  # resumed: nothing more is sent
+    assert (again["status"] == "applied").all()
+    assert set(_primaries(client, datastore_id)) == {third[i] for i in originals}
