@@ -113,3 +113,123 @@ def test_verify_follows_the_mapping_and_revert_restores_the_content_under_a_thir
     again = revert(journal, client, **FAST)  # resumed: nothing more is sent
     assert (again["status"] == "applied").all()
     assert set(_primaries(client, datastore_id)) == {third[i] for i in originals}
+
+
+# --- faults: nothing is deleted unless the replacement is verified in place ----------------------------------------
+
+
+def _once(client: Any, operation: str, action: Any) -> None:
+    """Run ``action()`` once, right after the first answered ``operation`` call of ``client``."""
+    fired: list[bool] = []
+
+    def hook(**_: Any) -> None:
+        if not fired:
+            fired.append(True)
+            action()
+
+    client.meta.events.register(f"after-call.medical-imaging.{operation}", hook)
+
+
+def _statuses(client: Any, datastore_id: str, ids: list[str]) -> dict[str, str]:
+    return {i: client.get_image_set(datastoreId=datastore_id, imageSetId=i)["imageSetState"] for i in ids}
+
+
+def test_another_writer_between_copy_and_delete_stops_the_image_set_naming_the_versions(
+    served: Any, tmp_path: Path
+) -> None:
+    store, _, client = served
+    datastore_id, (image_set,) = _import(store, tmp_path, 1)
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    version = plan.base_versions[image_set]
+
+    def other_writer() -> None:  # a Study-level edit, allowed on a primary, by someone else
+        blob = '{"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "OTHER WRITER"}}}'
+        store.call("UpdateImageSetMetadata", {
+            "datastoreId": datastore_id, "imageSetId": image_set, "latestVersionId": version,
+            "updateImageSetMetadataUpdates": {"DICOMUpdates": {"updatableAttributes": blob}}})
+
+    _once(client, "CopyImageSet", other_writer)
+    result = apply(plan, client, tmp_path / "j.jsonl", **FAST)
+    (row,) = result.to_dict("records")
+    assert row["status"] == "conflict"
+    assert f"planned against version {version}, found {int(version) + 1}" in row["error"]
+    assert "nothing deleted" in row["error"]
+    assert _statuses(client, datastore_id, [image_set]) == {image_set: "ACTIVE"}
+    assert served[1].service.calls.get("DeleteImageSet", 0) == 0
+
+
+def test_a_copy_that_ends_copy_failed_leaves_the_primary_untouched(served: Any, tmp_path: Path) -> None:
+    store, _, client = served
+    datastore_id, (image_set,) = _import(store, tmp_path, 1)
+    before = fetch_document(client, datastore_id, image_set)
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    store.fail_next_copies(1, "INTERNAL_ERROR: the copy broke", promote=False)
+    result = apply(plan, client, tmp_path / "j.jsonl", **FAST)
+    (row,) = result.to_dict("records")
+    assert row["status"] == "failed" and "the copy broke" in row["error"]
+    assert fetch_document(client, datastore_id, image_set) == before
+    assert served[1].service.calls.get("DeleteImageSet", 0) == 0
+    orphans = [r for r in read_journal(tmp_path / "j.jsonl") if r.get("kind") == "orphan"]
+    assert len(orphans) == 1 and "COPY_FAILED" in orphans[0]["reason"]  # listed for cleanup
+
+
+def test_a_failed_promotion_is_incomplete_held_by_the_copy_and_promoted_on_resume(
+    served: Any, tmp_path: Path
+) -> None:
+    store, _, client = served
+    datastore_id, (image_set,) = _import(store, tmp_path, 1)
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    store.fail_next_copies(1, "INTERNAL_ERROR: the promotion broke", promote=True)
+    journal = tmp_path / "j.jsonl"
+    (row,) = apply(plan, client, journal, **FAST).to_dict("records")
+    assert row["status"] == "incomplete" and row["held_by"]
+    assert "the promotion broke" in row["error"]
+    held = client.get_image_set(datastoreId=datastore_id, imageSetId=row["held_by"])
+    assert held["imageSetState"] == "ACTIVE" and not held["isPrimary"]
+    (again,) = apply(plan, client, journal, **FAST).to_dict("records")
+    assert again["status"] == "applied"
+    document, _ = fetch_document(client, datastore_id, again["new_image_set_id"])
+    assert document["Patient"]["DICOM"]["PatientName"] == "MX^MX"
+
+
+def _conflicting_primary(store: Any, tmp_path: Path, study: str) -> Any:
+    """Import, into ``study``, a new series whose Patient/Study values are the study's current ones."""
+    def action() -> None:
+        report = store.import_paths(ct_series(tmp_path / "late", 1, study_uid=study, seed="late"))
+        assert not report.failures and report.created
+
+    (tmp_path / "late").mkdir()
+    return action
+
+
+def test_a_conflicting_primary_before_the_study_check_stops_the_group_before_any_delete(
+    served: Any, tmp_path: Path
+) -> None:
+    store, _, client = served
+    study = "1.2.826.0.1.3680043.8.498.5"
+    datastore_id, originals = _import(store, tmp_path, 2, study_uid=study, seed="pair")
+    plan = promote_plan(client, datastore_id, {i: patient_name("NEW^NAME") for i in originals})
+    _once(client, "UpdateImageSetMetadata", _conflicting_primary(store, tmp_path, study))
+    result = apply(plan, client, tmp_path / "j.jsonl", **FAST)
+    assert set(result["status"]) <= {"conflict", "stopped"} and "conflict" in set(result["status"])
+    error = " ".join(result["error"].dropna())
+    assert "PatientName" in error and "nothing deleted" in error
+    assert served[1].service.calls.get("DeleteImageSet", 0) == 0
+    assert set(_statuses(client, datastore_id, originals).values()) == {"ACTIVE"}
+
+
+def test_a_promotion_refused_for_a_conflict_stops_the_group_naming_the_attribute(
+    served: Any, tmp_path: Path
+) -> None:
+    store, _, client = served
+    study = "1.2.826.0.1.3680043.8.498.6"
+    datastore_id, (image_set,) = _import(store, tmp_path, 1, study_uid=study, seed="solo")
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("NEW^NAME")})
+    # once the primary is deleted, an import into its study lands primary with the old PatientName
+    _once(client, "DeleteImageSet", _conflicting_primary(store, tmp_path, study))
+    (row,) = apply(plan, client, tmp_path / "j.jsonl", **FAST).to_dict("records")
+    assert row["status"] == "incomplete" and "PatientName" in row["error"]
+    assert row["held_by"] and "content safe in non-primary image set" in row["error"]
+    assert served[1].service.calls["DeleteImageSet"] == 1  # the copy is kept: nothing more deleted
+    held = client.get_image_set(datastoreId=datastore_id, imageSetId=row["held_by"])
+    assert held["imageSetState"] == "ACTIVE"
