@@ -26,6 +26,7 @@ from curation.model.updates import apply_to_document
 from curation.run.applying import apply
 from curation.run.fetching import fetch
 from curation.run.history import history, version_diff
+from curation.run.mapping import IdMapping, id_mapping, rekey
 from curation.run.reverting import revert
 from curation.run.verifying import verify
 
@@ -35,6 +36,7 @@ __all__ = [
     "ChangeSet",
     "DiffError",
     "DocumentError",
+    "IdMapping",
     "PlanError",
     "Snapshot",
     "UpdatePlan",
@@ -48,11 +50,13 @@ __all__ = [
     "flatten",
     "flatten_many",
     "history",
+    "id_mapping",
     "parse_document",
     "plan",
     "read_csv",
     "read_document",
     "read_parquet",
+    "rekey",
     "revert",
     "revert_plan",
     "to_csv",

@@ -43,10 +43,7 @@ class Gates:
 
     def run(self, step: PlannedStep) -> StepOutcome:
         """Check ``step``; journal the outcome (``done``, or ``conflict`` naming what differs)."""
-        if step.kind is StepKind.CHECK_STUDY:
-            outcome = self.check_study(step)
-        else:
-            outcome = self.verify_image_set(step)
+        outcome = self.check_study(step) if step.kind is StepKind.CHECK_STUDY else self.verify_image_set(step)
         self.ledger.log(step, outcome.status, message=outcome.message, version=outcome.version)
         return outcome
 
@@ -69,8 +66,10 @@ class Gates:
         expected_version = self.ledger.versions.get(target)
         problems = []
         if info.get("imageSetState") != "ACTIVE" or info.get("imageSetWorkflowStatus") not in _GOOD:
-            problems.append(f"it is {info.get('imageSetState')} {info.get('imageSetWorkflowStatus')} "
-                            f"{info.get('message', '')}".rstrip())
+            problems.append(
+                f"it is {info.get('imageSetState')} {info.get('imageSetWorkflowStatus')} "
+                f"{info.get('message', '')}".rstrip()
+            )
         if bool(info.get("isPrimary")) is not primary:
             problems.append("it is primary" if not primary else "it is not primary")
         if expected_version is not None and version != str(expected_version):
@@ -95,8 +94,10 @@ class Gates:
         if info.get("imageSetState") == "DELETED":
             return []  # deleted by this plan's own DELETE_PRIMARY on a resume
         if guard is not None and str(info.get("versionId")) != str(guard):
-            return [f"image set {source} changed by another writer: planned against version {guard}, found "
-                    f"{info.get('versionId')}; nothing deleted"]
+            return [
+                f"image set {source} changed by another writer: planned against version {guard}, found "
+                f"{info.get('versionId')}; nothing deleted"
+            ]
         return []
 
     def _paths(self, step: PlannedStep, document: dict[str, Any]) -> str:
@@ -114,8 +115,12 @@ class Gates:
             return ""
         found: list[tuple[str, Any, Any]] = []
         strip = {"DatastoreID", "ImageSetID"}
-        differences({k: v for k, v in intended.items() if k not in strip},
-                    {k: v for k, v in document.items() if k not in strip}, "", found)
+        differences(
+            {k: v for k, v in intended.items() if k not in strip},
+            {k: v for k, v in document.items() if k not in strip},
+            "",
+            found,
+        )
         return f" (differs at {', '.join(path for path, _, _ in found[:5])})" if found else ""
 
     def _updates_of(self, step: PlannedStep) -> list[PlannedStep]:
@@ -130,8 +135,10 @@ class Gates:
         """The study's fresh primaries: each one this group replaces still at its version, and every promotion
         of the group passing the promotion rule against the primaries that stay."""
         study = str(step.target)
-        filters = [{"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]},
-                   {"operator": "EQUAL", "values": [{"isPrimary": True}]}]
+        filters = [
+            {"operator": "EQUAL", "values": [{"DICOMStudyInstanceUID": study}]},
+            {"operator": "EQUAL", "values": [{"isPrimary": True}]},
+        ]
         fresh = {str(s["imageSetId"]): str(s.get("version")) for s in self.writes.search(filters)}
         replaced = {}
         for verify in self._group(step):
@@ -142,22 +149,25 @@ class Gates:
         for source in replaced:
             guard = self.ledger.versions.get(source)
             if source in fresh and guard is not None and fresh[source] != str(guard):
-                problems.append(f"image set {source} changed by another writer: planned against version {guard}, "
-                                f"found {fresh[source]}; nothing deleted")
+                problems.append(
+                    f"image set {source} changed by another writer: planned against version {guard}, "
+                    f"found {fresh[source]}; nothing deleted"
+                )
         staying = []
         for image_set_id in fresh:
             if image_set_id in replaced:
                 continue
             latest = self.writes.wait(IMAGE_SET_NOT_LOCKED, image_set_id)
             staying.append(primary_facts(self.calls.document(image_set_id, str(latest["versionId"])), image_set_id))
-        for source, verify in replaced.items():
+        for verify in replaced.values():
             copy_id = self.ledger.resolve(verify.target)
             version = self.ledger.versions.get(copy_id)
             facts = primary_facts(self.calls.document(copy_id, str(version)), copy_id)
             refusal = promotion_refusal(facts, staying)
             if refusal is not None:
-                problems.append(f"the promotion of {verify.original}'s copy would be refused: {refusal.message}; "
-                                "nothing deleted")
+                problems.append(
+                    f"the promotion of {verify.original}'s copy would be refused: {refusal.message}; nothing deleted"
+                )
         if problems:
             return StepOutcome(RequestStatus.CONFLICT, f"study {study}: " + "; ".join(problems))
         return StepOutcome(RequestStatus.DONE)

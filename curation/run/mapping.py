@@ -48,8 +48,10 @@ class IdMapping(Mapping[str, str]):
 
     def frame(self) -> pd.DataFrame:
         """One row per mapped image set: ImageSetID (pre-plan), new_image_set_id, version."""
-        rows = [{"ImageSetID": old, "new_image_set_id": new, "version": self.versions.get(new)}
-                for old, new in self._pairs.items()]
+        rows = [
+            {"ImageSetID": old, "new_image_set_id": new, "version": self.versions.get(new)}
+            for old, new in self._pairs.items()
+        ]
         return pd.DataFrame(rows, columns=["ImageSetID", "new_image_set_id", "version"])
 
 
@@ -123,7 +125,10 @@ def _rekey_snapshot(snapshot: Any, mapping: Mapping[str, str]) -> Any:
         document["ImageSetID"] = new
         documents.append(document)
         version_ids[new] = versions.get(new, snapshot.version_ids.get(image_set_id))
-    rekeyed = Snapshot.from_documents(documents, datastore_id=snapshot.datastore_id,
-                                      version_ids={k: v for k, v in version_ids.items() if v is not None})
+    rekeyed = Snapshot.from_documents(
+        documents,
+        datastore_id=snapshot.datastore_id,
+        version_ids={k: v for k, v in version_ids.items() if v is not None},
+    )
     rekeyed.primary = {mapping.get(k, k): (True if k in mapping else v) for k, v in snapshot.primary.items()}
     return rekeyed

@@ -30,7 +30,7 @@ def _groups(plan: UpdatePlan) -> list[tuple[str, str | None, list[str]]]:
     order: dict[str, tuple[str | None, list[str]]] = {}
     for step in plan.steps:
         group = step.group or f"member:{step.original}"
-        study, members = order.setdefault(group, (None, []))
+        _study, members = order.setdefault(group, (None, []))
         if step.kind is StepKind.CHECK_STUDY:
             order[group] = (str(step.target), members)
         elif step.original not in members and step.kind is StepKind.PROMOTE:
@@ -49,8 +49,9 @@ def _end_version(member: str, plan: UpdatePlan, mapped: Mapping[str, Any], state
     return version
 
 
-def _member_steps(plan: UpdatePlan, member: str, new: str, mapped: Mapping[str, Any], group: str,
-                  end: str) -> list[PlannedStep]:
+def _member_steps(
+    plan: UpdatePlan, member: str, new: str, mapped: Mapping[str, Any], group: str, end: str
+) -> list[PlannedStep]:
     undo = plan.undo.get(member)
     if undo is None:
         raise JournalError(f"the plan holds no undo for image set {member}: it cannot be reverted exactly")
@@ -58,20 +59,57 @@ def _member_steps(plan: UpdatePlan, member: str, new: str, mapped: Mapping[str, 
     first: tuple[str, ...] = ()
     if end != str(mapped["version"]):
         params = {"updateImageSetMetadataUpdates": {"revertToVersionId": str(mapped["version"])}}
-        steps.append(PlannedStep(f"{new}:revert-post", StepKind.UPDATE, new, new, params, group=group,
-                                 description=f"undo the updates made after {member} was promoted"))
+        steps.append(
+            PlannedStep(
+                f"{new}:revert-post",
+                StepKind.UPDATE,
+                new,
+                new,
+                params,
+                group=group,
+                description=f"undo the updates made after {member} was promoted",
+            )
+        )
         first = (steps[-1].step_id,)
     copy = f"{new}:copy"
-    steps.append(PlannedStep(copy, StepKind.COPY, new, new, after=first, group=group,
-                             description=f"working copy of {new} (was {member}) for revert"))
+    steps.append(
+        PlannedStep(
+            copy,
+            StepKind.COPY,
+            new,
+            new,
+            after=first,
+            group=group,
+            description=f"working copy of {new} (was {member}) for revert",
+        )
+    )
     previous = copy
     for number, params in enumerate(undo.inverse):
         step_id = f"{new}:update.{number}"
-        steps.append(PlannedStep(step_id, StepKind.UPDATE, Ref(copy), new, dict(params), (previous,), group=group,
-                                 description=f"back to the pre-plan content of {member}"))
+        steps.append(
+            PlannedStep(
+                step_id,
+                StepKind.UPDATE,
+                Ref(copy),
+                new,
+                dict(params),
+                (previous,),
+                group=group,
+                description=f"back to the pre-plan content of {member}",
+            )
+        )
         previous = step_id
-    steps.append(PlannedStep(f"{new}:verify-copy", StepKind.VERIFY_COPY, Ref(copy), new, after=(previous,),
-                             group=group, expect=undo.digest))
+    steps.append(
+        PlannedStep(
+            f"{new}:verify-copy",
+            StepKind.VERIFY_COPY,
+            Ref(copy),
+            new,
+            after=(previous,),
+            group=group,
+            expect=undo.digest,
+        )
+    )
     return steps
 
 
@@ -105,17 +143,50 @@ def revert_steps_plan(records: list[Record], plan: UpdatePlan, plain: UpdatePlan
             steps.append(PlannedStep(check, StepKind.CHECK_STUDY, study, news[done[0]], after=verifies, group=rgroup))
         gate = (check,) if study is not None else ()
         for member in done:
-            steps.append(PlannedStep(f"{news[member]}:delete-primary", StepKind.DELETE_PRIMARY, news[member],
-                                     news[member], after=(*gate, *verifies), group=rgroup))
+            steps.append(
+                PlannedStep(
+                    f"{news[member]}:delete-primary",
+                    StepKind.DELETE_PRIMARY,
+                    news[member],
+                    news[member],
+                    after=(*gate, *verifies),
+                    group=rgroup,
+                )
+            )
         deletes = tuple(f"{news[m]}:delete-primary" for m in done)
         for member in done:
             new = news[member]
-            steps.append(PlannedStep(f"{new}:promote", StepKind.PROMOTE, Ref(f"{new}:copy"), new,
-                                     after=(*deletes, *plain_ids), group=rgroup))
+            steps.append(
+                PlannedStep(
+                    f"{new}:promote",
+                    StepKind.PROMOTE,
+                    Ref(f"{new}:copy"),
+                    new,
+                    after=(*deletes, *plain_ids),
+                    group=rgroup,
+                )
+            )
         for member in done:
             new, undo = news[member], plan.undo[member]
-            steps.append(PlannedStep(f"{new}:verify-primary", StepKind.VERIFY_PRIMARY, Ref(f"{new}:promote"), new,
-                                     after=(f"{new}:promote",), group=rgroup, expect=undo.digest))
-            steps.append(PlannedStep(f"{new}:delete-copy", StepKind.DELETE_COPY, Ref(f"{new}:copy"), new,
-                                     after=(f"{new}:verify-primary",), group=rgroup))
+            steps.append(
+                PlannedStep(
+                    f"{new}:verify-primary",
+                    StepKind.VERIFY_PRIMARY,
+                    Ref(f"{new}:promote"),
+                    new,
+                    after=(f"{new}:promote",),
+                    group=rgroup,
+                    expect=undo.digest,
+                )
+            )
+            steps.append(
+                PlannedStep(
+                    f"{new}:delete-copy",
+                    StepKind.DELETE_COPY,
+                    Ref(f"{new}:copy"),
+                    new,
+                    after=(f"{new}:verify-primary",),
+                    group=rgroup,
+                )
+            )
     return UpdatePlan.build(plan.datastore_id, versions, list(plain.requests), steps=steps)

@@ -27,8 +27,13 @@ __all__ = ["member_rows"]
 _SKIP = frozenset({"SchemaVersion"})
 
 
-def _row(image_set_id: str, note: str, path: str | None = None, expected: Any = None, actual: Any = None,
-         ) -> dict[str, Any]:
+def _row(
+    image_set_id: str,
+    note: str,
+    path: str | None = None,
+    expected: Any = None,
+    actual: Any = None,
+) -> dict[str, Any]:
     return {"ImageSetID": image_set_id, "path": path, "expected": expected, "actual": actual, "note": note}
 
 
@@ -48,15 +53,22 @@ def _leaves(partial: Any, document: Any, path: str, out: list[tuple[str, Any, An
 def _planned_values(steps: list[PlannedStep], document: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     found: list[tuple[str, Any, Any]] = []
     for step in steps:
-        blob = ((step.params.get("updateImageSetMetadataUpdates") or {}).get("DICOMUpdates") or {})
+        blob = (step.params.get("updateImageSetMetadataUpdates") or {}).get("DICOMUpdates") or {}
         partial = blob.get("updatableAttributes")
         if partial:
             _leaves(orjson.loads(partial), document, "", found)
     return found
 
 
-def _member(plan: UpdatePlan, calls: ServiceCalls, member: str, steps: list[PlannedStep],
-            new: str, version: str, states: dict[str, Any]) -> list[dict[str, Any]]:
+def _member(
+    plan: UpdatePlan,
+    calls: ServiceCalls,
+    member: str,
+    steps: list[PlannedStep],
+    new: str,
+    version: str,
+    states: dict[str, Any],
+) -> list[dict[str, Any]]:
     note = f"now {new}"
     promote = next(s for s in steps if s.kind is StepKind.PROMOTE)
     copy_updates = [s for s in steps if s.kind is StepKind.UPDATE and s.target == promote.target]
@@ -65,8 +77,11 @@ def _member(plan: UpdatePlan, calls: ServiceCalls, member: str, steps: list[Plan
     document = calls.document(new, version)
     rows = [_row(member, note, p, e, a) for p, e, a in _planned_values(copy_updates, document)]
     if check is not None and check.expect is not None and digest(document) != check.expect and not rows:
-        rows.append(_row(member, f"{note}: its content is not the intended document", "(digest)", check.expect,
-                         digest(document)))
+        rows.append(
+            _row(
+                member, f"{note}: its content is not the intended document", "(digest)", check.expect, digest(document)
+            )
+        )
     expected = document
     end = version
     for step in post:
@@ -80,14 +95,21 @@ def _member(plan: UpdatePlan, calls: ServiceCalls, member: str, steps: list[Plan
 
         found: list[tuple[str, Any, Any]] = []
         strip = {"DatastoreID", "ImageSetID"}
-        differences({k: v for k, v in expected.items() if k not in strip},
-                    {k: v for k, v in calls.document(new, end).items() if k not in strip}, "", found)
+        differences(
+            {k: v for k, v in expected.items() if k not in strip},
+            {k: v for k, v in calls.document(new, end).items() if k not in strip},
+            "",
+            found,
+        )
         rows.extend(_row(member, f"{note} version {end}", p, e, a) for p, e, a in found)
     return rows
 
 
-def member_rows(plan: UpdatePlan, calls: ServiceCalls, journal: str | os.PathLike[str] | None,
-                ) -> list[dict[str, Any]]:
+def member_rows(
+    plan: UpdatePlan,
+    calls: ServiceCalls,
+    journal: str | os.PathLike[str] | None,
+) -> list[dict[str, Any]]:
     """The mismatch rows of every procedure member of ``plan`` (see the module docstring)."""
     by_member: dict[str, list[PlannedStep]] = {}
     for step in plan.steps:

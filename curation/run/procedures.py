@@ -138,7 +138,7 @@ class WriteSteps:
 
     # --- updates -----------------------------------------------------------------------------------------------
     def _promoted(self, step: PlannedStep) -> bool:
-        return isinstance(step.target, Ref) and step.target.step.endswith(":promote") or isinstance(step.target, str)
+        return (isinstance(step.target, Ref) and step.target.step.endswith(":promote")) or isinstance(step.target, str)
 
     def _send_update(self, step: PlannedStep) -> StepOutcome | Pending:
         target = self.ledger.resolve(step.target)
@@ -148,8 +148,9 @@ class WriteSteps:
         call = {**step.params, **self._ids(target), "latestVersionId": str(version)}
         self.ledger.log(step, RequestStatus.SENDING, target=target, base_version=version)
         try:
-            response, _ = self.write(Action.UPDATE_IMAGE_SET_METADATA,
-                                     lambda: self.calls.client.update_image_set_metadata(**call))
+            response, _ = self.write(
+                Action.UPDATE_IMAGE_SET_METADATA, lambda: self.calls.client.update_image_set_metadata(**call)
+            )
         except Cancelled:
             self.ledger.log(step, RequestStatus.UNSENT, target=target, message="cancelled")
             return StepOutcome(RequestStatus.UNSENT, "cancelled before it was sent")
@@ -178,8 +179,9 @@ class WriteSteps:
         candidate = str(int(sent) + 1)
         before = self.calls.document(target, sent)
         try:
-            expected = apply_to_document(before, step.params, is_primary=self._promoted(step),
-                                         history=lambda v: self.calls.document(target, v))
+            expected = apply_to_document(
+                before, step.params, is_primary=self._promoted(step), history=lambda v: self.calls.document(target, v)
+            )
         except AHIError:
             expected = None
         ours = expected is not None and self.calls.document(target, candidate) == expected
@@ -244,10 +246,15 @@ class WriteSteps:
         destination = step.params.get("destination")
         if destination is not None:
             target = self.ledger.resolve(destination)
-            information["destinationImageSet"] = {"imageSetId": target,
-                                                  "latestVersionId": str(self.ledger.versions.get(target))}
-        call: dict[str, Any] = {"datastoreId": self.calls.datastore_id, "sourceImageSetId": source,
-                                "copyImageSetInformation": information}
+            information["destinationImageSet"] = {
+                "imageSetId": target,
+                "latestVersionId": str(self.ledger.versions.get(target)),
+            }
+        call: dict[str, Any] = {
+            "datastoreId": self.calls.datastore_id,
+            "sourceImageSetId": source,
+            "copyImageSetInformation": information,
+        }
         if step.params.get("force"):
             call["force"] = True
         if step.kind is StepKind.PROMOTE:
@@ -269,8 +276,14 @@ class WriteSteps:
             return self._copy_refused(step, source, version, exc)
         destination = response["destinationImageSetProperties"]
         created, created_version = str(destination["imageSetId"]), str(destination["latestVersionId"])
-        self.ledger.log(step, RequestStatus.ACCEPTED, source=source, created=created, created_version=created_version,
-                        retried=attempts.sent > 1 or None)
+        self.ledger.log(
+            step,
+            RequestStatus.ACCEPTED,
+            source=source,
+            created=created,
+            created_version=created_version,
+            retried=attempts.sent > 1 or None,
+        )
         if attempts.sent > 1:  # a retried CopyImageSet may have landed twice (no client token)
             self._orphans(step, source, version, keep=created)
         return Pending(lambda: self._finish_copy(step, created, created_version))
@@ -299,23 +312,26 @@ class WriteSteps:
             info = self.wait(IMAGE_SET_COPIED, created)
         except WaiterError as exc:
             info = exc.last_response or {}
-            self.ledger.note(RecordKind.ORPHAN, image_set=created, step=step.step_id,
-                             reason=f"{info.get('imageSetWorkflowStatus', 'failed')}: {info.get('message', '')}")
+            self.ledger.note(
+                RecordKind.ORPHAN,
+                image_set=created,
+                step=step.step_id,
+                reason=f"{info.get('imageSetWorkflowStatus', 'failed')}: {info.get('message', '')}",
+            )
             message = f"{step.kind} ended {info.get('imageSetWorkflowStatus', 'failed')}: {info.get('message', exc)}"
             if step.kind is StepKind.PROMOTE:  # content only in the copy: a resume promotes it again
                 source = self.ledger.resolve(step.target)
-                outcome = StepOutcome(RequestStatus.UNSENT, f"{message}; content safe in non-primary image set "
-                                      f"{source}: run apply again to promote it", held_by=source)
+                outcome = StepOutcome(
+                    RequestStatus.UNSENT,
+                    f"{message}; content safe in non-primary image set {source}: run apply again to promote it",
+                    held_by=source,
+                )
                 self.ledger.log(step, RequestStatus.UNSENT, message=outcome.message)
                 return outcome
             return self._final(step, StepOutcome(RequestStatus.FAILED, message), failed_copy=created)
         version = str(info.get("versionId") or created_version)
         outcome = StepOutcome(RequestStatus.DONE, created=created, version=version)
-        outcome = self._final(step, outcome, created=created, version=version)
-        if step.kind is StepKind.PROMOTE:
-            self.ledger.note(RecordKind.MAPPING, original=step.original, new=created, version=version,
-                             step=step.step_id)
-        return outcome
+        return self._final(step, outcome, created=created, version=version)
 
     def _reconcile_copy(self, step: PlannedStep, state: dict[str, Any]) -> StepOutcome | Pending | None:
         source, version = str(state["source"]), str(state["source_version"])
@@ -324,18 +340,32 @@ class WriteSteps:
             return None
         keep, *extra = found
         for other in extra:
-            self.ledger.note(RecordKind.ORPHAN, image_set=other["imageSetId"], step=step.step_id,
-                             reason="duplicate copy from a retried CopyImageSet")
+            self.ledger.note(
+                RecordKind.ORPHAN,
+                image_set=other["imageSetId"],
+                step=step.step_id,
+                reason="duplicate copy from a retried CopyImageSet",
+            )
         created = str(keep["imageSetId"])
-        self.ledger.log(step, RequestStatus.ACCEPTED, source=source, created=created,
-                        created_version=str(keep.get("version", "1")), adopted=True)
+        self.ledger.log(
+            step,
+            RequestStatus.ACCEPTED,
+            source=source,
+            created=created,
+            created_version=str(keep.get("version", "1")),
+            adopted=True,
+        )
         return Pending(lambda: self._finish_copy(step, created, keep.get("version")))
 
     def _orphans(self, step: PlannedStep, source: str, version: Any, *, keep: str) -> None:
         for other in self._candidates(step, source, str(version), None):
             if other["imageSetId"] != keep:
-                self.ledger.note(RecordKind.ORPHAN, image_set=other["imageSetId"], step=step.step_id,
-                                 reason="duplicate copy from a retried CopyImageSet")
+                self.ledger.note(
+                    RecordKind.ORPHAN,
+                    image_set=other["imageSetId"],
+                    step=step.step_id,
+                    reason="duplicate copy from a retried CopyImageSet",
+                )
 
     def _candidates(self, step: PlannedStep, source: str, version: str, sent_at: Any) -> list[dict[str, Any]]:
         """Image sets a lost CopyImageSet of ``source`` at ``version`` may have made, earliest first."""
@@ -361,7 +391,7 @@ class WriteSteps:
             info = self.wait(IMAGE_SET_NOT_LOCKED, image_set_id)
             if digest(self.calls.document(image_set_id, str(info["versionId"]))) == wanted:
                 out.append(summary)
-        return sorted(out, key=lambda s: (s.get("createdAt") or dt.datetime.min.replace(tzinfo=dt.UTC)))
+        return sorted(out, key=lambda s: s.get("createdAt") or dt.datetime.min.replace(tzinfo=dt.UTC))
 
     # --- journal -----------------------------------------------------------------------------------------------
     def _final(self, step: PlannedStep, outcome: StepOutcome, **extra: Any) -> StepOutcome:

@@ -50,8 +50,14 @@ def _plain_after(plan: UpdatePlan) -> dict[str, tuple[str, ...]]:
 class _Run:
     """One run of a plan with steps: the nodes, their executors, the result rows."""
 
-    def __init__(self, plan: UpdatePlan, client: HealthImagingClient, journal: Journal | None,
-                 options: RunOptions, purpose: Purpose) -> None:
+    def __init__(
+        self,
+        plan: UpdatePlan,
+        client: HealthImagingClient,
+        journal: Journal | None,
+        options: RunOptions,
+        purpose: Purpose,
+    ) -> None:
         from curation.run.applying import PlainRunner, result_rows
         from curation.run.gates import Gates
         from curation.run.steps import Steps
@@ -64,8 +70,9 @@ class _Run:
         self.rows = result_rows(plan)
         self.options = options
         self.purpose = purpose
-        self.runner = PlainRunner(Steps(plan, self.calls, journal), journal, _NoReport(), send_new=True,
-                                  cancel=options.cancel)
+        self.runner = PlainRunner(
+            Steps(plan, self.calls, journal), journal, _NoReport(), send_new=True, cancel=options.cancel
+        )
         self._lock = threading.Lock()
         self.finished = 0
 
@@ -79,8 +86,18 @@ class _Run:
         offset = len(nodes)
         for n, step in enumerate(self.plan.steps):
             action = None if step.kind.check else str(step.kind.action)
-            nodes.append(Node(step.step_id, step.kind, lambda s=step: self._step(s), step.after, action,
-                              step.group or f"member:{step.original}", step.original, offset + n))
+            nodes.append(
+                Node(
+                    step.step_id,
+                    step.kind,
+                    lambda s=step: self._step(s),
+                    step.after,
+                    action,
+                    step.group or f"member:{step.original}",
+                    step.original,
+                    offset + n,
+                )
+            )
         return nodes
 
     def _plain(self, request: PlannedRequest) -> StepOutcome:
@@ -121,9 +138,16 @@ class _Run:
         if callback is not None:
             from curation.run.options import Progress
 
-            callback(Progress(purpose=self.purpose, image_set_id=node.member or node.step_id.split(":")[0],
-                              index=node.order, status=outcome.status, requests_finished=self.finished,
-                              requests_total=len(self.plan.requests) + len(self.plan.steps)))
+            callback(
+                Progress(
+                    purpose=self.purpose,
+                    image_set_id=node.member or node.step_id.split(":")[0],
+                    index=node.order,
+                    status=outcome.status,
+                    requests_finished=self.finished,
+                    requests_total=len(self.plan.requests) + len(self.plan.steps),
+                )
+            )
 
     def member_rows(self, outcomes: dict[str, StepOutcome]) -> IdMapping:
         by_member: dict[str, list[PlannedStep]] = {}
@@ -152,14 +176,15 @@ class _Run:
             return
         deleted = any(s.kind is StepKind.DELETE_PRIMARY and outcomes.get(s.step_id, _UNSENT).done for s in steps)
         promoted = any(s.kind is StepKind.PROMOTE and outcomes.get(s.step_id, _UNSENT).done for s in steps)
-        first_step, first = next(((s, o) for s, o in failed if not o.message or "not run:" not in o.message),
-                                 failed[0])
+        first_step, first = next(((s, o) for s, o in failed if not o.message or "not run:" not in o.message), failed[0])
         if deleted and not promoted:
             row.status = ResultStatus.INCOMPLETE
             copy = next((s for s in steps if s.kind is StepKind.COPY), None)
             row.held_by = self.ledger.created.get(copy.step_id) if copy else None
-            row.error = f"{first.message}; content safe in non-primary image set {row.held_by}: fix the cause " \
-                        "and run apply again, or revert"
+            message = first.message or f"{first_step.step_id} did not succeed"
+            if "content safe" not in message:
+                message += f"; content safe in non-primary image set {row.held_by}"
+            row.error = f"{message}: fix the cause and run apply again, or revert"
             return
         if first.message and first.message.startswith("cancelled"):
             row.status = ResultStatus.CANCELLED
@@ -193,8 +218,13 @@ def run_steps(
 ) -> pd.DataFrame:
     """Run every request and step of ``plan``; the result table (``attrs["id_mapping"]``: an ``IdMapping``)."""
     run = _Run(plan, client, journal, options, purpose)
-    scheduler = Scheduler(run.nodes(), workers=max(4, options.max_workers * 2), window=window,
-                          cancel=options.cancel, on_finish=run.on_finish)
+    scheduler = Scheduler(
+        run.nodes(),
+        workers=max(4, options.max_workers * 2),
+        window=window,
+        cancel=options.cancel,
+        on_finish=run.on_finish,
+    )
     outcomes = scheduler.run()
     mapping = run.member_rows(outcomes)
     for request in plan.requests:
@@ -210,7 +240,8 @@ def run_steps(
             reached.update({s: run.ledger.versions.get(s) for s in request.affects})
     run.runner._sibling_rows(plan.requests, run.rows, reached)
     if journal is not None and options.cancel is not None and options.cancel.is_set():
-        journal.append({"kind": RecordKind.STOP, "plan_id": plan.plan_id, "reason": "cancelled", "message": "cancelled"})
+        stop = {"kind": RecordKind.STOP, "plan_id": plan.plan_id, "reason": "cancelled", "message": "cancelled"}
+        journal.append(stop)
     frame = result_frame(run.rows.values(), procedures=True)
     frame.attrs["id_mapping"] = mapping
     return frame

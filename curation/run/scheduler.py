@@ -29,8 +29,15 @@ from curation.run.stepstate import Pending, StepOutcome
 
 __all__ = ["Node", "Scheduler"]
 
-_RANK = {StepKind.PROMOTE: 0, StepKind.DELETE_PRIMARY: 0, StepKind.COPY: 1, StepKind.BACKUP: 1, StepKind.MERGE: 1,
-         StepKind.DELETE_COPY: 1, StepKind.UPDATE: 0}
+_RANK = {
+    StepKind.PROMOTE: 0,
+    StepKind.DELETE_PRIMARY: 0,
+    StepKind.COPY: 1,
+    StepKind.BACKUP: 1,
+    StepKind.MERGE: 1,
+    StepKind.DELETE_COPY: 1,
+    StepKind.UPDATE: 0,
+}
 #: a step that was not run because a step it waits for, or a step of its group, did not succeed
 BLOCKED = "blocked"
 
@@ -66,9 +73,15 @@ class _State:
 class Scheduler:
     """Run ``nodes`` (a DAG by ``after``) to the end; ``run()`` returns every node's outcome."""
 
-    def __init__(self, nodes: Iterable[Node], *, workers: int = 8, window: int = 16,
-                 cancel: CancelSignal | None = None, on_finish: Callable[[Node, StepOutcome], object] | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        nodes: Iterable[Node],
+        *,
+        workers: int = 8,
+        window: int = 16,
+        cancel: CancelSignal | None = None,
+        on_finish: Callable[[Node, StepOutcome], object] | None = None,
+    ) -> None:
         self.nodes = {node.step_id: node for node in nodes}
         self.workers = max(1, workers)
         self.window = max(1, window)

@@ -55,12 +55,14 @@ class Ledger:
     created: dict[str, str] = field(default_factory=dict)  # step id -> image set it created
     versions: dict[str, str | None] = field(default_factory=dict)  # image set -> version our steps left
     orphans: set[str] = field(default_factory=set)
+    mapped: set[str] = field(default_factory=set)  # pre-plan image sets with a ``mapping`` record
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         records = self.journal.records if self.journal is not None else []
         self.states = step_states(records)
         self.orphans = {str(r["image_set"]) for r in records if r.get("kind") == RecordKind.ORPHAN}
+        self.mapped = {str(r["original"]) for r in records if r.get("kind") == RecordKind.MAPPING}
         for key, value in self.plan.base_versions.items():
             self.versions.setdefault(key, str(value))
 
@@ -68,8 +70,14 @@ class Ledger:
         """Journal one record of ``step`` (fsynced)."""
         if self.journal is None:
             return
-        record = {"kind": RecordKind.STEP, "plan_id": self.plan.plan_id, "step": step.step_id,
-                  "step_kind": str(step.kind), "original": step.original, "status": status}
+        record = {
+            "kind": RecordKind.STEP,
+            "plan_id": self.plan.plan_id,
+            "step": step.step_id,
+            "step_kind": str(step.kind),
+            "original": step.original,
+            "status": status,
+        }
         record.update({k: v for k, v in extra.items() if v is not None})
         self.journal.append(record)
 
@@ -105,6 +113,16 @@ class Ledger:
         if step.kind.creates and outcome.created:
             self.created[step.step_id] = outcome.created
             self.versions[outcome.created] = outcome.version
+            if step.kind is StepKind.PROMOTE and step.original not in self.mapped:
+                # journaled here, so a crash between the promotion's "done" and this record is repaired on resume
+                self.mapped.add(step.original)
+                self.note(
+                    RecordKind.MAPPING,
+                    original=step.original,
+                    new=outcome.created,
+                    version=outcome.version,
+                    step=step.step_id,
+                )
         elif step.kind is StepKind.UPDATE and outcome.version is not None:
             self.versions[self.resolve(step.target)] = outcome.version
 

@@ -153,7 +153,8 @@ def verify(
     version the journal's chain says our requests made (so later edits by others are not reported), and image
     sets the journal did not finish are reported with their status in ``note``. An empty frame means verified.
     Columns: ImageSetID, path (dotted document path), expected, actual, note. Members of copy-and-promote
-    procedures are checked under their new image set ID (the journal's mapping; ``curation.run.memberverify``). Image sets are checked
+    procedures are checked under their new image set ID (the journal's mapping; ``curation.run.memberverify``).
+    Image sets are checked
     ``max_workers`` at a time (8 unless given); reads are limited per action (``control_rate``: "auto" is AHI's
     quotas, adapting). The keyword arguments are ``apply``'s (``RunKeywords``; rate and burst play no part).
     """

@@ -36,9 +36,9 @@ __all__ = [
     "WAITER_MODEL",
     "WaitSettings",
     "WaiterError",
+    "wait_for",
     "waiter",
     "waiter_model",
-    "wait_for",
 ]
 
 IMAGE_SET_NOT_LOCKED = "ImageSetNotLocked"
@@ -76,7 +76,12 @@ WAITER_MODEL: dict[str, Any] = {
                     "argument": "imageSetState == 'ACTIVE' && imageSetWorkflowStatus == 'COPIED'",
                     "expected": True,
                 },
-                {"state": "failure", "matcher": "path", "argument": "imageSetWorkflowStatus", "expected": "COPY_FAILED"},
+                {
+                    "state": "failure",
+                    "matcher": "path",
+                    "argument": "imageSetWorkflowStatus",
+                    "expected": "COPY_FAILED",
+                },
             ]
         ),
         IMAGE_SET_UPDATED: _waiter(

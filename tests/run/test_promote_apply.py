@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from curation.model.document import digest
 from curation.model.quotas import Quota
 from curation.run.applying import apply
@@ -37,7 +35,8 @@ def _import(store: Any, tmp_path: Path, count: int, **kwargs: Any) -> tuple[str,
 
 def _primaries(client: Any, datastore_id: str) -> dict[str, Any]:
     pages = client.get_paginator("search_image_sets").paginate(
-        datastoreId=datastore_id, searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": True}]}]})
+        datastoreId=datastore_id, searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"isPrimary": True}]}]}
+    )
     return {s["imageSetId"]: s for page in pages for s in page["imageSetsMetadataSummaries"]}
 
 
@@ -62,8 +61,16 @@ def test_patient_name_fixed_on_an_imported_primary(served: Any, tmp_path: Path) 
     frames = [i["ImageFrames"] for s in document["Study"]["Series"].values() for i in s["Instances"].values()]
     assert frames == [i["ImageFrames"] for s in before["Study"]["Series"].values() for i in s["Instances"].values()]
     kinds = [r.get("step_kind") for r in read_journal(journal) if r.get("status") == "done"]
-    assert kinds == ["copy", "update", "verify_copy", "check_study", "delete_primary", "promote",
-                     "verify_primary", "delete_copy"]
+    assert kinds == [
+        "copy",
+        "update",
+        "verify_copy",
+        "check_study",
+        "delete_primary",
+        "promote",
+        "verify_primary",
+        "delete_copy",
+    ]
     calls = served[1].service.calls
     assert (calls["CopyImageSet"], calls["DeleteImageSet"], calls["UpdateImageSetMetadata"]) == (2, 2, 1)
 
@@ -144,9 +151,15 @@ def test_another_writer_between_copy_and_delete_stops_the_image_set_naming_the_v
 
     def other_writer() -> None:  # a Study-level edit, allowed on a primary, by someone else
         blob = '{"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "OTHER WRITER"}}}'
-        store.call("UpdateImageSetMetadata", {
-            "datastoreId": datastore_id, "imageSetId": image_set, "latestVersionId": version,
-            "updateImageSetMetadataUpdates": {"DICOMUpdates": {"updatableAttributes": blob}}})
+        store.call(
+            "UpdateImageSetMetadata",
+            {
+                "datastoreId": datastore_id,
+                "imageSetId": image_set,
+                "latestVersionId": version,
+                "updateImageSetMetadataUpdates": {"DICOMUpdates": {"updatableAttributes": blob}},
+            },
+        )
 
     _once(client, "CopyImageSet", other_writer)
     result = apply(plan, client, tmp_path / "j.jsonl", **FAST)
@@ -173,9 +186,7 @@ def test_a_copy_that_ends_copy_failed_leaves_the_primary_untouched(served: Any, 
     assert len(orphans) == 1 and "COPY_FAILED" in orphans[0]["reason"]  # listed for cleanup
 
 
-def test_a_failed_promotion_is_incomplete_held_by_the_copy_and_promoted_on_resume(
-    served: Any, tmp_path: Path
-) -> None:
+def test_a_failed_promotion_is_incomplete_held_by_the_copy_and_promoted_on_resume(served: Any, tmp_path: Path) -> None:
     store, _, client = served
     datastore_id, (image_set,) = _import(store, tmp_path, 1)
     plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
@@ -194,6 +205,7 @@ def test_a_failed_promotion_is_incomplete_held_by_the_copy_and_promoted_on_resum
 
 def _conflicting_primary(store: Any, tmp_path: Path, study: str) -> Any:
     """Import, into ``study``, a new series whose Patient/Study values are the study's current ones."""
+
     def action() -> None:
         report = store.import_paths(ct_series(tmp_path / "late", 1, study_uid=study, seed="late"))
         assert not report.failures and report.created
@@ -213,14 +225,12 @@ def test_a_conflicting_primary_before_the_study_check_stops_the_group_before_any
     result = apply(plan, client, tmp_path / "j.jsonl", **FAST)
     assert set(result["status"]) <= {"conflict", "stopped"} and "conflict" in set(result["status"])
     error = " ".join(result["error"].dropna())
-    assert "PatientName" in error and "nothing deleted" in error
+    assert "PatientName" in error and "nothing deleted" in error and "would be refused" in error
     assert served[1].service.calls.get("DeleteImageSet", 0) == 0
     assert set(_statuses(client, datastore_id, originals).values()) == {"ACTIVE"}
 
 
-def test_a_promotion_refused_for_a_conflict_stops_the_group_naming_the_attribute(
-    served: Any, tmp_path: Path
-) -> None:
+def test_a_promotion_refused_for_a_conflict_stops_the_group_naming_the_attribute(served: Any, tmp_path: Path) -> None:
     store, _, client = served
     study = "1.2.826.0.1.3680043.8.498.6"
     datastore_id, (image_set,) = _import(store, tmp_path, 1, study_uid=study, seed="solo")

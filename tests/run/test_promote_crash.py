@@ -65,8 +65,7 @@ def _kill_after_first_write(client: Any) -> None:
 
 
 def _run_until_done(store: Any, plan_path: Path, journal: Path, arm: Callable[[Any], None]) -> int:
-    kills = 0
-    for _ in range(200):
+    for kills in range(200):
         pid = os.fork()
         if pid == 0:
             code = 4
@@ -79,7 +78,6 @@ def _run_until_done(store: Any, plan_path: Path, journal: Path, arm: Callable[[A
             assert os.WEXITSTATUS(status) == 0, f"the applying process failed: {os.WEXITSTATUS(status)}"
             return kills
         assert os.WIFSIGNALED(status)
-        kills += 1
     pytest.fail("apply never finished")
 
 
@@ -133,7 +131,10 @@ def _frame_bytes(client: Any, datastore_id: str, image_set_id: str) -> list[byte
     for series in document["Study"]["Series"].values():
         for instance in series["Instances"].values():
             for frame in instance["ImageFrames"]:
-                answer = client.get_image_frame(datastoreId=datastore_id, imageSetId=image_set_id,
-                                                imageFrameInformation={"imageFrameId": frame["ID"]})
+                answer = client.get_image_frame(
+                    datastoreId=datastore_id,
+                    imageSetId=image_set_id,
+                    imageFrameInformation={"imageFrameId": frame["ID"]},
+                )
                 out.append(answer["imageFrameBlob"].read())
     return out
