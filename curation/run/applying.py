@@ -314,6 +314,7 @@ def apply(
     dry_run: bool = False,
     options: RunOptions | None = None,
     window: int = 16,
+    pipeline: bool = True,
     **keywords: Unpack[RunKeywords],
 ) -> pd.DataFrame:
     """Apply ``plan`` (an UpdatePlan) with ``client`` (a boto3 ``medical-imaging`` client), journaled.
@@ -340,6 +341,13 @@ def apply(
       records it; ``apply`` again continues).
     - ``options``: a ``RunOptions`` with all of the above (the keyword arguments given override it; the
       keywords are ``RunKeywords``).
+
+    A plan with copy-and-promote procedures (``plan.steps``, AHI's documented way to change what a primary image
+    set refuses) runs on a DAG scheduler (``curation.run.scheduler``, ``curation.run.promoting``): each action
+    (CopyImageSet, DeleteImageSet, UpdateImageSetMetadata) sends at its own quota (set them with ``quotas``),
+    side by side (``pipeline=False``: one step at a time, its wait included); ``window`` caps the members
+    between their copy and their last step. Its table adds ``new_image_set_id`` (a promotion changes the image set ID) and
+    ``held_by``, statuses ``stopped`` and ``incomplete``, and ``attrs["id_mapping"]`` (``curation.id_mapping``).
     """
     plan.check()
     if dry_run:
@@ -352,7 +360,7 @@ def apply(
         if plan.steps:
             from curation.run.promoting import run_steps
 
-            return run_steps(plan, client, opened, opts, purpose=Purpose.APPLY, window=window)
+            return run_steps(plan, client, opened, opts, purpose=Purpose.APPLY, window=window, pipeline=pipeline)
         frame, _ = run_plan(plan, client, opened, opts, purpose=Purpose.APPLY)
     return frame
 

@@ -215,14 +215,24 @@ def run_steps(
     *,
     purpose: Purpose = Purpose.APPLY,
     window: int = DEFAULT_WINDOW,
+    pipeline: bool = True,
 ) -> pd.DataFrame:
-    """Run every request and step of ``plan``; the result table (``attrs["id_mapping"]``: an ``IdMapping``)."""
+    """Run every request and step of ``plan``; the result table (``attrs["id_mapping"]``: an ``IdMapping``).
+
+    ``pipeline=False`` runs one step at a time, its wait included (as a loop over the steps would): the baseline
+    the benchmark compares the pipeline with.
+    """
     run = _Run(plan, client, journal, options, purpose)
+    nodes = run.nodes()
+    if not pipeline:
+        for node in nodes:
+            node.action = "all"
     scheduler = Scheduler(
-        run.nodes(),
+        nodes,
         workers=max(4, options.max_workers * 2),
         window=window,
         cancel=options.cancel,
+        serial=not pipeline,
         on_finish=run.on_finish,
     )
     outcomes = scheduler.run()

@@ -80,12 +80,14 @@ class Scheduler:
         workers: int = 8,
         window: int = 16,
         cancel: CancelSignal | None = None,
+        serial: bool = False,
         on_finish: Callable[[Node, StepOutcome], object] | None = None,
     ) -> None:
         self.nodes = {node.step_id: node for node in nodes}
         self.workers = max(1, workers)
         self.window = max(1, window)
         self.cancel = cancel
+        self.serial = serial
         self.on_finish = on_finish
         self._state = _State()
         self._cond = threading.Condition()
@@ -190,6 +192,8 @@ class Scheduler:
     def _call(self, node: Node, action: str | None) -> None:
         try:
             result = node.run()
+            if self.serial and isinstance(result, Pending):
+                result = result.wait()  # one step at a time, its wait included
         except Exception as exc:  # journaled as sending: the next apply reconciles it
             result = StepOutcome(RequestStatus.FAILED, f"{describe(exc)} (run apply again to reconcile)")
         with self._cond:

@@ -100,7 +100,11 @@ def test_killed_at_every_step_boundary_each_step_once(local_store: Any, tmp_path
         between = kinds.index(("delete_primary", "done")) + 1
         assert kinds[between:].index(("promote", "sending")) >= 0
     else:
-        assert kills == 5 * len(originals)  # each copy, update, delete and promotion answered, the answer lost
+        # each copy, update, delete and promotion answered, the answer lost (two calls in flight at a kill, of
+        # different actions, lose their answers together)
+        assert 5 <= kills <= 5 * len(originals)
+        sends = [r for r in records if r.get("status") == "sending"]
+        assert len(sends) >= 5 * len(originals)
     result = apply(plan, client, journal, **FAST)  # resumed once more: nothing left to do
     assert (result["status"] == "applied").all(), result
     mapping = result.attrs["id_mapping"]
