@@ -214,7 +214,7 @@ def run(scale: float) -> Iterable[Measurement]:
     )
     serial, _, _ = _apply(count, pipeline=False)
     yield Measurement(
-        name=f"promote: one call at a time (pipeline=False), {count} image sets",
+        name=f"promote: one step at a time (pipeline=False), {count} image sets",
         ours=serial,
         baseline=bound,
         unit="s",

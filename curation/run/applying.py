@@ -347,7 +347,8 @@ def apply(
     (CopyImageSet, DeleteImageSet, UpdateImageSetMetadata) sends at its own quota (set them with ``quotas``),
     side by side (``pipeline=False``: one step at a time, its wait included); ``window`` caps the members
     between their copy and their last step. Its table adds ``new_image_set_id`` (a promotion changes the image
-    set ID) and ``held_by``, statuses ``stopped`` and ``incomplete``, and ``attrs["id_mapping"]`` (``curation.id_mapping``).
+    set ID) and ``held_by``, statuses ``stopped`` and ``incomplete``, and ``attrs["id_mapping"]``
+    (``curation.id_mapping``).
     """
     plan.check()
     if dry_run:
