@@ -64,13 +64,17 @@ def _kill_after_first_write(client: Any) -> None:
         client.meta.events.register(f"after-call.medical-imaging.{name}", hook)
 
 
-def _run_until_done(store: Any, plan_path: Path, journal: Path, arm: Callable[[Any], None]) -> int:
+def _run_until_done(
+    store: Any, plan_path: Path, journal: Path, arm: Callable[[Any], None], child: Callable[..., int] | None = None
+) -> int:
+    """Fork children running ``child`` (apply by default) with ``arm`` until one finishes; the number killed."""
+    child = child or _child
     for kills in range(200):
         pid = os.fork()
         if pid == 0:
             code = 4
             try:
-                code = _child(store.path, plan_path, journal, arm)
+                code = child(store.path, plan_path, journal, arm)
             finally:
                 os._exit(code)
         status = os.waitpid(pid, 0)[1]
@@ -142,3 +146,39 @@ def _frame_bytes(client: Any, datastore_id: str, image_set_id: str) -> list[byte
                 )
                 out.append(answer["imageFrameBlob"].read())
     return out
+
+
+def _child_revert(store_path: Path, plan_path: Path, journal: Path, arm: Callable[[Any], None]) -> int:
+    from curation.run.reverting import revert
+
+    client = curation.local.client(store_path)
+    arm(client)
+    frame = revert(journal, client, **FAST)
+    return 0 if (frame["status"] == "applied").all() else 3
+
+
+def test_revert_killed_at_every_step_boundary_restores_the_content_exactly(local_store: Any, tmp_path: Path) -> None:
+    from curation.model.document import digest
+    from curation.run.reverting import revert
+
+    study = "1.2.826.0.1.3680043.8.498.2"
+    report = local_store.import_paths(ct_series(tmp_path, 2, study_uid=study, seed="rev"))
+    datastore_id, originals = report.datastore_id, report.created
+    client = curation.local.client(local_store)
+    before = {i: digest(fetch_document(client, datastore_id, i)[0]) for i in originals}
+    plan = promote_plan(client, datastore_id, {i: patient_name("FIXED^NAME") for i in originals})
+    plan_path, journal = tmp_path / "plan.json", tmp_path / "j.jsonl"
+    plan.save(plan_path)
+    assert (apply(plan, client, journal, **FAST)["status"] == "applied").all()
+    kills = _run_until_done(local_store, plan_path, journal, _kill_after_one_record, _child_revert)
+    records = read_journal(journal.with_name(journal.name + ".revert"))
+    assert kills == len({_boundary(r) for r in records})
+    result = revert(journal, client, **FAST)
+    assert (result["status"] == "applied").all(), result
+    third = result.attrs["id_mapping"]
+    rows = _rows(local_store)
+    assert len(rows) == 5 * len(originals)  # P, K, N (apply) and K2, R (revert): nothing twice, nothing lost
+    primaries = {r[0] for r in rows if not r[1]}
+    assert primaries == {third[i] for i in originals}
+    for original in originals:
+        assert digest(fetch_document(client, datastore_id, third[original])[0]) == before[original]
