@@ -21,10 +21,10 @@ from curation.curate.planstep import PlannedStep, Ref, StepKind
 from curation.model.document import digest, primary_facts
 from curation.model.rules import promotion_refusal
 from curation.model.updates import apply_to_document
+from curation.run.docdiff import differences
 from curation.run.journal import RequestStatus
 from curation.run.procedures import WriteSteps
 from curation.run.stepstate import StepOutcome
-from curation.run.verifying import differences
 from curation.run.waiters import IMAGE_SET_NOT_LOCKED
 
 __all__ = ["Gates"]

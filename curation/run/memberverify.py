@@ -19,6 +19,7 @@ from curation.curate.planstep import PlannedStep, Ref, StepKind
 from curation.curate.updateplan import UpdatePlan
 from curation.model.document import digest
 from curation.model.updates import apply_to_document
+from curation.run.docdiff import differences
 from curation.run.journal import RequestStatus, mappings, read_journal, step_states
 from curation.run.servicecalls import ServiceCalls
 
@@ -91,8 +92,6 @@ def _member(
         expected = apply_to_document(expected, step.params, is_primary=True)
         end = str(state.get("version") or state.get("new_version"))
     if post:
-        from curation.run.verifying import differences
-
         found: list[tuple[str, Any, Any]] = []
         strip = {"DatastoreID", "ImageSetID"}
         differences(

@@ -26,6 +26,7 @@ Waiting is botocore's waiter convention (``curation.run.waiters``).
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -90,13 +91,14 @@ class WriteSteps:
 
     def search(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every SearchImageSets summary matching ``filters`` (all pages)."""
-        client, out, token = self.calls.client, [], None
+        client, token = self.calls.client, None
+        out: list[dict[str, Any]] = []
         while True:
             params: dict[str, Any] = {"datastoreId": self.calls.datastore_id, "searchCriteria": {"filters": filters}}
             if token:
                 params["nextToken"] = token
-            page = self.calls.read(Action.SEARCH_IMAGE_SETS, lambda p=params: client.search_image_sets(**p))
-            out.extend(page.get("imageSetsMetadataSummaries", []))
+            page: Any = self.calls.read(Action.SEARCH_IMAGE_SETS, partial(client.search_image_sets, **params))
+            out.extend(dict(summary) for summary in page.get("imageSetsMetadataSummaries", []))
             token = page.get("nextToken")
             if not token:
                 return out
@@ -311,7 +313,7 @@ class WriteSteps:
         try:
             info = self.wait(IMAGE_SET_COPIED, created)
         except WaiterError as exc:
-            info = exc.last_response or {}
+            info = dict(exc.last_response or {})
             self.ledger.note(
                 RecordKind.ORPHAN,
                 image_set=created,

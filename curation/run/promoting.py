@@ -11,7 +11,8 @@ image set holding a member's content while it has no primary), and ``attrs["id_m
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd
 
@@ -20,6 +21,7 @@ from curation.curate.updateplan import PlannedRequest, UpdatePlan
 from curation.run.journal import Journal, Purpose, RecordKind, RequestStatus
 from curation.run.mapping import IdMapping
 from curation.run.options import RunOptions
+from curation.run.plainrunner import PlainRunner, result_rows
 from curation.run.procedures import WriteSteps
 from curation.run.results import ImageSetResult, ResultStatus, result_frame
 from curation.run.scheduler import Node, Scheduler
@@ -58,7 +60,6 @@ class _Run:
         options: RunOptions,
         purpose: Purpose,
     ) -> None:
-        from curation.run.applying import PlainRunner, result_rows
         from curation.run.gates import Gates
         from curation.run.steps import Steps
 
@@ -71,7 +72,7 @@ class _Run:
         self.options = options
         self.purpose = purpose
         self.runner = PlainRunner(
-            Steps(plan, self.calls, journal), journal, _NoReport(), send_new=True, cancel=options.cancel
+            Steps(plan, self.calls, journal), journal, cast(Any, _NoReport()), send_new=True, cancel=options.cancel
         )
         self._lock = threading.Lock()
         self.finished = 0
@@ -80,7 +81,7 @@ class _Run:
     def nodes(self) -> list[Node]:
         after = _plain_after(self.plan)
         nodes = [
-            Node(r.step_id, StepKind.UPDATE, lambda r=r: self._plain(r), after[r.step_id], None, order=n)
+            Node(r.step_id, StepKind.UPDATE, partial(self._plain, r), after[r.step_id], None, order=n)
             for n, r in enumerate(self.plan.requests)
         ]
         offset = len(nodes)
@@ -90,7 +91,7 @@ class _Run:
                 Node(
                     step.step_id,
                     step.kind,
-                    lambda s=step: self._step(s),
+                    partial(self._step, step),
                     step.after,
                     action,
                     step.group or f"member:{step.original}",

@@ -18,9 +18,11 @@ import pandas as pd
 
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
 from curation.model.updates import apply_to_document, study_part
-from curation.run.applying import components
+from curation.run.docdiff import Found, differences
 from curation.run.journal import RequestStatus, VersionChains, journal_header, last_states, read_journal
+from curation.run.memberverify import member_rows
 from curation.run.options import RunKeywords, RunOptions, run_options
+from curation.run.plainrunner import components
 from curation.run.results import MISMATCH_COLUMNS
 from curation.run.servicecalls import ServiceCalls
 
@@ -29,24 +31,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["verify"]
-
-Found = list[tuple[str, Any, Any]]
-
-
-def differences(expected: Any, actual: Any, path: str, out: Found) -> None:
-    """Append (dotted path, expected, actual) for every place where two documents differ."""
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        for key in list(expected) + [k for k in actual if k not in expected]:
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in actual:
-                out.append((sub, expected[key], None))
-            elif key not in expected:
-                out.append((sub, None, actual[key]))
-            else:
-                differences(expected[key], actual[key], sub, out)
-        return
-    if expected != actual or type(expected) is not type(actual):
-        out.append((path, expected, actual))
 
 
 def _note_row(image_set_id: str, note: str) -> dict[str, Any]:
@@ -180,8 +164,5 @@ def verify(
         executor.shutdown(wait=True, cancel_futures=True)
     rows = [row for rows in results for row in rows]
     if plan.steps:
-        from curation.run.memberverify import member_rows
-
         rows.extend(member_rows(plan, calls, journal))
     return pd.DataFrame(rows, columns=list(MISMATCH_COLUMNS), dtype=object)
-

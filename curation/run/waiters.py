@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import WaiterError
 from botocore.waiter import NormalizedOperationMethod, Waiter, WaiterModel, create_waiter_with_client
@@ -158,7 +158,7 @@ def wait_for(
     ``last_response`` is the last answer: a COPY_FAILED's ``message`` is there), exactly as ``Waiter.wait``.
     """
     config = waiter_model().get_waiter(name)
-    method = NormalizedOperationMethod(get_image_set)
+    method = NormalizedOperationMethod(cast(Any, get_image_set))
     deadline = settings.clock() + settings.timeout
     attempts = 0
     while True:
@@ -175,13 +175,13 @@ def wait_for(
                 raise WaiterError(
                     name=name,
                     reason=f"An error occurred ({error.get('Code', 'Unknown')}): {error.get('Message', 'Unknown')}",
-                    last_response=response,
+                    last_response=cast(Any, response),
                 )
         if state == "success":
             return response
         if state == "failure":
             reason = f"Waiter encountered a terminal failure state: {explanation}"
-            raise WaiterError(name=name, reason=reason, last_response=response)
+            raise WaiterError(name=name, reason=reason, last_response=cast(Any, response))
         if attempts >= settings.max_attempts or settings.clock() + settings.delay > deadline:
-            raise WaiterError(name=name, reason="Max attempts exceeded", last_response=response)
+            raise WaiterError(name=name, reason="Max attempts exceeded", last_response=cast(Any, response))
         settings.sleep(settings.delay)
