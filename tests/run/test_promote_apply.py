@@ -243,3 +243,151 @@ def test_a_promotion_refused_for_a_conflict_stops_the_group_naming_the_attribute
     assert served[1].service.calls["DeleteImageSet"] == 1  # the copy is kept: nothing more deleted
     held = client.get_image_set(datastoreId=datastore_id, imageSetId=row["held_by"])
     assert held["imageSetState"] == "ACTIVE"
+
+
+class _LosesCopyAnswers:
+    """A backend that makes the first CopyImageSet and then answers 500, as a lost response looks: botocore
+    retries it and a second copy lands (CopyImageSet has no client token)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.lost = store, 0
+
+    def call(self, operation_name: str, params: dict[str, Any]) -> dict[str, Any]:
+        from curation.model.errors import AHIError
+
+        result = self.store.call(operation_name, params)
+        if operation_name == "CopyImageSet" and not self.lost:
+            self.lost += 1
+            raise AHIError("InternalServerException", "the answer was lost after the copy was made")
+        return result
+
+
+def test_a_copy_retried_by_botocore_that_landed_twice_leaves_an_orphan_not_a_second_copy_of_ours(
+    local_store: Any, tmp_path: Path, fast_botocore_backoff: None
+) -> None:
+    import curation.local
+    from botocore.config import Config
+
+    from curation.local.service import Service
+
+    datastore_id, (image_set,) = _import(local_store, tmp_path, 1)
+    client = curation.local.client(
+        Service(_LosesCopyAnswers(local_store)), config=Config(retries={"mode": "standard", "total_max_attempts": 3})
+    )
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    journal = tmp_path / "j.jsonl"
+    (row,) = apply(plan, client, journal, **FAST).to_dict("records")
+    assert row["status"] == "applied"
+    records = read_journal(journal)
+    (orphan,) = [r for r in records if r.get("kind") == "orphan"]
+    assert "duplicate copy" in orphan["reason"]
+    copies = {r["created"] for r in records if r.get("step", "").endswith(":copy") and r.get("created")}
+    assert len(copies) == 1 and orphan["image_set"] not in copies
+    left = client.get_image_set(datastoreId=datastore_id, imageSetId=orphan["image_set"])
+    assert left["imageSetState"] == "ACTIVE" and not left["isPrimary"]  # listed for cleanup, never deleted silently
+
+
+def test_plain_requests_and_procedures_in_one_plan_apply_verify_and_revert(served: Any, tmp_path: Path) -> None:
+    import orjson
+
+    from curation.curate.updateplan import PlannedRequest, UpdatePlan
+    from curation.run.reverting import revert
+    from curation.run.verifying import verify
+
+    store, _, client = served
+    datastore_id, (plain, member) = _import(store, tmp_path, 2, seed="mixed")
+    before = {i: digest(fetch_document(client, datastore_id, i)[0]) for i in (plain, member)}
+    procedure = promote_plan(client, datastore_id, {member: patient_name("MX^MX")})
+    blob = orjson.dumps({"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "PLAIN"}}}).decode()
+    request = PlannedRequest(
+        plain,
+        0,
+        {
+            "datastoreId": datastore_id,
+            "imageSetId": plain,
+            "updateImageSetMetadataUpdates": {"DICOMUpdates": {"updatableAttributes": blob}},
+        },
+    )
+    versions = {**procedure.base_versions, plain: fetch_document(client, datastore_id, plain)[1]}
+    plan = UpdatePlan.build(datastore_id, versions, [request], steps=procedure.steps, undo=procedure.undo)
+    journal = tmp_path / "j.jsonl"
+    result = apply(plan, client, journal, **FAST).set_index("ImageSetID")
+    assert (result["status"] == "applied").all(), result
+    assert result.loc[plain, "version_after"] == str(int(versions[plain]) + 1)
+    assert pd_isna(result.loc[plain, "new_image_set_id"]) and result.loc[member, "new_image_set_id"]
+    assert fetch_document(client, datastore_id, plain)[0]["Study"]["DICOM"]["StudyDescription"] == "PLAIN"
+    assert verify(plan, client, journal, progress=False).empty
+    reverted = revert(journal, client, **FAST)
+    assert (reverted["status"] == "applied").all(), reverted
+    third = id_mapping(reverted)
+    assert digest(fetch_document(client, datastore_id, plain)[0]) == before[plain]
+    assert digest(fetch_document(client, datastore_id, third[member])[0]) == before[member]
+
+
+def test_a_dry_run_prints_every_step_and_sends_nothing(served: Any, tmp_path: Path, capsys: Any) -> None:
+    store, endpoint, client = served
+    datastore_id, (image_set,) = _import(store, tmp_path, 1)
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    calls = dict(endpoint.service.calls)
+    frame = apply(plan, client, dry_run=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(plan.steps)
+    assert sum("[DELETE]" in line for line in lines) == 2 and sum("[NEW ID]" in line for line in lines) == 1
+    assert any(line.startswith("# check:") for line in lines)
+    assert list(frame["status"]) == ["dry-run"]
+    assert endpoint.service.calls == calls
+
+
+def pd_isna(value: Any) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
+
+
+def test_an_update_after_the_promotion_is_applied_on_the_new_primary_verified_and_reverted(
+    served: Any, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from curation.curate.planstep import PlannedStep, Ref, StepKind
+    from curation.curate.updateplan import UpdatePlan
+    from curation.run.reverting import revert
+    from curation.run.verifying import verify
+    from tests.run.promote_plans import update_params
+
+    store, _, client = served
+    datastore_id, (image_set,) = _import(store, tmp_path, 1, seed="post")
+    document, _ = fetch_document(client, datastore_id, image_set)
+    ((series_uid, series),) = document["Study"]["Series"].items()
+    sop_uid = next(iter(series["Instances"]))
+    base = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    instance = {"Series": {series_uid: {"Instances": {sop_uid: {"DICOM": {"ImageComments": "after promotion"}}}}}}
+    post = PlannedStep(
+        f"{image_set}:post.0",
+        StepKind.UPDATE,
+        Ref(f"{image_set}:promote"),
+        image_set,
+        update_params({"Study": instance}, force=False),
+        (f"{image_set}:verify-primary",),
+    )
+    steps = []
+    for step in base.steps:
+        if step.kind is StepKind.DELETE_COPY:
+            steps += [post, dataclasses.replace(step, after=(*step.after, post.step_id))]
+        else:
+            steps.append(step)
+    undo = {image_set: dataclasses.replace(base.undo[image_set], post=1)}
+    plan = UpdatePlan.build(datastore_id, base.base_versions, [], steps=steps, undo=undo)
+    journal = tmp_path / "j.jsonl"
+    (row,) = apply(plan, client, journal, **FAST).to_dict("records")
+    assert row["status"] == "applied", row
+    new_document, version = fetch_document(client, datastore_id, row["new_image_set_id"])
+    assert new_document["Study"]["Series"][series_uid]["Instances"][sop_uid]["DICOM"]["ImageComments"] == (
+        "after promotion"
+    )
+    assert row["version_after"] == version
+    assert verify(plan, client, journal, progress=False).empty
+    reverted = revert(journal, client, **FAST)
+    assert (reverted["status"] == "applied").all(), reverted
+    final, _ = fetch_document(client, datastore_id, id_mapping(reverted)[image_set])
+    assert digest(final) == digest(document)
