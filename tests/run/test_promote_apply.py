@@ -265,9 +265,9 @@ class _LosesCopyAnswers:
 def test_a_copy_retried_by_botocore_that_landed_twice_leaves_an_orphan_not_a_second_copy_of_ours(
     local_store: Any, tmp_path: Path, fast_botocore_backoff: None
 ) -> None:
-    import curation.local
     from botocore.config import Config
 
+    import curation.local
     from curation.local.service import Service
 
     datastore_id, (image_set,) = _import(local_store, tmp_path, 1)
