@@ -15,8 +15,8 @@ efficiency, bound / wall time with bound = max over actions of (calls - burst) /
 service's token buckets allow: CopyImageSet and DeleteImageSet tie at two calls per image set), goal >= 0.9,
 the same efficiency for ``34 * scale`` three-series studies with a PatientName fix (each study one group: its
 three primaries deleted before its first promotion), and the Series-level plan run one step at a time, waits
-included (``pipeline=False``), as the baseline's line. Throttles must be 0 (the client keeps 2% below the service's rates: at exactly its rates the arrival jitter makes
-the service throttle a few, which botocore retries).
+included (``pipeline=False``), as the baseline's line. Throttles must be 0 (the client keeps 2% below the
+service's rates: at exactly its rates the arrival jitter makes the service throttle a few, which botocore retries).
 """
 
 from __future__ import annotations
