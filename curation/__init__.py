@@ -24,6 +24,7 @@ from curation.frames.views import explode, typed
 from curation.model.document import DocumentError, encode_document, parse_document, read_document
 from curation.model.updates import apply_to_document
 from curation.run.applying import apply
+from curation.run.cleanup import cleanup_plan
 from curation.run.fetching import fetch
 from curation.run.history import history, version_diff
 from curation.run.mapping import IdMapping, id_mapping, rekey
@@ -42,6 +43,7 @@ __all__ = [
     "UpdatePlan",
     "apply",
     "apply_to_document",
+    "cleanup_plan",
     "diff",
     "diff_documents",
     "encode_document",

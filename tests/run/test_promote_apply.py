@@ -391,3 +391,52 @@ def test_an_update_after_the_promotion_is_applied_on_the_new_primary_verified_an
     assert (reverted["status"] == "applied").all(), reverted
     final, _ = fetch_document(client, datastore_id, id_mapping(reverted)[image_set])
     assert digest(final) == digest(document)
+
+
+OTHER_WRITER = '{"SchemaVersion": 1.1, "Study": {"DICOM": {"StudyDescription": "OTHER"}}}'
+
+
+def test_cleanup_plan_lists_what_a_stopped_run_left_and_never_an_incomplete_members_copy(
+    served: Any, tmp_path: Path
+) -> None:
+    from curation.run.cleanup import cleanup_plan
+
+    store, _, client = served
+    datastore_id, (failing, stopping, incomplete) = _import(store, tmp_path, 3, seed="leftovers")
+    # a copy that ends COPY_FAILED, a working copy left by another writer, a promotion that failed
+    for number, (image_set, fault) in enumerate([(failing, "copy"), (stopping, "writer"), (incomplete, "promote")]):
+        plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+        if fault == "copy":
+            store.fail_next_copies(1, "INTERNAL_ERROR: broke", promote=False)
+        elif fault == "promote":
+            store.fail_next_copies(1, "INTERNAL_ERROR: broke", promote=True)
+        else:
+            _once(
+                client,
+                "CopyImageSet",
+                lambda i=image_set, v=plan.base_versions[image_set]: store.call(
+                    "UpdateImageSetMetadata",
+                    {
+                        "datastoreId": datastore_id,
+                        "imageSetId": i,
+                        "latestVersionId": v,
+                        "updateImageSetMetadataUpdates": {"DICOMUpdates": {"updatableAttributes": OTHER_WRITER}},
+                    },
+                ),
+            )
+        journal = tmp_path / f"j{number}.jsonl"
+        (row,) = apply(plan, client, journal, **FAST).to_dict("records")
+        cleanup = cleanup_plan(journal, client)
+        targets = [step.target for step in cleanup.steps]
+        if fault == "promote":
+            # the failed promotion's image set is left over; the copy holds the only content and is never listed
+            assert row["status"] == "incomplete" and row["held_by"] not in targets and len(targets) == 1
+            continue
+        assert row["status"] in ("failed", "conflict") and len(targets) == 1
+        (left,) = targets
+        assert not client.get_image_set(datastoreId=datastore_id, imageSetId=left)["isPrimary"]
+        (done,) = apply(cleanup, client, tmp_path / f"cleanup{number}.jsonl", **FAST).to_dict("records")
+        assert done["status"] == "applied"
+        assert client.get_image_set(datastoreId=datastore_id, imageSetId=left)["imageSetState"] == "DELETED"
+        assert client.get_image_set(datastoreId=datastore_id, imageSetId=image_set)["imageSetState"] == "ACTIVE"
+        assert cleanup_plan(journal, client).steps == []
