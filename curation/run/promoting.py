@@ -76,6 +76,10 @@ class _Run:
         )
         self._lock = threading.Lock()
         self.finished = 0
+        from tqdm.auto import tqdm
+
+        total = len(plan.requests) + len(plan.steps)
+        self.bar = tqdm(total=total, desc=str(purpose), unit=" steps", disable=not options.progress)
 
     # --- nodes -------------------------------------------------------------------------------------------------
     def nodes(self) -> list[Node]:
@@ -135,6 +139,7 @@ class _Run:
     def on_finish(self, node: Node, outcome: StepOutcome) -> None:
         with self._lock:
             self.finished += 1
+            self.bar.update(1)
         callback = self.options.on_progress
         if callback is not None:
             from curation.run.options import Progress
@@ -236,7 +241,10 @@ def run_steps(
         serial=not pipeline,
         on_finish=run.on_finish,
     )
-    outcomes = scheduler.run()
+    try:
+        outcomes = scheduler.run()
+    finally:
+        run.bar.close()
     mapping = run.member_rows(outcomes)
     for request in plan.requests:
         outcome = outcomes.get(request.step_id)

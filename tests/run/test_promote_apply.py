@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from curation.model.document import digest
-from curation.model.quotas import Quota
 from curation.run.applying import apply
 from curation.run.journal import read_journal
 from curation.run.mapping import id_mapping
@@ -23,7 +22,7 @@ FAST: dict[str, Any] = {
     "control_rate": None,
     "rate": None,
     # no client-side quota: the embedded service enforces none here (the benchmark runs at AHI's quotas)
-    "quotas": {a: Quota(10_000, 10_000) for a in ("CopyImageSet", "DeleteImageSet", "UpdateImageSetMetadata")},
+    "quotas": {a: (10_000, 10_000) for a in ("CopyImageSet", "DeleteImageSet", "UpdateImageSetMetadata")},
 }
 
 
