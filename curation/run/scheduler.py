@@ -16,6 +16,7 @@ failure in it: a group stands or falls together, so nothing more of it is delete
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,18 @@ class Scheduler:
                 self._remaining[node.member] = self._remaining.get(node.member, 0) + 1
                 members.setdefault(node.group or node.member, set()).add(node.member)
         self._sizes = {key: len(value) for key, value in members.items()}
+        # readiness kept incrementally (a heap of ready steps per sender), so a dispatch costs O(log n), not O(n)
+        self._dependents: dict[str, list[str]] = {}
+        self._waiting: dict[str, int] = {}
+        for node in self.nodes.values():
+            known = [d for d in dict.fromkeys(node.after) if d in self.nodes]
+            self._waiting[node.step_id] = len(known)
+            for dependency in known:
+                self._dependents.setdefault(dependency, []).append(node.step_id)
+        self._heaps: dict[str | None, list[tuple[tuple[int, int], str]]] = {}
+        for node in self.nodes.values():
+            if not self._waiting[node.step_id]:
+                self._push(node)
 
     def run(self) -> dict[str, StepOutcome]:
         senders = {a: ThreadPoolExecutor(1, f"ahi-send-{a}") for a in {n.action for n in self.nodes.values()} if a}
@@ -109,7 +122,7 @@ class Scheduler:
                     self._dispatch()
                     if len(self._state.outcomes) >= len(self.nodes):
                         break
-                    if not self._state.running:
+                    if not self._state.running and not self._admitted_anywhere():
                         raise RuntimeError("the plan's steps wait for each other: no step can run")  # a planner bug
                     self._cond.wait(0.5)
         finally:
@@ -133,18 +146,33 @@ class Scheduler:
             return "cancelled before it was sent: run apply again to continue"
         return None
 
-    def _ready(self) -> list[Node]:
-        state, ready = self._state, []
-        for node in self.nodes.values():
-            if node.step_id in state.outcomes or node.step_id in state.running:
-                continue
+    def _admitted_anywhere(self) -> bool:
+        """With nothing running, start the best admitted step behind a waiting new member (rare: a started
+        member's copy ranked after a new member's), scanning the heaps; False if there is none."""
+        for action, heap in self._heaps.items():
+            for entry in sorted(heap):
+                node = self.nodes[entry[1]]
+                if action is not None and self._blocked(node) is None and self._admit(node):
+                    heap.remove(entry)
+                    heapq.heapify(heap)
+                    self._state.busy.add(action)
+                    self._start(node, self._senders[action], action)
+                    return True
+        return False
+
+    def _push(self, node: Node) -> None:
+        heapq.heappush(self._heaps.setdefault(node.action, []), (node.rank, node.step_id))
+
+    def _pop_blocked(self, heap: list[tuple[tuple[int, int], str]]) -> Node | None:
+        """The best ready step of ``heap`` that may run (blocked ones are finished on the way), or None."""
+        while heap:
+            node = self.nodes[heap[0][1]]
             why = self._blocked(node)
-            if why is not None:
-                self._finish(node, StepOutcome(RequestStatus.UNSENT, why), blocked=True)
-                continue
-            if all(d in state.outcomes or d not in self.nodes for d in node.after):
-                ready.append(node)
-        return ready
+            if why is None:
+                return node
+            heapq.heappop(heap)
+            self._finish(node, StepOutcome(RequestStatus.UNSENT, why), blocked=True)
+        return None
 
     def _admit(self, node: Node) -> bool:
         """Whether ``node`` may start: a member already started, or one whose group fits the window (a group
@@ -158,15 +186,25 @@ class Scheduler:
         return active == 0 or active + self._sizes.get(node.group or node.member, 1) <= self.window
 
     def _dispatch(self) -> None:
-        best: dict[str, Node] = {}
-        for node in sorted(self._ready(), key=lambda n: n.rank):
-            if node.action is None:
-                self._start(node, self._pool)
-            elif node.action not in self._state.busy and node.action not in best and self._admit(node):
-                best[node.action] = node
-        for action, node in best.items():
-            self._state.busy.add(action)
-            self._start(node, self._senders[action], action)
+        """Start every ready check and plain request, and the best ready step of each idle sender."""
+        while True:  # a blocked step finishing makes its dependents ready: look again until nothing changes
+            seen = (len(self._state.outcomes), len(self._state.running))
+            for action, heap in list(self._heaps.items()):
+                if action is not None and action in self._state.busy:
+                    self._pop_blocked(heap)
+                    continue
+                while (node := self._pop_blocked(heap)) is not None:
+                    if action is not None and not self._admit(node):
+                        break  # the window is full: new members wait, in plan order
+                    heapq.heappop(heap)
+                    if action is None:
+                        self._start(node, self._pool)
+                        continue
+                    self._state.busy.add(action)
+                    self._start(node, self._senders[action], action)
+                    break
+            if (len(self._state.outcomes), len(self._state.running)) == seen:
+                return
 
     def _start(self, node: Node, executor: ThreadPoolExecutor, action: str | None = None) -> None:
         self._state.running.add(node.step_id)
@@ -184,6 +222,10 @@ class Scheduler:
             self._remaining[node.member] -= 1
         if not outcome.done and not blocked and node.group is not None:
             state.stopped_groups.setdefault(node.group, f"{node.step_id}: {outcome.message}")
+        for dependent in self._dependents.get(node.step_id, ()):
+            self._waiting[dependent] -= 1
+            if not self._waiting[dependent]:
+                self._push(self.nodes[dependent])
         if self.on_finish is not None:
             self.on_finish(node, outcome)
         self._cond.notify_all()
