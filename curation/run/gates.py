@@ -94,9 +94,11 @@ class Gates:
         if info.get("imageSetState") == "DELETED":
             return []  # deleted by this plan's own DELETE_PRIMARY on a resume
         if guard is not None and str(info.get("versionId")) != str(guard):
+            copy = self.ledger.resolve(step.target)
             return [
                 f"image set {source} changed by another writer: planned against version {guard}, found "
-                f"{info.get('versionId')}; nothing deleted"
+                f"{info.get('versionId')}; nothing deleted; the working copy {copy} (non-primary, with the planned "
+                "edits) is left: cleanup_plan(journal, client) deletes it"
             ]
         return []
 

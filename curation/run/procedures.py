@@ -215,7 +215,12 @@ class WriteSteps:
 
     def _changed(self, step: PlannedStep, target: str, guard: Any, found: Any) -> StepOutcome:
         copy = next((k for s, k in self.ledger.created.items() if s.startswith(f"{step.original}:")), None)
-        held = f"; the working copy {copy} (non-primary, with the planned edits) is left" if copy else ""
+        held = (
+            f"; the working copy {copy} (non-primary, with the planned edits) is left: cleanup_plan(journal, client) "
+            "deletes it"
+            if copy
+            else ""
+        )
         return StepOutcome(
             RequestStatus.CONFLICT,
             f"image set {target} changed by another writer: planned against version {guard}, found {found}; "

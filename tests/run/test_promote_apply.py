@@ -165,7 +165,7 @@ def test_another_writer_between_copy_and_delete_stops_the_image_set_naming_the_v
     (row,) = result.to_dict("records")
     assert row["status"] == "conflict"
     assert f"planned against version {version}, found {int(version) + 1}" in row["error"]
-    assert "nothing deleted" in row["error"]
+    assert "nothing deleted" in row["error"] and "the working copy" in row["error"]
     assert _statuses(client, datastore_id, [image_set]) == {image_set: "ACTIVE"}
     assert served[1].service.calls.get("DeleteImageSet", 0) == 0
 
