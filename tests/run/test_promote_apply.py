@@ -439,3 +439,21 @@ def test_cleanup_plan_lists_what_a_stopped_run_left_and_never_an_incomplete_memb
         assert client.get_image_set(datastoreId=datastore_id, imageSetId=left)["imageSetState"] == "DELETED"
         assert client.get_image_set(datastoreId=datastore_id, imageSetId=image_set)["imageSetState"] == "ACTIVE"
         assert cleanup_plan(journal, client).steps == []
+
+
+def test_rekey_of_a_snapshot_returns_a_new_snapshot_under_the_new_ids(served: Any, tmp_path: Path) -> None:
+    import curation
+
+    store, _, client = served
+    datastore_id, (image_set, other) = _import(store, tmp_path, 2, seed="rekey")
+    snapshot = curation.fetch(client, datastore_id, progress=False)
+    plan = promote_plan(client, datastore_id, {image_set: patient_name("MX^MX")})
+    result = apply(plan, client, tmp_path / "j.jsonl", **FAST)
+    mapping = curation.id_mapping(result)
+    rekeyed = curation.rekey(snapshot, mapping)
+    new = mapping[image_set]
+    assert sorted(rekeyed.image_set_ids) == sorted([new, other])
+    assert sorted(snapshot.image_set_ids) == sorted([image_set, other])  # the user's snapshot is untouched
+    assert rekeyed.version_ids[new] == mapping.versions[new]
+    assert rekeyed.document(new)["ImageSetID"] == new
+    assert "ImageSetID" in rekeyed.studies.index.names or "ImageSetID" in rekeyed.studies.columns
