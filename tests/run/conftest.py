@@ -74,7 +74,10 @@ def served(local_store: Any) -> Any:
 
     with serving(local_store) as endpoint:
         client = boto3.session.Session().client(
-            "medical-imaging", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="local",
+            "medical-imaging",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="local",
             aws_secret_access_key="local",
             config=Config(inject_host_prefix=False, retries={"mode": "standard", "total_max_attempts": 3}),
         )
