@@ -28,8 +28,10 @@ from curation.frames.views import adopt_study, explode, typed
 from curation.model.document import DocumentError, encode_document, parse_document, read_document
 from curation.model.updates import apply_to_document
 from curation.run.applying import apply
+from curation.run.cleanup import cleanup_plan
 from curation.run.fetching import fetch
 from curation.run.history import history, version_diff
+from curation.run.mapping import IdMapping, id_mapping, rekey
 from curation.run.reverting import revert
 from curation.run.verifying import verify
 
@@ -42,12 +44,14 @@ __all__ = [
     "Deidentification",
     "DiffError",
     "DocumentError",
+    "IdMapping",
     "PlanError",
     "Snapshot",
     "UpdatePlan",
     "adopt_study",
     "apply",
     "apply_to_document",
+    "cleanup_plan",
     "deidentify",
     "diff",
     "diff_documents",
@@ -57,12 +61,14 @@ __all__ = [
     "flatten",
     "flatten_many",
     "history",
+    "id_mapping",
     "new_secret",
     "parse_document",
     "plan",
     "read_csv",
     "read_document",
     "read_parquet",
+    "rekey",
     "revert",
     "revert_plan",
     "to_csv",

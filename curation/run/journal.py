@@ -56,6 +56,9 @@ class RecordKind(StrEnum):
     PLAN = "plan"
     REQUEST = "request"
     STOP = "stop"
+    STEP = "step"  #: one step of a copy-and-promote procedure (``curation.run.procedures``)
+    MAPPING = "mapping"  #: a pre-plan image set's content now lives under a new primary image set ID
+    ORPHAN = "orphan"  #: an image set a retried CopyImageSet made twice: not ours, listed for cleanup
 
 
 class Purpose(StrEnum):
@@ -133,10 +136,15 @@ def now_iso() -> str:
 
 
 def _check_record(record: Record, path: str, number: int) -> None:
-    """A request record must name its image set, index and a known status (JournalError names the line)."""
+    """A request record must name its image set, index and a known status, a step record its step and a
+    known status (JournalError names the line)."""
+    where = f"{path}: line {number}"
+    if record.get("kind") == RecordKind.STEP:
+        if not isinstance(record.get("step"), str) or record.get("status") not in STATUSES:
+            raise JournalError(f"{where}: a step record without 'step' or with an unknown status")
+        return
     if record.get("kind") != RecordKind.REQUEST:
         return
-    where = f"{path}: line {number}"
     if not isinstance(record.get("image_set_id"), str):
         raise JournalError(f"{where}: a request record without 'image_set_id'")
     index = record.get("index")
@@ -235,6 +243,28 @@ def last_states(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, int], M
         if known is None or _precedence(record) >= _precedence(known):
             states[key] = record
     return states
+
+
+def step_states(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The state of each procedure step among ``records`` (by step ID): its final record if it has one, else
+    its latest, as ``last_states`` decides for requests. Fields of earlier records of the step that the state
+    lacks (the created image set's ID of an ``accepted`` record) are carried into it."""
+    states: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if record.get("kind") != RecordKind.STEP:
+            continue
+        key = str(record["step"])
+        known = states.get(key)
+        if known is None or _precedence(record) >= _precedence(known):
+            states[key] = {**(known or {}), **record}
+        else:
+            states[key] = {**record, **known}
+    return dict(states)
+
+
+def mappings(records: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    """The ``mapping`` records by pre-plan image set (the last one of each)."""
+    return {str(r["original"]): r for r in records if r.get("kind") == RecordKind.MAPPING}
 
 
 # --- versions this plan made ------------------------------------------------------------------------------

@@ -289,7 +289,7 @@ class Limiters:
 
     def __init__(
         self,
-        quotas: Mapping[str, Quota] | None = None,
+        quotas: Mapping[str, Quota | tuple[float, float]] | None = None,
         *,
         rates: Mapping[str, Rate] | None = None,
         bursts: Mapping[str, float] | None = None,
@@ -297,7 +297,11 @@ class Limiters:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
     ) -> None:
-        self.quotas = {**DOCUMENTED_QUOTAS, **(quotas or {})}
+        given = {
+            str(k): v if isinstance(v, Quota) else Quota(*v, source=QuotaSource.GIVEN)
+            for k, v in (quotas or {}).items()
+        }  # (rate, burst) pairs too: apply(..., quotas={"CopyImageSet": (1, 2)})
+        self.quotas = {**DOCUMENTED_QUOTAS, **given}
         self.rates = dict(rates or {})
         self.bursts = dict(bursts or {})
         self.adaptive = adaptive

@@ -111,7 +111,7 @@ class RunOptions:
     rate: Rate = AUTO
     burst: float | None = None
     control_rate: Rate = AUTO
-    quotas: Mapping[str, Quota] | None = None
+    quotas: Mapping[str, Quota | tuple[float, float]] | None = None
     adaptive: bool = True
     max_workers: int = 4
     progress: bool = True
@@ -168,7 +168,7 @@ class RunKeywords(TypedDict, total=False):
     retries: RetryPolicy | int | None
     on_progress: ProgressCallback | None
     cancel: CancelSignal | None
-    quotas: Mapping[str, Quota] | None
+    quotas: Mapping[str, Quota | tuple[float, float]] | None
 
 
 def run_options(options: RunOptions | None, **keywords: Unpack[RunKeywords]) -> RunOptions:

@@ -17,6 +17,8 @@ RESULT_COLUMNS = (
     "requests_planned",
     "error",
 )
+#: the columns a plan with copy-and-promote procedures adds (its members' IDs change)
+PROCEDURE_COLUMNS = ("new_image_set_id", "held_by")
 MISMATCH_COLUMNS = ("ImageSetID", "path", "expected", "actual", "note")
 
 
@@ -29,6 +31,8 @@ class ResultStatus(StrEnum):
     SKIPPED = "skipped"  # not run (e.g. reconcile only, or the study-wide request was not applied)
     CANCELLED = "cancelled"  # the run was cancelled before its requests were sent: run again to continue
     DRY_RUN = "dry-run"  # dry run: shown, not sent
+    STOPPED = "stopped"  # a procedure member not run to its end because another member of its group failed
+    INCOMPLETE = "incomplete"  # its primary is deleted, no new one yet: the content is in ``held_by``
 
 
 #: Statuses of an image set that needs nothing more.
@@ -46,10 +50,13 @@ class ImageSetResult:
     version_after: str | None = None
     done: int = 0
     error: str | None = None
+    new_image_set_id: str | None = None
+    held_by: str | None = None
 
 
-def result_frame(rows: Iterable[ImageSetResult]) -> pd.DataFrame:
-    """The result table: one row per image set, in RESULT_COLUMNS."""
+def result_frame(rows: Iterable[ImageSetResult], *, procedures: bool = False) -> pd.DataFrame:
+    """The result table: one row per image set, in RESULT_COLUMNS (+ PROCEDURE_COLUMNS with ``procedures``)."""
+    rows = list(rows)
     data = [
         {
             "ImageSetID": r.image_set_id,
@@ -62,5 +69,10 @@ def result_frame(rows: Iterable[ImageSetResult]) -> pd.DataFrame:
         }
         for r in rows
     ]
-    frame = pd.DataFrame(data, columns=list(RESULT_COLUMNS))
+    columns = list(RESULT_COLUMNS)
+    if procedures:
+        columns += list(PROCEDURE_COLUMNS)
+        for record, row in zip(data, rows, strict=True):
+            record.update(new_image_set_id=row.new_image_set_id, held_by=row.held_by)
+    frame = pd.DataFrame(data, columns=columns)
     return frame.astype({"requests_done": "int64", "requests_planned": "int64"}) if len(frame) else frame

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
-from curation.run.applying import dry_run_frame, run_plan
+from curation.run.applying import dry_run_frame, dry_run_steps, run_plan
 from curation.run.journal import (
     Journal,
     JournalError,
@@ -66,7 +66,12 @@ def revert_plan_from_journal(records: list[Record], plan: UpdatePlan) -> UpdateP
         )
         for image_set_id, version in targets
     ]
-    return UpdatePlan.build(plan.datastore_id, dict(last), requests)
+    plain = UpdatePlan.build(plan.datastore_id, dict(last), requests)
+    if not plan.steps:
+        return plain
+    from curation.run.memberrevert import revert_steps_plan
+
+    return revert_steps_plan(records, plan, plain)
 
 
 def _apply_journal(source: Path) -> tuple[list[Record], UpdatePlan]:
@@ -106,6 +111,11 @@ def revert(
     whose outcome is unknown are reconciled first. The revert is journaled in ``journal_out`` (default
     ``<journal>.revert``) and resumable: calling ``revert`` again continues it. The keyword arguments and
     ``options`` are ``apply``'s (``RunKeywords``); returns apply's table.
+
+    Image sets that went through AHI's copy-and-promote procedure are restored to their pre-plan content as
+    primary image sets by the procedure once more, so **their image set IDs change again** (P -> N at apply,
+    N -> R at revert: a promotion always returns a new ID, and no AHI call reuses one); the result's
+    ``attrs["id_mapping"]`` maps both P and N to R (``curation.run.memberrevert``).
     """
     opts = run_options(options, **keywords)
     source = Path(journal)
@@ -122,10 +132,23 @@ def revert(
         with JournalLock(out):
             undo = _revert_plan(out, records, plan)
             if dry_run:
-                return dry_run_frame(undo)
+                return dry_run_frame(undo) if not undo.steps else dry_run_steps(undo)
             with Journal(out) as opened:
                 extra = {"source_plan_id": plan.plan_id, "source_journal": str(source)}
                 opened.start(undo, Purpose.REVERT, extra)
+                if undo.steps:
+                    return _revert_steps(undo, client, opened, opts, records)
                 frame, _ = run_plan(undo, client, opened, opts, purpose=Purpose.REVERT, desc="revert")
+    return frame
+
+
+def _revert_steps(undo: UpdatePlan, client: HealthImagingClient, journal: Journal, options: RunOptions,
+                  records: list[Record]) -> pd.DataFrame:
+    """Run a revert plan with procedures; its result maps pre-plan IDs and apply's new IDs to the third ones."""
+    from curation.run.mapping import mapping_from_records
+    from curation.run.promoting import run_steps
+
+    frame = run_steps(undo, client, journal, options, purpose=Purpose.REVERT)
+    frame.attrs["id_mapping"] = mapping_from_records(records).then(frame.attrs["id_mapping"])
     return frame
 

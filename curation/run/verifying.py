@@ -18,9 +18,11 @@ import pandas as pd
 
 from curation.curate.updateplan import PlannedRequest, UpdatePlan
 from curation.model.updates import apply_to_document, study_part
-from curation.run.applying import components
+from curation.run.docdiff import Found, differences
 from curation.run.journal import RequestStatus, VersionChains, journal_header, last_states, read_journal
+from curation.run.memberverify import member_rows
 from curation.run.options import RunKeywords, RunOptions, run_options
+from curation.run.plainrunner import components
 from curation.run.results import MISMATCH_COLUMNS
 from curation.run.servicecalls import ServiceCalls
 
@@ -29,24 +31,6 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 __all__ = ["verify"]
-
-Found = list[tuple[str, Any, Any]]
-
-
-def differences(expected: Any, actual: Any, path: str, out: Found) -> None:
-    """Append (dotted path, expected, actual) for every place where two documents differ."""
-    if isinstance(expected, dict) and isinstance(actual, dict):
-        for key in list(expected) + [k for k in actual if k not in expected]:
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in actual:
-                out.append((sub, expected[key], None))
-            elif key not in expected:
-                out.append((sub, None, actual[key]))
-            else:
-                differences(expected[key], actual[key], sub, out)
-        return
-    if expected != actual or type(expected) is not type(actual):
-        out.append((path, expected, actual))
 
 
 def _note_row(image_set_id: str, note: str) -> dict[str, Any]:
@@ -152,7 +136,9 @@ def verify(
     Without a journal the latest versions are compared. With one, each image set is compared at the last
     version the journal's chain says our requests made (so later edits by others are not reported), and image
     sets the journal did not finish are reported with their status in ``note``. An empty frame means verified.
-    Columns: ImageSetID, path (dotted document path), expected, actual, note. Image sets are checked
+    Columns: ImageSetID, path (dotted document path), expected, actual, note. Members of copy-and-promote
+    procedures are checked under their new image set ID (the journal's mapping; ``curation.run.memberverify``).
+    Image sets are checked
     ``max_workers`` at a time (8 unless given); reads are limited per action (``control_rate``: "auto" is AHI's
     quotas, adapting). The keyword arguments are ``apply``'s (``RunKeywords``; rate and burst play no part).
     """
@@ -177,5 +163,6 @@ def verify(
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     rows = [row for rows in results for row in rows]
+    if plan.steps:
+        rows.extend(member_rows(plan, calls, journal))
     return pd.DataFrame(rows, columns=list(MISMATCH_COLUMNS), dtype=object)
-

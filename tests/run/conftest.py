@@ -3,6 +3,8 @@ retried by botocore (as against AWS) without the test sleeping for seconds; a fa
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from botocore.retries import standard
 
@@ -34,3 +36,49 @@ class FakeClock:
 def clock() -> FakeClock:
     """A fresh fake clock (``clock()`` the time, ``clock.sleep`` moves it)."""
     return FakeClock()
+
+
+# --- primary image sets (copy-and-promote procedures) -----------------------------------------------------------
+
+
+def ct_series(directory: Any, count: int, *, study_uid: str | None = None, seed: str = "ct") -> list[Any]:
+    """pydicom's CT_small.dcm written ``count`` times, each a series of its own (new Series and SOP UIDs made
+    with ``generate_uid(entropy_srcs=...)``, so runs are reproducible), all in ``study_uid`` or each in its own."""
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    paths = []
+    for number in range(count):
+        dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        dataset.StudyInstanceUID = study_uid or generate_uid(entropy_srcs=[seed, "study", str(number)])
+        dataset.SeriesInstanceUID = generate_uid(entropy_srcs=[seed, "series", str(number)])
+        dataset.SOPInstanceUID = generate_uid(entropy_srcs=[seed, "sop", str(number)])
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        path = Path(directory) / f"{seed}-{number}.dcm"
+        dataset.save_as(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def served(local_store: Any) -> Any:
+    """The fresh store served over HTTP and a boto3 client for it (botocore's standard retries, no host
+    prefix): ``(store, endpoint, client)``."""
+    import boto3
+    from botocore.config import Config
+
+    from curation.local.server import serving
+
+    with serving(local_store) as endpoint:
+        client = boto3.session.Session().client(
+            "medical-imaging",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+            config=Config(inject_host_prefix=False, retries={"mode": "standard", "total_max_attempts": 3}),
+        )
+        yield local_store, endpoint, client
