@@ -3,8 +3,8 @@ service imports, copied to non-primary image sets (CopyImageSet), de-identified,
 fetched again and checked twice: by ``verify`` (our table loader) and by an oracle built on KitwareMedical's own
 extraction of the Basic Profile column, never on our code. Then a second run plans nothing and revert restores.
 
-Primary image sets need ``curation.plan(changes, primary="promote")`` (issue 12, branch ``primary``):
-``test_in_place_on_primaries_with_promote`` is written for it and skipped until that branch is merged."""
+Primary image sets take ``curation.plan(changes, primary="promote")``: ``test_in_place_on_primaries_with_promote``
+de-identifies imported primaries in place through AHI's copy-and-promote procedure."""
 
 from __future__ import annotations
 
@@ -137,11 +137,7 @@ def test_a_second_run_plans_nothing_and_revert_restores(run: SimpleNamespace) ->
         ), image_set
 
 
-@pytest.mark.skip(
-    reason="needs curation.plan(changes, primary='promote') from branch primary (issue 12); "
-    "the lead enables it after merging"
-)
-def test_in_place_on_primaries_with_promote(tmp_path: Path) -> None:  # pragma: no cover - enabled after merge
+def test_in_place_on_primaries_with_promote(tmp_path: Path) -> None:
     store = Store(tmp_path / "store")
     report = store.import_paths([str(p) for p in sorted(REFERENCE.glob("*.json"))])
     client = curation.local.client(store)
@@ -149,8 +145,9 @@ def test_in_place_on_primaries_with_promote(tmp_path: Path) -> None:  # pragma: 
     assert all(snapshot.primary.values())
     result = deidentify(snapshot, secret=SECRET)
     changes = curation.diff(snapshot, result.frames)
-    plan = curation.plan(changes, primary="promote")  # type: ignore[call-arg]
-    curation.apply(plan, client, tmp_path / "journal.jsonl", progress=False)
+    plan = curation.plan(changes, primary="promote")
+    unlimited = {action: (10_000, 10_000) for action in ("CopyImageSet", "DeleteImageSet", "UpdateImageSetMetadata")}
+    curation.apply(plan, client, tmp_path / "journal.jsonl", progress=False, rate=None, quotas=unlimited)
     after = curation.fetch(client, report.datastore_id, progress=False)
     primaries = [i for i, flag in after.primary.items() if flag]
     assert len(primaries) == 3
