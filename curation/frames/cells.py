@@ -317,9 +317,7 @@ def _shared(containers: list) -> list:
         texts = list(map(orjson.dumps, containers))
     except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: freeze each
         return freeze_all(containers)
-    firsts: dict[bytes, Any] = {}
-    for text, value in zip(texts, containers, strict=True):
-        firsts.setdefault(text, value)
+    firsts = dict(zip(texts, containers, strict=True))  # equal texts are equal values: any one stands for all
     if len(firsts) == len(texts):
         return freeze_all(containers)
     lookup = dict(zip(firsts, freeze_all(list(firsts.values())), strict=True))
