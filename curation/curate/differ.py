@@ -405,15 +405,29 @@ class _DiffOperation:
         """Image set order of the snapshot, then level, series, instance, operation, attribute."""
         studies = self.targets.frame("studies").index
         rank = studies.get_indexer(pd.Index(table["ImageSetID"].astype(str)))
-        keys = pd.DataFrame({
-            "set": np.where(rank < 0, len(studies), rank),
-            "level": table["level"].map(LEVEL_RANK).fillna(9).to_numpy(),
-            "series": table["SeriesInstanceUID"].fillna("").astype(str).to_numpy(),
-            "sop": table["SOPInstanceUID"].fillna("").astype(str).to_numpy(),
-            "op": table["op"].map(_OP_RANK).fillna(9).to_numpy(),
-            "attribute": table["attribute"].fillna("").astype(str).to_numpy(),
-        })
-        return keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+        keys = (  # most significant first; np.lexsort is stable and takes the most significant last
+            np.where(rank < 0, len(studies), rank),
+            table["level"].map(LEVEL_RANK).fillna(9).to_numpy(),
+            _text_rank(table["SeriesInstanceUID"]),
+            _text_rank(table["SOPInstanceUID"]),
+            table["op"].map(_OP_RANK).fillna(9).to_numpy(),
+            _text_rank(table["attribute"]),
+        )
+        return np.lexsort(keys[::-1])
+
+
+def _text_rank(values: pd.Series) -> np.ndarray:
+    """The rank of each cell's text in sorted order (missing as ""), for ``np.lexsort``: the order that sorting
+    ``values.fillna("").astype(str)`` gives, without building that ``str`` column."""
+    array = values.to_numpy(dtype=object)
+    missing = pd.isna(array)
+    if missing.any():
+        array = array.copy()
+        array[missing] = ""
+    if set(map(type, array)) - {str}:
+        array = np.array([str(v) for v in array], dtype=object)
+    codes, _ = pd.factorize(array, sort=True)
+    return codes
 
 
 def _cells(values: Any, positions: np.ndarray) -> list:
