@@ -6,6 +6,7 @@ the full size an issue asks for, smaller values give a quick smoke run (``python
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,3 +45,15 @@ def best_of(function: Callable[[], object], repeat: int = 3) -> float:
         function()
         timings.append(time.perf_counter() - start)
     return min(timings)
+
+
+def interleaved_medians(functions: dict[str, Callable[[], object]], repeat: int = 3) -> dict[str, float]:
+    """The median of ``repeat`` wall-clock timings of each function, run round-robin (a, b, a, b, ...) so that
+    a change of the machine's load during the run weighs on every side alike; in seconds, by name."""
+    timings: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeat):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            timings[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in timings.items()}

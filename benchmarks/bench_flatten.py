@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from benchmarks import Measurement, best_of
+from benchmarks import Measurement, interleaved_medians
 from curation.frames.flattening import flatten_many, wide_view
 from curation.frames.snapshot import Snapshot
 
@@ -163,30 +163,37 @@ def _measure(label: str, blobs: list[bytes], repeat: int) -> Iterator[Measuremen
     count = len(ours(blobs))
     size = sum(map(len, blobs))
     keyed = _keyed(blobs)
-    note = f"{count} instances, {size / 1e6:.1f} MB JSON"
-    t_parse = best_of(lambda: parse_only(blobs), repeat)
-    t_snapshot = best_of(lambda: snapshot_instances(keyed), repeat)
-    t_naive = best_of(lambda: naive(blobs), max(1, repeat - 1))
-    yield Measurement(f"Snapshot.from_blobs + .instances {label} vs orjson.loads (GC off)", t_snapshot, t_parse, "s",
-                      note=f"goal <= 3; {note}")
+    note = f"{count} instances, {size / 1e6:.1f} MB JSON; median of {repeat}, all sides run round-robin"
+
+    def unpaused() -> None:
+        with _no_gc_pause():
+            snapshot_instances(keyed)
+
+    t = interleaved_medians({
+        "parse": lambda: parse_only(blobs),
+        "snapshot": lambda: snapshot_instances(keyed),
+        "naive": lambda: naive(blobs),
+        "unpaused": unpaused,
+        "ours": lambda: ours(blobs),
+        "literal": lambda: naive_literal(blobs),
+        "wide": lambda: ours_wide(blobs),
+    }, repeat)
+    yield Measurement(f"Snapshot.from_blobs + .instances {label} vs orjson.loads (GC off)", t["snapshot"], t["parse"],
+                      "s", note=f"goal <= 3; {note}")
     yield Measurement(f"Snapshot.from_blobs + .instances {label} vs json.loads+json_normalize (DICOM dicts only)",
-                      t_snapshot, t_naive, "s", "baseline/ours",
+                      t["snapshot"], t["naive"], "s", "baseline/ours",
                       f"goal >= 2; baseline: instance DICOM dicts only, no VRs/frames/series/study; {note}")
-    with _no_gc_pause():
-        t_unpaused = best_of(lambda: snapshot_instances(keyed), max(1, repeat - 1))
     yield Measurement(f"what gc_paused buys: Snapshot.from_blobs + .instances {label}, GC paused vs not",
-                      t_snapshot, t_unpaused, "s", "baseline/ours", "ratio = the speed-up of pausing the cyclic GC")
-    t_ours = best_of(lambda: ours(blobs), repeat)
-    yield Measurement(f"orjson.loads (GC on) + flatten_many {label} vs orjson.loads (GC off)", t_ours, t_parse, "s",
-                      note=f"the caller's own parse, GC on; {note}")
-    t_literal = best_of(lambda: naive_literal(blobs), max(1, repeat - 1))
+                      t["snapshot"], t["unpaused"], "s", "baseline/ours",
+                      "ratio = the speed-up of pausing the cyclic GC")
+    yield Measurement(f"orjson.loads (GC on) + flatten_many {label} vs orjson.loads (GC off)", t["ours"], t["parse"],
+                      "s", note=f"the caller's own parse, GC on; {note}")
     yield Measurement(f"flatten {label} vs json.loads+json_normalize (literal: nodes as they are, levels joined)",
-                      t_ours, t_literal, "s", "baseline/ours",
+                      t["ours"], t["literal"], "s", "baseline/ours",
                       f"baseline: instance nodes (DICOM.X, DICOMVRs.X, ImageFrames as list) + series "
                       f"+ Patient/Study DICOM merged on; ours: 4 level frames, no join; {note}")
-    t_wide = best_of(lambda: ours_wide(blobs), repeat)
     yield Measurement(f"flatten + wide_view {label} vs json.loads+json_normalize (literal, levels joined)",
-                      t_wide, t_literal, "s", "baseline/ours",
+                      t["wide"], t["literal"], "s", "baseline/ours",
                       f"both sides build the joined instance-level frame; {note}")
 
 

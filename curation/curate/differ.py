@@ -55,7 +55,7 @@ Nothing here mutates the user's frames or the snapshot.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,7 +67,7 @@ from curation.curate.changeset import CHANGE_COLUMNS, PROBLEM_COLUMNS, Change, C
 from curation.curate.coercer import Coercer, Edit
 from curation.curate.colmap import ColumnMapper, Spec
 from curation.curate.compare import changed
-from curation.curate.targets import LEVEL_RANK, Targets
+from curation.curate.targets import LEVEL_RANK, Targets, by_position
 from curation.frames.flattening import flatten
 from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
@@ -140,6 +140,11 @@ class _Aligned:
     opos: np.ndarray
     identity: bool
     codecs: Mapping[str, str] | None
+    positional: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def column(self, name: Any) -> pd.Series:
+        """The edited frame's column ``name`` (indexed by position: no copy of the frame's MultiIndex)."""
+        return by_position(self.frame, self.positional, "frame")[name]
 
 
 class _DiffOperation:
@@ -264,7 +269,7 @@ class _DiffOperation:
             self._blocked(aligned, spec, column, opos, olds, news)
             return
         new_codec = (aligned.codecs or {}).get(column) or self.columns.codec(aligned.kind, column, spec,
-                                                                            aligned.frame[column].dtype)
+                                                                            aligned.column(column).dtype)
         old_codec = self.targets.codec(spec.source, spec.src_col) or new_codec
         if aligned.kind == "wide" and spec.source != "instances":
             self._uniform(aligned, spec, column, candidates, orig, new, old_codec, new_codec)
@@ -282,7 +287,7 @@ class _DiffOperation:
 
     def _pair(self, aligned: _Aligned, spec: Spec, column: Any) -> tuple[Any, Any]:
         """The snapshot's and the edited cells of one column, aligned row by row."""
-        new = aligned.frame[column].array
+        new = aligned.column(column).array
         if len(aligned.rows) != len(aligned.frame):
             new = new.take(aligned.rows)
         orig = self.targets.column(spec.source, spec.src_col)
@@ -400,15 +405,29 @@ class _DiffOperation:
         """Image set order of the snapshot, then level, series, instance, operation, attribute."""
         studies = self.targets.frame("studies").index
         rank = studies.get_indexer(pd.Index(table["ImageSetID"].astype(str)))
-        keys = pd.DataFrame({
-            "set": np.where(rank < 0, len(studies), rank),
-            "level": table["level"].map(LEVEL_RANK).fillna(9).to_numpy(),
-            "series": table["SeriesInstanceUID"].fillna("").astype(str).to_numpy(),
-            "sop": table["SOPInstanceUID"].fillna("").astype(str).to_numpy(),
-            "op": table["op"].map(_OP_RANK).fillna(9).to_numpy(),
-            "attribute": table["attribute"].fillna("").astype(str).to_numpy(),
-        })
-        return keys.sort_values(list(keys.columns), kind="stable").index.to_numpy()
+        keys = (  # most significant first; np.lexsort is stable and takes the most significant last
+            np.where(rank < 0, len(studies), rank),
+            table["level"].map(LEVEL_RANK).fillna(9).to_numpy(),
+            _text_rank(table["SeriesInstanceUID"]),
+            _text_rank(table["SOPInstanceUID"]),
+            table["op"].map(_OP_RANK).fillna(9).to_numpy(),
+            _text_rank(table["attribute"]),
+        )
+        return np.lexsort(keys[::-1])
+
+
+def _text_rank(values: pd.Series) -> np.ndarray:
+    """The rank of each cell's text in sorted order (missing as ""), for ``np.lexsort``: the order that sorting
+    ``values.fillna("").astype(str)`` gives, without building that ``str`` column."""
+    array = values.to_numpy(dtype=object)
+    missing = pd.isna(array)
+    if missing.any():
+        array = array.copy()
+        array[missing] = ""
+    if set(map(type, array)) - {str}:
+        array = np.array([str(v) for v in array], dtype=object)
+    codes, _ = pd.factorize(array, sort=True)
+    return codes
 
 
 def _cells(values: Any, positions: np.ndarray) -> list:

@@ -354,25 +354,19 @@ class _Blob:
         self.count = 0
 
     def add(self, path: tuple[str, ...], value: Any) -> tuple[dict, str, int]:
-        node = self.root
-        last = len(path) - 1
-        for depth, key in enumerate(path):
-            if depth != last:
-                child = node.get(key)
-                if isinstance(child, dict):
-                    node = child
-                    continue
-            if key in node:
-                raise ValueError(f"path {'.'.join(path)} is set twice in one payload")
-            sub = value
-            for inner in reversed(path[depth + 1 :]):
-                sub = {inner: sub}
-            delta = (1 if node else 0) + len(orjson.dumps(key)) + 1 + len(orjson.dumps(sub))
-            node[key] = sub
-            self.size += delta
-            self.count += 1
-            return node, key, delta
-        raise ValueError("empty path")
+        point = _insertion_point(self.root, path)
+        if point is None:
+            raise ValueError(f"path {'.'.join(path)} is set twice in one payload (or is empty)")
+        node, depth = point
+        key = path[depth]
+        sub = value
+        for inner in reversed(path[depth + 1 :]):
+            sub = {inner: sub}
+        delta = (1 if node else 0) + len(orjson.dumps(key)) + 1 + len(orjson.dumps(sub))
+        node[key] = sub
+        self.size += delta
+        self.count += 1
+        return node, key, delta
 
     def undo(self, entry: tuple[dict, str, int]) -> None:
         node, key, delta = entry
@@ -465,8 +459,77 @@ def _units(changes: list[_Change]) -> list[_Unit]:
     return units
 
 
+def _whole(units: list[_Unit], limit: int) -> _Pending | None:
+    """All ``units`` in one request when they fit (what the greedy packing gives then), else None.
+
+    The blobs are built without keeping their size up to date and measured once at the end: a blob's compact
+    JSON only grows as paths are added, so when the whole fits, every unit fits in turn and the greedy packing
+    puts them all in this one request, in this order. A path set twice (the greedy packing would start a new
+    request there) also gives None.
+    """
+    pending = _Pending(limit)
+    roots = {"u": pending.blobs["u"].root, "r": pending.blobs["r"].root}
+    parents: dict[str, dict[tuple[str, ...], dict[str, Any]]] = {"u": {}, "r": {}}
+    counts = {"u": 0, "r": 0}
+    for unit in units:
+        for change in unit.changes:
+            for kind, path, value in change.fragments:
+                known = parents[kind]
+                parent = known.get(path[:-1])
+                if parent is None:
+                    parent = _put_path(roots[kind], path, value)
+                    if parent is None:
+                        return None
+                    known[path[:-1]] = parent
+                elif path[-1] in parent:
+                    return None
+                else:
+                    parent[path[-1]] = value
+                counts[kind] += 1
+    for kind, blob in pending.blobs.items():
+        blob.count = counts[kind]
+        blob.size = len(orjson.dumps(blob.root))
+        if blob.size > limit:
+            return None
+    pending.changes = [change for unit in units for change in unit.changes]
+    return pending
+
+
+def _insertion_point(node: dict[str, Any], path: tuple[str, ...]) -> tuple[dict[str, Any], int] | None:
+    """Where setting ``path`` adds its first new key: the object and the key's depth in ``path`` (the objects on
+    the way exist); None when the path is already set (or empty)."""
+    last = len(path) - 1
+    for depth, key in enumerate(path):
+        if depth != last:
+            child = node.get(key)
+            if isinstance(child, dict):
+                node = child
+                continue
+        return None if key in node else (node, depth)
+    return None
+
+
+def _put_path(root: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any] | None:
+    """``_Blob.add`` without the size: set ``path`` to ``value``; returns the object that holds the last key
+    (``_whole`` puts the next value with the same parent path straight in it), None when the path is already
+    set."""
+    point = _insertion_point(root, path)
+    if point is None:
+        return None
+    node, depth = point
+    key = path[depth]
+    for inner in path[depth + 1 :]:
+        node[key] = node = {}
+        key = inner
+    node[key] = value
+    return node
+
+
 def _pack(units: list[_Unit], limit: int, problems: list[dict[str, Any]]) -> list[_Pending]:
     """Greedy, deterministic packing of units into requests whose blobs stay within ``limit`` bytes."""
+    whole = _whole(units, limit)
+    if whole is not None:
+        return [whole] if not whole.empty else []
     done: list[_Pending] = []
     current = _Pending(limit)
 

@@ -254,17 +254,22 @@ def _joined(values: Sequence, types: set) -> tuple[Any, str] | None:
     """A ``str`` column of backslash-joined arrays, or None when an array cannot be spelled so."""
     if not types <= {list, type(None), object}:
         return None
-    lists = [v for v in values if type(v) is list]
-    items = list(chain.from_iterable(lists))
-    if not set(map(type, items)) <= {str}:
+    every = types == {list}
+    lists = values if every else [v for v in values if type(v) is list]
+    if not set(map(type, chain.from_iterable(lists))) <= {str}:
         return None
-    if lists and (min(map(len, lists)) == 0 or [""] in lists or "\\" in "\x00".join(items)):
+    texts = list(map("\\".join, lists))
+    # [] and [""] both join to "" (refused); an item holding a backslash shows as more backslashes than the
+    # separators (one fewer than the items of each array)
+    if lists and ("" in texts or "\x00".join(texts).count("\\") != sum(map(len, lists)) - len(lists)):
         return None
     array = np.empty(len(values), dtype=object)
-    if lists:
+    if every:
+        array[:] = texts
+    elif lists:
         kinds = list(map(type, values))
         mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=len(values))
-        array[mask] = list(map("\\".join, lists))
+        array[mask] = texts
     if type(None) in types:
         array[_mask(values, None)] = ""
     return _str_array(array), JOINED
@@ -317,9 +322,7 @@ def _shared(containers: list) -> list:
         texts = list(map(orjson.dumps, containers))
     except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: freeze each
         return freeze_all(containers)
-    firsts: dict[bytes, Any] = {}
-    for text, value in zip(texts, containers, strict=True):
-        firsts.setdefault(text, value)
+    firsts = dict(zip(texts, containers, strict=True))  # equal texts are equal values: any one stands for all
     if len(firsts) == len(texts):
         return freeze_all(containers)
     lookup = dict(zip(firsts, freeze_all(list(firsts.values())), strict=True))

@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 import pandas as pd
+import pyarrow as pa
 
 from curation.frames.documents import Documents
 from curation.frames.exchange import read_frame, to_csv, to_parquet, write_frame
@@ -128,6 +129,14 @@ def _flatten_blobs(blobs: Mapping[str, bytes], kept: dict[str, bytes], extra: li
     return flat
 
 
+def _release_arrow_memory() -> None:
+    """Hand the memory Arrow's allocator keeps cached back to the OS: the ``str`` columns of every batch are
+    freed once the batches are concatenated, and the allocator (mimalloc or jemalloc) would keep those pages
+    (about 7 MB at 20,000 instances, a quarter of the snapshot's retained memory there). Takes under a
+    millisecond; nothing in use is touched."""
+    pa.default_memory_pool().release_unused()
+
+
 def _json_line(documents: Documents, image_set_id: str) -> bytes:
     """One document as a JSON line: its blob's own bytes when they are one line, else re-serialized."""
     blob = documents.blob(image_set_id)
@@ -214,6 +223,7 @@ class Snapshot:
         extra: list[dict[str, Any]] = []
         with gc_paused():
             flat = _flatten_blobs(blobs, kept, extra)
+        _release_arrow_memory()
         if len(flat.failures):
             kept = {k: v for k, v in kept.items() if k not in set(flat.failures["ImageSetID"])}
             extra.extend(flat.failures.to_dict("records"))

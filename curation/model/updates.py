@@ -209,6 +209,70 @@ def _attribute(key: str) -> _Attribute:
     return _Attribute(key, False, False, dictionary.is_standard(key), vr, vm)
 
 
+def _checked_attribute(key: str, path: str) -> _Attribute:
+    """``_attribute(key)``, after refusing an AHI-generated key (the refusal names ``path``)."""
+    try:
+        return _ALLOWED[key]
+    except KeyError:
+        pass
+    refusal = rules.generated_key_refusal(key)
+    if refusal:
+        raise _refuse(f"{refusal} ({path})")
+    attribute = _ALLOWED[key] = _attribute(key)
+    return attribute
+
+
+#: keys that are not AHI-generated, with what the dictionary says of them (``_checked_attribute``)
+_ALLOWED: dict[str, _Attribute] = {}
+
+
+def _static_force_reasons(key: str, vr: str | None, attribute: _Attribute) -> tuple[str, ...]:
+    """``rules.force_reasons`` of a change of ``attribute`` (keyed ``key``) with VR ``vr`` whose value fits (or
+    of a removal): a pure function of the two, remembered."""
+    try:
+        return _STATIC_REASONS[key, vr]
+    except KeyError:
+        pass
+    reasons = _STATIC_REASONS[key, vr] = tuple(rules.force_reasons(
+        key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard))
+    return reasons
+
+
+_STATIC_REASONS: dict[tuple[str, str | None], tuple[str, ...]] = {}
+#: ``value_problem`` of text values, remembered (``validation.value_problem`` keeps its own cache of every kind
+#: of value; text is most of what updates carry and is looked up here without building that cache's key)
+_TEXT_PROBLEMS: dict[tuple[str | None, str | None, Any], str | None] = {}
+_TEXT_PROBLEMS_SIZE = 65_536
+
+
+def _value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
+    """``value_problem(vr, vm, value)``, text values and arrays of text remembered."""
+    kind = type(value)
+    if kind is str:
+        key: tuple[str | None, str | None, Any] = (vr, vm, value)
+    elif kind is list and value and set(map(type, value)) == _TEXT_ONLY:
+        key = (vr, vm, tuple(value))
+    else:
+        return value_problem(vr, vm, value)
+    try:
+        return _TEXT_PROBLEMS[key]
+    except KeyError:
+        pass
+    if len(_TEXT_PROBLEMS) >= _TEXT_PROBLEMS_SIZE:
+        _TEXT_PROBLEMS.clear()
+    problem = _TEXT_PROBLEMS[key] = value_problem(vr, vm, value)
+    return problem
+
+
+_TEXT_ONLY = {str}
+
+
+@cache
+def _primary_refusals(level: str, key: str, op: EditOp) -> tuple[str, ...]:
+    """``rules.primary_refusals`` of one attribute change (a pure function of these three)."""
+    return tuple(rules.primary_refusals(level, key, op))
+
+
 # --- the edit plan ----------------------------------------------------------------------------------------------
 
 
@@ -228,6 +292,20 @@ class Edit:
     @property
     def node(self) -> tuple[str, str | None, str | None]:
         return self.level, self.series, self.sop
+
+
+_new = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _edit(op: EditOp, level: str, path: str, series: str | None, sop: str | None, key: str, value: Any,
+          vr: str | None) -> Edit:
+    """``Edit(op, level, path, series, sop, key, value, vr)`` without the frozen dataclass' ``__init__`` (which
+    sets each field through ``object.__setattr__``: half the cost of an edit of the walk); the same object."""
+    edit = _new(Edit)
+    _set_attribute(edit, "__dict__", {"op": op, "level": level, "path": path, "series": series, "sop": sop,
+                                      "key": key, "value": value, "vr": vr})
+    return edit
 
 
 @dataclass(frozen=True)
@@ -313,9 +391,13 @@ class _Planner:
         if not isinstance(vrs, dict):
             raise _refuse(f"{path}.DICOMVRs must be an object mapping tags to VRs")
         current = self._current_node(target)
-        _check_payload_vrs(path, vrs, dicom, current.get("DICOMVRs") or {}, op)
+        current_vrs = current.get("DICOMVRs") or {}
+        if vrs:
+            _check_payload_vrs(path, vrs, dicom, current_vrs, op)
+        current_dicom = current.get("DICOM") or {}
+        attribute = self._attribute
         for key, value in dicom.items():
-            self._attribute(target, key, value, op, current, vrs.get(key))
+            attribute(target, key, value, op, current_dicom, current_vrs, vrs.get(key) if vrs else None)
 
     def _current_node(self, target: _Target) -> dict[str, Any]:
         if target.level in ("Patient", "Study"):
@@ -352,34 +434,41 @@ class _Planner:
             self._dicom_holder(instance_node, target, op, allowed=("DICOM", "DICOMVRs"))
 
     def _attribute(
-        self, target: _Target, key: str, value: Any, op: EditOp, current: dict[str, Any], payload_vr: str | None
+        self, target: _Target, key: str, value: Any, op: EditOp, current_dicom: dict[str, Any],
+        current_vrs: dict[str, Any], payload_vr: str | None,
     ) -> None:
         path = f"{target.path}.DICOM.{key}"
-        refusal = rules.generated_key_refusal(key)
-        if refusal:
-            raise _refuse(f"{refusal} ({path})")
-        attribute = _attribute(key)
-        current_dicom = current.get("DICOM") or {}
+        attribute = _checked_attribute(key, path)
+        level = target.level
         if key not in current_dicom:
-            misplaced = rules.level_problem(key, target.level, self.levels_holding(key), image_set=self.image_set)
+            misplaced = rules.level_problem(key, level, self.levels_holding(key), image_set=self.image_set)
             if misplaced:
                 raise _refuse(f"Cannot update attributes across modules: {misplaced} ({path})")
         vr = attribute.vr
         if attribute.hex_keyed:
-            vr = payload_vr or (current.get("DICOMVRs") or {}).get(key)
+            vr = payload_vr or current_vrs.get(key)
             if vr is None and op == EditOp.SET:
                 raise _refuse(f"{path}: tag {key} has no VR; give it in DICOMVRs beside DICOM")
         if op == EditOp.REMOVE:
-            self._check_removal(target.level, path, key, value, current_dicom)
-        self.primary_refusals.extend(f"{path}: {refusal}" for refusal in rules.primary_refusals(target.level, key, op))
-        problem = value_problem(vr, attribute.vm, value) if op == EditOp.SET else None
-        found = rules.force_reasons(
-            key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard,
-            value_problem=f"value {_short(value)}: {problem}" if problem else None,
-        )
-        self.reasons.extend(f"{path}: {reason}" for reason in found)
-        sent_vr = payload_vr if op == EditOp.SET else None
-        self.edits.append(Edit(op, target.level, path, target.series, target.sop, key, value, sent_vr))
+            self._check_removal(level, path, key, value, current_dicom)
+            sent_vr = None
+            reasons = _static_force_reasons(key, vr, attribute)
+        else:
+            sent_vr = payload_vr
+            problem = _value_problem(vr, attribute.vm, value)
+            if problem:
+                reasons = tuple(rules.force_reasons(
+                    key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard,
+                    value_problem=f"value {_short(value)}: {problem}",
+                ))
+            else:
+                reasons = _static_force_reasons(key, vr, attribute)
+        refusals = _primary_refusals(level, key, op)
+        if refusals:
+            self.primary_refusals.extend(f"{path}: {refusal}" for refusal in refusals)
+        if reasons:
+            self.reasons.extend(f"{path}: {reason}" for reason in reasons)
+        self.edits.append(_edit(op, level, path, target.series, target.sop, key, value, sent_vr))
 
     @staticmethod
     def _check_removal(level: str, path: str, key: str, value: Any, current_dicom: dict[str, Any]) -> None:
@@ -398,12 +487,13 @@ class _Planner:
         removed_series = {edit.series for edit in self.edits if edit.op == EditOp.REMOVE_SERIES}
         removed_instances = {(edit.series, edit.sop) for edit in self.edits if edit.op == EditOp.REMOVE_INSTANCE}
         seen: dict[tuple, str] = {}
+        removing = bool(removed_series or removed_instances)
         for edit in self.edits:
             if edit.op in (EditOp.SET, EditOp.REMOVE):
-                inside = edit.series in removed_series or (edit.series, edit.sop) in removed_instances
+                inside = removing and (edit.series in removed_series or (edit.series, edit.sop) in removed_instances)
                 if inside:
                     raise _refuse(f"{edit.path}: the update edits a series or instance it also removes")
-                spot = (*edit.node, edit.key)
+                spot = (edit.level, edit.series, edit.sop, edit.key)
                 if spot in seen and seen[spot] != edit.op:
                     raise _refuse(
                         f"{edit.path}: the same attribute is in both updatableAttributes and removableAttributes"
@@ -431,7 +521,9 @@ class _Planner:
     def _check_new_uids(self) -> None:
         taken: dict[str, set[str]] = {}
         for edit in self.edits:
-            if edit.op != EditOp.SET or edit.key is None or not rules.rekeys(edit.key, edit.level):
+            if edit.key not in rules.REKEYING_UIDS or edit.op != EditOp.SET:
+                continue
+            if not rules.rekeys(edit.key, edit.level):
                 continue
             old = edit.sop if edit.key == "SOPInstanceUID" else edit.series
             if edit.value == old:
