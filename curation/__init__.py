@@ -4,7 +4,8 @@ The workflow, one subpackage per stage:
 
 - ``curation.model``: the AHI metadata document and AHI's rules (levels, VRs, values, what an update does);
 - ``curation.frames``: documents <-> DataFrames (``flatten``, ``Snapshot``, typed views);
-- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``);
+- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``); ``check`` finds
+  what to fix and ``fix`` turns its findings into edited frames;
 - ``curation.run``: everything that holds a client (``fetch``, ``apply``, ``verify``, ``revert``, ``history``);
 - ``curation.local``: the embedded HealthImaging service (``Store``, ``client``, ``serving``);
 - ``curation.ui``: the notebook panel and plots; ``curation.scale``: the same workflow on Dask.
@@ -13,6 +14,8 @@ The names below are the public API; each is defined in the module its docstring 
 """
 
 from curation.curate.changeset import ChangeSet
+from curation.curate.checks.checking import check
+from curation.curate.checks.fixes import FixError, fix
 from curation.curate.differ import DiffError, diff, diff_documents
 from curation.curate.planner import plan, revert_plan
 from curation.curate.updateplan import PlanError, UpdatePlan
@@ -35,16 +38,19 @@ __all__ = [
     "ChangeSet",
     "DiffError",
     "DocumentError",
+    "FixError",
     "PlanError",
     "Snapshot",
     "UpdatePlan",
     "apply",
     "apply_to_document",
+    "check",
     "diff",
     "diff_documents",
     "encode_document",
     "explode",
     "fetch",
+    "fix",
     "flatten",
     "flatten_many",
     "history",

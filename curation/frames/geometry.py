@@ -56,9 +56,9 @@ _INTEGER_TEXT = r"\s*[+-]?\d+\s*"
 @dataclass(frozen=True)
 class SliceGeometry:
     """The geometry of every group: ``table`` (one row per instance, the input's index, in group then position
-    order; columns ``group`` (the group's code), InstanceNumber, position, oblique, spacing, duplicate, gap,
-    overlap, missing_position, flag), and per group code its ``median_spacing`` and unit ``normals`` (x, y, z;
-    NaN without an orientation)."""
+    order; columns ``group`` (the group's code), InstanceNumber, position, oblique, ``oriented`` (the row has a
+    usable ImageOrientationPatient), spacing, duplicate, gap, overlap, missing_position, flag), and per group
+    code its ``median_spacing`` and unit ``normals`` (x, y, z; NaN without an orientation)."""
 
     table: pd.DataFrame
     median_spacing: pd.Series
@@ -148,11 +148,15 @@ def _normals(codes: np.ndarray, orientations: np.ndarray, groups: int) -> tuple[
 
 def slice_positions(frame: pd.DataFrame, groups: Any = None) -> SliceGeometry:
     """The geometry of the instances of ``frame`` (rows: instances; columns ImagePositionPatient,
-    ImageOrientationPatient, InstanceNumber, any missing), grouped by ``groups`` (one hashable label per row;
-    None: one group). See the module docstring for the rule."""
+    ImageOrientationPatient, InstanceNumber, any missing), grouped by ``groups``: one hashable label per row, or
+    a NumPy integer array of group codes (kept as they are); None: one group. See the module docstring."""
     length = len(frame)
-    labels = np.zeros(length, dtype=np.int64) if groups is None else pd.factorize(
-        pd.Index(groups) if not isinstance(groups, pd.Index) else groups, sort=False)[0]
+    if groups is None:
+        labels = np.zeros(length, dtype=np.int64)
+    elif isinstance(groups, np.ndarray) and groups.dtype.kind in "iu":
+        labels = groups.astype(np.int64)
+    else:
+        labels = pd.factorize(pd.Index(groups) if not isinstance(groups, pd.Index) else groups, sort=False)[0]
     count = int(labels.max()) + 1 if length else 0
     positions = numbers(frame.get("ImagePositionPatient"), 3, length)
     orientations = numbers(frame.get("ImageOrientationPatient"), 6, length)
@@ -168,6 +172,7 @@ def slice_positions(frame: pd.DataFrame, groups: Any = None) -> SliceGeometry:
         "InstanceNumber": integers(frame.get("InstanceNumber"), length).array,
         "position": position,
         "oblique": known & has_reference & ~close.all(axis=1),
+        "oriented": known,
     }, index=frame.index)
     table = table.sort_values(["group", "position", "InstanceNumber"], kind="stable", na_position="last")
     unit = np.where(np.isnan(reference).any(axis=1)[:, None], np.nan, normal)
@@ -243,7 +248,7 @@ def geometry_table(data: Any, series_uid: str) -> pd.DataFrame:
     else:
         sops = pd.Index(np.arange(len(rows)), dtype=object)
     geometry = slice_positions(rows.set_axis(sops.rename("SOPInstanceUID"), axis=0))
-    table = geometry.table.drop(columns="group")
+    table = geometry.table.drop(columns=["group", "oriented"])
     normal = geometry.normals.iloc[0].to_numpy(dtype=float)
     table.attrs["median_spacing"] = float(geometry.median_spacing.iloc[0])
     table.attrs["normal"] = None if np.isnan(normal).any() else normal.tolist()

@@ -1,0 +1,202 @@
+"""Slice geometry as findings: gaps, overlaps, duplicates, slices without a position or with another orientation,
+and InstanceNumbers that do not follow the slices, from ``curation.frames.geometry`` (what
+``curation.ui.plots.slice_geometry`` draws).
+
+A stack is one (ImageSetID, SeriesInstanceUID) and, where the instances carry them, one value of each of
+:data:`STACK_ATTRIBUTES`: a multi-echo, dynamic or diffusion series repeats its positions once per echo, time
+point or b-value, and those repeats are not duplicate slices. Only single-frame instances (no NumberOfFrames, or
+1) that are not localizers (ImageType without LOCALIZER) count, and a stack is checked when at least
+:data:`MIN_SLICES` of them have both a position and an orientation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from curation.curate.checks.context import CheckContext, value_counts
+from curation.curate.checks.findings import Finding, counted
+from curation.frames.geometry import DUPLICATE_TOLERANCE, SliceGeometry, integers, slice_positions
+
+#: Attributes whose values split a series into stacks that repeat the same positions.
+STACK_ATTRIBUTES = ("EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValue")
+MIN_SLICES = 3
+_GEOMETRY_COLUMNS = ("ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber")
+#: (flag column of the geometry table, the kind a finding names, severity, attribute)
+KINDS = (("gap", "gap", "warning", "ImagePositionPatient"),
+         ("overlap", "overlap", "warning", "ImagePositionPatient"),
+         ("duplicate", "duplicate", "warning", "ImagePositionPatient"),
+         ("missing_position", "no position", "warning", "ImagePositionPatient"),
+         ("oblique", "orientation", "info", "ImageOrientationPatient"))
+
+
+@dataclass(frozen=True)
+class Stacks:
+    """The stacks of a snapshot: ``keys`` (each group code's text), ``orientation`` (every slice, its stack's
+    normal from its most common orientation; ``oriented_groups``: those with at least ``MIN_SLICES`` slices with a
+    position and an orientation), ``spacing`` (the same without the slices of another orientation; ``groups``:
+    those still with ``MIN_SLICES`` such slices), and the slices' ImageOrientationPatient cells."""
+
+    keys: list[str]
+    orientation: SliceGeometry
+    oriented_groups: np.ndarray
+    spacing: SliceGeometry
+    groups: np.ndarray
+    orientations: pd.Series
+
+
+def _text(column: pd.Series) -> pd.Series:
+    return column.astype(object).where(column.notna(), "").astype(str).str.strip()
+
+
+def _slices(instances: pd.DataFrame) -> np.ndarray:
+    """Single-frame instances that are not localizers."""
+    keep = np.ones(len(instances), dtype=bool)
+    if "NumberOfFrames" in instances.columns:
+        frames = integers(instances["NumberOfFrames"], len(instances))
+        keep &= (frames.isna() | (frames == 1)).fillna(True).to_numpy(dtype=bool)
+    if "ImageType" in instances.columns:
+        kinds = _text(instances["ImageType"])
+        keep &= ~kinds.str.contains("LOCALIZER", regex=False).to_numpy(dtype=bool)
+    return keep
+
+
+def _eligible(geometry: SliceGeometry, groups: int) -> np.ndarray:
+    """The group codes with at least ``MIN_SLICES`` slices that have a position and an orientation."""
+    table = geometry.table
+    usable = (~table["missing_position"] & table["oriented"]).to_numpy()
+    return np.flatnonzero(np.bincount(table["group"].to_numpy()[usable], minlength=groups) >= MIN_SLICES)
+
+
+def _stack_keys(labels: pd.MultiIndex) -> list[str]:
+    keys = []
+    for label in labels:
+        extra = [f"{name}={value}" for name, value in zip(labels.names[2:], label[2:], strict=True) if value]
+        keys.append(f"{label[0]}/{label[1]}" + (f" [{', '.join(extra)}]" if extra else ""))
+    return keys
+
+
+def stacks(context: CheckContext) -> Stacks:
+    """The stacks of the snapshot and their geometry (computed once per context)."""
+    if "stacks" in context.memo:
+        cached: Stacks = context.memo["stacks"]
+        return cached
+    instances = context.frame("instances")
+    keep = _slices(instances)
+    columns = [c for c in (*_GEOMETRY_COLUMNS, *STACK_ATTRIBUTES) if c in instances.columns]
+    rows = instances.loc[keep, columns]
+    parts = {"ImageSetID": rows.index.get_level_values("ImageSetID"),
+             "SeriesInstanceUID": rows.index.get_level_values("SeriesInstanceUID")}
+    for name in STACK_ATTRIBUTES:
+        if name in rows.columns:
+            parts[name] = _text(rows[name]).to_numpy()
+    codes, labels = pd.factorize(pd.MultiIndex.from_arrays(list(parts.values()), names=list(parts)))
+    oriented = slice_positions(rows, codes)
+    straight = ~oriented.table["oblique"].reindex(rows.index).to_numpy(dtype=bool)
+    spaced = slice_positions(rows[straight], codes[straight])
+    orientation = rows.get("ImageOrientationPatient", pd.Series([None] * len(rows), index=rows.index, dtype=object))
+    result = Stacks(_stack_keys(pd.MultiIndex.from_tuples(list(labels), names=list(parts))), oriented,
+                    _eligible(oriented, len(labels)), spaced, _eligible(spaced, len(labels)), orientation)
+    context.memo["stacks"] = result
+    return result
+
+
+def _kind_finding(found: Stacks, group: int, rows: pd.DataFrame, kind: tuple[str, ...]) -> Finding:
+    flag, name, severity, attribute = kind
+    hit = rows[rows[flag]]
+    median = float(found.spacing.median_spacing.iloc[group])
+    if flag in ("gap", "overlap"):
+        values = value_counts(np.round(hit["spacing"].to_numpy(dtype=float), 3).tolist())
+    elif flag == "duplicate":
+        values = value_counts(np.round(hit["position"].to_numpy(dtype=float), 3).tolist())
+    elif flag == "oblique":
+        values = value_counts(found.orientations.loc[hit.index].to_numpy(dtype=object))
+    else:
+        values = ((None, len(hit)),)
+    labels = tuple(hit.index)
+    numbers = [int(n) for n in hit["InstanceNumber"].dropna()]
+    return Finding(
+        check="slice_geometry", severity=severity, level="Instance", key=found.keys[group], attribute=attribute,
+        image_sets=(str(labels[0][0]),), found=values, rows=labels, discriminator=name,
+        detail=(f"{name}: {len(hit)} of the {len(rows)} slices of {found.keys[group]} ("
+                + (f"median spacing {median:.4g} mm; " if flag != "oblique" else "") + counted(values)
+                + (f"; InstanceNumber {', '.join(map(str, numbers[:8]))}" if numbers else "") + ")"),
+    )
+
+
+def slice_geometry(context: CheckContext) -> list[Finding]:
+    """**slice_geometry** (warning; orientation: info). Per stack (module docstring) with at least 3 slices that
+    have ImagePositionPatient and ImageOrientationPatient, the flags of ``curation.frames.geometry``: positions
+    on the normal of the most common orientation, in position order; with m the median step, a ``gap`` when a
+    step is over 1.5 m, an ``overlap`` when 0 < step < 0.5 m, a ``duplicate`` for slices at one position (both
+    listed), ``no position`` for slices without a usable ImagePositionPatient, ``orientation`` for slices whose
+    orientation differs from the stack's. One finding per kind and stack; ``rows`` are the slices flagged
+    (for a gap, the slice after it); ``values`` the steps, positions or orientations with counts.
+
+    Fix: None: a missing slice cannot be made by editing metadata, and which duplicate to drop (a removal with
+    ``diff(..., rows="all")``) is the curator's call.
+    """
+    found = stacks(context)
+    findings = []
+    for geometry, groups, kinds in ((found.spacing, found.groups, KINDS[:-1]),
+                                    (found.orientation, found.oriented_groups, KINDS[-1:])):
+        table = geometry.table
+        for group, rows in table[table["group"].isin(groups)].groupby("group", sort=True):
+            findings.extend(_kind_finding(found, int(group), rows, kind) for kind in kinds if rows[kind[0]].any())
+    return findings
+
+
+def _renumbered(rows: pd.DataFrame, direction: int) -> tuple[str, ...] | None:
+    """New InstanceNumbers in position order (rising when ``direction`` > 0), from the stack's lowest; None when
+    a slice has no position."""
+    if rows["missing_position"].any():
+        return None
+    numbers = rows["InstanceNumber"].dropna()
+    start = int(numbers.min()) if len(numbers) else 1
+    sequence = range(start, start + len(rows))
+    return tuple(str(n) for n in (sequence if direction > 0 else reversed(sequence)))
+
+
+def _order_breaks(rows: pd.DataFrame) -> tuple[int, np.ndarray]:
+    """(direction, mask of the rows whose InstanceNumber breaks it) along the positions of one stack."""
+    numbered = rows[rows["InstanceNumber"].notna() & ~rows["missing_position"]]
+    numbers = numbered["InstanceNumber"].to_numpy(dtype=np.int64)
+    moved = np.abs(numbered["spacing"].fillna(0.0).to_numpy(dtype=float)) > DUPLICATE_TOLERANCE
+    steps = np.sign(np.diff(numbers, prepend=numbers[:1] if len(numbers) else numbers))
+    direction = 1 if (steps[moved] > 0).sum() >= (steps[moved] < 0).sum() else -1
+    breaks = pd.Series(moved & (steps != direction), index=numbered.index)
+    duplicated = numbered["InstanceNumber"].duplicated(keep=False).to_numpy(dtype=bool)
+    mask = (breaks | pd.Series(duplicated, index=numbered.index)).reindex(rows.index, fill_value=False)
+    return direction, mask.to_numpy(dtype=bool)
+
+
+def instance_number(context: CheckContext) -> list[Finding]:
+    """**instance_number** (warning). In a stack checked by ``slice_geometry``, InstanceNumbers that repeat, or
+    that do not rise (or fall) with the position along the normal (steps between slices at one position are
+    ignored; the direction is the one most steps take). ``values`` are the offending InstanceNumbers.
+
+    Fix: ``renumber`` when every slice has a position: ``suggested`` holds new InstanceNumbers for ``rows``
+    (every slice, in position order), counting from the stack's lowest in the direction most steps take.
+    InstanceNumber is an Instance-level, single-valued attribute, so primary image sets accept it.
+    """
+    found = stacks(context)
+    table = found.spacing.table
+    findings = []
+    for group, rows in table[table["group"].isin(found.groups)].groupby("group", sort=True):
+        direction, offending = _order_breaks(rows)
+        if not offending.any():
+            continue
+        values = value_counts(int(n) for n in rows.loc[offending, "InstanceNumber"])
+        labels = tuple(rows.index)
+        renumbered = _renumbered(rows, direction)
+        findings.append(Finding(
+            check="instance_number", severity="warning", level="Instance", key=found.keys[int(group)],
+            attribute="InstanceNumber", image_sets=(str(labels[0][0]),), found=values, rows=labels,
+            fix="renumber" if renumbered else None, suggested=renumbered,
+            detail=(f"InstanceNumber of {found.keys[int(group)]} does not follow the slice positions "
+                    f"({'rising' if direction > 0 else 'falling'}): {counted(values)}"
+                    + ("; renumber in position order" if renumbered else "")),
+        ))
+    return findings
