@@ -8,6 +8,7 @@ an image set's version history, reverts everything and checks the pre-plan docum
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,9 @@ def _run(store_dir: Path) -> int:
     for path, reason in report.failures:
         print(f"skipped {Path(path).name}: {reason}")
     datastore_id = report.datastore_id
+    if datastore_id is None:
+        print("error: none of the demo files could be imported", file=sys.stderr)
+        return 1
     print(f"datastore {datastore_id}: {len(report.created)} image sets created, {len(report.updated)} updated")
     client = curation.local.client(store)
 

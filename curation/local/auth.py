@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials as BotocoreCredentials
 
 from curation.local.validate import to_datetime
@@ -97,6 +98,8 @@ def resolve_credentials(
     if found is None:
         return None
     frozen = found.get_frozen_credentials()
+    if frozen.access_key is None or frozen.secret_key is None:
+        return None
     return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
@@ -124,9 +127,7 @@ class _Recomputer(SigV4Auth):
         super().__init__(BotocoreCredentials(credentials.access_key, credentials.secret_key), service, region)
         self._signed = signed
 
-    def headers_to_sign(self, request: AWSRequest) -> Mapping[str, str]:
-        from botocore.compat import HTTPHeaders
-
+    def headers_to_sign(self, request: AWSRequest) -> HTTPHeaders:
         chosen = HTTPHeaders()
         for name in self._signed:
             for value in request.headers.get_all(name) or []:

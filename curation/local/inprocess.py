@@ -88,6 +88,7 @@ def client(
     ``{"max_attempts": 1}`` still retries once).
     """
     from botocore.awsrequest import AWSResponse
+    from botocore.compat import HTTPHeaders
 
     from curation.local.wire import SERVICE_NAME, handle_http
 
@@ -104,7 +105,7 @@ def client(
         status, headers, body = handle_http(
             service, request.method, parts.path, parts.query, request.headers.items(), request.body
         )
-        return AWSResponse(request.url, status, headers, _RawBody(body))
+        return AWSResponse(request.url, status, HTTPHeaders.from_dict(headers), _RawBody(body))
 
     boto_client.meta.events.register(f"before-send.{SERVICE_NAME}", answer, unique_id="curation-local-answer")
     boto_client.meta.local_service = service

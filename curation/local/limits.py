@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from botocore.model import Shape
+from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from curation.model.service import service_model
 
@@ -29,12 +29,12 @@ def _bound(shape: Shape, depth: int = 0) -> int:
     meta = shape.metadata
     if depth > 12:
         return 0
-    if kind == "structure":
+    if isinstance(shape, StructureShape):
         members = shape.members.items()
         return 2 + sum(len(name) + 4 + _bound(member, depth + 1) for name, member in members)
-    if kind == "list":
+    if isinstance(shape, ListShape):
         return 2 + int(meta.get("max", _UNBOUNDED_ITEMS)) * (1 + _bound(shape.member, depth + 1))
-    if kind == "map":
+    if isinstance(shape, MapShape):
         items = int(meta.get("max", _UNBOUNDED_ITEMS))
         return 2 + items * (4 + _bound(shape.key, depth + 1) + _bound(shape.value, depth + 1))
     if kind == "blob":

@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
-from botocore.model import OperationModel, Shape
+from botocore.model import ListShape, MapShape, OperationModel, Shape, StringShape, StructureShape
 from botocore.utils import parse_timestamp
 
 from curation.model.errors import AHIError
@@ -89,7 +90,7 @@ def _check(shape: Shape, value: Any, path: str, problems: list[str]) -> None:
         checker(shape, value, path, path or shape.name, problems)
 
 
-def _check_structure(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+def _check_structure(shape: StructureShape, value: Any, path: str, label: str, problems: list[str]) -> None:
     if not isinstance(value, dict):
         problems.append(bad_value(label, value, "Member must be an object"))
         return
@@ -107,7 +108,7 @@ def _check_structure(shape: Shape, value: Any, path: str, label: str, problems: 
         _check(shape.members[name], value[name], _join(path, name), problems)
 
 
-def _check_list(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+def _check_list(shape: ListShape, value: Any, path: str, label: str, problems: list[str]) -> None:
     if not isinstance(value, list | tuple):
         problems.append(bad_value(label, value, "Member must be a list"))
         return
@@ -116,7 +117,7 @@ def _check_list(shape: Shape, value: Any, path: str, label: str, problems: list[
         _check(shape.member, item, f"{label}.{index + 1}", problems)
 
 
-def _check_map(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+def _check_map(shape: MapShape, value: Any, path: str, label: str, problems: list[str]) -> None:
     if not isinstance(value, dict):
         problems.append(bad_value(label, value, "Member must be a map"))
         return
@@ -126,7 +127,7 @@ def _check_map(shape: Shape, value: Any, path: str, label: str, problems: list[s
         _check(shape.value, item, f"{label}.{key}", problems)
 
 
-def _check_string(shape: Shape, value: Any, path: str, label: str, problems: list[str]) -> None:
+def _check_string(shape: StringShape, value: Any, path: str, label: str, problems: list[str]) -> None:
     if not isinstance(value, str):
         problems.append(bad_value(label, value, "Member must be a string"))
         return
@@ -172,7 +173,7 @@ def _check_timestamp(shape: Shape, value: Any, path: str, label: str, problems: 
         problems.append(bad_value(label, value, "Member must be a timestamp"))
 
 
-_CHECKERS = {
+_CHECKERS: dict[str, Callable[..., None]] = {
     "structure": _check_structure,
     "list": _check_list,
     "map": _check_map,
@@ -207,6 +208,8 @@ def to_datetime(value: Any) -> dt.datetime:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("timestamp must be finite")
     try:
+        if not isinstance(value, str):
+            return dt.datetime.fromtimestamp(value, dt.UTC)
         return parse_timestamp(value).astimezone(dt.UTC)
     except OverflowError as exc:
         raise ValueError(f"timestamp out of range: {value!r}") from exc

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from botocore.model import OperationModel, Shape
+from botocore.model import ListShape, MapShape, OperationModel, Shape, StructureShape
 
 from curation.local.validate import bad_value, to_datetime, validate, validation_error
 from curation.model.errors import AHIError
@@ -170,7 +170,7 @@ def _json_value(shape: Shape, value: Any, path: str) -> Any:
     return value if reader is None else reader(shape, value, path)  # document types pass through
 
 
-def _json_structure(shape: Shape, value: Any, path: str) -> dict[str, Any]:
+def _json_structure(shape: StructureShape, value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _ParseError(path, value, "Member must be an object")
     parsed = {}
@@ -181,13 +181,13 @@ def _json_structure(shape: Shape, value: Any, path: str) -> dict[str, Any]:
     return parsed
 
 
-def _json_list(shape: Shape, value: Any, path: str) -> list[Any]:
+def _json_list(shape: ListShape, value: Any, path: str) -> list[Any]:
     if not isinstance(value, list):
         raise _ParseError(path, value, "Member must be a list")
     return [_json_value(shape.member, item, f"{path}.{index + 1}") for index, item in enumerate(value)]
 
 
-def _json_map(shape: Shape, value: Any, path: str) -> dict[str, Any]:
+def _json_map(shape: MapShape, value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _ParseError(path, value, "Member must be a map")
     return {key: _json_value(shape.value, item, f"{path}.{key}") for key, item in value.items()}
@@ -368,7 +368,7 @@ def _located(
         if wire_name not in query_values:
             return _MISSING
         values = query_values[wire_name]
-        if member.type_name == "list":
+        if isinstance(member, ListShape):
             return [_text_value(member.member, text, name) for text in values]
         return _text_value(member, values[-1], name)
     if location == "header":
@@ -382,7 +382,7 @@ def _located(
 
 
 def _header_value(shape: Shape, text: str, path: str) -> Any:
-    if shape.type_name == "list":
+    if isinstance(shape, ListShape):
         return [_text_value(shape.member, item.strip(), path) for item in text.split(",") if item.strip()]
     if shape.type_name == "string" and shape.serialization.get("jsonvalue"):
         try:
@@ -392,7 +392,7 @@ def _header_value(shape: Shape, text: str, path: str) -> Any:
     return _text_value(shape, text, path)
 
 
-def _parse_body(shape: Shape, body_members: dict[str, Shape], raw: bytes) -> dict[str, Any]:
+def _parse_body(shape: StructureShape, body_members: dict[str, Shape], raw: bytes) -> dict[str, Any]:
     payload_name = shape.serialization.get("payload")
     if payload_name is not None:
         member = shape.members[payload_name]
@@ -435,7 +435,7 @@ def _epoch(value: Any) -> int | float:
     return micros // 1_000_000 if micros % 1_000_000 == 0 else micros / 1_000_000
 
 
-def _drop_unknown(value: Mapping[str, Any], shape: Shape, path: str) -> None:
+def _drop_unknown(value: Mapping[str, Any], shape: StructureShape, path: str) -> None:
     unknown = sorted(set(value) - set(shape.members))
     if unknown:
         logger.warning("%s: %s are not members of %s; not sent", path or shape.name, unknown, shape.name)
@@ -444,7 +444,7 @@ def _drop_unknown(value: Mapping[str, Any], shape: Shape, path: str) -> None:
 def _output_json(shape: Shape, value: Any, path: str) -> Any:
     """A Python output value as the JSON value of ``shape`` (members the model does not know are dropped)."""
     kind = shape.type_name
-    if kind == "structure":
+    if isinstance(shape, StructureShape):
         if not isinstance(value, Mapping):
             raise ValueError(f"{path or shape.name}: expected a dict for {shape.name}, got {type(value).__name__}")
         _drop_unknown(value, shape, path)
@@ -453,9 +453,9 @@ def _output_json(shape: Shape, value: Any, path: str) -> Any:
             for name, member in shape.members.items()
             if value.get(name) is not None
         }
-    if kind == "list":
+    if isinstance(shape, ListShape):
         return [_output_json(shape.member, item, f"{path}[{index}]") for index, item in enumerate(value)]
-    if kind == "map":
+    if isinstance(shape, MapShape):
         return {str(key): _output_json(shape.value, item, f"{path}.{key}") for key, item in value.items()}
     if kind == "timestamp":
         return _epoch(value)
@@ -485,7 +485,7 @@ def _header_text(shape: Shape, value: Any) -> str:
         return formatdate(int(to_datetime(value).timestamp()), usegmt=True)
     if kind == "boolean":
         return "true" if value else "false"
-    if kind == "list":
+    if isinstance(shape, ListShape):
         return ",".join(_header_text(shape.member, item) for item in value)
     if shape.serialization.get("jsonvalue"):
         return base64.b64encode(orjson.dumps(value)).decode("ascii")
