@@ -24,7 +24,7 @@ its input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -46,10 +46,17 @@ OVERLAP_FACTOR = 0.5
 #: Positions closer than this (mm) are the same position (a duplicate slice).
 DUPLICATE_TOLERANCE = 1e-3
 #: The flag names, in the order ``flag`` lists them.
-FLAGS = (("duplicate", "duplicate"), ("gap", "gap"), ("overlap", "overlap"), ("missing_position", "no position"),
-         ("oblique", "orientation"))
-_LABELS = np.array([",".join(name for bit, (_, name) in enumerate(FLAGS) if code >> bit & 1)
-                    for code in range(1 << len(FLAGS))], dtype=object)
+FLAGS = (
+    ("duplicate", "duplicate"),
+    ("gap", "gap"),
+    ("overlap", "overlap"),
+    ("missing_position", "no position"),
+    ("oblique", "orientation"),
+)
+_LABELS = np.array(
+    [",".join(name for bit, (_, name) in enumerate(FLAGS) if code >> bit & 1) for code in range(1 << len(FLAGS))],
+    dtype=object,
+)
 _INTEGER_TEXT = r"\s*[+-]?\d+\s*"
 
 
@@ -91,8 +98,9 @@ def numbers(column: pd.Series | None, width: int, length: int) -> np.ndarray:
         if parts.shape[1] < width:
             return out
         counts = parts.notna().sum(axis=1).to_numpy()
-        values = np.column_stack([pd.to_numeric(parts[i].str.strip(), errors="coerce").to_numpy(dtype=float)
-                                  for i in range(width)])
+        values = np.column_stack(
+            [pd.to_numeric(parts[i].str.strip(), errors="coerce").to_numpy(dtype=float) for i in range(width)]
+        )
         good = (counts == width) & ~np.isnan(values).any(axis=1)
         out[good] = values[good]
         return out
@@ -122,7 +130,7 @@ def integers(column: pd.Series | None, length: int) -> pd.Series:
         text = column.reset_index(drop=True)
         integer = text.str.fullmatch(_INTEGER_TEXT).fillna(False).astype(bool)
         parsed = pd.to_numeric(text.where(integer).str.strip(), errors="coerce")
-        return pd.Series(pd.array(parsed, dtype="Int64"))
+        return pd.Series(parsed, dtype="Int64")
     if str(column.dtype) == "Int64":
         return column.reset_index(drop=True)
     return pd.Series(pd.array([_cell_integer(v) for v in column.to_numpy(dtype=object)], dtype="Int64"))
@@ -139,7 +147,7 @@ def _normals(codes: np.ndarray, orientations: np.ndarray, groups: int) -> tuple[
         sizes = rounded.groupby(list(rounded.columns), sort=False).size()
         best = sizes.groupby(level="group", sort=False).idxmax()
         for group, label in best.items():
-            reference[int(group)] = label[1:]
+            reference[int(cast(int, group))] = label[1:]
     normal = np.cross(reference[:, :3], reference[:, 3:])
     norm = np.linalg.norm(normal, axis=1)
     scale = np.where(norm > 0, norm, 1.0)
@@ -167,13 +175,16 @@ def slice_positions(frame: pd.DataFrame, groups: Any = None) -> SliceGeometry:
     position[~has_reference | np.isnan(positions).any(axis=1)] = np.nan
     known = ~np.isnan(orientations).any(axis=1)
     close = np.abs(orientations - reference[labels]) <= 1e-3 + 1e-5 * np.abs(reference[labels])
-    table = pd.DataFrame({
-        "group": labels,
-        "InstanceNumber": integers(frame.get("InstanceNumber"), length).array,
-        "position": position,
-        "oblique": known & has_reference & ~close.all(axis=1),
-        "oriented": known,
-    }, index=frame.index)
+    table = pd.DataFrame(
+        {
+            "group": labels,
+            "InstanceNumber": integers(frame.get("InstanceNumber"), length).array,
+            "position": position,
+            "oblique": known & has_reference & ~close.all(axis=1),
+            "oriented": known,
+        },
+        index=frame.index,
+    )
     table = table.sort_values(["group", "position", "InstanceNumber"], kind="stable", na_position="last")
     unit = np.where(np.isnan(reference).any(axis=1)[:, None], np.nan, normal)
     return _flagged(table, count, pd.DataFrame(unit, columns=["x", "y", "z"]))

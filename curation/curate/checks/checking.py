@@ -58,12 +58,20 @@ def unreadable(context: CheckContext) -> list[Finding]:
     for row in context.snapshot.failures.to_dict("records"):
         image_set = "" if is_absent(row.get("ImageSetID")) else str(row.get("ImageSetID"))
         stage = str(row.get("stage"))
-        findings.append(Finding(
-            check="unreadable", severity="error", level="ImageSet", key=image_set, attribute=None,
-            image_sets=(image_set,) if image_set else (), found=((stage, 1),), rows=(image_set,) if image_set else (),
-            detail=f"image set {image_set or '(unknown)'} failed at {stage}: {row.get('error')}",
-            discriminator=f"{stage}:{row.get('error')}",
-        ))
+        findings.append(
+            Finding(
+                check="unreadable",
+                severity="error",
+                level="ImageSet",
+                key=image_set,
+                attribute=None,
+                image_sets=(image_set,) if image_set else (),
+                found=((stage, 1),),
+                rows=(image_set,) if image_set else (),
+                detail=f"image set {image_set or '(unknown)'} failed at {stage}: {row.get('error')}",
+                discriminator=f"{stage}:{row.get('error')}",
+            )
+        )
     return findings
 
 

@@ -1,8 +1,10 @@
-"""Attributes that some instances of a series carry and others lack (absent), or hold empty.
+"""Attributes that most instances of a series carry and a few lack (absent), or hold empty.
 
-A series here is one (ImageSetID, SeriesInstanceUID): the instances of one image set, since a copy of a
-series in another image set is another set of documents. Counting is vectorised per column (``np.bincount`` over
-the series codes); only the columns and series with a finding are looked at value by value.
+A group here is one (ImageSetID, SeriesInstanceUID, SOPClassUID, single- or multi-frame): the instances of one
+image set (a copy of a series in another image set is another set of documents), of one kind, since an
+ultrasound series that mixes cine loops and still images legitimately carries the multi-frame attributes
+(FrameTimeVector, StartTrim ...) in the loops only. Counting is vectorised per column (``np.bincount`` over the
+group codes); only the columns and groups with a finding are looked at value by value.
 """
 
 from __future__ import annotations
@@ -15,14 +17,34 @@ import pandas as pd
 
 from curation.curate.checks.context import CheckContext, plain, value_counts
 from curation.curate.checks.findings import Finding, counted
+from curation.frames.geometry import integers
 from curation.model.missing import NULL
 
+#: A finding needs at least this many instances of the group holding the attribute ...
+MIN_HOLDERS = 2
+#: ... and strictly more than this share of the group (so "most instances have it, a few lack it").
+MAJORITY = 0.5
 
-def _series_codes(context: CheckContext) -> tuple[np.ndarray, pd.Index]:
-    index = context.frame("instances").index
-    keys = index.droplevel("SOPInstanceUID") if isinstance(index, pd.MultiIndex) else index
-    codes, labels = pd.factorize(keys)
-    return np.asarray(codes), pd.Index(labels)
+
+def _kinds(context: CheckContext) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Per instance row its group code, and each group's key (``ImageSetID/SeriesInstanceUID``) with its kind
+    (SOP class and frames, which enters the finding's id); computed once."""
+    if "kinds" not in context.memo:
+        frame = context.frame("instances")
+        index = frame.index
+        parts = [index.get_level_values("ImageSetID"), index.get_level_values("SeriesInstanceUID")]
+        classes = frame["SOPClassUID"] if "SOPClassUID" in frame.columns else pd.Series("", index=index)
+        parts.append(pd.Index(classes.astype(object).where(classes.notna(), "")))
+        frames = integers(frame["NumberOfFrames"], len(frame)) if "NumberOfFrames" in frame.columns else None
+        multi = np.zeros(len(frame), dtype=bool) if frames is None else (frames > 1).fillna(False).to_numpy(bool)
+        parts.append(pd.Index(multi))
+        codes, labels = pd.factorize(pd.MultiIndex.from_arrays(parts))
+        context.memo["kinds"] = (
+            np.asarray(codes),
+            [(f"{label[0]}/{label[1]}", f"{label[2]}:{'multi' if label[3] else 'single'}-frame") for label in labels],
+        )
+    cached: tuple[np.ndarray, list[tuple[str, str]]] = context.memo["kinds"]
+    return cached
 
 
 def _empty(column: pd.Series) -> np.ndarray:
@@ -34,18 +56,20 @@ def _empty(column: pd.Series) -> np.ndarray:
     return np.zeros(len(column), dtype=bool)
 
 
-def _partial(codes: np.ndarray, mask: np.ndarray, within: np.ndarray, groups: int) -> np.ndarray:
-    """The groups where ``mask`` holds for some but not all of the rows counted by ``within``."""
+def _partial(codes: np.ndarray, lacking: np.ndarray, within: np.ndarray, groups: int) -> np.ndarray:
+    """The groups where some rows counted by ``within`` lack the attribute while most (at least
+    ``MIN_HOLDERS``, over ``MAJORITY`` of them) have it."""
     totals = np.bincount(codes[within], minlength=groups)
-    hits = np.bincount(codes[within & mask], minlength=groups)
-    return np.flatnonzero((hits > 0) & (hits < totals))
+    missing = np.bincount(codes[within & lacking], minlength=groups)
+    having = totals - missing
+    return np.flatnonzero((missing > 0) & (having >= MIN_HOLDERS) & (having > MAJORITY * totals))
 
 
 def _partial_columns(context: CheckContext, empty: bool) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-    """(column, series code, rows lacking it, rows having it) for every column a series has in some rows only:
+    """(column, group code, rows lacking it, rows having it) for every column a group has in most rows only:
     absent against present, or with ``empty``, empty against a value (among the present)."""
     frame = context.frame("instances")
-    codes, labels = _series_codes(context)
+    codes, keys = _kinds(context)
     for column in context.dicom_columns("instances"):
         values = frame[column]
         present = values.notna().to_numpy()
@@ -56,14 +80,14 @@ def _partial_columns(context: CheckContext, empty: bool) -> Iterator[tuple[str, 
             lacking, within = ~present, np.ones(len(frame), dtype=bool)
         if not lacking.any():
             continue
-        for group in _partial(codes, lacking, within, len(labels)):
+        for group in _partial(codes, lacking, within, len(keys)):
             rows = (codes == group) & within
             yield column, int(group), np.flatnonzero(rows & lacking), np.flatnonzero(rows & ~lacking)
 
 
 def _in_series(context: CheckContext, check: str) -> list[Finding]:
     labels_of = context.labels("instances")
-    _, labels = _series_codes(context)
+    _, keys = _kinds(context)
     image_sets = context.image_set_of("instances")
     findings = []
     for column, group, lacking, having in _partial_columns(context, empty=check == "empty_in_series"):
@@ -72,34 +96,45 @@ def _in_series(context: CheckContext, check: str) -> list[Finding]:
         others = value_counts(values.iloc[lacking].to_numpy(dtype=object))
         agree = len(shown) == 1
         total = len(lacking) + len(having)
-        label = labels[group]
-        key = "/".join(map(str, label)) if isinstance(label, tuple) else str(label)
+        key, kind = keys[group]
         what = "lack" if check == "missing_in_series" else "hold empty"
-        findings.append(Finding(
-            check=check, severity="warning" if 2 * len(having) >= total else "info", level="Instance", key=key,
-            attribute=column, image_sets=tuple(sorted(set(image_sets[lacking]))),
-            found=tuple(sorted(shown + others, key=lambda item: -item[1])), rows=tuple(labels_of[lacking]),
-            fix="fill" if agree else None, suggested=plain(shown[0][0]) if agree else None,
-            detail=(f"{len(lacking)} of the {total} instances of series {key} {what} {column}, which the other "
-                    f"{len(having)} have ({counted(shown)})" + ("; fill with it" if agree else "")),
-        ))
+        findings.append(
+            Finding(
+                check=check,
+                severity="warning",
+                level="Instance",
+                key=key,
+                attribute=column,
+                image_sets=tuple(sorted(set(image_sets[lacking]))),
+                found=tuple(sorted(shown + others, key=lambda item: -item[1])),
+                rows=tuple(labels_of[lacking]),
+                fix="fill" if agree else None,
+                suggested=plain(shown[0][0]) if agree else None,
+                detail=(
+                    f"{len(lacking)} of the {total} instances of series {key} {what} {column}, which the other "
+                    f"{len(having)} have ({counted(shown)})" + ("; fill with it" if agree else "")
+                ),
+                discriminator=kind,
+            )
+        )
     return findings
 
 
 def missing_in_series(context: CheckContext) -> list[Finding]:
-    """**missing_in_series** (warning when at least half of the series' instances have the attribute, else
-    info). Per series (ImageSetID, SeriesInstanceUID) of ``instances``: an attribute column present (a value or
-    empty) in k of its n instances, 0 < k < n. ``rows`` are the n - k instances without it.
+    """**missing_in_series** (warning). Per group of ``instances`` (one image set's series, one SOP class,
+    single- or multi-frame: module docstring): an attribute column present (a value or empty) in k of its n
+    instances with k >= 2 and k > n / 2, so most have it and the others lack it. ``rows`` are the n - k
+    instances without it. Attributes only a minority carries (an extra, not a gap) give no finding.
 
     Fix: ``fill`` when the k instances agree on one value (written to ``rows``), else None (for example
-    ImagePositionPatient differs per instance by nature).
+    WindowCenter differs per instance by nature).
     """
     return _in_series(context, "missing_in_series")
 
 
 def empty_in_series(context: CheckContext) -> list[Finding]:
-    """**empty_in_series** (warning when at least half of the instances that have the attribute hold a value,
-    else info): among the instances of a series that have an attribute, some hold it empty (``""``/NULL) and
-    others hold a value. ``rows`` are the empty ones. Fix: ``fill`` when the values agree, else None.
+    """**empty_in_series** (warning): among the instances of a group that have an attribute, some hold it empty
+    (``""``/NULL) while most (at least 2, over half) hold a value. ``rows`` are the empty ones. Fix: ``fill``
+    when the values agree, else None.
     """
     return _in_series(context, "empty_in_series")

@@ -66,12 +66,21 @@ def _conflict(check: str, level: str, noun: str, key: str, column: str, values: 
     if not found and only_empty:
         found, best = plurality(counts, skip=(None,))
     image_sets = tuple(sorted(str(i) for i in values.index))
-    detail = (f"{column} differs across the {len(image_sets)} image sets of {noun} {key}: {counted(counts)}"
-              + (f"; the majority value is {best!r}" if found else "; no value has a majority: give one (lookup)"))
+    detail = f"{column} differs across the {len(image_sets)} image sets of {noun} {key}: {counted(counts)}" + (
+        f"; the majority value is {best!r}" if found else "; no value has a majority: give one (lookup)"
+    )
     return Finding(
-        check=check, severity="info" if only_empty else "error", level=level, key=key, attribute=column,
-        image_sets=image_sets, found=counts, rows=image_sets, fix="majority" if found else "lookup",
-        suggested=plain(best) if found else None, detail=detail,
+        check=check,
+        severity="info" if only_empty else "error",
+        level=level,
+        key=key,
+        attribute=column,
+        image_sets=image_sets,
+        found=counts,
+        rows=image_sets,
+        fix="majority" if found else "lookup",
+        suggested=plain(best) if found else None,
+        detail=detail,
     )
 
 
@@ -85,11 +94,14 @@ def patient_conflict(context: CheckContext) -> list[Finding]:
     image set of the patient, else ``lookup`` (a person decides). AHI refuses Patient-level updates on primary
     image sets: applying these fixes there uses ``plan(..., primary="promote")``.
     """
-    columns = [c for c in context.dicom_columns("studies")
-               if context.level("studies", c) == "Patient" and c not in PATIENT_KEY]
+    columns = [
+        c for c in context.dicom_columns("studies") if context.level("studies", c) == "Patient" and c not in PATIENT_KEY
+    ]
     keys = patient_keys(context)
-    return [_conflict("patient_conflict", "Patient", "patient", key, column, values)
-            for key, column, values in _grouped(context, keys, columns)]
+    return [
+        _conflict("patient_conflict", "Patient", "patient", key, column, values)
+        for key, column, values in _grouped(context, keys, columns)
+    ]
 
 
 def study_conflict(context: CheckContext) -> list[Finding]:
@@ -105,10 +117,15 @@ def study_conflict(context: CheckContext) -> list[Finding]:
         return []
     uids = context.text_values("studies", "StudyInstanceUID").astype(object)
     keys = uids.where(uids.notna() & (uids != ""), None)
-    columns = [c for c in context.dicom_columns("studies")
-               if context.level("studies", c) == "Study" and c != "StudyInstanceUID"]
-    return [_conflict("study_conflict", "Study", "study", key, column, values)
-            for key, column, values in _grouped(context, keys, columns)]
+    columns = [
+        c
+        for c in context.dicom_columns("studies")
+        if context.level("studies", c) == "Study" and c != "StudyInstanceUID"
+    ]
+    return [
+        _conflict("study_conflict", "Study", "study", key, column, values)
+        for key, column, values in _grouped(context, keys, columns)
+    ]
 
 
 def study_under_several_patients(context: CheckContext) -> list[Finding]:
@@ -134,10 +151,19 @@ def study_under_several_patients(context: CheckContext) -> list[Finding]:
         rows = patients[groups == group]
         counts = value_counts(rows.to_numpy(dtype=object))
         image_sets = tuple(sorted(str(i) for i in rows.index))
-        findings.append(Finding(
-            check="study_under_several_patients", severity="error", level="Patient", key=str(labels[group]),
-            attribute="PatientID", image_sets=image_sets, found=counts, rows=image_sets, fix="lookup",
-            detail=f"study {labels[group]} is held under {len(counts)} patients: {counted(counts)}; "
-                   "give the right PatientID (lookup)",
-        ))
+        findings.append(
+            Finding(
+                check="study_under_several_patients",
+                severity="error",
+                level="Patient",
+                key=str(labels[group]),
+                attribute="PatientID",
+                image_sets=image_sets,
+                found=counts,
+                rows=image_sets,
+                fix="lookup",
+                detail=f"study {labels[group]} is held under {len(counts)} patients: {counted(counts)}; "
+                "give the right PatientID (lookup)",
+            )
+        )
     return findings

@@ -23,8 +23,13 @@ from curation.model import dictionary
 from curation.model.missing import is_absent
 from curation.model.vr import TEXT_VRS, candidates
 
-FRAME_OF_LEVEL = {"Patient": "studies", "Study": "studies", "ImageSet": "studies", "Series": "series",
-                  "Instance": "instances"}
+FRAME_OF_LEVEL = {
+    "Patient": "studies",
+    "Study": "studies",
+    "ImageSet": "studies",
+    "Series": "series",
+    "Instance": "instances",
+}
 _LEADING = frozenset({"AE", "CS", "DS", "IS", "LO", "SH"})
 #: Text that PS3.5's padding or PN's delimiter rules may change (RE2 syntax: pandas runs it through pyarrow).
 _SPACES = r"^ | $| \\|\\ "
@@ -68,8 +73,11 @@ class CheckContext:
     def dicom_columns(self, name: str) -> list[str]:
         """The attribute columns of frame ``name``: no ``@`` node keys, no UIDs held by the index."""
         codecs = self.flat.codecs.get(name, {})
-        return [c for c in self.frame(name).columns
-                if isinstance(c, str) and not split_column(c)[2] and not c.startswith("@") and codecs.get(c) != INDEX]
+        return [
+            c
+            for c in self.frame(name).columns
+            if isinstance(c, str) and not split_column(c)[2] and not c.startswith("@") and codecs.get(c) != INDEX
+        ]
 
     def text_values(self, name: str, column: str) -> pd.Series:
         """``frame[column]`` compared as PS3.5 compares values (see the module docstring); other columns as held.

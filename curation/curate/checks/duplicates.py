@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -42,7 +42,7 @@ def _checksums(context: CheckContext, labels: list[tuple[str, str, str]]) -> lis
     frames = context.frame("frames")
     if not labels or frames.empty or "Checksum" not in frames.columns:
         return [()] * len(labels)
-    owners = frames.index.droplevel("frame")
+    owners = cast(pd.MultiIndex, frames.index).droplevel(["frame"])
     wanted = owners.isin(pd.MultiIndex.from_tuples(labels, names=owners.names))
     picked = frames.loc[wanted, "Checksum"]
     found: dict[tuple[str, str, str], list[Any]] = {}
@@ -62,9 +62,9 @@ def holders(context: CheckContext) -> Holders:
     distinct = pd.DataFrame({"sop": sops, "set": sets}).drop_duplicates()
     per_sop = np.bincount(distinct["sop"].to_numpy(), minlength=int(sops.max()) + 1 if len(sops) else 0)
     rows = np.flatnonzero(per_sop[sops] > 1) if len(sops) else np.zeros(0, dtype=np.int64)
-    labels = [tuple(map(str, label)) for label in index[rows]]
+    labels = [(str(a), str(b), str(c)) for a, b, c in index[rows]]
     content = [(label[2], checksums) for label, checksums in zip(labels, _checksums(context, labels), strict=True)]
-    result = Holders(rows, labels, content)  # type: ignore[arg-type]
+    result = Holders(rows, labels, content)
     context.memo["holders"] = result
     return result
 
@@ -111,8 +111,11 @@ def _copies(context: CheckContext) -> dict[str, list[str]]:
     for (image_set, _, _), content in zip(found.labels, found.content, strict=True):
         if context.primary.get(image_set) is False:
             matched.setdefault(image_set, []).append(references.get(content, set()))
-    copies = {image_set: sorted(set().union(*sets)) for image_set, sets in matched.items()
-              if len(sets) == int(totals.get(image_set, 0)) and all(sets)}
+    copies = {
+        image_set: sorted(set().union(*sets))
+        for image_set, sets in matched.items()
+        if len(sets) == int(totals.get(image_set, 0)) and all(sets)
+    }
     context.memo["copies"] = copies
     return copies
 
@@ -132,8 +135,9 @@ def non_primary_duplicate(context: CheckContext) -> list[Finding]:
     for image_set, primaries in sorted(_copies(context).items()):
         counts: dict[str, int] = {}
         pairs: dict[str, list[tuple[Any, Any]]] = {"instances": [], "series": [], "studies": []}
-        by_content = {content: label for label, content in zip(found.labels, found.content, strict=True)
-                      if label[0] in primaries}
+        by_content = {
+            content: label for label, content in zip(found.labels, found.content, strict=True) if label[0] in primaries
+        }
         for label, content in zip(found.labels, found.content, strict=True):
             if label[0] != image_set:
                 continue
@@ -148,17 +152,31 @@ def non_primary_duplicate(context: CheckContext) -> list[Finding]:
         values = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
         total = sum(counts.values())
         shown = ", ".join(sorted(differing)[:5]) + (" ..." if len(differing) > 5 else "")
-        findings.append(Finding(
-            check="non_primary_duplicate", severity="warning", level="ImageSet", key=image_set, attribute=None,
-            image_sets=tuple(sorted({image_set, *primaries})), found=values, rows=(image_set,),
-            fix="delete_image_set", suggested=image_set,
-            detail=(f"all {total} instances of non-primary image set {image_set} (UIDs and pixel checksums) are in "
+        findings.append(
+            Finding(
+                check="non_primary_duplicate",
+                severity="warning",
+                level="ImageSet",
+                key=image_set,
+                attribute=None,
+                image_sets=tuple(sorted({image_set, *primaries})),
+                found=values,
+                rows=(image_set,),
+                fix="delete_image_set",
+                suggested=image_set,
+                detail=(
+                    f"all {total} instances of non-primary image set {image_set} (UIDs and pixel checksums) are in "
                     f"primary image set(s) {', '.join(primaries)}; "
-                    + (f"{len(differing)} attribute(s) differ ({shown}): an edit not promoted, or another import"
-                       if differing else "no attribute differs: a leftover copy")
+                    + (
+                        f"{len(differing)} attribute(s) differ ({shown}): an edit not promoted, or another import"
+                        if differing
+                        else "no attribute differs: a leftover copy"
+                    )
                     + (f" (the files differ in {', '.join(meta)})" if meta else "")
-                    + f"; review, then client.delete_image_set(datastoreId=..., imageSetId='{image_set}')"),
-        ))
+                    + f"; review, then client.delete_image_set(datastoreId=..., imageSetId='{image_set}')"
+                ),
+            )
+        )
     return findings
 
 
@@ -199,12 +217,25 @@ def duplicate_sop_instance(context: CheckContext) -> list[Finding]:
             counts[digest] = counts.get(digest, 0) + 1
         values = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
         same = len(counts) == 1
-        findings.append(Finding(
-            check="duplicate_sop_instance", severity="error", level="Instance", key=sop, attribute="SOPInstanceUID",
-            image_sets=image_sets, found=values, rows=tuple(found.labels[n] for n in numbers),
-            detail=(f"SOPInstanceUID {sop} is in {len(image_sets)} image sets "
-                    + ("with identical content: delete the extra image set after review" if same else
-                       f"with {len(counts)} different contents: one needs a new SOPInstanceUID "
-                       "(force; on a primary image set, primary=\"promote\")")),
-        ))
+        findings.append(
+            Finding(
+                check="duplicate_sop_instance",
+                severity="error",
+                level="Instance",
+                key=sop,
+                attribute="SOPInstanceUID",
+                image_sets=image_sets,
+                found=values,
+                rows=tuple(found.labels[n] for n in numbers),
+                detail=(
+                    f"SOPInstanceUID {sop} is in {len(image_sets)} image sets "
+                    + (
+                        "with identical content: delete the extra image set after review"
+                        if same
+                        else f"with {len(counts)} different contents: one needs a new SOPInstanceUID "
+                        '(force; on a primary image set, primary="promote")'
+                    )
+                ),
+            )
+        )
     return findings

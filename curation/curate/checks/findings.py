@@ -38,8 +38,20 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = ("check", "severity", "level", "key", "attribute", "image_sets", "primary", "found", "rows", "fix",
-           "suggested", "detail")
+COLUMNS = (
+    "check",
+    "severity",
+    "level",
+    "key",
+    "attribute",
+    "image_sets",
+    "primary",
+    "found",
+    "rows",
+    "fix",
+    "suggested",
+    "detail",
+)
 SEVERITIES = ("error", "warning", "info")
 #: Fixes that ``curation.fix`` turns into edited frames.
 EDIT_FIXES = frozenset({"majority", "lookup", "fill", "renumber", "reformat"})
@@ -65,20 +77,24 @@ class Finding:
     @property
     def id(self) -> str:
         """The stable id (see the module docstring)."""
-        text = "\x1f".join([self.check, ",".join(self.image_sets), self.key, self.attribute or "",
-                            self.discriminator])
+        text = "\x1f".join([self.check, ",".join(self.image_sets), self.key, self.attribute or "", self.discriminator])
         return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
-def findings_frame(findings: Iterable[Finding], primary: Mapping[str, bool], order: Iterable[str] = ()
-                   ) -> pd.DataFrame:
+def findings_frame(findings: Iterable[Finding], primary: Mapping[str, bool], order: Iterable[str] = ()) -> pd.DataFrame:
     """The findings as the table ``check`` returns: object columns, sorted by severity, then the check's place in
     ``order``, key, attribute and id (deterministic)."""
     rank = {name: i for i, name in enumerate(order)}
     rows = sorted(
         findings,
-        key=lambda f: (SEVERITIES.index(f.severity), rank.get(f.check, len(rank)), f.check, f.key,
-                       f.attribute or "", f.id),
+        key=lambda f: (
+            SEVERITIES.index(f.severity),
+            rank.get(f.check, len(rank)),
+            f.check,
+            f.key,
+            f.attribute or "",
+            f.id,
+        ),
     )
     data = {
         "check": [f.check for f in rows],

@@ -57,9 +57,8 @@ class FixError(ValueError):
 def _table(lookup: Lookup | None) -> dict[str, dict[Any, Any]]:
     if lookup is None:
         return {}
-    if isinstance(lookup, pd.DataFrame):
-        lookup = lookup.to_dict()
-    return {str(attribute): dict(values) for attribute, values in lookup.items()}
+    items = lookup.to_dict() if isinstance(lookup, pd.DataFrame) else lookup
+    return {str(attribute): dict(values) for attribute, values in items.items()}
 
 
 def _value(table: dict[str, dict[Any, Any]], row: Mapping[str, Any]) -> tuple[bool, Any]:
@@ -84,8 +83,12 @@ class _Writes:
         cells = self.cells.setdefault(frame, {})
         earlier = cells.get((row, column))
         if earlier is not None and not _same(earlier[0], value):
-            self.problems.append(_problem(finding, f"writes {value!r} into {column} of row {row!r}, where finding "
-                                                   f"{earlier[1]} writes {earlier[0]!r}"))
+            self.problems.append(
+                _problem(
+                    finding,
+                    f"writes {value!r} into {column} of row {row!r}, where finding {earlier[1]} writes {earlier[0]!r}",
+                )
+            )
             return
         cells[(row, column)] = (value, str(finding["finding"]))
 
@@ -95,19 +98,32 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _problem(finding: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    return {"finding": finding["finding"], "check": finding["check"], "key": finding["key"],
-            "attribute": finding["attribute"], "reason": reason}
+    return {
+        "finding": finding["finding"],
+        "check": finding["check"],
+        "key": finding["key"],
+        "attribute": finding["attribute"],
+        "reason": reason,
+    }
 
 
 def _plan_writes(findings: pd.DataFrame, table: dict[str, dict[Any, Any]]) -> _Writes:
     writes = _Writes()
-    for finding in findings.reset_index().to_dict("records"):
+    records: list[dict[str, Any]] = [
+        {str(k): v for k, v in r.items()} for r in findings.reset_index().to_dict("records")
+    ]
+    for finding in records:
         if finding["fix"] not in EDIT_FIXES:
             continue
         found, value = _value(table, finding)
         if not found:
-            writes.problems.append(_problem(finding, "no value to write: give one in lookup= (by key and "
-                                                     "attribute) or in the finding's suggested column"))
+            writes.problems.append(
+                _problem(
+                    finding,
+                    "no value to write: give one in lookup= (by key and "
+                    "attribute) or in the finding's suggested column",
+                )
+            )
             continue
         frame, rows, column = FRAME_OF_LEVEL[finding["level"]], tuple(finding["rows"]), str(finding["attribute"])
         if finding["fix"] == "renumber":
@@ -138,16 +154,25 @@ def _edited(snapshot: Snapshot, name: str, cells: dict[tuple[Any, str], tuple[An
     source: pd.DataFrame = getattr(snapshot.cached_flattened(), name)
     rows = list(dict.fromkeys(row for row, _ in cells))
     columns = list(dict.fromkeys(column for _, column in cells))
-    index = pd.MultiIndex.from_tuples(rows, names=source.index.names) if source.index.nlevels > 1 else \
-        pd.Index(rows, name=source.index.name)
+    index = (
+        pd.MultiIndex.from_tuples(rows, names=source.index.names)
+        if source.index.nlevels > 1
+        else pd.Index(rows, name=source.index.name)
+    )
     edited = pd.DataFrame(index=index)
     for column in columns:
-        original = source[column].loc[index] if column in source.columns else pd.Series(
-            [None] * len(index), index=index, dtype=object)
+        original = (
+            source[column].loc[index]
+            if column in source.columns
+            else pd.Series([None] * len(index), index=index, dtype=object)
+        )
         values = original.to_numpy(dtype=object).copy()
         written = [(row, value) for (row, c), (value, _) in cells.items() if c == column]
-        positions = index.get_indexer(pd.MultiIndex.from_tuples([r for r, _ in written], names=index.names)
-                                      if index.nlevels > 1 else pd.Index([r for r, _ in written]))
+        positions = index.get_indexer(
+            pd.MultiIndex.from_tuples([r for r, _ in written], names=index.names)
+            if index.nlevels > 1
+            else pd.Index([r for r, _ in written])
+        )
         replacement = np.empty(len(written), dtype=object)
         replacement[:] = [value for _, value in written]
         values[positions] = replacement

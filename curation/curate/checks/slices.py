@@ -12,6 +12,7 @@ point or b-value, and those repeats are not duplicate slices. Only single-frame 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,11 +26,13 @@ STACK_ATTRIBUTES = ("EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValu
 MIN_SLICES = 3
 _GEOMETRY_COLUMNS = ("ImagePositionPatient", "ImageOrientationPatient", "InstanceNumber")
 #: (flag column of the geometry table, the kind a finding names, severity, attribute)
-KINDS = (("gap", "gap", "warning", "ImagePositionPatient"),
-         ("overlap", "overlap", "warning", "ImagePositionPatient"),
-         ("duplicate", "duplicate", "warning", "ImagePositionPatient"),
-         ("missing_position", "no position", "warning", "ImagePositionPatient"),
-         ("oblique", "orientation", "info", "ImageOrientationPatient"))
+KINDS = (
+    ("gap", "gap", "warning", "ImagePositionPatient"),
+    ("overlap", "overlap", "warning", "ImagePositionPatient"),
+    ("duplicate", "duplicate", "warning", "ImagePositionPatient"),
+    ("missing_position", "no position", "warning", "ImagePositionPatient"),
+    ("oblique", "orientation", "info", "ImageOrientationPatient"),
+)
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,10 @@ def stacks(context: CheckContext) -> Stacks:
     keep = _slices(instances)
     columns = [c for c in (*_GEOMETRY_COLUMNS, *STACK_ATTRIBUTES) if c in instances.columns]
     rows = instances.loc[keep, columns]
-    parts = {"ImageSetID": rows.index.get_level_values("ImageSetID"),
-             "SeriesInstanceUID": rows.index.get_level_values("SeriesInstanceUID")}
+    parts: dict[str, Any] = {
+        "ImageSetID": rows.index.get_level_values("ImageSetID"),
+        "SeriesInstanceUID": rows.index.get_level_values("SeriesInstanceUID"),
+    }
     for name in STACK_ATTRIBUTES:
         if name in rows.columns:
             parts[name] = _text(rows[name]).to_numpy()
@@ -97,8 +102,14 @@ def stacks(context: CheckContext) -> Stacks:
     straight = ~oriented.table["oblique"].reindex(rows.index).to_numpy(dtype=bool)
     spaced = slice_positions(rows[straight], codes[straight])
     orientation = rows.get("ImageOrientationPatient", pd.Series([None] * len(rows), index=rows.index, dtype=object))
-    result = Stacks(_stack_keys(pd.MultiIndex.from_tuples(list(labels), names=list(parts))), oriented,
-                    _eligible(oriented, len(labels)), spaced, _eligible(spaced, len(labels)), orientation)
+    result = Stacks(
+        _stack_keys(pd.MultiIndex.from_tuples(list(labels), names=list(parts))),
+        oriented,
+        _eligible(oriented, len(labels)),
+        spaced,
+        _eligible(spaced, len(labels)),
+        orientation,
+    )
     context.memo["stacks"] = result
     return result
 
@@ -118,11 +129,22 @@ def _kind_finding(found: Stacks, group: int, rows: pd.DataFrame, kind: tuple[str
     labels = tuple(hit.index)
     numbers = [int(n) for n in hit["InstanceNumber"].dropna()]
     return Finding(
-        check="slice_geometry", severity=severity, level="Instance", key=found.keys[group], attribute=attribute,
-        image_sets=(str(labels[0][0]),), found=values, rows=labels, discriminator=name,
-        detail=(f"{name}: {len(hit)} of the {len(rows)} slices of {found.keys[group]} ("
-                + (f"median spacing {median:.4g} mm; " if flag != "oblique" else "") + counted(values)
-                + (f"; InstanceNumber {', '.join(map(str, numbers[:8]))}" if numbers else "") + ")"),
+        check="slice_geometry",
+        severity=severity,
+        level="Instance",
+        key=found.keys[group],
+        attribute=attribute,
+        image_sets=(str(labels[0][0]),),
+        found=values,
+        rows=labels,
+        discriminator=name,
+        detail=(
+            f"{name}: {len(hit)} of the {len(rows)} slices of {found.keys[group]} ("
+            + (f"median spacing {median:.4g} mm; " if flag != "oblique" else "")
+            + counted(values)
+            + (f"; InstanceNumber {', '.join(map(str, numbers[:8]))}" if numbers else "")
+            + ")"
+        ),
     )
 
 
@@ -139,13 +161,21 @@ def slice_geometry(context: CheckContext) -> list[Finding]:
     ``diff(..., rows="all")``) is the curator's call.
     """
     found = stacks(context)
-    findings = []
-    for geometry, groups, kinds in ((found.spacing, found.groups, KINDS[:-1]),
-                                    (found.orientation, found.oriented_groups, KINDS[-1:])):
+    findings: list[Finding] = []
+    for geometry, groups, kinds in (
+        (found.spacing, found.groups, KINDS[:-1]),
+        (found.orientation, found.oriented_groups, KINDS[-1:]),
+    ):
         table = geometry.table
         for group, rows in table[table["group"].isin(groups)].groupby("group", sort=True):
-            findings.extend(_kind_finding(found, int(group), rows, kind) for kind in kinds if rows[kind[0]].any())
+            findings.extend(_kind_finding(found, _code(group), rows, kind) for kind in kinds if rows[kind[0]].any())
     return findings
+
+
+def _code(group: object) -> int:
+    """A group code from ``groupby`` (a NumPy integer) as an int."""
+    assert isinstance(group, int | np.integer)
+    return int(group)
 
 
 def _renumbered(rows: pd.DataFrame, direction: int) -> tuple[str, ...] | None:
@@ -191,12 +221,23 @@ def instance_number(context: CheckContext) -> list[Finding]:
         values = value_counts(int(n) for n in rows.loc[offending, "InstanceNumber"])
         labels = tuple(rows.index)
         renumbered = _renumbered(rows, direction)
-        findings.append(Finding(
-            check="instance_number", severity="warning", level="Instance", key=found.keys[int(group)],
-            attribute="InstanceNumber", image_sets=(str(labels[0][0]),), found=values, rows=labels,
-            fix="renumber" if renumbered else None, suggested=renumbered,
-            detail=(f"InstanceNumber of {found.keys[int(group)]} does not follow the slice positions "
+        findings.append(
+            Finding(
+                check="instance_number",
+                severity="warning",
+                level="Instance",
+                key=found.keys[_code(group)],
+                attribute="InstanceNumber",
+                image_sets=(str(labels[0][0]),),
+                found=values,
+                rows=labels,
+                fix="renumber" if renumbered else None,
+                suggested=renumbered,
+                detail=(
+                    f"InstanceNumber of {found.keys[_code(group)]} does not follow the slice positions "
                     f"({'rising' if direction > 0 else 'falling'}): {counted(values)}"
-                    + ("; renumber in position order" if renumbered else "")),
-        ))
+                    + ("; renumber in position order" if renumbered else "")
+                ),
+            )
+        )
     return findings

@@ -134,8 +134,13 @@ def _integer(item: str) -> str | None:
     return str(int(number)) if math.isfinite(number) and number.is_integer() else None
 
 
-_FIXERS: dict[str, Callable[[str], str | None]] = {"DA": _date, "TM": _time, "DT": _datetime, "DS": _decimal,
-                                                   "IS": _integer}
+_FIXERS: dict[str, Callable[[str], str | None]] = {
+    "DA": _date,
+    "TM": _time,
+    "DT": _datetime,
+    "DS": _decimal,
+    "IS": _integer,
+}
 
 
 def reformat(keyword: str, vr: str, vm: str | None, value: Any) -> Any:
@@ -145,6 +150,7 @@ def reformat(keyword: str, vr: str, vm: str | None, value: Any) -> Any:
         return None
     fixer: Callable[[str], str | None]
     if vr == "CS":
+
         def fixer(item: str) -> str | None:
             return _code(item, keyword)
     else:
@@ -163,8 +169,11 @@ def reformat(keyword: str, vr: str, vm: str | None, value: Any) -> Any:
 
 
 def _key(value: Any) -> str:
-    text = "\\".join(value) if isinstance(value, list) and all(isinstance(v, str) for v in value) else (
-        value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    text = (
+        "\\".join(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else (value if isinstance(value, str) else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    )
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -179,8 +188,11 @@ def _row_vrs(context: CheckContext) -> tuple[np.ndarray, list[Any]]:
     """Per instance row, the code of its DICOMVRs map, and the maps (by identity: rows share them)."""
     if "row_vrs" not in context.memo:
         frame = context.frame("instances")
-        maps = frame["@DICOMVRs"].to_numpy(dtype=object) if "@DICOMVRs" in frame.columns else \
-            np.full(len(frame), None, dtype=object)
+        maps = (
+            frame["@DICOMVRs"].to_numpy(dtype=object)
+            if "@DICOMVRs" in frame.columns
+            else np.full(len(frame), None, dtype=object)
+        )
         codes, _ = pd.factorize(np.fromiter(map(id, maps), dtype=np.int64, count=len(maps)))
         first = {int(code): maps[row] for row, code in reversed(list(enumerate(codes)))}
         context.memo["row_vrs"] = (codes, [first[code] for code in range(len(first))])
@@ -228,16 +240,32 @@ def invalid_value(context: CheckContext) -> list[Finding]:
     return findings
 
 
-def _invalid(context: CheckContext, name: str, column: str, vr: str, vm: str | None, codec: str, rows: np.ndarray,
-             image_sets: np.ndarray, value: Any, problem: str) -> Finding:
+def _invalid(
+    context: CheckContext,
+    name: str,
+    column: str,
+    vr: str,
+    vm: str | None,
+    codec: str,
+    rows: np.ndarray,
+    image_sets: np.ndarray,
+    value: Any,
+    problem: str,
+) -> Finding:
     frame = context.frame(name)
     fixed = reformat(column, vr, vm, value) if codec in (STR, JOINED) else None
     suggested = None if fixed is None else _cell(fixed, codec)
     return Finding(
-        check="invalid_value", severity="warning", level=context.level(name, column), key=_key(value),
-        attribute=column, image_sets=tuple(sorted(set(image_sets[rows]))),
-        found=((plain(frame[column].iloc[int(rows[0])]), len(rows)),), rows=tuple(context.labels(name)[rows]),
-        fix=None if fixed is None else "reformat", suggested=suggested,
+        check="invalid_value",
+        severity="warning",
+        level=context.level(name, column),
+        key=_key(value),
+        attribute=column,
+        image_sets=tuple(sorted(set(image_sets[rows]))),
+        found=((plain(frame[column].iloc[int(rows[0])]), len(rows)),),
+        rows=tuple(context.labels(name)[rows]),
+        fix=None if fixed is None else "reformat",
+        suggested=suggested,
         detail=f"{column} ({vr}) {_key(value)!r}: {problem}" + (f"; reformatted: {suggested!r}" if fixed else ""),
         discriminator=vr + ":" + orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode(),
     )
