@@ -197,7 +197,10 @@ def _order_breaks(rows: pd.DataFrame) -> tuple[int, np.ndarray]:
     steps = np.sign(np.diff(numbers, prepend=numbers[:1] if len(numbers) else numbers))
     direction = 1 if (steps[moved] > 0).sum() >= (steps[moved] < 0).sum() else -1
     breaks = pd.Series(moved & (steps != direction), index=numbered.index)
-    duplicated = numbered["InstanceNumber"].duplicated(keep=False).to_numpy(dtype=bool)
+    # a number repeated at another position (a repeat at the same position is a duplicate slice: slice_geometry)
+    at = np.round(numbered["position"].to_numpy(dtype=float) / DUPLICATE_TOLERANCE)
+    spot = pd.DataFrame({"number": numbered["InstanceNumber"].to_numpy(), "at": at})
+    duplicated = (spot["number"].duplicated(keep=False) & ~spot.duplicated(keep=False)).to_numpy(dtype=bool)
     mask = (breaks | pd.Series(duplicated, index=numbered.index)).reindex(rows.index, fill_value=False)
     return direction, mask.to_numpy(dtype=bool)
 
