@@ -15,7 +15,7 @@ from operator import is_
 import numpy as np
 import pandas as pd
 
-from curation.curate.checks.context import CheckContext, plain, value_counts
+from curation.curate.checks.context import CheckContext, group_codes, plain, value_counts
 from curation.curate.checks.findings import Finding, counted
 from curation.frames.geometry import integers
 from curation.model.missing import NULL
@@ -32,16 +32,19 @@ def _kinds(context: CheckContext) -> tuple[np.ndarray, list[tuple[str, str]]]:
     if "kinds" not in context.memo:
         frame = context.frame("instances")
         index = frame.index
-        parts = [index.get_level_values("ImageSetID"), index.get_level_values("SeriesInstanceUID")]
+        image_sets = context.image_set_of("instances")
+        series = np.asarray(index.get_level_values("SeriesInstanceUID"), dtype=object)
         classes = frame["SOPClassUID"] if "SOPClassUID" in frame.columns else pd.Series("", index=index)
-        parts.append(pd.Index(classes.astype(object).where(classes.notna(), "")))
+        sop_classes = classes.astype(object).where(classes.notna(), "").to_numpy(dtype=object)
         frames = integers(frame["NumberOfFrames"], len(frame)) if "NumberOfFrames" in frame.columns else None
         multi = np.zeros(len(frame), dtype=bool) if frames is None else (frames > 1).fillna(False).to_numpy(bool)
-        parts.append(pd.Index(multi))
-        codes, labels = pd.factorize(pd.MultiIndex.from_arrays(parts))
+        codes, first = group_codes([image_sets, series, sop_classes, multi])
         context.memo["kinds"] = (
-            np.asarray(codes),
-            [(f"{label[0]}/{label[1]}", f"{label[2]}:{'multi' if label[3] else 'single'}-frame") for label in labels],
+            codes,
+            [
+                (f"{image_sets[r]}/{series[r]}", f"{sop_classes[r]}:{'multi' if multi[r] else 'single'}-frame")
+                for r in first
+            ],
         )
     cached: tuple[np.ndarray, list[tuple[str, str]]] = context.memo["kinds"]
     return cached

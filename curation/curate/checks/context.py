@@ -111,6 +111,23 @@ class CheckContext:
         return cached
 
 
+def group_codes(parts: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(code of each row, position of each group's first row) for rows grouped by several equal-length arrays,
+    codes numbered in order of first appearance. Factorizes each part on its own (a MultiIndex of Arrow strings
+    would build a tuple per row)."""
+    if not parts or not len(parts[0]):
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    codes = [np.asarray(pd.factorize(np.asarray(part, dtype=object), use_na_sentinel=False)[0]) for part in parts]
+    combined = np.zeros(len(codes[0]), dtype=np.int64)
+    for part in codes:
+        combined = combined * (int(part.max()) + 1) + part
+    numbered, first = np.unique(combined, return_index=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[np.searchsorted(numbered, combined)], first[order]
+
+
 def index_labels(index: pd.Index) -> np.ndarray:
     """The labels of ``index`` as an object array (tuples of str for a MultiIndex)."""
     out = np.empty(len(index), dtype=object)

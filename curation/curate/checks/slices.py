@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curation.curate.checks.context import CheckContext, value_counts
+from curation.curate.checks.context import CheckContext, group_codes, value_counts
 from curation.curate.checks.findings import Finding, counted
 from curation.frames.geometry import DUPLICATE_TOLERANCE, SliceGeometry, integers, slice_positions
 
@@ -40,7 +40,8 @@ class Stacks:
     """The stacks of a snapshot: ``keys`` (each group code's text), ``orientation`` (every slice, its stack's
     normal from its most common orientation; ``oriented_groups``: those with at least ``MIN_SLICES`` slices with a
     position and an orientation), ``spacing`` (the same without the slices of another orientation; ``groups``:
-    those still with ``MIN_SLICES`` such slices), and the slices' ImageOrientationPatient cells."""
+    those still with ``MIN_SLICES`` such slices), the slices' ImageOrientationPatient cells, and ``labels``, the
+    index label of each instance: the tables are indexed by position in ``instances``."""
 
     keys: list[str]
     orientation: SliceGeometry
@@ -48,6 +49,7 @@ class Stacks:
     spacing: SliceGeometry
     groups: np.ndarray
     orientations: pd.Series
+    labels: np.ndarray
 
 
 def _text(column: pd.Series) -> pd.Series:
@@ -73,10 +75,10 @@ def _eligible(geometry: SliceGeometry, groups: int) -> np.ndarray:
     return np.flatnonzero(np.bincount(table["group"].to_numpy()[usable], minlength=groups) >= MIN_SLICES)
 
 
-def _stack_keys(labels: pd.MultiIndex) -> list[str]:
+def _stack_keys(labels: list[tuple[Any, ...]], names: list[str]) -> list[str]:
     keys = []
     for label in labels:
-        extra = [f"{name}={value}" for name, value in zip(labels.names[2:], label[2:], strict=True) if value]
+        extra = [f"{name}={value}" for name, value in zip(names[2:], label[2:], strict=True) if value]
         keys.append(f"{label[0]}/{label[1]}" + (f" [{', '.join(extra)}]" if extra else ""))
     return keys
 
@@ -89,26 +91,33 @@ def stacks(context: CheckContext) -> Stacks:
     instances = context.frame("instances")
     keep = _slices(instances)
     columns = [c for c in (*_GEOMETRY_COLUMNS, *STACK_ATTRIBUTES) if c in instances.columns]
-    rows = instances.loc[keep, columns]
+    # rows by position in ``instances`` (a subset of an Arrow-backed MultiIndex converts whole levels when
+    # iterated: labels come from ``context.labels`` instead)
+    positions = np.flatnonzero(keep)
+    rows = instances[columns].iloc[positions].set_axis(pd.RangeIndex(len(instances))[positions], axis=0)
+    index = instances.index[positions]
     parts: dict[str, Any] = {
-        "ImageSetID": rows.index.get_level_values("ImageSetID"),
-        "SeriesInstanceUID": rows.index.get_level_values("SeriesInstanceUID"),
+        "ImageSetID": index.get_level_values("ImageSetID"),
+        "SeriesInstanceUID": index.get_level_values("SeriesInstanceUID"),
     }
     for name in STACK_ATTRIBUTES:
         if name in rows.columns:
             parts[name] = _text(rows[name]).to_numpy()
-    codes, labels = pd.factorize(pd.MultiIndex.from_arrays(list(parts.values()), names=list(parts)))
+    columns_of = [np.asarray(part, dtype=object) for part in parts.values()]
+    codes, first = group_codes(columns_of)
+    labels = [tuple(column[r] for column in columns_of) for r in first]
     oriented = slice_positions(rows, codes)
     straight = ~oriented.table["oblique"].reindex(rows.index).to_numpy(dtype=bool)
     spaced = slice_positions(rows[straight], codes[straight])
     orientation = rows.get("ImageOrientationPatient", pd.Series([None] * len(rows), index=rows.index, dtype=object))
     result = Stacks(
-        _stack_keys(pd.MultiIndex.from_tuples(list(labels), names=list(parts))),
+        _stack_keys(labels, list(parts)),
         oriented,
         _eligible(oriented, len(labels)),
         spaced,
         _eligible(spaced, len(labels)),
         orientation,
+        context.labels("instances"),
     )
     context.memo["stacks"] = result
     return result
@@ -126,7 +135,7 @@ def _kind_finding(found: Stacks, group: int, rows: pd.DataFrame, kind: tuple[str
         values = value_counts(found.orientations.loc[hit.index].to_numpy(dtype=object))
     else:
         values = ((None, len(hit)),)
-    labels = tuple(hit.index)
+    labels = tuple(found.labels[hit.index.to_numpy()])
     numbers = [int(n) for n in hit["InstanceNumber"].dropna()]
     return Finding(
         check="slice_geometry",
@@ -222,7 +231,7 @@ def instance_number(context: CheckContext) -> list[Finding]:
         if not offending.any():
             continue
         values = value_counts(int(n) for n in rows.loc[offending, "InstanceNumber"])
-        labels = tuple(rows.index)
+        labels = tuple(found.labels[rows.index.to_numpy()])
         renumbered = _renumbered(rows, direction)
         findings.append(
             Finding(

@@ -28,6 +28,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from curation.curate.checks.context import CheckContext, plain
 from curation.curate.checks.findings import Finding
+from curation.curate.checks.sequences import doubtful_sequences
 from curation.frames.cells import JOINED, STR, STR_BLANK, decode
 from curation.model import dictionary
 from curation.model.validation import validate, value_problem, vm_bounds
@@ -85,14 +86,21 @@ def _problems(column: pd.Series, codec: str, vr: str, vm: str | None) -> Iterato
         codes, uniques = np.arange(len(column)), pd.Index(column.to_numpy(dtype=object), dtype=object)
     if not len(uniques):
         return
+    cells = np.asarray(uniques, dtype=object)
     text = codec in (STR, STR_BLANK, JOINED) and isinstance(column.dtype, pd.StringDtype)
-    values = pd.Series(np.asarray(uniques, dtype=object), dtype=column.dtype if text else object)
-    checked = ~_surely_valid(values, vr, vm, codec == JOINED) if text else np.ones(len(values), dtype=bool)
+    if text:
+        checked = ~_surely_valid(pd.Series(cells, dtype=column.dtype), vr, vm, codec == JOINED)
+    elif vr == "SQ":
+        checked = doubtful_sequences(list(cells), _surely_valid)
+    else:
+        checked = np.ones(len(cells), dtype=bool)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(cells) + 1))
     for number in np.flatnonzero(checked):
-        value = decode(values.iloc[number], codec)
+        value = decode(cells[number], codec)
         problem = validate(value, vr, vm)
         if problem:
-            yield np.flatnonzero(codes == number), value, problem
+            yield np.sort(order[starts[number] : starts[number + 1]]), value, problem
 
 
 def _date(item: str) -> str | None:
