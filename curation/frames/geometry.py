@@ -24,10 +24,12 @@ its input.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.frames.views import parse_ds, parse_is
 
@@ -58,6 +60,8 @@ _LABELS = np.array(
     dtype=object,
 )
 _INTEGER_TEXT = r"\s*[+-]?\d+\s*"
+#: A decimal string's number (PS3.5 6.2 DS, pad trimmed): the items ``numbers`` casts.
+_DECIMAL_TEXT = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 
 
 @dataclass(frozen=True)
@@ -94,20 +98,29 @@ def numbers(column: pd.Series | None, width: int, length: int) -> np.ndarray:
     if column is None or not length:
         return out
     if isinstance(column.dtype, pd.StringDtype):
-        parts = column.str.split("\\", expand=True)
-        if parts.shape[1] < width:
-            return out
-        counts = parts.notna().sum(axis=1).to_numpy()
-        values = np.column_stack(
-            [pd.to_numeric(parts[i].str.strip(), errors="coerce").to_numpy(dtype=float) for i in range(width)]
-        )
-        good = (counts == width) & ~np.isnan(values).any(axis=1)
-        out[good] = values[good]
-        return out
+        return _text_numbers(pa.array(column, type=pa.string(), from_pandas=True), width, out)
     for row, value in enumerate(column.to_numpy(dtype=object)):
         parsed = _cell_numbers(value, width)
         if parsed is not None:
             out[row] = parsed
+    return out
+
+
+def _text_numbers(text: pa.Array, width: int, out: np.ndarray) -> np.ndarray:
+    """``numbers`` of backslash-joined text, in Arrow: split, trim, keep decimal numbers, cast (into ``out``)."""
+    lists = pc.split_pattern(text, "\\")
+    counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    items = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+    decimal = pc.fill_null(pc.match_substring_regex(items, _DECIMAL_TEXT), False)
+    values = pc.cast(pc.if_else(decimal, items, pa.scalar(None, pa.string())), pa.float64())
+    flat = values.to_numpy(zero_copy_only=False).astype(float)
+    rows = np.flatnonzero(counts == width)
+    if not len(rows):
+        return out
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[rows]
+    picked = flat[starts[:, None] + np.arange(width)[None, :]]
+    good = ~np.isnan(picked).any(axis=1)
+    out[rows[good]] = picked[good]
     return out
 
 
@@ -142,12 +155,13 @@ def _normals(codes: np.ndarray, orientations: np.ndarray, groups: int) -> tuple[
     reference = np.full((groups, 6), np.nan)
     known = ~np.isnan(orientations).any(axis=1)
     if known.any():
-        rounded = pd.DataFrame(np.round(orientations[known], 4), columns=[f"o{i}" for i in range(6)])
-        rounded.insert(0, "group", codes[known])
-        sizes = rounded.groupby(list(rounded.columns), sort=False).size()
-        best = sizes.groupby(level="group", sort=False).idxmax()
-        for group, label in best.items():
-            reference[int(cast(int, group))] = label[1:]
+        keys = np.column_stack([codes[known].astype(float), np.round(orientations[known], 4)])
+        unique, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+        # per group: the most rows, then the one seen first
+        order = np.lexsort((first, -counts, unique[:, 0]))
+        group = unique[order, 0].astype(np.int64)
+        best = order[np.r_[True, group[1:] != group[:-1]]]
+        reference[unique[best, 0].astype(np.int64)] = unique[best, 1:]
     normal = np.cross(reference[:, :3], reference[:, 3:])
     norm = np.linalg.norm(normal, axis=1)
     scale = np.where(norm > 0, norm, 1.0)

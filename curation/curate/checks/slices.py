@@ -123,20 +123,54 @@ def stacks(context: CheckContext) -> Stacks:
     return result
 
 
-def _kind_finding(found: Stacks, group: int, rows: pd.DataFrame, kind: tuple[str, ...]) -> Finding:
+@dataclass(frozen=True)
+class _Flagged:
+    """The rows of one geometry table (stacks in ``groups`` only), as arrays: ``group`` codes (sorted),
+    ``positions`` in ``instances``, the position, spacing and InstanceNumber (NaN when absent) of each, and
+    each group's first row (``starts``, with the end appended)."""
+
+    table: pd.DataFrame
+    group: np.ndarray
+    positions: np.ndarray
+    position: np.ndarray
+    spacing: np.ndarray
+    number: np.ndarray
+    codes: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, geometry: SliceGeometry, groups: np.ndarray) -> _Flagged:
+        table = geometry.table[geometry.table["group"].isin(groups)]
+        group = table["group"].to_numpy(dtype=np.int64)
+        codes, starts = np.unique(group, return_index=True)
+        return cls(
+            table,
+            group,
+            table.index.to_numpy(dtype=np.int64),
+            table["position"].to_numpy(dtype=float),
+            table["spacing"].to_numpy(dtype=float, na_value=np.nan),
+            table["InstanceNumber"].to_numpy(dtype=float, na_value=np.nan),
+            codes,
+            np.append(starts, len(group)),
+        )
+
+
+def _kind_finding(found: Stacks, rows: _Flagged, at: int, hit: np.ndarray, kind: tuple[str, ...]) -> Finding:
+    """The finding of one kind in the stack ``rows.codes[at]``; ``hit`` the flagged positions of its rows."""
     flag, name, severity, attribute = kind
-    hit = rows[rows[flag]]
+    group = int(rows.codes[at])
+    size = int(rows.starts[at + 1] - rows.starts[at])
     median = float(found.spacing.median_spacing.iloc[group])
     if flag in ("gap", "overlap"):
-        values = value_counts(np.round(hit["spacing"].to_numpy(dtype=float), 3).tolist())
+        values = value_counts(np.round(rows.spacing[hit], 3).tolist())
     elif flag == "duplicate":
-        values = value_counts(np.round(hit["position"].to_numpy(dtype=float), 3).tolist())
+        values = value_counts(np.round(rows.position[hit], 3).tolist())
     elif flag == "oblique":
-        values = value_counts(found.orientations.loc[hit.index].to_numpy(dtype=object))
+        values = value_counts(found.orientations.reindex(rows.positions[hit]).to_numpy(dtype=object))
     else:
         values = ((None, len(hit)),)
-    labels = tuple(found.labels[hit.index.to_numpy()])
-    numbers = [int(n) for n in hit["InstanceNumber"].dropna()]
+    labels = tuple(found.labels[rows.positions[hit]])
+    numbers = [int(n) for n in rows.number[hit] if not np.isnan(n)]
     return Finding(
         check="slice_geometry",
         severity=severity,
@@ -148,7 +182,7 @@ def _kind_finding(found: Stacks, group: int, rows: pd.DataFrame, kind: tuple[str
         rows=labels,
         discriminator=name,
         detail=(
-            f"{name}: {len(hit)} of the {len(rows)} slices of {found.keys[group]} ("
+            f"{name}: {len(hit)} of the {size} slices of {found.keys[group]} ("
             + (f"median spacing {median:.4g} mm; " if flag != "oblique" else "")
             + counted(values)
             + (f"; InstanceNumber {', '.join(map(str, numbers[:8]))}" if numbers else "")
@@ -175,10 +209,20 @@ def slice_geometry(context: CheckContext) -> list[Finding]:
         (found.spacing, found.groups, KINDS[:-1]),
         (found.orientation, found.oriented_groups, KINDS[-1:]),
     ):
-        table = geometry.table
-        for group, rows in table[table["group"].isin(groups)].groupby("group", sort=True):
-            findings.extend(_kind_finding(found, _code(group), rows, kind) for kind in kinds if rows[kind[0]].any())
+        rows = _Flagged.of(geometry, groups)
+        for kind in kinds:
+            flagged = np.flatnonzero(rows.table[kind[0]].to_numpy(dtype=bool))
+            at = np.searchsorted(rows.starts, flagged, side="right") - 1
+            for number, hit in zip(*_split(at, flagged), strict=True):
+                findings.append(_kind_finding(found, rows, int(number), hit, kind))
+    findings.sort(key=lambda f: (f.key, [k[1] for k in KINDS].index(f.discriminator)))
     return findings
+
+
+def _split(at: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(each group number, its flagged rows) of flagged rows sorted by group."""
+    numbers, first = np.unique(at, return_index=True)
+    return numbers, np.split(flagged, first[1:]) if len(flagged) else []
 
 
 def _code(group: object) -> int:
