@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import PLANTERS, image_set_id, planted, site_documents
+from conftest import PLANTERS, image_set_id, instances_of, planted, site_documents, snapshot_of
 
 import curation
 import curation.local
@@ -204,3 +204,16 @@ def test_check_fix_diff_plan_apply_then_check_finds_nothing(tmp_path: Path) -> N
     after = curation.fetch(client, report.datastore_id, progress=False)
     assert curation.check(after).empty
     assert len(curation.diff(after, curation.fix(after, curation.check(after)))) == 0
+
+
+def test_instance_numbers_falling_along_the_normal_are_consistent_but_a_number_repeated_elsewhere_is_not() -> None:
+    documents = site_documents()
+    slices = instances_of(documents[0])
+    numbers = [node["DICOM"]["InstanceNumber"] for node in slices]
+    for node, number in zip(slices, reversed(numbers), strict=True):
+        node["DICOM"]["InstanceNumber"] = number
+    assert curation.check(snapshot_of(documents)).empty
+    slices[4]["DICOM"]["InstanceNumber"] = slices[0]["DICOM"]["InstanceNumber"]
+    (finding,) = curation.check(snapshot_of(documents)).itertuples()
+    assert finding.check == "instance_number" and finding.found == ((6, 2),)
+    assert finding.suggested == ("7", "6", "5", "4", "3")  # falling as most steps do, from the lowest (3)

@@ -95,8 +95,8 @@ def _in_series(context: CheckContext, check: str) -> list[Finding]:
     findings = []
     for column, group, lacking, having in _partial_columns(context, empty=check == "empty_in_series"):
         values = context.text_values("instances", column)
-        shown = value_counts(values.iloc[having].to_numpy(dtype=object))
-        others = value_counts(values.iloc[lacking].to_numpy(dtype=object))
+        shown = value_counts(values.iloc[having])
+        others = value_counts(values.iloc[lacking])
         agree = len(shown) == 1
         total = len(lacking) + len(having)
         key, kind = keys[group]

@@ -59,7 +59,7 @@ def _grouped(context: CheckContext, keys: pd.Series, columns: list[str]) -> Iter
 
 
 def _conflict(check: str, level: str, noun: str, key: str, column: str, values: pd.Series) -> Finding:
-    counts = value_counts(values.to_numpy(dtype=object))
+    counts = value_counts(values)
     present = [v for v, _ in counts if v is not None]
     only_empty = all(_empty_like(v) for v in present)
     found, best = plurality(counts, skip=(None, NULL, ""))
@@ -149,7 +149,7 @@ def study_under_several_patients(context: CheckContext) -> list[Finding]:
     findings = []
     for group in _conflicted(groups, patients):
         rows = patients[groups == group]
-        counts = value_counts(rows.to_numpy(dtype=object))
+        counts = value_counts(rows)
         image_sets = tuple(sorted(str(i) for i in rows.index))
         findings.append(
             Finding(

@@ -179,12 +179,22 @@ def _order(value: Any) -> tuple[int, str]:
     return (0, "") if value is None else (1, f"{type(value).__name__}:{value!r}")
 
 
-def value_counts(values: Iterable[Any]) -> tuple[tuple[Any, int], ...]:
-    """``((value, count), ...)`` most frequent first (ties in a fixed order); absent cells counted as None."""
+def value_counts(values: Iterable[Any] | pd.Series) -> tuple[tuple[Any, int], ...]:
+    """``((value, count), ...)`` most frequent first (ties in a fixed order); absent cells counted as None. A
+    Series is counted by pandas (one Python step per distinct value, not per row)."""
     counts: dict[Any, int] = {}
-    for value in values:
+    pairs: Iterable[tuple[Any, int]]
+    if isinstance(values, pd.Series):
+        try:
+            tallied = values.value_counts(dropna=False, sort=False)
+            pairs = zip(tallied.index.to_numpy(dtype=object), tallied.to_numpy(dtype=np.int64).tolist(), strict=True)
+        except TypeError:  # unhashable cells (a user's frame)
+            pairs = ((value, 1) for value in values.to_numpy(dtype=object))
+    else:
+        pairs = ((value, 1) for value in values)
+    for value, count in pairs:
         key = plain(value)
-        counts[key] = counts.get(key, 0) + 1
+        counts[key] = counts.get(key, 0) + count
     return tuple(sorted(counts.items(), key=lambda item: (-item[1], _order(item[0]))))
 
 

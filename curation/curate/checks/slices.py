@@ -225,64 +225,67 @@ def _split(at: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, list[np.nda
     return numbers, np.split(flagged, first[1:]) if len(flagged) else []
 
 
-def _code(group: object) -> int:
-    """A group code from ``groupby`` (a NumPy integer) as an int."""
-    assert isinstance(group, int | np.integer)
-    return int(group)
-
-
-def _renumbered(rows: pd.DataFrame, direction: int) -> tuple[str, ...] | None:
-    """New InstanceNumbers in position order (rising when ``direction`` > 0), from the stack's lowest; None when
-    a slice has no position."""
-    if rows["missing_position"].any():
+def _renumbered(numbers: np.ndarray, missing: np.ndarray, direction: int) -> tuple[str, ...] | None:
+    """New InstanceNumbers for a stack's slices in position order (rising when ``direction`` > 0), from the
+    stack's lowest; None when a slice has no position."""
+    if missing.any():
         return None
-    numbers = rows["InstanceNumber"].dropna()
-    start = int(numbers.min()) if len(numbers) else 1
-    sequence = range(start, start + len(rows))
+    known = numbers[~np.isnan(numbers)]
+    start = int(known.min()) if len(known) else 1
+    sequence = range(start, start + len(numbers))
     return tuple(str(n) for n in (sequence if direction > 0 else reversed(sequence)))
 
 
-def _order_breaks(rows: pd.DataFrame) -> tuple[int, np.ndarray]:
-    """(direction, mask of the rows whose InstanceNumber breaks it) along the positions of one stack."""
-    numbered = rows[rows["InstanceNumber"].notna() & ~rows["missing_position"]]
-    numbers = numbered["InstanceNumber"].to_numpy(dtype=np.int64)
-    moved = np.abs(numbered["spacing"].fillna(0.0).to_numpy(dtype=float)) > DUPLICATE_TOLERANCE
-    steps = np.sign(np.diff(numbers, prepend=numbers[:1] if len(numbers) else numbers))
-    direction = 1 if (steps[moved] > 0).sum() >= (steps[moved] < 0).sum() else -1
-    breaks = pd.Series(moved & (steps != direction), index=numbered.index)
-    # a number repeated at another position (a repeat at the same position is a duplicate slice: slice_geometry)
-    at = np.round(numbered["position"].to_numpy(dtype=float) / DUPLICATE_TOLERANCE)
-    spot = pd.DataFrame({"number": numbered["InstanceNumber"].to_numpy(), "at": at})
-    duplicated = (spot["number"].duplicated(keep=False) & ~spot.duplicated(keep=False)).to_numpy(dtype=bool)
-    mask = (breaks | pd.Series(duplicated, index=numbered.index)).reindex(rows.index, fill_value=False)
-    return direction, mask.to_numpy(dtype=bool)
+def _order_breaks(rows: _Flagged, missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(direction per group code, mask of the rows whose InstanceNumber breaks it), every stack at once: steps
+    between slices at one position are ignored, the direction is the one most steps take, and a number
+    repeated at another position breaks it too (a repeat at the same position is slice_geometry's duplicate)."""
+    numbered = np.flatnonzero(~np.isnan(rows.number) & ~missing)
+    group, numbers = rows.group[numbered], rows.number[numbered]
+    first = np.r_[True, group[1:] != group[:-1]] if len(group) else np.zeros(0, dtype=bool)
+    steps = np.sign(np.diff(numbers, prepend=numbers[:1]))
+    steps[first] = 0
+    moved = np.abs(np.nan_to_num(rows.spacing[numbered])) > DUPLICATE_TOLERANCE
+    size = int(rows.group.max()) + 1 if len(rows.group) else 0
+    up = np.bincount(group[moved & (steps > 0)], minlength=size)
+    down = np.bincount(group[moved & (steps < 0)], minlength=size)
+    direction = np.where(up >= down, 1, -1)
+    breaks = moved & (steps != direction[group])
+    at = np.round(rows.position[numbered] / DUPLICATE_TOLERANCE)
+    spot = pd.DataFrame({"group": group, "number": numbers, "at": at})
+    repeated = spot.duplicated(["group", "number"], keep=False) & ~spot.duplicated(keep=False)
+    mask = np.zeros(len(rows.group), dtype=bool)
+    mask[numbered] = breaks | repeated.to_numpy(dtype=bool)
+    return direction, mask
 
 
 def instance_number(context: CheckContext) -> list[Finding]:
-    """**instance_number** (warning). In a stack checked by ``slice_geometry``, InstanceNumbers that repeat, or
-    that do not rise (or fall) with the position along the normal (steps between slices at one position are
-    ignored; the direction is the one most steps take). ``values`` are the offending InstanceNumbers.
+    """**instance_number** (warning). In a stack checked by ``slice_geometry``, InstanceNumbers that repeat at
+    another position, or that do not rise (or fall) with the position along the normal (steps between slices
+    at one position are ignored; the direction is the one most steps take). ``values`` are the offending
+    InstanceNumbers.
 
     Fix: ``renumber`` when every slice has a position: ``suggested`` holds new InstanceNumbers for ``rows``
     (every slice, in position order), counting from the stack's lowest in the direction most steps take.
     InstanceNumber is an Instance-level, single-valued attribute, so primary image sets accept it.
     """
     found = stacks(context)
-    table = found.spacing.table
+    rows = _Flagged.of(found.spacing, found.groups)
+    missing = rows.table["missing_position"].to_numpy(dtype=bool)
+    direction, offending = _order_breaks(rows, missing)
     findings = []
-    for group, rows in table[table["group"].isin(found.groups)].groupby("group", sort=True):
-        direction, offending = _order_breaks(rows)
-        if not offending.any():
-            continue
-        values = value_counts(int(n) for n in rows.loc[offending, "InstanceNumber"])
-        labels = tuple(found.labels[rows.index.to_numpy()])
-        renumbered = _renumbered(rows, direction)
+    for at in np.unique(np.searchsorted(rows.starts, np.flatnonzero(offending), side="right") - 1):
+        begin, end = int(rows.starts[at]), int(rows.starts[at + 1])
+        group = int(rows.codes[at])
+        values = value_counts(int(n) for n in rows.number[begin:end][offending[begin:end]])
+        labels = tuple(found.labels[rows.positions[begin:end]])
+        renumbered = _renumbered(rows.number[begin:end], missing[begin:end], int(direction[group]))
         findings.append(
             Finding(
                 check="instance_number",
                 severity="warning",
                 level="Instance",
-                key=found.keys[_code(group)],
+                key=found.keys[group],
                 attribute="InstanceNumber",
                 image_sets=(str(labels[0][0]),),
                 found=values,
@@ -290,8 +293,8 @@ def instance_number(context: CheckContext) -> list[Finding]:
                 fix="renumber" if renumbered else None,
                 suggested=renumbered,
                 detail=(
-                    f"InstanceNumber of {found.keys[_code(group)]} does not follow the slice positions "
-                    f"({'rising' if direction > 0 else 'falling'}): {counted(values)}"
+                    f"InstanceNumber of {found.keys[group]} does not follow the slice positions "
+                    f"({'rising' if direction[group] > 0 else 'falling'}): {counted(values)}"
                     + ("; renumber in position order" if renumbered else "")
                 ),
             )
