@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import pandas as pd
 from botocore.model import StringShape, StructureShape
@@ -370,9 +370,7 @@ class _Fetcher:
 
     def call(self, stage: Action, fn: Callable[[], Any]) -> Any:
         try:
-            return self.policy.call(
-                lambda: self.limiters.call(self.client, stage, fn), retryable=is_not_consistent_yet
-            )
+            return self.policy.call(lambda: self.limiters.call(self.client, stage, fn), retryable=is_not_consistent_yet)
         except Exception as exc:
             raise _Failed(str(stage), error_code(exc), error_message(exc)) from exc
 
@@ -387,9 +385,7 @@ class _Fetcher:
             version = str(info["versionId"])
             primary = info.get("isPrimary", primary)
         params = {"datastoreId": self.datastore_id, "imageSetId": image_set_id, "versionId": version}
-        blob = self.call(
-            Action.GET_IMAGE_SET_METADATA, lambda: read_blob(self.client.get_image_set_metadata(**params))
-        )
+        blob = self.call(Action.GET_IMAGE_SET_METADATA, lambda: read_blob(self.client.get_image_set_metadata(**params)))
         return version, blob, primary  # parsed later, all at once (the workers only download)
 
     @staticmethod
@@ -441,6 +437,18 @@ class _Collected:
                     self.documents[image_set_id] = _Fetcher.parse(image_set_id, blob)
                 except _Failed as exc:
                     self.failures.append((image_set_id, exc.stage, exc.code, exc.message))
+
+
+class FetchKeywords(TypedDict, total=False):
+    """The keyword arguments of ``fetch`` (those of ``fetch_documents`` but ``parse``); defaults as there."""
+
+    sort: str | tuple[str, str] | None
+    max_workers: int
+    rate: Rate | TokenBucket
+    burst: float | None
+    progress: bool
+    retries: RetryPolicy | int | None
+    limiters: Limiters | None
 
 
 def fetch_documents(
@@ -517,14 +525,7 @@ def fetch(
     image_set_ids: Iterable[str] | None = None,
     search: Mapping[str, Any] | None = None,
     version_ids: Mapping[str, Any] | None = None,
-    *,
-    sort: str | tuple[str, str] | None = None,
-    max_workers: int = 8,
-    rate: Rate | TokenBucket = AUTO,
-    burst: float | None = None,
-    progress: bool = True,
-    retries: RetryPolicy | int | None = DEFAULT_RETRIES,
-    limiters: Limiters | None = None,
+    **keywords: Unpack[FetchKeywords],
 ) -> Snapshot:
     """Fetch image-set metadata documents into a ``Snapshot``.
 
@@ -549,21 +550,7 @@ def fetch(
     An image set that cannot be fetched or parsed does not fail the fetch: it is listed in the Snapshot's
     failures (ImageSetID, stage, code, message). Errors of the search itself are raised.
     """
-    result = fetch_documents(
-        client,
-        datastore_id,
-        image_set_ids,
-        search,
-        version_ids,
-        sort=sort,
-        max_workers=max_workers,
-        rate=rate,
-        burst=burst,
-        progress=progress,
-        retries=retries,
-        limiters=limiters,
-        parse=False,
-    )
+    result = fetch_documents(client, datastore_id, image_set_ids, search, version_ids, **keywords, parse=False)
     return to_snapshot(result)
 
 
@@ -574,12 +561,16 @@ def to_snapshot(result: FetchResult) -> Snapshot:
 
     if result.documents or not result.blobs:
         snapshot = Snapshot.from_documents(
-            result.documents, datastore_id=result.datastore_id, version_ids=result.version_ids,
+            result.documents,
+            datastore_id=result.datastore_id,
+            version_ids=result.version_ids,
             failures=result.failures,
         )
     else:
         snapshot = Snapshot.from_blobs(
-            result.blobs, datastore_id=result.datastore_id, version_ids=result.version_ids,
+            result.blobs,
+            datastore_id=result.datastore_id,
+            version_ids=result.version_ids,
             failures=result.failures,
         )
     snapshot.primary = {i: p for i, p in result.primary.items() if i in snapshot.documents}
