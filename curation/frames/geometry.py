@@ -31,7 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.frames.views import parse_ds, parse_is
+from curation.frames.cells import STR_DTYPE
+from curation.frames.views import parse_ds
 
 __all__ = [
     "DUPLICATE_TOLERANCE",
@@ -124,29 +125,25 @@ def _text_numbers(text: pa.Array, width: int, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cell_integer(value: Any) -> Any:
-    if isinstance(value, list | tuple) and len(value) == 1:
-        value = value[0]
-    if isinstance(value, str):
-        number = parse_is(value)
-        return pd.NA if number is None else number
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return pd.NA
-
-
 def integers(column: pd.Series | None, length: int) -> pd.Series:
-    """An ``Int64`` series (positional index) of a column of IS cells (missing where not an integer)."""
+    """An ``Int64`` series (positional index) of a column of IS cells (missing where not an integer): text
+    (the cells of ``str`` columns, or one-item arrays of text in object columns) by one vectorised rule."""
     if column is None:
         return pd.Series(pd.array([pd.NA] * length, dtype="Int64"))
-    if isinstance(column.dtype, pd.StringDtype):
-        text = column.reset_index(drop=True)
-        integer = text.str.fullmatch(_INTEGER_TEXT).fillna(False).astype(bool)
-        parsed = pd.to_numeric(text.where(integer).str.strip(), errors="coerce")
-        return pd.Series(parsed, dtype="Int64")
     if str(column.dtype) == "Int64":
         return column.reset_index(drop=True)
-    return pd.Series(pd.array([_cell_integer(v) for v in column.to_numpy(dtype=object)], dtype="Int64"))
+    if isinstance(column.dtype, pd.StringDtype):
+        text = column.reset_index(drop=True)
+    else:
+        cells = [v[0] if isinstance(v, list | tuple) and len(v) == 1 else v for v in column.to_numpy(dtype=object)]
+        text = pd.Series([v if isinstance(v, str) else None for v in cells], dtype=STR_DTYPE)
+        numbers = pd.Series(
+            [v if isinstance(v, int) and not isinstance(v, bool) else None for v in cells], dtype="Int64"
+        )
+        return numbers.fillna(integers(text, length))
+    integer = text.str.fullmatch(_INTEGER_TEXT).fillna(False).astype(bool)
+    parsed = pd.to_numeric(text.where(integer).str.strip(), errors="coerce")
+    return pd.Series(parsed, dtype="Int64")
 
 
 def _normals(codes: np.ndarray, orientations: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
