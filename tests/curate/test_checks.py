@@ -217,3 +217,22 @@ def test_instance_numbers_falling_along_the_normal_are_consistent_but_a_number_r
     (finding,) = curation.check(snapshot_of(documents)).itertuples()
     assert finding.check == "instance_number" and finding.found == ((6, 2),)
     assert finding.suggested == ("7", "6", "5", "4", "3")  # falling as most steps do, from the lowest (3)
+
+
+def test_an_image_set_that_could_not_be_flattened_is_an_unreadable_finding() -> None:
+    documents = site_documents()
+    documents[1]["Study"].pop("Series")  # no series: flatten refuses the document
+    snapshot = snapshot_of(documents)
+    findings = curation.check(snapshot)
+    assert findings[["check", "severity", "level", "image_sets"]].values.tolist() == [
+        ["unreadable", "error", "ImageSet", (image_set_id(2),)]
+    ]
+    assert findings["found"].iloc[0] == (("flatten", 1),)
+
+
+def test_check_changes_nothing_in_the_snapshot() -> None:
+    snapshot = planted("invalid_value")
+    before = {name: getattr(snapshot, name) for name in ("studies", "series", "instances")}
+    curation.check(snapshot)
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(getattr(snapshot, name), frame)

@@ -17,10 +17,10 @@ non_primary_duplicate         warning   a non-primary image set whose every inst
                                         checksums) is in primary image sets                              _set
 invalid_value                 warning   a value that breaks its VR/VM (PS3.5 6.2), sequences included    reformat /
                                                                                                          None
-missing_in_series             warning/  an attribute some instances of a series have and others lack     fill / None
-                              info
-empty_in_series               warning/  an attribute some instances of a series hold empty, others with  fill / None
-                              info      a value
+missing_in_series             warning   an attribute most instances of a series (one SOP class, single-  fill / None
+                                        or multi-frame) have and a few lack
+empty_in_series               warning   an attribute most instances of a series hold with a value and a  fill / None
+                                        few empty
 slice_geometry                warning/  gaps, overlaps, duplicate slices, slices without a position;     None
                               info      another orientation (info)
 instance_number               warning   InstanceNumbers that repeat or do not follow the slice positions renumber
