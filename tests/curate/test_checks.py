@@ -236,3 +236,16 @@ def test_check_changes_nothing_in_the_snapshot() -> None:
     curation.check(snapshot)
     for name, frame in before.items():
         pd.testing.assert_frame_equal(getattr(snapshot, name), frame)
+
+
+def test_an_attribute_saying_how_an_instance_was_made_is_found_missing_but_never_filled() -> None:
+    documents = site_documents()
+    for node in instances_of(documents[0])[1:]:
+        node["DICOM"]["LossyImageCompression"] = "01"
+    (finding,) = curation.check(snapshot_of(documents)).itertuples()
+    assert (finding.check, finding.attribute, finding.found) == (
+        "missing_in_series",
+        "LossyImageCompression",
+        (("01", 4), (None, 1)),
+    )
+    assert finding.fix is None and finding.suggested is None

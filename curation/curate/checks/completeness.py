@@ -20,6 +20,24 @@ from curation.curate.checks.findings import Finding, counted
 from curation.frames.geometry import integers
 from curation.model.missing import NULL
 
+#: Attributes that say how each instance itself was made (PS3.3 C.7.6.1 General Image: lossy compression,
+#: derivation, its sources): a finding, but never filled from the other instances, which would state
+#: something false about the instance that lacks them.
+PROVENANCE = frozenset(
+    {
+        "ImageType",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+        "DerivationDescription",
+        "DerivationCodeSequence",
+        "SourceImageSequence",
+        "ReferencedImageSequence",
+        "BurnedInAnnotation",
+        "RecognizableVisualFeatures",
+        "ContentQualification",
+    }
+)
 #: A finding needs at least this many instances of the group holding the attribute ...
 MIN_HOLDERS = 2
 #: ... and strictly more than this share of the group (so "most instances have it, a few lack it").
@@ -97,7 +115,7 @@ def _in_series(context: CheckContext, check: str) -> list[Finding]:
         values = context.text_values("instances", column)
         shown = value_counts(values.iloc[having])
         others = value_counts(values.iloc[lacking])
-        agree = len(shown) == 1
+        agree = len(shown) == 1 and column not in PROVENANCE
         total = len(lacking) + len(having)
         key, kind = keys[group]
         what = "lack" if check == "missing_in_series" else "hold empty"
@@ -130,7 +148,7 @@ def missing_in_series(context: CheckContext) -> list[Finding]:
     instances without it. Attributes only a minority carries (an extra, not a gap) give no finding.
 
     Fix: ``fill`` when the k instances agree on one value (written to ``rows``), else None (for example
-    WindowCenter differs per instance by nature).
+    WindowCenter differs per instance by nature); never for the attributes of :data:`PROVENANCE`.
     """
     return _in_series(context, "missing_in_series")
 
