@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from operator import is_
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from curation.curate.checks.context import CheckContext, group_codes, plain, value_counts
+from curation.curate.checks.context import CheckContext, group_codes, plain, tally
 from curation.curate.checks.findings import Finding, counted
 from curation.frames.geometry import integers
 from curation.model.missing import NULL
@@ -86,9 +87,9 @@ def _partial(codes: np.ndarray, lacking: np.ndarray, within: np.ndarray, groups:
     return np.flatnonzero((missing > 0) & (having >= MIN_HOLDERS) & (having > MAJORITY * totals))
 
 
-def _partial_columns(context: CheckContext, empty: bool) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-    """(column, group code, rows lacking it, rows having it) for every column a group has in most rows only:
-    absent against present, or with ``empty``, empty against a value (among the present)."""
+def _partial_columns(context: CheckContext, empty: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(column, the groups with a finding, rows lacking it, rows counted) for every column that some groups have
+    in most rows only: absent against present, or with ``empty``, empty against a value (among the present)."""
     frame = context.frame("instances")
     codes, keys = _kinds(context)
     for column in context.dicom_columns("instances"):
@@ -101,44 +102,74 @@ def _partial_columns(context: CheckContext, empty: bool) -> Iterator[tuple[str, 
             lacking, within = ~present, np.ones(len(frame), dtype=bool)
         if not lacking.any():
             continue
-        for group in _partial(codes, lacking, within, len(keys)):
-            rows = (codes == group) & within
-            yield column, int(group), np.flatnonzero(rows & lacking), np.flatnonzero(rows & ~lacking)
+        groups = _partial(codes, lacking, within, len(keys))
+        if len(groups):
+            yield column, groups, lacking, within
+
+
+def _counted(values: pd.Series, group_of: np.ndarray, lacks: np.ndarray) -> dict[tuple[int, bool], list[Any]]:
+    """Per (group, lacking) the (value, count) pairs of ``values`` (rows already picked), in one pandas count."""
+    table = pd.DataFrame({"group": group_of, "lacks": lacks, "value": values.reset_index(drop=True)})
+    out: dict[tuple[int, bool], list[Any]] = {}
+    try:
+        counts = table.value_counts(dropna=False, sort=False)
+        for (group, side, value), count in zip(counts.index, counts.to_numpy().tolist(), strict=True):
+            out.setdefault((int(group), bool(side)), []).append((value, count))
+    except TypeError:  # unhashable cells (a user's frame)
+        for group, side, value in table.itertuples(index=False):
+            out.setdefault((int(group), bool(side)), []).append((value, 1))
+    return out
 
 
 def _in_series(context: CheckContext, check: str) -> list[Finding]:
     labels_of = context.labels("instances")
-    _, keys = _kinds(context)
+    codes, keys = _kinds(context)
+    order = np.argsort(codes, kind="stable")
+    starts = np.searchsorted(codes[order], np.arange(len(keys) + 1))
     image_sets = context.image_set_of("instances")
     findings = []
-    for column, group, lacking, having in _partial_columns(context, empty=check == "empty_in_series"):
-        values = context.text_values("instances", column)
-        shown = value_counts(values.iloc[having])
-        others = value_counts(values.iloc[lacking])
-        agree = len(shown) == 1 and column not in PROVENANCE
-        total = len(lacking) + len(having)
-        key, kind = keys[group]
-        what = "lack" if check == "missing_in_series" else "hold empty"
-        findings.append(
-            Finding(
-                check=check,
-                severity="warning",
-                level="Instance",
-                key=key,
-                attribute=column,
-                image_sets=tuple(sorted(set(image_sets[lacking]))),
-                found=tuple(sorted(shown + others, key=lambda item: -item[1])),
-                rows=tuple(labels_of[lacking]),
-                fix="fill" if agree else None,
-                suggested=plain(shown[0][0]) if agree else None,
-                detail=(
-                    f"{len(lacking)} of the {total} instances of series {key} {what} {column}, which the other "
-                    f"{len(having)} have ({counted(shown)})" + ("; fill with it" if agree else "")
-                ),
-                discriminator=kind,
-            )
-        )
+    for column, groups, lacking, within in _partial_columns(context, empty=check == "empty_in_series"):
+        members = [order[starts[g] : starts[g + 1]] for g in groups]
+        rows = np.concatenate([m[within[m]] for m in members])
+        counted = _counted(context.text_values("instances", column).iloc[rows], codes[rows], lacking[rows])
+        for group, member in zip(groups, members, strict=True):
+            lacks = member[lacking[member] & within[member]]
+            shown, others = tally(counted.get((int(group), False), [])), tally(counted.get((int(group), True), []))
+            findings.append(_finding(check, column, keys[group], shown, others, labels_of[lacks], image_sets[lacks]))
     return findings
+
+
+def _finding(
+    check: str,
+    column: str,
+    key: tuple[str, str],
+    shown: tuple[tuple[Any, int], ...],
+    others: tuple[tuple[Any, int], ...],
+    rows: np.ndarray,
+    image_sets: np.ndarray,
+) -> Finding:
+    """One missing/empty_in_series finding: ``shown`` the values the other instances hold, ``rows`` those lacking."""
+    agree = len(shown) == 1 and column not in PROVENANCE
+    having = sum(count for _, count in shown)
+    total = len(rows) + having
+    what = "lack" if check == "missing_in_series" else "hold empty"
+    return Finding(
+        check=check,
+        severity="warning",
+        level="Instance",
+        key=key[0],
+        attribute=column,
+        image_sets=tuple(sorted(set(image_sets))),
+        found=tuple(sorted(shown + others, key=lambda item: -item[1])),
+        rows=tuple(rows),
+        fix="fill" if agree else None,
+        suggested=plain(shown[0][0]) if agree else None,
+        detail=(
+            f"{len(rows)} of the {total} instances of series {key[0]} {what} {column}, which the other "
+            f"{having} have ({counted(shown)})" + ("; fill with it" if agree else "")
+        ),
+        discriminator=key[1],
+    )
 
 
 def missing_in_series(context: CheckContext) -> list[Finding]:

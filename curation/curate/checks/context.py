@@ -182,7 +182,6 @@ def _order(value: Any) -> tuple[int, str]:
 def value_counts(values: Iterable[Any] | pd.Series) -> tuple[tuple[Any, int], ...]:
     """``((value, count), ...)`` most frequent first (ties in a fixed order); absent cells counted as None. A
     Series is counted by pandas (one Python step per distinct value, not per row)."""
-    counts: dict[Any, int] = {}
     pairs: Iterable[tuple[Any, int]]
     if isinstance(values, pd.Series):
         try:
@@ -192,6 +191,12 @@ def value_counts(values: Iterable[Any] | pd.Series) -> tuple[tuple[Any, int], ..
             pairs = ((value, 1) for value in values.to_numpy(dtype=object))
     else:
         pairs = ((value, 1) for value in values)
+    return tally(pairs)
+
+
+def tally(pairs: Iterable[tuple[Any, int]]) -> tuple[tuple[Any, int], ...]:
+    """``value_counts`` of (value, count) pairs: values made plain and merged, most frequent first."""
+    counts: dict[Any, int] = {}
     for value, count in pairs:
         key = plain(value)
         counts[key] = counts.get(key, 0) + count
