@@ -141,8 +141,10 @@ def integers(column: pd.Series | None, length: int) -> pd.Series:
             [v if isinstance(v, int) and not isinstance(v, bool) else None for v in cells], dtype="Int64"
         )
         return numbers.fillna(integers(text, length))
-    integer = text.str.fullmatch(_INTEGER_TEXT).fillna(False).astype(bool)
-    parsed = pd.to_numeric(text.where(integer).str.strip(), errors="coerce")
+    arrow = pa.array(text, type=pa.string(), from_pandas=True)
+    integer = pc.fill_null(pc.match_substring_regex(arrow, f"^{_INTEGER_TEXT}$"), False)
+    trimmed = pc.utf8_trim_whitespace(pc.if_else(integer, arrow, pa.scalar(None, pa.string())))
+    parsed = pd.to_numeric(pd.Series(trimmed.to_numpy(zero_copy_only=False), dtype=object), errors="coerce")
     return pd.Series(parsed, dtype="Int64")
 
 
