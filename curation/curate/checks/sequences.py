@@ -23,7 +23,15 @@ SurelyValid = Callable[[pd.Series, str, str | None, bool], np.ndarray]
 _Leaves = dict[tuple[str, str, str | None], tuple[list[Any], list[int]]]
 
 
-def _collect(value: Any, cell: int, leaves: _Leaves) -> bool:
+def _entry(key: str, known: dict[str, tuple[bool, str | None, str | None]]) -> tuple[bool, str | None, str | None]:
+    """(skipped: a private tag, VR, VM) of an item key, looked up once per key."""
+    entry = known.get(key)
+    if entry is None:
+        entry = known[key] = (True, None, None) if dictionary.is_tag_key(key) else (False, *dictionary.vr_vm_of(key))
+    return entry
+
+
+def _collect(value: Any, cell: int, leaves: _Leaves, known: dict[str, tuple[bool, str | None, str | None]]) -> bool:
     """Add the item values of the sequence ``value`` (a frame cell: a tuple of read-only dicts, or JSON) to
     ``leaves`` by (keyword, VR, VM); False when its shape needs the validator."""
     if not isinstance(value, tuple | list):
@@ -32,13 +40,13 @@ def _collect(value: Any, cell: int, leaves: _Leaves) -> bool:
         if not isinstance(item, dict):
             return False
         for key, nested in item.items():
-            if dictionary.is_tag_key(key) or nested is None or nested is NULL:
+            skipped, vr, vm = _entry(key, known)
+            if skipped or nested is None or nested is NULL:
                 continue
-            vr, vm = dictionary.vr_vm_of(key)
             if vr is None:
                 return False
             if vr == "SQ":
-                if not _collect(nested, cell, leaves):
+                if not _collect(nested, cell, leaves, known):
                     return False
                 continue
             values, cells = leaves.setdefault((key, vr, vm), ([], []))
@@ -77,9 +85,10 @@ def doubtful_sequences(cells: Sequence[Any], surely_valid: SurelyValid) -> np.nd
     """Per sequence (distinct cells of one SQ column, as frames hold them), True when the validator must look at
     it."""
     leaves: _Leaves = {}
+    known: dict[str, tuple[bool, str | None, str | None]] = {}
     doubtful = np.zeros(len(cells), dtype=bool)
     for number, cell in enumerate(cells):
-        if cell is not None and cell is not NULL and not _collect(cell, number, leaves):
+        if cell is not None and cell is not NULL and not _collect(cell, number, leaves, known):
             doubtful[number] = True
     for (_, vr, vm), (values, owners) in leaves.items():
         bad = _doubtful_leaves(values, vr, vm, surely_valid)
