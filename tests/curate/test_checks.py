@@ -190,12 +190,19 @@ def test_check_fix_diff_plan_apply_then_check_finds_nothing(tmp_path: Path) -> N
     for name in ("study_conflict", "missing_in_series", "instance_number"):
         PLANTERS[name](documents)
     documents[0]["Study"]["DICOM"]["StudyDate"] = "2023-04-17"
+    instances_of(documents[2])[3]["DICOM"]["SliceThickness"] = None  # empty in 1 of 5
     store = Store(tmp_path / "store")
     report = store.import_documents(documents)
     client = curation.local.client(store)
     snapshot = curation.fetch(client, report.datastore_id, progress=False)
     findings = curation.check(snapshot)
-    assert set(findings["check"]) == {"study_conflict", "missing_in_series", "instance_number", "invalid_value"}
+    assert set(findings["check"]) == {
+        "study_conflict",
+        "missing_in_series",
+        "empty_in_series",
+        "instance_number",
+        "invalid_value",
+    }
     study = findings.loc[findings["check"] == "study_conflict", "key"].iloc[0]
     edits = curation.fix(snapshot, findings, lookup={"StudyDate": {study: "20230417"}})
     plan = curation.plan(curation.diff(snapshot, edits))
