@@ -256,3 +256,17 @@ def test_an_attribute_saying_how_an_instance_was_made_is_found_missing_but_never
         (("01", 4), (None, 1)),
     )
     assert finding.fix is None and finding.suggested is None
+
+
+def test_values_equal_under_the_ps35_padding_rules_are_no_conflict() -> None:
+    """PS3.5 6.2: a trailing space is insignificant (leading too for CS/LO/SH ...); PS3.5 6.2.1.1: a PN's trailing
+    component delimiters may be left out. Absent against present-empty alone is info, not an error."""
+    documents = site_documents()
+    documents[1]["Patient"]["DICOM"]["PatientName"] = "DOE^JANE^^ "
+    documents[2]["Patient"]["DICOM"]["PatientName"] = "DOE^JANE="
+    assert curation.check(snapshot_of(documents)).empty
+    documents[0]["Patient"]["DICOM"]["PatientSex"] = None
+    documents[1]["Patient"]["DICOM"].pop("PatientSex")
+    documents[2]["Patient"]["DICOM"].pop("PatientSex")
+    (finding,) = curation.check(snapshot_of(documents)).itertuples()
+    assert (finding.check, finding.severity, finding.attribute) == ("patient_conflict", "info", "PatientSex")
