@@ -122,7 +122,6 @@ def _counted(values: pd.Series, group_of: np.ndarray, lacks: np.ndarray) -> dict
 
 
 def _in_series(context: CheckContext, check: str) -> list[Finding]:
-    labels_of = context.labels("instances")
     codes, keys = _kinds(context)
     order = np.argsort(codes, kind="stable")
     starts = np.searchsorted(codes[order], np.arange(len(keys) + 1))
@@ -135,7 +134,11 @@ def _in_series(context: CheckContext, check: str) -> list[Finding]:
         for group, member in zip(groups, members, strict=True):
             lacks = member[lacking[member] & within[member]]
             shown, others = tally(counted.get((int(group), False), [])), tally(counted.get((int(group), True), []))
-            findings.append(_finding(check, column, keys[group], shown, others, labels_of[lacks], image_sets[lacks]))
+            findings.append(
+                _finding(
+                    check, column, keys[group], shown, others, context.labels("instances", lacks), image_sets[lacks]
+                )
+            )
     return findings
 
 
@@ -145,7 +148,7 @@ def _finding(
     key: tuple[str, str],
     shown: tuple[tuple[Any, int], ...],
     others: tuple[tuple[Any, int], ...],
-    rows: np.ndarray,
+    rows: tuple[Any, ...],
     image_sets: np.ndarray,
 ) -> Finding:
     """One missing/empty_in_series finding: ``shown`` the values the other instances hold, ``rows`` those lacking."""
@@ -161,7 +164,7 @@ def _finding(
         attribute=column,
         image_sets=tuple(sorted(set(image_sets))),
         found=tuple(sorted(shown + others, key=lambda item: -item[1])),
-        rows=tuple(rows),
+        rows=rows,
         fix="fill" if agree else None,
         suggested=plain(shown[0][0]) if agree else None,
         detail=(

@@ -101,14 +101,18 @@ class CheckContext:
         cached: np.ndarray = self.memo[key]
         return cached
 
-    def labels(self, name: str) -> np.ndarray:
-        """The index label of each row of frame ``name`` (an object array of str or tuples; computed once: a
-        subset of an Arrow-backed MultiIndex converts its whole levels each time it is iterated)."""
-        key = f"labels:{name}"
+    def labels(self, name: str, positions: np.ndarray) -> tuple[Any, ...]:
+        """The index labels (str, or tuples of str) of the rows at ``positions`` of frame ``name``: only those rows
+        are converted (the index levels are taken in Arrow, not turned into Python objects row by row)."""
+        key = f"levels:{name}"
         if key not in self.memo:
-            self.memo[key] = index_labels(self.frame(name).index)
-        cached: np.ndarray = self.memo[key]
-        return cached
+            index = self.frame(name).index
+            self.memo[key] = [index.get_level_values(i) for i in range(index.nlevels)]
+        levels: list[pd.Index] = self.memo[key]
+        columns = [np.asarray(level.take(np.asarray(positions, dtype=np.int64)), dtype=object) for level in levels]
+        if len(columns) == 1:
+            return tuple(columns[0])
+        return tuple(zip(*columns, strict=True))
 
 
 def group_codes(parts: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,17 +130,6 @@ def group_codes(parts: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     return rank[np.searchsorted(numbered, combined)], first[order]
-
-
-def index_labels(index: pd.Index) -> np.ndarray:
-    """The labels of ``index`` as an object array (tuples of str for a MultiIndex)."""
-    out = np.empty(len(index), dtype=object)
-    if isinstance(index, pd.MultiIndex):
-        levels = [np.asarray(index.get_level_values(i), dtype=object) for i in range(index.nlevels)]
-        out[:] = list(zip(*levels, strict=True))
-    else:
-        out[:] = list(np.asarray(index, dtype=object))
-    return out
 
 
 def normalized(values: pd.Series, vr: str, multi: bool = False) -> pd.Series:

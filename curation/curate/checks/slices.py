@@ -11,6 +11,7 @@ point or b-value, and those repeats are not duplicate slices. Only single-frame 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ class Stacks:
     spacing: SliceGeometry
     groups: np.ndarray
     orientations: pd.Series
-    labels: np.ndarray
+    labels: Callable[[np.ndarray], tuple[Any, ...]]
 
 
 def _text(column: pd.Series) -> pd.Series:
@@ -117,7 +118,7 @@ def stacks(context: CheckContext) -> Stacks:
         spaced,
         _eligible(spaced, len(labels)),
         orientation,
-        context.labels("instances"),
+        lambda positions: context.labels("instances", positions),
     )
     context.memo["stacks"] = result
     return result
@@ -169,7 +170,7 @@ def _kind_finding(found: Stacks, rows: _Flagged, at: int, hit: np.ndarray, kind:
         values = value_counts(found.orientations.reindex(rows.positions[hit]).to_numpy(dtype=object))
     else:
         values = ((None, len(hit)),)
-    labels = tuple(found.labels[rows.positions[hit]])
+    labels = found.labels(rows.positions[hit])
     numbers = [int(n) for n in rows.number[hit] if not np.isnan(n)]
     return Finding(
         check="slice_geometry",
@@ -278,7 +279,7 @@ def instance_number(context: CheckContext) -> list[Finding]:
         begin, end = int(rows.starts[at]), int(rows.starts[at + 1])
         group = int(rows.codes[at])
         values = value_counts(int(n) for n in rows.number[begin:end][offending[begin:end]])
-        labels = tuple(found.labels[rows.positions[begin:end]])
+        labels = found.labels(rows.positions[begin:end])
         renumbered = _renumbered(rows.number[begin:end], missing[begin:end], int(direction[group]))
         findings.append(
             Finding(

@@ -271,7 +271,7 @@ def _invalid(
         attribute=column,
         image_sets=tuple(sorted(set(image_sets[rows]))),
         found=((plain(frame[column].iloc[int(rows[0])]), len(rows)),),
-        rows=tuple(context.labels(name)[rows]),
+        rows=context.labels(name, rows),
         fix=None if fixed is None else "reformat",
         suggested=suggested,
         detail=f"{column} ({vr}) {_key(value)!r}: {problem}" + (f"; reformatted: {suggested!r}" if fixed else ""),
