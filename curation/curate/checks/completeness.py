@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from curation.curate.checks.context import CheckContext, group_codes, plain, tally
+from curation.curate.checks.duplicates import file_meta
 from curation.curate.checks.findings import Finding, counted
 from curation.frames.geometry import integers
 from curation.model.missing import NULL
@@ -93,6 +94,8 @@ def _partial_columns(context: CheckContext, empty: bool) -> Iterator[tuple[str, 
     frame = context.frame("instances")
     codes, keys = _kinds(context)
     for column in context.dicom_columns("instances"):
+        if file_meta(column):
+            continue
         values = frame[column]
         present = values.notna().to_numpy()
         if empty:
@@ -179,7 +182,9 @@ def missing_in_series(context: CheckContext) -> list[Finding]:
     """**missing_in_series** (warning). Per group of ``instances`` (one image set's series, one SOP class,
     single- or multi-frame: module docstring): an attribute column present (a value or empty) in k of its n
     instances with k >= 2 and k > n / 2, so most have it and the others lack it. ``rows`` are the n - k
-    instances without it. Attributes only a minority carries (an extra, not a gap) give no finding.
+    instances without it. The File Meta Information (group 0002) is left out: it describes how each file was
+    written (PS3.10 7.1), and the instances of one series may come from different writers. Attributes only a
+    minority carries (an extra, not a gap) give no finding.
 
     Fix: ``fill`` when the k instances agree on one value (written to ``rows``), else None (for example
     WindowCenter differs per instance by nature); never for the attributes of :data:`PROVENANCE`.
