@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import PLANTERS, image_set_id, instances_of, planted, site_documents, snapshot_of
+from check_sites import PLANTERS, image_set_id, instances_of, planted, site_documents, snapshot_of
 
 import curation
 import curation.local
