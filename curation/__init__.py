@@ -4,8 +4,9 @@ The workflow, one subpackage per stage:
 
 - ``curation.model``: the AHI metadata document and AHI's rules (levels, VRs, values, what an update does);
 - ``curation.frames``: documents <-> DataFrames (``flatten``, ``Snapshot``, typed views);
-- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``); ``deidentify``
-  (PS3.15 Annex E as edited frames);
+- ``curation.curate``: edited frames -> ``ChangeSet`` (``diff``) -> ``UpdatePlan`` (``plan``); ``check`` finds
+  what to fix and ``fix`` turns its findings into edited frames; ``deidentify`` (PS3.15 Annex E as edited
+  frames);
 - ``curation.run``: everything that holds a client (``fetch``, ``apply``, ``verify``, ``revert``, ``history``);
 - ``curation.local``: the embedded HealthImaging service (``Store``, ``client``, ``serving``);
 - ``curation.ui``: the notebook panel and plots; ``curation.scale``: the same workflow on Dask.
@@ -14,6 +15,8 @@ The names below are the public API; each is defined in the module its docstring 
 """
 
 from curation.curate.changeset import ChangeSet
+from curation.curate.checks.checking import check
+from curation.curate.checks.fixes import FixError, fix
 from curation.curate.confidentiality import DeidOption
 from curation.curate.deidentification import Deidentification, deidentify
 from curation.curate.differ import DiffError, diff, diff_documents
@@ -44,6 +47,7 @@ __all__ = [
     "Deidentification",
     "DiffError",
     "DocumentError",
+    "FixError",
     "IdMapping",
     "PlanError",
     "Snapshot",
@@ -51,6 +55,7 @@ __all__ = [
     "adopt_study",
     "apply",
     "apply_to_document",
+    "check",
     "cleanup_plan",
     "deidentify",
     "diff",
@@ -58,6 +63,7 @@ __all__ = [
     "encode_document",
     "explode",
     "fetch",
+    "fix",
     "flatten",
     "flatten_many",
     "history",

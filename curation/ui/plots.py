@@ -34,7 +34,8 @@ from matplotlib.ticker import MaxNLocator
 
 from curation.frames.cells import is_empty
 from curation.frames.flattening import is_absent
-from curation.frames.views import parse_ds, parse_is, typed
+from curation.frames.geometry import GAP_FACTOR, OVERLAP_FACTOR, geometry_table
+from curation.frames.views import parse_is, typed
 
 __all__ = [
     "completeness",
@@ -50,11 +51,6 @@ __all__ = [
     "version_timeline",
 ]
 
-#: Relative spacing thresholds of ``slice_geometry`` (times the median spacing).
-GAP_FACTOR = 1.5
-OVERLAP_FACTOR = 0.5
-#: Positions closer than this (mm) are the same position (a duplicate slice).
-DUPLICATE_TOLERANCE = 1e-3
 MISSING_LABEL = "(missing)"
 NULL_LABEL = "(NULL)"
 
@@ -306,21 +302,6 @@ def _date_axis(ax: Axes) -> None:
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
-def _floats(value: Any, count: int) -> np.ndarray | None:
-    """``count`` floats from a DS array cell (backslash-joined text, or strings or numbers), None if not that."""
-    if isinstance(value, str):
-        value = value.split("\\")
-    if not isinstance(value, list | tuple) or len(value) != count:
-        return None
-    out = []
-    for item in value:
-        number = parse_ds(item) if isinstance(item, str) else item if isinstance(item, int | float) else None
-        if number is None:
-            return None
-        out.append(float(number))
-    return np.array(out)
-
-
 def _integer(value: Any) -> Any:
     if isinstance(value, list | tuple) and len(value) == 1:
         value = value[0]
@@ -330,86 +311,6 @@ def _integer(value: Any) -> Any:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     return pd.NA
-
-
-def geometry_table(data: Any, series_uid: str) -> pd.DataFrame:
-    """The table ``slice_geometry`` draws (see there); without the figure."""
-    frame = _frame_of(data, "instances")
-    series = _index_level(frame, "SeriesInstanceUID")
-    if series is not None:
-        rows = frame[np.asarray(series == series_uid)]
-    elif "SeriesInstanceUID" in frame.columns:
-        rows = frame[[_label(v) == series_uid for v in frame["SeriesInstanceUID"]]]
-    else:
-        raise KeyError("the frame has no SeriesInstanceUID index level or column")
-    if rows.empty:
-        raise KeyError(f"no instances of series {series_uid!r}")
-    sops = _index_level(rows, "SOPInstanceUID")
-    if sops is None:
-        sops = (
-            pd.Index([_label(v) for v in rows["SOPInstanceUID"]])
-            if "SOPInstanceUID" in rows.columns
-            else pd.RangeIndex(len(rows))
-        )
-    column = rows.get("ImagePositionPatient", pd.Series([None] * len(rows), dtype=object))
-    positions = [_floats(v, 3) for v in column.to_numpy(dtype=object)]
-    column = rows.get("ImageOrientationPatient", pd.Series([None] * len(rows), dtype=object))
-    orientations = [_floats(v, 6) for v in column.to_numpy(dtype=object)]
-    known = [o for o in orientations if o is not None]
-    if known:
-        # the series' most common orientation defines the normal
-        counts: dict[tuple, int] = {}
-        for o in known:
-            counts[tuple(np.round(o, 4))] = counts.get(tuple(np.round(o, 4)), 0) + 1
-        reference = np.array(max(counts, key=lambda k: counts[k]))
-        normal = np.cross(reference[:3], reference[3:])
-        norm = np.linalg.norm(normal)
-        normal = normal / norm if norm else normal
-    else:
-        reference, normal = None, None
-    numbers = rows.get("InstanceNumber", pd.Series([None] * len(rows), dtype=object))
-    table = pd.DataFrame(
-        {
-            "InstanceNumber": pd.array([_integer(v) for v in numbers.to_numpy(dtype=object)], dtype="Int64"),
-            "position": [float(p @ normal) if p is not None and normal is not None else np.nan for p in positions],
-            "oblique": [
-                o is not None and reference is not None and not np.allclose(o, reference, atol=1e-3)
-                for o in orientations
-            ],
-        },
-        index=pd.Index(np.asarray(sops, dtype=object), name="SOPInstanceUID"),
-    )
-    table = table.sort_values(["position", "InstanceNumber"], kind="stable", na_position="last")
-    placed = table["position"].notna()
-    spacing = table["position"].where(placed).diff()
-    table["spacing"] = spacing
-    steps = spacing[placed & (spacing.abs() > DUPLICATE_TOLERANCE)]
-    median = float(steps.abs().median()) if len(steps) else np.nan
-    duplicate_first = placed & (spacing.abs() <= DUPLICATE_TOLERANCE)
-    table["duplicate"] = duplicate_first | duplicate_first.shift(-1, fill_value=False)
-    table["gap"] = placed & (spacing > GAP_FACTOR * median)
-    table["overlap"] = placed & (spacing > DUPLICATE_TOLERANCE) & (spacing < OVERLAP_FACTOR * median)
-    table["missing_position"] = ~placed
-    flags = []
-    for dup, gap, overlap, absent, oblique in table[
-        ["duplicate", "gap", "overlap", "missing_position", "oblique"]
-    ].itertuples(index=False):
-        names = [
-            n
-            for n, on in (
-                ("duplicate", dup),
-                ("gap", gap),
-                ("overlap", overlap),
-                ("no position", absent),
-                ("orientation", oblique),
-            )
-            if on
-        ]
-        flags.append(",".join(names))
-    table["flag"] = pd.Series(flags, index=table.index, dtype=object)
-    table.attrs["median_spacing"] = median
-    table.attrs["normal"] = None if normal is None else normal.tolist()
-    return table
 
 
 def slice_geometry(data: Any, series_uid: str, *, ax: Axes | None = None) -> Axes:
