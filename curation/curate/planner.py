@@ -69,7 +69,7 @@ from curation.frames.flattening import NULL
 from curation.frames.gcpause import gc_paused
 from curation.model.errors import AHIError
 from curation.model.rules import PRIMARY_WORKAROUND
-from curation.model.updates import apply_checked, apply_to_document, check_updates, force_reasons, study_part
+from curation.model.updates import apply_checked, check_updates, force_reasons, study_part
 
 __all__ = ["plan", "revert_plan"]
 
@@ -598,16 +598,18 @@ def _row_problems(
     for change in changes:
         pending = _Pending(10**12)
         pending.try_add(_Unit([change]))
-        params = _params(datastore_id, image_set, pending.updates())
+        updates = pending.updates()
+        # check_updates + apply_checked raise what force_reasons + apply_to_document would, without the deep
+        # copy of the document per change (quadratic on a large image set with many refused changes)
         try:
-            params, _ = _with_force(document, params, limit)
-            apply_to_document(document, params, is_primary=False, max_blob_bytes=limit)
+            _, edits = check_updates(document, updates, is_primary=False, max_blob_bytes=limit)
+            apply_checked(document, edits)
         except AHIError as exc:
             found.append(change.problem(f"{exc.code}: {exc.message}"))
             continue
         if primary:
             try:
-                apply_to_document(document, params, is_primary=True, max_blob_bytes=limit)
+                check_updates(document, updates, is_primary=True, max_blob_bytes=limit)
             except AHIError as exc:
                 found.append(change.problem(_primary_reason(exc.message, flag)))
     return found
@@ -626,9 +628,11 @@ def _plan_image_set(
     flag: bool | None,
     limit: int,
     problems: list[dict[str, Any]],
+    diagnose: bool = True,
 ) -> _Planned | None:
     """Pack and validate one image set's units (groups packed separately, flagged ones with
-    includeStudyImageSets); None with ``problems`` extended when anything is refused."""
+    includeStudyImageSets); None with ``problems`` extended when anything is refused (each change tried alone
+    to name the rows at fault, unless ``diagnose`` is False: then one problem for the request)."""
     primary = flag is None or flag
     pending: list[tuple[_Pending, bool]] = []
     before = len(problems)
@@ -650,7 +654,7 @@ def _plan_image_set(
             reasons, edits = check_updates(current, updates, is_primary=primary, max_blob_bytes=limit)
         except AHIError as exc:
             changes = [c for p, _ in pending for c in p.changes]
-            found = _row_problems(datastore_id, image_set, document, changes, flag, limit)
+            found = _row_problems(datastore_id, image_set, document, changes, flag, limit) if diagnose else []
             if not found:
                 rows = sorted({str(c.row) for c in request.changes if c.row is not None})
                 message = f"{exc.code}: {exc.message}"
@@ -837,12 +841,10 @@ def _plan(
         if not items:
             continue
         document = start.get(image_set, documents[image_set])
-        found: list[dict[str, Any]] = []
-        result = _plan_one(datastore_id, image_set, document, items, flags.get(image_set), limit, found)
+        result = _plan_or_take(datastore_id, image_set, document, items, flags.get(image_set), limit, procedures,
+                               problems)
         if result is not None:
             planned[image_set] = result
-        elif procedures is None or not procedures.take(image_set, document, items, found):
-            problems.extend(found)
 
     bad = {p["ImageSetID"] for p in problems if not _missing(p["ImageSetID"])}
     for carrier in list(affects):
@@ -860,6 +862,27 @@ def _plan(
     if len(problem_frame) and not allow_problems:
         raise PlanError(problem_frame)
     return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame, steps, undo)
+
+
+def _plan_or_take(datastore_id: str, image_set: str, document: dict[str, Any], items: list[_Change],
+                  flag: bool | None, limit: int, procedures: Procedures | None,
+                  problems: list[dict[str, Any]]) -> _Planned | None:
+    """The image set's plain requests; else, with procedures, the image set taken as a procedure member (None);
+    else None with ``problems`` extended. The rows at fault are named (each change tried alone) only when the
+    image set is neither planned nor taken."""
+    found: list[dict[str, Any]] = []
+    result = _plan_one(datastore_id, image_set, document, items, flag, limit, found, procedures is None)
+    if result is not None:
+        return result
+    if procedures is None:
+        problems.extend(found)
+        return None
+    refused: list[dict[str, Any]] = []
+    if not procedures.take(image_set, document, items, refused):
+        diagnosed: list[dict[str, Any]] = []
+        _plan_one(datastore_id, image_set, document, items, flag, limit, diagnosed)
+        problems.extend(diagnosed + refused)
+    return None
 
 
 def _procedures(snapshot: Any, flags: Mapping[str, bool], limit: int, vrs: Mapping[str, str]) -> Procedures:
@@ -890,16 +913,18 @@ def _prepared(changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]])
 
 
 def _plan_one(datastore_id: str, image_set: str, document: dict[str, Any], items: list[_Change],
-              flag: bool | None, limit: int, problems: list[dict[str, Any]]) -> _Planned | None:
+              flag: bool | None, limit: int, problems: list[dict[str, Any]], diagnose: bool = True) -> _Planned | None:
     """One image set's requests: one request when AHI takes it, else the removals first and the rest after
-    (e.g. an attribute moved from the instances to their series); None with ``problems`` extended."""
+    (e.g. an attribute moved from the instances to their series); None with ``problems`` extended (see
+    ``_plan_image_set`` for ``diagnose``)."""
     found: list[dict[str, Any]] = []
-    result = _plan_image_set(datastore_id, image_set, document, [(_units(items), False)], flag, limit, found)
+    result = _plan_image_set(datastore_id, image_set, document, [(_units(items), False)], flag, limit, found,
+                             diagnose)
     removals = [c for c in items if c.op in ("remove", "remove_instance", "remove_series")]
     if result is None and 0 < len(removals) < len(items):
         rest = [c for c in items if c not in removals]
         groups = [(_units(removals), False), (_units(rest), False)]
-        result = _plan_image_set(datastore_id, image_set, document, groups, flag, limit, [])
+        result = _plan_image_set(datastore_id, image_set, document, groups, flag, limit, [], diagnose=False)
     if result is None:
         problems.extend(found)
     return result
