@@ -149,7 +149,7 @@ class ChangeSet:
 
     def by_image_set(self) -> dict[str, pd.DataFrame]:
         """The changes split per image set (first-seen order)."""
-        return {image_set: group for image_set, group in self.changes.groupby("ImageSetID", sort=False)}
+        return {str(image_set): group for image_set, group in self.changes.groupby("ImageSetID", sort=False)}
 
     def removals(self) -> dict[str, int]:
         """How many attributes, instances and series the changes remove."""

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -182,7 +182,7 @@ class _DiffOperation:
 
     def _kind(self, frame: pd.DataFrame, hint: str | None) -> str:
         names = tuple(frame.index.names)
-        kind = _KIND_BY_INDEX.get(names)
+        kind = _KIND_BY_INDEX.get(cast(tuple[str, ...], names))
         if kind is None:
             raise ValueError(
                 f"cannot tell which snapshot frame this is: its index is {list(names)}; diff takes the snapshot's "
@@ -215,7 +215,7 @@ class _DiffOperation:
         unknown = False
         what = {"studies": "image set", "series": "series"}.get(kind, "instance")
         for i in np.flatnonzero(duplicated | (positions < 0)):
-            label = frame.index[i]
+            label = frame.index[int(i)]
             image_set = label[0] if isinstance(label, tuple) else label
             if duplicated[i]:
                 reason = "the row appears more than once in the edited frame (its first occurrence is used)"

@@ -85,7 +85,7 @@ def _every_series_problems(targets: Targets, wanted: dict[int, Any], problems: l
     positions = np.fromiter(wanted, dtype=np.int64, count=len(wanted))
     removed = np.bincount(owner[positions], minlength=len(per_image_set))
     for study in np.flatnonzero((removed == per_image_set) & (removed > 0)):
-        image_set = targets.frame("studies").index[study]
+        image_set = targets.frame("studies").index[int(study)]
         problems.append(Problem(image_set, image_set, None, None,
                                 "the edits remove every series of this image set: an update cannot do that, use "
                                 "DeleteImageSet (nothing is removed from it)"))

@@ -764,7 +764,7 @@ def _merge_problems(first: pd.DataFrame, found: list[dict[str, Any]]) -> pd.Data
     return pd.concat([first, _problems_frame(extra)], ignore_index=True) if extra else first.reset_index(drop=True)
 
 
-def _problem_key(record: Mapping[str, Any]) -> bytes:
+def _problem_key(record: Mapping[Any, Any]) -> bytes:
     return orjson.dumps([_jsonable(record.get(name)) for name in PROBLEM_COLUMNS[:4]], default=_json_default)
 
 

@@ -165,7 +165,7 @@ class Targets:
         return vrs.get(key) if isinstance(vrs, dict) else None
 
     def instance_position(self, image_set: str, series: Any, sop: Any) -> int:
-        return int(self.frame("instances").index.get_indexer([(image_set, series, sop)])[0])
+        return int(self.frame("instances").index.get_indexer([(image_set, series, sop)])[0])  # type: ignore[arg-type]
 
     def known_vr(self, key: str) -> str | None:
         """The VR some instance of the snapshot gives private tag ``key`` (a hint for messages)."""

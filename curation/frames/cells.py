@@ -99,7 +99,7 @@ class FrozenDict(dict):
     def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("frame cells are immutable: build a new value (curation.frames.cells.thaw gives a dict)")
 
-    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse  # type: ignore
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
 
     def __hash__(self) -> int:  # type: ignore[override]
         return hash(tuple(self.items()))
@@ -231,7 +231,7 @@ def _mask(values: Sequence, marker: Any) -> np.ndarray:
 def _str_array(array: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """A pandas ``str`` array from an object array of str and None (None -> missing), built by Arrow in C."""
     arrow = pa.array(array, type=pa.large_string(), from_pandas=True)
-    return pd.arrays.ArrowStringArray(arrow, dtype=STR_DTYPE)
+    return pd.arrays.ArrowStringArray(arrow, dtype=STR_DTYPE)  # type: ignore[call-arg]  # stubs lack dtype=
 
 
 def _text(values: Sequence, types: set) -> tuple[Any, str] | None:

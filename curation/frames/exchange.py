@@ -67,7 +67,7 @@ def _encoded(values: pd.Series) -> Any:
 
 
 def _index_names(frame: pd.DataFrame) -> list[str]:
-    return [n if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
+    return [str(n) if n is not None else f"level_{i}" for i, n in enumerate(frame.index.names)]
 
 
 def _index(columns: list[pd.Series], names: list[str], rows: int) -> pd.Index:

@@ -227,7 +227,8 @@ def build_index(arrays: list[list], names: tuple[str, ...]) -> pd.Index:
     """The level index (``str`` levels; ``frame`` int), built from codes (faster than from_arrays)."""
     if len(names) == 1:
         return pd.Index(arrays[0], name=names[0], dtype="str")
-    levels, codes = [], []
+    levels: list[Any] = []
+    codes: list[Any] = []
     for values, name in zip(arrays, names, strict=True):
         array = np.empty(len(values), dtype=np.int64 if name == "frame" else object)
         array[:] = values
@@ -243,6 +244,8 @@ def _child_index(parent: pd.Index, counts: list, arrays: list[list], names: tupl
     if not len(parent) or None in counts or 0 in counts:
         return build_index(arrays, names)
     repeats = np.asarray(counts, dtype=np.int64)
+    levels: list[Any]
+    codes: list[Any]
     if isinstance(parent, pd.MultiIndex):
         levels, codes = list(parent.levels), [np.repeat(c, repeats) for c in parent.codes]
     else:  # the studies index: unique ImageSetIDs
@@ -703,7 +706,7 @@ _FRAME_NAMES = ("studies", "series", "instances", "frames")
 def _concat_index(indexes: list[pd.Index]) -> pd.Index:
     """The level indexes of consecutive batches as one, factorized once (``pd.concat`` would union the levels
     batch by batch: quadratic in the number of batches)."""
-    names = tuple(indexes[0].names)
+    names = tuple(str(name) for name in indexes[0].names)
     arrays = [np.concatenate([index.get_level_values(i).to_numpy(dtype=object) for index in indexes])
               for i in range(len(names))]
     if "frame" in names:
@@ -903,6 +906,7 @@ def wide_view(studies: pd.DataFrame, series: pd.DataFrame, instances: pd.DataFra
     taken: set[str] = set()
     for frame, keys, level in ((studies, study_keys, None), (series, series_keys, "Series"),
                                (instances, None, "Instance")):
+        part: pd.DataFrame | None
         if keys is None:
             part = frame
         else:

@@ -21,7 +21,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pandas as pd
@@ -226,7 +226,7 @@ class Snapshot:
         _release_arrow_memory()
         if len(flat.failures):
             kept = {k: v for k, v in kept.items() if k not in set(flat.failures["ImageSetID"])}
-            extra.extend(flat.failures.to_dict("records"))
+            extra.extend(cast(list[dict[str, Any]], flat.failures.to_dict("records")))
             flat.failures = failures_frame([])
         if extra:
             table = pd.concat([table, pd.DataFrame(extra, dtype=object)], ignore_index=True).astype(object)

@@ -197,7 +197,7 @@ def _typed_series(parsed: list, dtype: str, index: pd.Index) -> pd.Series:
         clean = [v if isinstance(v, int | float) and not isinstance(v, bool) else None for v in parsed]
         if dtype == "Int64" and any(isinstance(v, float) for v in clean):
             dtype = "Float64"
-        return pd.Series(pd.array(clean, dtype=dtype), index=index)
+        return pd.Series(pd.array(clean, dtype=dtype), index=index)  # type: ignore[call-overload]
     return pd.Series([pd.NaT if v is None else v for v in parsed], index=index, dtype=dtype)
 
 

@@ -34,7 +34,7 @@ def _invalid(message: str) -> AHIError:
 
 def copiable_attributes(instances: dict[str, list[str] | None]) -> str:
     """The ``copiableAttributes`` JSON naming ``{series UID: [SOP UIDs] (None: the whole series)}``."""
-    series = {
+    series: dict[str, dict[str, Any]] = {
         uid: ({} if sops is None else {"Instances": {sop: {} for sop in sops}}) for uid, sops in instances.items()
     }
     return orjson.dumps({"SchemaVersion": 1.1, "Study": {"Series": series}}).decode()

@@ -51,6 +51,7 @@ from functools import cache
 from typing import Any
 
 import orjson
+from botocore.model import StructureShape
 
 from curation.model import dictionary, rules
 from curation.model.document import AHI_GENERATED_KEYS, parse_document
@@ -91,7 +92,9 @@ def model_max_blob_bytes() -> int:
     """The maximum length of a DICOMUpdates blob in botocore's ``medical-imaging`` model (30,000 today)."""
     from curation.model.service import shape as model_shape
 
-    shape = model_shape("DICOMUpdates").members["updatableAttributes"]
+    structure = model_shape("DICOMUpdates")
+    assert isinstance(structure, StructureShape)
+    shape = structure.members["updatableAttributes"]
     return int(shape.metadata["max"])
 
 

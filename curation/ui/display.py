@@ -53,7 +53,9 @@ class _Flattened(Protocol):
 
 class _SnapshotLike(Protocol):
     datastore_id: str
-    primary: Mapping[str, bool]
+
+    @property
+    def primary(self) -> Mapping[str, bool]: ...
 
     def __len__(self) -> int: ...
 
