@@ -35,6 +35,7 @@ from curation.run.cleanup import cleanup_plan
 from curation.run.fetching import fetch
 from curation.run.history import history, version_diff
 from curation.run.mapping import IdMapping, id_mapping, rekey
+from curation.run.researchcopies import research_copies
 from curation.run.reverting import revert
 from curation.run.verifying import verify
 
@@ -75,6 +76,7 @@ __all__ = [
     "read_document",
     "read_parquet",
     "rekey",
+    "research_copies",
     "revert",
     "revert_plan",
     "to_csv",
