@@ -4,9 +4,11 @@ A promotion always returns a new image set ID (API reference, CopyImageSet ``pro
 image set ID will be returned as the destination image set") and no AHI call lets a caller choose or reuse one,
 so reverting a member whose content now lives in new primary N is the procedure once more, under a third ID:
 post-promotion updates undone with ``revertToVersionId`` on N; COPY N -> K2; UPDATE K2 with the plan's
-``Undo.inverse`` (``force`` where needed, K2 being non-primary); VERIFY_COPY K2 against ``Undo.digest`` (the
-pre-plan document's digest, frames included); CHECK_STUDY; DELETE_PRIMARY N; PROMOTE K2 -> R; VERIFY_PRIMARY R
-against the same digest; DELETE_COPY K2. Groups are reverted in the reverse order of the apply, each group's
+``Undo.inverse`` (``force`` where needed, K2 being non-primary); MERGE B -> K2 when the apply removed a series
+(CopyImageSet of the backup B that the apply's BACKUP step ``Undo.backup`` retained, into the existing K2:
+design D9/D28); VERIFY_COPY K2 against ``Undo.digest`` (the pre-plan document's digest, frames included);
+CHECK_STUDY; DELETE_PRIMARY N; PROMOTE K2 -> R; VERIFY_PRIMARY R against the same digest; DELETE_COPY K2 (and B,
+whose series are primary again in R). Groups are reverted in the reverse order of the apply, each group's
 deletes before any of its promotions (a study-wide fix is undone across the study at once), and every
 promotion after the plain reverts (``revertToVersionId``) of the image sets that were updated in place, so the
 study is back to its pre-plan values when R becomes primary. Exactness: the content (digests), not IDs or
@@ -49,8 +51,74 @@ def _end_version(member: str, plan: UpdatePlan, mapped: Mapping[str, Any], state
     return version
 
 
+def backup_of(member: str, plan: UpdatePlan, states: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The non-primary image set (and its version) the apply's BACKUP step of ``member`` made, None if the plan
+    backs nothing up for it; JournalError if the plan does but the journal holds no finished backup."""
+    undo = plan.undo.get(member)
+    if undo is None or not undo.backup:
+        return None
+    state = states.get(undo.backup) or {}
+    if state.get("status") != RequestStatus.DONE or not state.get("created"):
+        raise JournalError(
+            f"step {undo.backup} (the backup of the series {member} removes) is not done in the journal: "
+            "its series cannot be restored"
+        )
+    return str(state["created"]), str(state.get("version") or state.get("created_version") or "1")
+
+
+def _merge_step(member: str, new: str, backup: str, after: str, group: str) -> PlannedStep:
+    """MERGE of ``member``'s retained backup into the working copy of its revert (CopyImageSet with a
+    ``destinationImageSet``)."""
+    return PlannedStep(
+        f"{new}:merge-backup",
+        StepKind.MERGE,
+        backup,
+        new,
+        {"destination": Ref(f"{new}:copy")},
+        (after,),
+        group=group,
+        description=f"put the series {member} removed back: CopyImageSet of its backup {backup} into the working copy",
+    )
+
+
+def _closing_steps(new: str, digest: str, group: str, backup: tuple[str, str] | None) -> list[PlannedStep]:
+    """VERIFY_PRIMARY of the third primary, then DELETE_COPY of the working copy (and of the backup)."""
+    verify = f"{new}:verify-primary"
+    steps = [
+        PlannedStep(
+            verify,
+            StepKind.VERIFY_PRIMARY,
+            Ref(f"{new}:promote"),
+            new,
+            after=(f"{new}:promote",),
+            group=group,
+            expect=digest,
+        ),
+        PlannedStep(f"{new}:delete-copy", StepKind.DELETE_COPY, Ref(f"{new}:copy"), new, after=(verify,), group=group),
+    ]
+    if backup is not None:  # its series are primary again in R: the backup is no longer needed
+        steps.append(
+            PlannedStep(
+                f"{new}:delete-backup",
+                StepKind.DELETE_COPY,
+                backup[0],
+                new,
+                after=(verify,),
+                group=group,
+                description=f"delete the backup {backup[0]} of the series removed: restored",
+            )
+        )
+    return steps
+
+
 def _member_steps(
-    plan: UpdatePlan, member: str, new: str, mapped: Mapping[str, Any], group: str, end: str
+    plan: UpdatePlan,
+    member: str,
+    new: str,
+    mapped: Mapping[str, Any],
+    group: str,
+    end: str,
+    backup: tuple[str, str] | None = None,
 ) -> list[PlannedStep]:
     undo = plan.undo.get(member)
     if undo is None:
@@ -99,6 +167,9 @@ def _member_steps(
             )
         )
         previous = step_id
+    if backup is not None:  # D9/D28: the removed series back, merged from the retained backup into the copy
+        steps.append(_merge_step(member, new, backup[0], previous, group))
+        previous = steps[-1].step_id
     steps.append(
         PlannedStep(
             f"{new}:verify-copy",
@@ -133,10 +204,14 @@ def revert_steps_plan(records: list[Record], plan: UpdatePlan, plain: UpdatePlan
             continue
         rgroup = f"revert-{group}"
         news = {m: str(mapped[m]["new"]) for m in done}
+        backups = {m: backup_of(m, plan, states) for m in done}
         for member in done:
             end = _end_version(member, plan, mapped[member], states)
             versions[news[member]] = end
-            steps.extend(_member_steps(plan, member, news[member], mapped[member], rgroup, end))
+            backup = backups[member]
+            if backup is not None:
+                versions[backup[0]] = backup[1]
+            steps.extend(_member_steps(plan, member, news[member], mapped[member], rgroup, end, backup))
         verifies = tuple(f"{news[m]}:verify-copy" for m in done)
         check = f"{rgroup}:check-study"
         if study is not None:
@@ -167,26 +242,5 @@ def revert_steps_plan(records: list[Record], plan: UpdatePlan, plain: UpdatePlan
                 )
             )
         for member in done:
-            new, undo = news[member], plan.undo[member]
-            steps.append(
-                PlannedStep(
-                    f"{new}:verify-primary",
-                    StepKind.VERIFY_PRIMARY,
-                    Ref(f"{new}:promote"),
-                    new,
-                    after=(f"{new}:promote",),
-                    group=rgroup,
-                    expect=undo.digest,
-                )
-            )
-            steps.append(
-                PlannedStep(
-                    f"{new}:delete-copy",
-                    StepKind.DELETE_COPY,
-                    Ref(f"{new}:copy"),
-                    new,
-                    after=(f"{new}:verify-primary",),
-                    group=rgroup,
-                )
-            )
+            steps.extend(_closing_steps(news[member], plan.undo[member].digest, rgroup, backups[member]))
     return UpdatePlan.build(plan.datastore_id, versions, list(plain.requests), steps=steps)

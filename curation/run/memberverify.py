@@ -11,6 +11,7 @@ promotion are then checked at the version our last one left. Rows are reported u
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from curation.run.docdiff import differences
 from curation.run.journal import RequestStatus, mappings, read_journal, step_states
 from curation.run.servicecalls import ServiceCalls
 
-__all__ = ["member_rows"]
+__all__ = ["member_rows", "procedure_members"]
 
 _SKIP = frozenset({"SchemaVersion"})
 
@@ -38,12 +39,29 @@ def _row(
     return {"ImageSetID": image_set_id, "path": path, "expected": expected, "actual": actual, "note": note}
 
 
+#: the UID attribute that keys a node of the document under ``Series`` / ``Instances``
+_KEYED_BY = {"Series": "SeriesInstanceUID", "Instances": "SOPInstanceUID"}
+
+
+def _renamed(parent: str, key: str, value: Any) -> str:
+    """The key a node of an update payload has once applied: a payload keys a series or an instance by its old UID
+    and carries the new one in its ``DICOM`` (use case 7, "change SOPInstanceUID"), so the promoted document
+    holds it under the new UID."""
+    attribute = _KEYED_BY.get(parent)
+    dicom = value.get("DICOM") if attribute is not None and isinstance(value, dict) else None
+    new = dicom.get(attribute) if isinstance(dicom, dict) else None
+    return new if isinstance(new, str) and new else key
+
+
 def _leaves(partial: Any, document: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
-    """(path, planned value, value found) for every value of an update payload that ``document`` lacks."""
+    """(path, planned value, value found) for every value of an update payload that ``document`` lacks; a series
+    or instance whose UID the payload changes is looked for under its new UID (the path names that one)."""
     if isinstance(partial, dict):
+        parent = path.rsplit(".", 1)[-1]
         for key, value in partial.items():
             if key in _SKIP and not path:
                 continue
+            key = _renamed(parent, key, value)
             held = document.get(key) if isinstance(document, dict) else None
             _leaves(value, held, f"{path}.{key}" if path else key, out)
         return
@@ -76,8 +94,11 @@ def _member(
     post = [s for s in steps if s.kind is StepKind.UPDATE and s.target == Ref(promote.step_id)]
     check = next((s for s in steps if s.kind is StepKind.VERIFY_PRIMARY), None)
     document = calls.document(new, version)
-    rows = [_row(member, note, p, e, a) for p, e, a in _planned_values(copy_updates, document)]
-    if check is not None and check.expect is not None and digest(document) != check.expect and not rows:
+    intended = check is not None and check.expect is not None and digest(document) == check.expect
+    # the digest covers the whole document, frames included: when it is the intended one, so is every value the
+    # plan set; the payloads are read only to name the paths of a difference
+    rows = [] if intended else [_row(member, note, p, e, a) for p, e, a in _planned_values(copy_updates, document)]
+    if check is not None and check.expect is not None and not intended and not rows:
         rows.append(
             _row(
                 member, f"{note}: its content is not the intended document", "(digest)", check.expect, digest(document)
@@ -104,23 +125,35 @@ def _member(
     return rows
 
 
+def procedure_members(plan: UpdatePlan) -> dict[str, list[PlannedStep]]:
+    """The steps of each pre-plan image set of ``plan`` that goes through a procedure (it has a PROMOTE step)."""
+    by_member: dict[str, list[PlannedStep]] = {}
+    for step in plan.steps:
+        by_member.setdefault(step.original, []).append(step)
+    return {m: steps for m, steps in by_member.items() if any(s.kind is StepKind.PROMOTE for s in steps)}
+
+
 def member_rows(
     plan: UpdatePlan,
     calls: ServiceCalls,
     journal: str | os.PathLike[str] | None,
+    *,
+    progress: Callable[[], object] | None = None,
 ) -> list[dict[str, Any]]:
-    """The mismatch rows of every procedure member of ``plan`` (see the module docstring)."""
-    by_member: dict[str, list[PlannedStep]] = {}
-    for step in plan.steps:
-        by_member.setdefault(step.original, []).append(step)
+    """The mismatch rows of every procedure member of ``plan`` (see the module docstring); ``progress`` is
+    called once per member checked."""
+    by_member = procedure_members(plan)
     if journal is None:
+        if progress is not None:
+            for _ in by_member:
+                progress()
         return [_row(m, "ID changed: give the journal to verify the new primary image set") for m in by_member]
     records = read_journal(journal)
     mapped, states = mappings(records), step_states(records)
     rows: list[dict[str, Any]] = []
     for member, steps in by_member.items():
-        if not any(s.kind is StepKind.PROMOTE for s in steps):
-            continue
+        if progress is not None:
+            progress()
         record = mapped.get(member)
         if record is None:
             rows.append(_row(member, "not applied: no new primary image set in the journal"))

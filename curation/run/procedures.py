@@ -58,6 +58,11 @@ __all__ = ["WriteSteps"]
 CLOCK_SLACK = dt.timedelta(minutes=5)
 
 
+def _content(document: dict[str, Any]) -> str:
+    """The digest of a document without the keys that name its image set (a merge's result vs. the service's)."""
+    return digest({k: v for k, v in document.items() if k not in ("DatastoreID", "ImageSetID")})
+
+
 def _failure(exc: BaseException, what: str) -> StepOutcome:
     return StepOutcome(RequestStatus.FAILED, f"{what}: {describe(exc)}")
 
@@ -268,12 +273,22 @@ class WriteSteps:
             call["promoteToPrimary"] = True
         return call
 
+    def _destination(self, step: PlannedStep) -> dict[str, Any]:
+        """A merge's destination and the version our steps left it at (journal fields); {} for other copies."""
+        if step.params.get("destination") is None:
+            return {}
+        target = self.ledger.resolve(step.params["destination"])
+        return {"destination": target, "destination_version": self.ledger.versions.get(target)}
+
     def _send_copy(self, step: PlannedStep) -> StepOutcome | Pending:
         source = self.ledger.resolve(step.target)
         version = self.ledger.versions.get(source)
         self.wait(IMAGE_SET_NOT_LOCKED, source)
+        into = self._destination(step)
+        if into:
+            self.wait(IMAGE_SET_NOT_LOCKED, into["destination"])
         call = self._copy_call(step, source, str(version))
-        self.ledger.log(step, RequestStatus.SENDING, source=source, source_version=version)
+        self.ledger.log(step, RequestStatus.SENDING, source=source, source_version=version, **into)
         try:
             response, attempts = self.write(Action.COPY_IMAGE_SET, lambda: self.calls.client.copy_image_set(**call))
         except Cancelled:
@@ -301,7 +316,8 @@ class WriteSteps:
             self.ledger.log(step, RequestStatus.UNSENT, source=source, message=describe(exc))
             return StepOutcome(RequestStatus.UNSENT, f"{describe(exc)} (not applied; run apply again to retry)")
         if code == "InternalServerException":
-            found = self._reconcile_copy(step, {"source": source, "source_version": version, "time": None})
+            state = {"source": source, "source_version": version, "time": None, **self._destination(step)}
+            found = self._reconcile_copy(step, state)
             if isinstance(found, Pending):
                 return found.wait()
             if found is not None:
@@ -319,13 +335,15 @@ class WriteSteps:
             info = self.wait(IMAGE_SET_COPIED, created)
         except WaiterError as exc:
             info = dict(exc.last_response or {})
+            message = f"{step.kind} ended {info.get('imageSetWorkflowStatus', 'failed')}: {info.get('message', exc)}"
+            if step.kind is StepKind.MERGE:  # the destination is ours (a working copy), not an orphan
+                return self._final(step, StepOutcome(RequestStatus.FAILED, message))
             self.ledger.note(
                 RecordKind.ORPHAN,
                 image_set=created,
                 step=step.step_id,
                 reason=f"{info.get('imageSetWorkflowStatus', 'failed')}: {info.get('message', '')}",
             )
-            message = f"{step.kind} ended {info.get('imageSetWorkflowStatus', 'failed')}: {info.get('message', exc)}"
             if step.kind is StepKind.PROMOTE:  # content only in the copy: a resume promotes it again
                 source = self.ledger.resolve(step.target)
                 outcome = StepOutcome(
@@ -340,7 +358,29 @@ class WriteSteps:
         outcome = StepOutcome(RequestStatus.DONE, created=created, version=version)
         return self._final(step, outcome, created=created, version=version)
 
+    def _reconcile_merge(self, step: PlannedStep, state: dict[str, Any]) -> StepOutcome | Pending | None:
+        """A merge journaled ``sending``: it landed when its destination moved on from the version it was sent
+        against to the document the merge makes of it (CopyImageSet into an existing image set makes a new
+        version of the destination); still at that version, it never landed."""
+        source, version = str(state["source"]), str(state["source_version"])
+        target, sent = str(state["destination"]), str(state["destination_version"])
+        latest = str(self.wait(IMAGE_SET_NOT_LOCKED, target).get("versionId"))
+        if latest == sent:
+            return None
+        selected = copies.select(self.calls.document(source, version), step.params.get("copiableAttributes"))
+        try:
+            expected: dict[str, Any] | None = copies.merge(self.calls.document(target, sent), selected)[0]
+        except AHIError:
+            expected = None
+        if expected is not None and _content(expected) == _content(self.calls.document(target, latest)):
+            self.ledger.log(step, RequestStatus.ACCEPTED, source=source, created=target, created_version=latest)
+            return Pending(lambda: self._finish_copy(step, target, latest))
+        message = f"image set {target} changed by another writer: merge sent against version {sent}, latest {latest}"
+        return self._final(step, StepOutcome(RequestStatus.CONFLICT, message), source=source)
+
     def _reconcile_copy(self, step: PlannedStep, state: dict[str, Any]) -> StepOutcome | Pending | None:
+        if step.kind is StepKind.MERGE:
+            return self._reconcile_merge(step, state)
         source, version = str(state["source"]), str(state["source_version"])
         found = self._candidates(step, source, version, state.get("time"))
         if not found:

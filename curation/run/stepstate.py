@@ -125,6 +125,8 @@ class Ledger:
                 )
         elif step.kind is StepKind.UPDATE and outcome.version is not None:
             self.versions[self.resolve(step.target)] = outcome.version
+        elif step.kind is StepKind.MERGE and outcome.version is not None:  # a new version of its destination
+            self.versions[self.resolve(step.params.get("destination"))] = outcome.version
 
     def state(self, step: PlannedStep) -> Mapping[str, Any] | None:
         return self.states.get(step.step_id)

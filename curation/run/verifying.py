@@ -20,7 +20,7 @@ from curation.curate.updateplan import PlannedRequest, UpdatePlan
 from curation.model.updates import apply_to_document, study_part
 from curation.run.docdiff import Found, differences
 from curation.run.journal import RequestStatus, VersionChains, journal_header, last_states, read_journal
-from curation.run.memberverify import member_rows
+from curation.run.memberverify import member_rows, procedure_members
 from curation.run.options import RunKeywords, RunOptions, run_options
 from curation.run.plainrunner import components
 from curation.run.results import MISMATCH_COLUMNS
@@ -150,9 +150,10 @@ def verify(
     calls = ServiceCalls(client, plan.datastore_id, opts)
     state = _JournalState(plan, journal)
     groups = components(plan)
+    total = len(groups) + len(procedure_members(plan))  # a plan of procedures only counts its members
     executor = ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="ahi-verify")
     try:
-        with tqdm(total=len(groups), desc="verify", unit=" image sets", disable=not opts.progress) as bar:
+        with tqdm(total=total, desc="verify", unit=" image sets", disable=not opts.progress) as bar:
 
             def check(component: list[PlannedRequest]) -> list[dict[str, Any]]:
                 rows = _Component(plan, calls, component).rows(state)
@@ -160,9 +161,9 @@ def verify(
                 return rows
 
             results = list(executor.map(check, groups))
+            rows = [row for rows in results for row in rows]
+            if plan.steps:
+                rows.extend(member_rows(plan, calls, journal, progress=lambda: bar.update(1)))
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    rows = [row for rows in results for row in rows]
-    if plan.steps:
-        rows.extend(member_rows(plan, calls, journal))
     return pd.DataFrame(rows, columns=list(MISMATCH_COLUMNS), dtype=object)
