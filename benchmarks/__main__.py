@@ -15,9 +15,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full size (default 1.0)")
     parser.add_argument("names", nargs="*", help="only these benchmark modules (e.g. flatten)")
     args = parser.parse_args()
-    modules = sorted(
-        info.name for info in pkgutil.iter_modules(benchmarks.__path__) if info.name.startswith("bench_")
-    )
+    modules = sorted(info.name for info in pkgutil.iter_modules(benchmarks.__path__) if info.name.startswith("bench_"))
     if args.names:
         modules = [m for m in modules if m.removeprefix("bench_") in args.names]
     for name in modules:

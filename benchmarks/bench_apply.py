@@ -104,19 +104,34 @@ def _ceiling(scale: float) -> Iterable[Measurement]:
         client = curation.local.client(store, config=client_config())
         update_plan, changes = _plan_for(store, client, datastore_id, instance_level=True)
         start = time.perf_counter()
-        result = apply(update_plan, client, Path(directory) / "journal.jsonl", rate=RATE, burst=1, max_workers=4,
-                       progress=False, control_rate=None, poll=PollPolicy(initial=0.01))
+        result = apply(
+            update_plan,
+            client,
+            Path(directory) / "journal.jsonl",
+            rate=RATE,
+            burst=1,
+            max_workers=4,
+            progress=False,
+            control_rate=None,
+            poll=PollPolicy(initial=0.01),
+        )
         elapsed = time.perf_counter() - start
         assert (result["status"] == "applied").all(), result[result["status"] != "applied"].head()
         sent = client.meta.local_service.calls["UpdateImageSetMetadata"]
         yield Measurement(
             name=f"apply {count} image sets ({changes} changes) under a {RATE:g}/s ceiling",
-            ours=sent / elapsed, baseline=RATE, unit="updates/s", ratio_is="ours/baseline",
+            ours=sent / elapsed,
+            baseline=RATE,
+            unit="updates/s",
+            ratio_is="ours/baseline",
             note="baseline: the ceiling itself; wall time of apply incl. journal fsyncs and polling; goal >= 0.9",
         )
         yield Measurement(
             name=f"UpdateImageSetMetadata calls for {count} image sets ({changes} changes)",
-            ours=float(sent), baseline=float(count), unit="requests", ratio_is="ours/baseline",
+            ours=float(sent),
+            baseline=float(count),
+            unit="requests",
+            ratio_is="ours/baseline",
             note="baseline: the fewest possible, one per image set; goal 1.0",
         )
 
@@ -152,8 +167,15 @@ def _unknown_quota(scale: float, quota: tuple[float, float]) -> Iterable[Measure
         start = time.perf_counter()
         timer.start()
         try:
-            apply(update_plan, client, Path(directory) / "journal.jsonl", max_workers=8, progress=False,
-                  poll=PollPolicy(initial=0.01), cancel=cancel)
+            apply(
+                update_plan,
+                client,
+                Path(directory) / "journal.jsonl",
+                max_workers=8,
+                progress=False,
+                poll=PollPolicy(initial=0.01),
+                cancel=cancel,
+            )
         finally:
             timer.cancel()
         end = min(time.perf_counter(), start + seconds)
@@ -165,12 +187,18 @@ def _unknown_quota(scale: float, quota: tuple[float, float]) -> Iterable[Measure
     label = f"a {rate:g}/s quota the client does not know (it starts at the documented 10/s)"
     yield Measurement(
         name=f"apply against {label}: accepted rate, second half of {end - start:.0f} s",
-        ours=achieved, baseline=rate, unit="updates/s", ratio_is="ours/baseline",
+        ours=achieved,
+        baseline=rate,
+        unit="updates/s",
+        ratio_is="ours/baseline",
         note="baseline: the service's quota; goal >= 0.9 (above 1 only by the service's burst: it throttles past it)",
     )
     yield Measurement(
         name=f"apply against {label}: seconds until a {WINDOW:g}-s window first reached 90% of it",
-        ours=reached if reached is not None else float("inf"), baseline=60.0, unit="s", ratio_is="ours/baseline",
+        ours=reached if reached is not None else float("inf"),
+        baseline=60.0,
+        unit="s",
+        ratio_is="ours/baseline",
         note=f"baseline: a minute; goal <= 1; throttled attempts {len(knob.throttled)} of {attempts} "
         f"({100 * len(knob.throttled) / max(1, attempts):.1f}%)",
     )

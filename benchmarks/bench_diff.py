@@ -23,16 +23,70 @@ FULL_INSTANCES = 100_000
 PER_IMAGE_SET = 100
 EDIT_FRACTIONS = (0.10, 0.01)
 
-KEYWORDS = tuple("""InstanceNumber ImageType SOPClassUID AcquisitionDate ContentDate AcquisitionTime ContentTime
-AcquisitionNumber ImagePositionPatient ImageOrientationPatient SliceLocation SliceThickness PixelSpacing Rows Columns
-BitsAllocated BitsStored HighBit PixelRepresentation SamplesPerPixel PhotometricInterpretation WindowCenter
-WindowWidth RescaleIntercept RescaleSlope RescaleType KVP XRayTubeCurrent ExposureTime Exposure ConvolutionKernel
-FilterType GeneratorPower FocalSpots DataCollectionDiameter ReconstructionDiameter DistanceSourceToDetector
-DistanceSourceToPatient GantryDetectorTilt TableHeight RotationDirection PatientOrientation ImageComments
-LossyImageCompression BurnedInAnnotation SpecificCharacterSet InstanceCreationDate InstanceCreationTime
-AcquisitionDateTime ScanOptions SpiralPitchFactor CTDIvol RevolutionTime SingleCollimationWidth
-TotalCollimationWidth TableSpeed TableFeedPerRotation WindowCenterWidthExplanation ContentQualification
-LargestImagePixelValue""".split())  # noqa: SIM905
+KEYWORDS = tuple(
+    [
+        "InstanceNumber",
+        "ImageType",
+        "SOPClassUID",
+        "AcquisitionDate",
+        "ContentDate",
+        "AcquisitionTime",
+        "ContentTime",
+        "AcquisitionNumber",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "SliceLocation",
+        "SliceThickness",
+        "PixelSpacing",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "WindowCenter",
+        "WindowWidth",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+        "KVP",
+        "XRayTubeCurrent",
+        "ExposureTime",
+        "Exposure",
+        "ConvolutionKernel",
+        "FilterType",
+        "GeneratorPower",
+        "FocalSpots",
+        "DataCollectionDiameter",
+        "ReconstructionDiameter",
+        "DistanceSourceToDetector",
+        "DistanceSourceToPatient",
+        "GantryDetectorTilt",
+        "TableHeight",
+        "RotationDirection",
+        "PatientOrientation",
+        "ImageComments",
+        "LossyImageCompression",
+        "BurnedInAnnotation",
+        "SpecificCharacterSet",
+        "InstanceCreationDate",
+        "InstanceCreationTime",
+        "AcquisitionDateTime",
+        "ScanOptions",
+        "SpiralPitchFactor",
+        "CTDIvol",
+        "RevolutionTime",
+        "SingleCollimationWidth",
+        "TotalCollimationWidth",
+        "TableSpeed",
+        "TableFeedPerRotation",
+        "WindowCenterWidthExplanation",
+        "ContentQualification",
+        "LargestImagePixelValue",
+    ]
+)
 
 
 def _value(vr: str, vm: str, number: int, variant: int) -> Any:
@@ -94,13 +148,20 @@ def documents(instances: int) -> list[dict[str, Any]]:
             ]
             nodes[sop] = {"DICOM": dicom, "ImageFrames": [{"ID": f"{number:032x}"}]}
             number += 1
-        docs.append({
-            "SchemaVersion": "1.1", "DatastoreID": "0" * 32, "ImageSetID": image_set,
-            "Patient": {"DICOM": {"PatientID": f"P{s}", "PatientName": f"NAME^{s}"}},
-            "Study": {"DICOM": {"StudyInstanceUID": f"1.2.3.{s}", "StudyDescription": "bench"},
-                      "Series": {series_uid: {"DICOM": {"SeriesInstanceUID": series_uid, "Modality": "CT"},
-                                              "Instances": nodes}}},
-        })
+        docs.append(
+            {
+                "SchemaVersion": "1.1",
+                "DatastoreID": "0" * 32,
+                "ImageSetID": image_set,
+                "Patient": {"DICOM": {"PatientID": f"P{s}", "PatientName": f"NAME^{s}"}},
+                "Study": {
+                    "DICOM": {"StudyInstanceUID": f"1.2.3.{s}", "StudyDescription": "bench"},
+                    "Series": {
+                        series_uid: {"DICOM": {"SeriesInstanceUID": series_uid, "Modality": "CT"}, "Instances": nodes}
+                    },
+                },
+            }
+        )
     return docs
 
 
@@ -150,20 +211,35 @@ def run(scale: float) -> Iterable[Measurement]:
         changes = diff(snapshot, edited)
         assert changes.problems.empty, changes.problems.head()
         planned = sorted(set(changes.changes["ImageSetID"]))
-        medians = interleaved_medians({
-            "compare": lambda edited=edited: original.compare(edited),
-            "diff": lambda edited=edited: diff(snapshot, edited),
-            "both": lambda edited=edited: plan(diff(snapshot, edited)),
-            "digests": lambda planned=planned: [document_digest(snapshot.documents[i]) for i in planned],
-        })
+        medians = interleaved_medians(
+            {
+                "compare": lambda edited=edited: original.compare(edited),
+                "diff": lambda edited=edited: diff(snapshot, edited),
+                "both": lambda edited=edited: plan(diff(snapshot, edited)),
+                "digests": lambda planned=planned: [document_digest(snapshot.documents[i]) for i in planned],
+            }
+        )
         baseline = medians["compare"]
-        size = (f"{fraction:.0%} edited: {len(original):,} instances x {attributes} attributes, {len(changes):,} "
-                f"changes ({cells:,} cells); median of 3, run round-robin")
+        size = (
+            f"{fraction:.0%} edited: {len(original):,} instances x {attributes} attributes, {len(changes):,} "
+            f"changes ({cells:,} cells); median of 3, run round-robin"
+        )
         goal = "goal <= 1" if fraction >= 0.1 else "goal <= 0.5"
-        yield Measurement(f"diff vs DataFrame.compare, {fraction:.0%} edited", medians["diff"], baseline, "s",
-                          note=size)
-        yield Measurement(f"diff + plan vs DataFrame.compare, {fraction:.0%} edited", medians["both"], baseline, "s",
-                          note=f"{goal}; {size}")
-        yield Measurement(f"part of plan's floor: document_digest of the {len(planned):,} planned documents vs "
-                          f"DataFrame.compare, {fraction:.0%} edited", medians["digests"], baseline, "s",
-                          note="the plan records each document's digest (planned_on), a cost per image set")
+        yield Measurement(
+            f"diff vs DataFrame.compare, {fraction:.0%} edited", medians["diff"], baseline, "s", note=size
+        )
+        yield Measurement(
+            f"diff + plan vs DataFrame.compare, {fraction:.0%} edited",
+            medians["both"],
+            baseline,
+            "s",
+            note=f"{goal}; {size}",
+        )
+        yield Measurement(
+            f"part of plan's floor: document_digest of the {len(planned):,} planned documents vs "
+            f"DataFrame.compare, {fraction:.0%} edited",
+            medians["digests"],
+            baseline,
+            "s",
+            note="the plan records each document's digest (planned_on), a cost per image set",
+        )

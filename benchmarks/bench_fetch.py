@@ -137,8 +137,9 @@ def _unthrottled_large(scale: float) -> Iterable[Measurement]:
             for label, parse in (("blobs handed over (parse=False)", False), ("parsed (parse=True)", True)):
 
                 def once(parse: bool = parse) -> None:
-                    result = fetch_documents(client, datastore_id, progress=False, rate=None, max_workers=4,
-                                             parse=parse)
+                    result = fetch_documents(
+                        client, datastore_id, progress=False, rate=None, max_workers=4, parse=parse
+                    )
                     assert len(result.blobs) == count and result.failures.empty, result.failures.head()
 
                 yield Measurement(

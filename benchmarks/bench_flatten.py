@@ -68,8 +68,14 @@ def generate_datastore(image_sets: int, per_set: int = INSTANCES_PER_SET, seed: 
         patient["DICOM"]["PatientName"] = f"PATIENT^{number}"
         if number % 7 == 0:
             patient["DICOM"]["PatientSex"] = None
-        study = {"DICOM": dict(template["Study"]["DICOM"], StudyInstanceUID=study_uid,
-                               AccessionNumber=f"ACC{number:06d}", StudyDate=f"2023{1 + number % 12:02d}17")}
+        study = {
+            "DICOM": dict(
+                template["Study"]["DICOM"],
+                StudyInstanceUID=study_uid,
+                AccessionNumber=f"ACC{number:06d}",
+                StudyDate=f"2023{1 + number % 12:02d}17",
+            )
+        }
         series_dicom = dict(series_node["DICOM"], SeriesInstanceUID=series_uid, SeriesNumber=str(number % 9))
         if number % 3 == 0:
             series_dicom["BodyPartExamined"] = rng.choice(["CHEST", "ABDOMEN", None])
@@ -94,8 +100,13 @@ def generate_datastore(image_sets: int, per_set: int = INSTANCES_PER_SET, seed: 
                 dicom["NumberOfFrames"] = "2"
             nodes[sop_uid] = node
         study["Series"] = {series_uid: {"DICOM": series_dicom, "Instances": nodes}}
-        document = {"SchemaVersion": "1.1", "DatastoreID": template["DatastoreID"], "ImageSetID": f"{number:032x}",
-                    "Patient": patient, "Study": study}
+        document = {
+            "SchemaVersion": "1.1",
+            "DatastoreID": template["DatastoreID"],
+            "ImageSetID": f"{number:032x}",
+            "Patient": patient,
+            "Study": study,
+        }
         blobs.append(orjson.dumps(document))
     return blobs
 
@@ -116,8 +127,9 @@ def naive_literal(blobs: Iterable[bytes]) -> pd.DataFrame:
     for blob in blobs:
         document = json.loads(blob)
         image_set_id = document["ImageSetID"]
-        studies.append({"ImageSetID": image_set_id, "Patient": document["Patient"]["DICOM"],
-                        "Study": document["Study"]["DICOM"]})
+        studies.append(
+            {"ImageSetID": image_set_id, "Patient": document["Patient"]["DICOM"], "Study": document["Study"]["DICOM"]}
+        )
         for series_uid, node in document["Study"]["Series"].items():
             series.append({"ImageSetID": image_set_id, "SeriesInstanceUID": series_uid, "DICOM": node["DICOM"]})
             frame = pd.json_normalize(list(node["Instances"].values()))
@@ -169,32 +181,65 @@ def _measure(label: str, blobs: list[bytes], repeat: int) -> Iterator[Measuremen
         with _no_gc_pause():
             snapshot_instances(keyed)
 
-    t = interleaved_medians({
-        "parse": lambda: parse_only(blobs),
-        "snapshot": lambda: snapshot_instances(keyed),
-        "naive": lambda: naive(blobs),
-        "unpaused": unpaused,
-        "ours": lambda: ours(blobs),
-        "literal": lambda: naive_literal(blobs),
-        "wide": lambda: ours_wide(blobs),
-    }, repeat)
-    yield Measurement(f"Snapshot.from_blobs + .instances {label} vs orjson.loads (GC off)", t["snapshot"], t["parse"],
-                      "s", note=f"goal <= 3; {note}")
-    yield Measurement(f"Snapshot.from_blobs + .instances {label} vs json.loads+json_normalize (DICOM dicts only)",
-                      t["snapshot"], t["naive"], "s", "baseline/ours",
-                      f"goal >= 2; baseline: instance DICOM dicts only, no VRs/frames/series/study; {note}")
-    yield Measurement(f"what gc_paused buys: Snapshot.from_blobs + .instances {label}, GC paused vs not",
-                      t["snapshot"], t["unpaused"], "s", "baseline/ours",
-                      "ratio = the speed-up of pausing the cyclic GC")
-    yield Measurement(f"orjson.loads (GC on) + flatten_many {label} vs orjson.loads (GC off)", t["ours"], t["parse"],
-                      "s", note=f"the caller's own parse, GC on; {note}")
-    yield Measurement(f"flatten {label} vs json.loads+json_normalize (literal: nodes as they are, levels joined)",
-                      t["ours"], t["literal"], "s", "baseline/ours",
-                      f"baseline: instance nodes (DICOM.X, DICOMVRs.X, ImageFrames as list) + series "
-                      f"+ Patient/Study DICOM merged on; ours: 4 level frames, no join; {note}")
-    yield Measurement(f"flatten + wide_view {label} vs json.loads+json_normalize (literal, levels joined)",
-                      t["wide"], t["literal"], "s", "baseline/ours",
-                      f"both sides build the joined instance-level frame; {note}")
+    t = interleaved_medians(
+        {
+            "parse": lambda: parse_only(blobs),
+            "snapshot": lambda: snapshot_instances(keyed),
+            "naive": lambda: naive(blobs),
+            "unpaused": unpaused,
+            "ours": lambda: ours(blobs),
+            "literal": lambda: naive_literal(blobs),
+            "wide": lambda: ours_wide(blobs),
+        },
+        repeat,
+    )
+    yield Measurement(
+        f"Snapshot.from_blobs + .instances {label} vs orjson.loads (GC off)",
+        t["snapshot"],
+        t["parse"],
+        "s",
+        note=f"goal <= 3; {note}",
+    )
+    yield Measurement(
+        f"Snapshot.from_blobs + .instances {label} vs json.loads+json_normalize (DICOM dicts only)",
+        t["snapshot"],
+        t["naive"],
+        "s",
+        "baseline/ours",
+        f"goal >= 2; baseline: instance DICOM dicts only, no VRs/frames/series/study; {note}",
+    )
+    yield Measurement(
+        f"what gc_paused buys: Snapshot.from_blobs + .instances {label}, GC paused vs not",
+        t["snapshot"],
+        t["unpaused"],
+        "s",
+        "baseline/ours",
+        "ratio = the speed-up of pausing the cyclic GC",
+    )
+    yield Measurement(
+        f"orjson.loads (GC on) + flatten_many {label} vs orjson.loads (GC off)",
+        t["ours"],
+        t["parse"],
+        "s",
+        note=f"the caller's own parse, GC on; {note}",
+    )
+    yield Measurement(
+        f"flatten {label} vs json.loads+json_normalize (literal: nodes as they are, levels joined)",
+        t["ours"],
+        t["literal"],
+        "s",
+        "baseline/ours",
+        f"baseline: instance nodes (DICOM.X, DICOMVRs.X, ImageFrames as list) + series "
+        f"+ Patient/Study DICOM merged on; ours: 4 level frames, no join; {note}",
+    )
+    yield Measurement(
+        f"flatten + wide_view {label} vs json.loads+json_normalize (literal, levels joined)",
+        t["wide"],
+        t["literal"],
+        "s",
+        "baseline/ours",
+        f"both sides build the joined instance-level frame; {note}",
+    )
 
 
 class _no_gc_pause:
@@ -248,8 +293,13 @@ def _memory_child(path: str) -> dict[str, float]:
     rows = len(flat.instances)
     _trim()
     kept = sum(map(len, fetched.values()))
-    return {"retained": _status("VmRSS") - rss + kept, "peak": max(0, _status("VmHWM") - peak_before) + kept,
-            "peak_before": peak_before - rss, "gzip": kept, "rows": rows}
+    return {
+        "retained": _status("VmRSS") - rss + kept,
+        "peak": max(0, _status("VmHWM") - peak_before) + kept,
+        "peak_before": peak_before - rss,
+        "gzip": kept,
+        "rows": rows,
+    }
 
 
 def _memory(blobs: list[bytes]) -> dict[str, float]:
@@ -277,13 +327,24 @@ def run(scale: float) -> Iterable[Measurement]:
         yield from _measure(label, blobs, 3)
         memory = _memory(blobs)
         del blobs
-        note = (f"fresh process (warmed up on one image set), RSS growth after malloc_trim + the gzip blobs it keeps "
-                f"({memory['gzip'] / 1e6:.1f} MB); studies, series, instances, frames built")
-        yield Measurement(f"Snapshot retained memory {label} vs JSON bytes", memory["retained"], memory["json"],
-                          "bytes", note=f"goal <= 1.5; {note}")
-        yield Measurement(f"Snapshot peak memory (VmHWM growth) {label} vs JSON bytes", memory["peak"],
-                          memory["json"], "bytes",
-                          note="fresh process; one batch of parsed dicts exists at a time while flattening")
+        note = (
+            f"fresh process (warmed up on one image set), RSS growth after malloc_trim + the gzip blobs it keeps "
+            f"({memory['gzip'] / 1e6:.1f} MB); studies, series, instances, frames built"
+        )
+        yield Measurement(
+            f"Snapshot retained memory {label} vs JSON bytes",
+            memory["retained"],
+            memory["json"],
+            "bytes",
+            note=f"goal <= 1.5; {note}",
+        )
+        yield Measurement(
+            f"Snapshot peak memory (VmHWM growth) {label} vs JSON bytes",
+            memory["peak"],
+            memory["json"],
+            "bytes",
+            note="fresh process; one batch of parsed dicts exists at a time while flattening",
+        )
 
 
 if __name__ == "__main__":

@@ -70,12 +70,21 @@ def _child(kind: str, endpoint: str, datastore_id: str, directory: str, partitio
 
         from curation import scale
 
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+            Client(cluster) as client,
+        ):
             client.run(importlib.import_module, "curation.scale")  # worker imports are cluster start-up
             start = time.perf_counter()
-            snapshot = scale.fetch_to_parquet(endpoint, datastore_id, directory, client=client, rate=None,
-                                              partition_size=partition_size, progress=False)
+            snapshot = scale.fetch_to_parquet(
+                endpoint,
+                datastore_id,
+                directory,
+                client=client,
+                rate=None,
+                partition_size=partition_size,
+                progress=False,
+            )
             seconds = time.perf_counter() - start
             image_sets = len(snapshot)
     else:
@@ -102,8 +111,16 @@ def _vm_hwm() -> int:
 
 
 def _measure(kind: str, endpoint: str, datastore_id: str, directory: str, partition_size: int) -> dict[str, float]:
-    command = [sys.executable, "-m", "benchmarks.bench_scale", kind, endpoint, datastore_id, directory,
-               str(partition_size)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_scale",
+        kind,
+        endpoint,
+        datastore_id,
+        directory,
+        str(partition_size),
+    ]
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -143,8 +160,10 @@ def _partition_cpu(image_sets: int) -> tuple[float, float]:
     from curation.model.document import encode_document
     from curation.scale import store_partition
 
-    blobs = {f"{n:032x}": encode_document({**doc, "ImageSetID": f"{n:032x}"}, compress=True)
-             for n, doc in enumerate(generated(image_sets, 0))}
+    blobs = {
+        f"{n:032x}": encode_document({**doc, "ImageSetID": f"{n:032x}"}, compress=True)
+        for n, doc in enumerate(generated(image_sets, 0))
+    }
     timings = []
     for write in (store_partition, _previous_partition):
         best = float("inf")
@@ -163,9 +182,14 @@ def run(scale: float) -> Iterable[Measurement]:
     from curation.local.store import Store
 
     ours, before = _partition_cpu(PARTITION)
-    yield Measurement(f"scale partition CPU (flatten + write {PARTITION} image sets of {INSTANCES_PER_SET})", ours,
-                      before, "s", note="goal <= 0.5; baseline: the previous writer (documents re-dumped and "
-                      "re-gzipped, every cell JSON text); both from the same fetched gzip blobs")
+    yield Measurement(
+        f"scale partition CPU (flatten + write {PARTITION} image sets of {INSTANCES_PER_SET})",
+        ours,
+        before,
+        "s",
+        note="goal <= 0.5; baseline: the previous writer (documents re-dumped and "
+        "re-gzipped, every cell JSON text); both from the same fetched gzip blobs",
+    )
 
     big = max(GROWTH * 2, round(FULL_IMAGE_SETS * scale))
     sizes = [big // GROWTH, big]
@@ -185,24 +209,41 @@ def run(scale: float) -> Iterable[Measurement]:
             for count in sizes:
                 target = str(Path(directory) / f"snapshot-{count}")
                 kinds = ("scale", "memory") if count == sizes[0] else ("scale",)
-                results[count] = {kind: _measure(kind, endpoint, datastores[count], target, partition_size)
-                                  for kind in kinds}
+                results[count] = {
+                    kind: _measure(kind, endpoint, datastores[count], target, partition_size) for kind in kinds
+                }
                 for kind in kinds:
                     assert results[count][kind]["image_sets"] == count, results[count]
     small, large = (results[c] for c in sizes)
     label = f"{sizes[0]} image sets / {sizes[0] * INSTANCES_PER_SET} instances"
-    yield Measurement(f"scale fetch_to_parquet wall time, {label}", small["scale"]["seconds"],
-                      small["memory"]["seconds"], "s",
-                      note=f"2 worker processes, partitions of {partition_size}; baseline: curation.fetch + every "
-                      "level frame, in one process")
-    yield Measurement(f"scale driver peak (VmHWM), {label}", small["scale"]["peak_mb"], small["memory"]["peak_mb"],
-                      "MB", note="the driver process's own VmHWM (workers excluded) vs the in-memory process's")
+    yield Measurement(
+        f"scale fetch_to_parquet wall time, {label}",
+        small["scale"]["seconds"],
+        small["memory"]["seconds"],
+        "s",
+        note=f"2 worker processes, partitions of {partition_size}; baseline: curation.fetch + every "
+        "level frame, in one process",
+    )
+    yield Measurement(
+        f"scale driver peak (VmHWM), {label}",
+        small["scale"]["peak_mb"],
+        small["memory"]["peak_mb"],
+        "MB",
+        note="the driver process's own VmHWM (workers excluded) vs the in-memory process's",
+    )
     big_label = f"{sizes[1]} image sets / {sizes[1] * INSTANCES_PER_SET} instances"
-    yield Measurement(f"scale fetch_to_parquet wall time, {big_label}", large["scale"]["seconds"],
-                      small["scale"]["seconds"], "s", note=f"baseline: the same at {sizes[0]} image sets")
+    yield Measurement(
+        f"scale fetch_to_parquet wall time, {big_label}",
+        large["scale"]["seconds"],
+        small["scale"]["seconds"],
+        "s",
+        note=f"baseline: the same at {sizes[0]} image sets",
+    )
     yield Measurement(
         f"scale driver peak (VmHWM) growth from {sizes[0]} to {sizes[1]} image sets ({GROWTH}x)",
-        large["scale"]["peak_mb"], small["scale"]["peak_mb"], "MB",
+        large["scale"]["peak_mb"],
+        small["scale"]["peak_mb"],
+        "MB",
         note="ours: the Dask driver at the large size; baseline: at the small size; 1.0 = flat",
     )
 

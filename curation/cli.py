@@ -145,7 +145,6 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-
 # --- apply, verify, revert ----------------------------------------------------------------------------------
 
 
@@ -259,8 +258,9 @@ def _revert(args: argparse.Namespace) -> int:
 
     _need_journal(args.journal)
     client, quotas = _client(args)
-    frame = revert(args.journal, client, journal_out=args.journal_out, dry_run=args.dry_run,
-                   **_run_keywords(args, quotas))
+    frame = revert(
+        args.journal, client, journal_out=args.journal_out, dry_run=args.dry_run, **_run_keywords(args, quotas)
+    )
     return _print_result(frame, args.journal_out or f"{args.journal}.revert")
 
 
@@ -321,7 +321,10 @@ def _command(
 
 def _add_run_commands(commands: Any) -> None:
     applier = _command(
-        commands, "apply", _apply, "apply (or resume) a saved plan, journaled",
+        commands,
+        "apply",
+        _apply,
+        "apply (or resume) a saved plan, journaled",
         "Send the requests of a plan saved with UpdatePlan.save (and reviewed in a notebook), journaled: run the\n"
         "same command again to resume after a crash. A plan edited since it was saved is refused.",
     )
@@ -331,7 +334,10 @@ def _add_run_commands(commands: Any) -> None:
     _run_options(applier)
 
     checker = _command(
-        commands, "verify", _verify, "check that the service holds what a plan intended",
+        commands,
+        "verify",
+        _verify,
+        "check that the service holds what a plan intended",
         "Fetch every image set a plan touches and compare it with the plan's intended result; with the apply's\n"
         "journal, at the versions the apply made (later edits by others are not reported).",
     )
@@ -341,7 +347,10 @@ def _add_run_commands(commands: Any) -> None:
     _run_options(checker, sends=False)
 
     reverter = _command(
-        commands, "revert", _revert, "return every image set an apply touched to its version before the plan",
+        commands,
+        "revert",
+        _revert,
+        "return every image set an apply touched to its version before the plan",
         "Undo an apply from its journal: every image set it changed goes back to its version before the plan,\n"
         "unless someone else changed it since (reported as a conflict). Journaled and resumable.",
     )
@@ -359,9 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    demo = _command(commands, "demo", _demo, "run the whole curation workflow on the embedded service",
-                    "Import sample DICOM files into an embedded store and run fetch, edit, plan, apply, verify\n"
-                    "and revert on it, printing each step.")
+    demo = _command(
+        commands,
+        "demo",
+        _demo,
+        "run the whole curation workflow on the embedded service",
+        "Import sample DICOM files into an embedded store and run fetch, edit, plan, apply, verify\n"
+        "and revert on it, printing each step.",
+    )
     demo.add_argument("--store", help="store directory (default: a fresh temporary one)")
 
     serve = commands.add_parser(

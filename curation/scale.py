@@ -71,8 +71,18 @@ from curation.run.retries import RateLimiter, RetryPolicy
 if TYPE_CHECKING:
     from curation.curate.updateplan import UpdatePlan
 
-__all__ = ["ClientFactory", "ScaleSnapshot", "diff", "fetch_to_parquet", "open_snapshot", "plan", "save_frames",
-           "sql", "to_flat", "to_pandas"]
+__all__ = [
+    "ClientFactory",
+    "ScaleSnapshot",
+    "diff",
+    "fetch_to_parquet",
+    "open_snapshot",
+    "plan",
+    "save_frames",
+    "sql",
+    "to_flat",
+    "to_pandas",
+]
 
 FORMAT = "ahi-curation-scale-snapshot"
 EDITS_FORMAT = "ahi-curation-scale-frames"
@@ -133,8 +143,11 @@ class ClientFactory:
         from botocore.config import Config
 
         session = boto3.session.Session(profile_name=self.profile_name) if self.profile_name else boto3
-        config = Config(inject_host_prefix=self.inject_host_prefix, max_pool_connections=self.max_pool_connections,
-                        **dict(self.config))
+        config = Config(
+            inject_host_prefix=self.inject_host_prefix,
+            max_pool_connections=self.max_pool_connections,
+            **dict(self.config),
+        )
         return session.client(
             "medical-imaging",
             endpoint_url=self.endpoint_url,
@@ -172,8 +185,10 @@ class ScaleSnapshot:
         self._where = {i: n for n, p in enumerate(self.partitions) for i in p["image_set_ids"]}
 
     def __repr__(self) -> str:
-        return (f"ScaleSnapshot({self.path!r}, datastore_id={self.datastore_id!r}, image_sets={len(self._where)}, "
-                f"partitions={len(self.partitions)}, failures={len(self.manifest['failures'])})")
+        return (
+            f"ScaleSnapshot({self.path!r}, datastore_id={self.datastore_id!r}, image_sets={len(self._where)}, "
+            f"partitions={len(self.partitions)}, failures={len(self.manifest['failures'])})"
+        )
 
     def __len__(self) -> int:
         return len(self._where)
@@ -211,8 +226,9 @@ class ScaleSnapshot:
     def to_snapshot(self) -> Snapshot:
         """Everything as one in-memory Snapshot (only for data that fits in memory)."""
         blobs = {k: v for part in self.partitions for k, v in _read_blobs(self.path, part).items()}
-        snapshot = Snapshot.from_blobs(blobs, datastore_id=self.datastore_id, version_ids=self.version_ids,
-                                       failures=self.failures)
+        snapshot = Snapshot.from_blobs(
+            blobs, datastore_id=self.datastore_id, version_ids=self.version_ids, failures=self.failures
+        )
         snapshot.primary = self.primary
         return snapshot
 
@@ -238,8 +254,7 @@ def _read_documents(path: str, part: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _partition_snapshot(path: str, datastore_id: str, part: Mapping[str, Any]) -> Snapshot:
-    snapshot = Snapshot.from_blobs(_read_blobs(path, part), datastore_id=datastore_id,
-                                   version_ids=part["version_ids"])
+    snapshot = Snapshot.from_blobs(_read_blobs(path, part), datastore_id=datastore_id, version_ids=part["version_ids"])
     snapshot.primary = dict(part["primary"])
     return snapshot
 
@@ -257,20 +272,24 @@ def _as_scale(source: Any) -> ScaleSnapshot:
 # --- fetch -----------------------------------------------------------------------------------------------
 
 
-def _listing(factory: Callable[[], Any], datastore_id: str, search: Mapping[str, Any] | None,
-             sort: Any, retries: Any) -> list[tuple[str, str, Any, Any]]:
+def _listing(
+    factory: Callable[[], Any], datastore_id: str, search: Mapping[str, Any] | None, sort: Any, retries: Any
+) -> list[tuple[str, str, Any, Any]]:
     """(image set ID, version, isPrimary, StudyInstanceUID) of every image set the search lists, in order."""
     client = factory()
     seen: dict[str, tuple[str, str | None, Any, Any]] = {}
     try:
-        for page in iter_search_pages(client, datastore_id, search, sort=sort, limiter=RateLimiter(*CONTROL_QUOTA),
-                                      retries=retries):
+        for page in iter_search_pages(
+            client, datastore_id, search, sort=sort, limiter=RateLimiter(*CONTROL_QUOTA), retries=retries
+        ):
             for summary in page:
                 image_set_id = summary["imageSetId"]
                 study = (summary.get("DICOMTags") or {}).get("DICOMStudyInstanceUID")
                 version = summary.get("version")
-                seen.setdefault(image_set_id, (image_set_id, None if version is None else str(version),
-                                               summary.get("isPrimary"), study))
+                seen.setdefault(
+                    image_set_id,
+                    (image_set_id, None if version is None else str(version), summary.get("isPrimary"), study),
+                )
     finally:
         client.close()
     return list(seen.values())  # type: ignore[arg-type]  # a version is None only for a summary without one
@@ -293,26 +312,46 @@ def _cut(listing: list[tuple[str, str, Any, Any]], size: int) -> list[list[tuple
     return parts
 
 
-def _fetch_partition(factory: Callable[[], Any], datastore_id: str, path: str, name: str,
-                     entries: list[tuple[str, str, Any, Any]], rate: float | None, burst: float,
-                     max_workers: int, retries: Any) -> dict[str, Any]:
+def _fetch_partition(
+    factory: Callable[[], Any],
+    datastore_id: str,
+    path: str,
+    name: str,
+    entries: list[tuple[str, str, Any, Any]],
+    rate: float | None,
+    burst: float,
+    max_workers: int,
+    retries: Any,
+) -> dict[str, Any]:
     """On a worker: fetch, flatten and write one partition; return its (small) manifest entry."""
     client = factory()
     try:
         versions = {e[0]: e[1] for e in entries if e[1] is not None}
-        result = fetch_documents(client, datastore_id, [e[0] for e in entries], version_ids=versions,
-                                 max_workers=max_workers, rate=rate, burst=burst, progress=False, retries=retries,
-                                 parse=False)
+        result = fetch_documents(
+            client,
+            datastore_id,
+            [e[0] for e in entries],
+            version_ids=versions,
+            max_workers=max_workers,
+            rate=rate,
+            burst=burst,
+            progress=False,
+            retries=retries,
+            parse=False,
+        )
     finally:
         client.close()
-    failures = [{k: (None if v is None else str(v)) for k, v in r.items()}
-                for r in result.failures.to_dict("records")]
+    failures = [{k: (None if v is None else str(v)) for k, v in r.items()} for r in result.failures.to_dict("records")]
     entry = store_partition(path, name, result.blobs)
     failures += entry.pop("failures")
     ids = entry["image_set_ids"]
     primary = {**result.primary, **{e[0]: bool(e[2]) for e in entries if e[2] is not None}}
-    return {**entry, "version_ids": {i: result.version_ids[i] for i in ids},
-            "primary": {i: primary[i] for i in ids if i in primary}, "failures": failures}
+    return {
+        **entry,
+        "version_ids": {i: result.version_ids[i] for i in ids},
+        "primary": {i: primary[i] for i in ids if i in primary},
+        "failures": failures,
+    }
 
 
 def store_partition(path: str, name: str, blobs: Mapping[str, bytes]) -> dict[str, Any]:
@@ -320,12 +359,14 @@ def store_partition(path: str, name: str, blobs: Mapping[str, bytes]) -> dict[st
     one Parquet file per level (native Arrow types; JSON text only for object cells)."""
     snapshot = Snapshot.from_blobs(blobs, datastore_id="")
     flat = snapshot.cached_flattened()
-    failures = [{k: (None if v is None else str(v)) for k, v in r.items()}
-                for r in snapshot.failures.to_dict("records")]
+    failures = [
+        {k: (None if v is None else str(v)) for k, v in r.items()} for r in snapshot.failures.to_dict("records")
+    ]
     ids = snapshot.image_set_ids
     os.makedirs(os.path.join(path, "documents"), exist_ok=True)
-    kept = pa.table({"ImageSetID": pa.array(ids, pa.string()),
-                     "blob": pa.array([blobs[i] for i in ids], pa.large_binary())})
+    kept = pa.table(
+        {"ImageSetID": pa.array(ids, pa.string()), "blob": pa.array([blobs[i] for i in ids], pa.large_binary())}
+    )
     pq.write_table(kept, os.path.join(path, "documents", f"{name}.parquet"), compression="none")
     frames = {}
     for level in FRAME_NAMES:
@@ -392,9 +433,20 @@ def fetch_to_parquet(
         futures = {}
         for number, entries in enumerate(parts):
             name = f"part-{number:05d}"
-            future = client.submit(_fetch_partition, factory, datastore_id, path, name, entries, share, burst_share,
-                                   max_workers, retries, key=f"ahi-fetch-{os.path.basename(path)}-{name}-{id(parts)}",
-                                   pure=False)
+            future = client.submit(
+                _fetch_partition,
+                factory,
+                datastore_id,
+                path,
+                name,
+                entries,
+                share,
+                burst_share,
+                max_workers,
+                retries,
+                key=f"ahi-fetch-{os.path.basename(path)}-{name}-{id(parts)}",
+                pure=False,
+            )
             futures[future] = number
         results: list[dict[str, Any] | None] = [None] * len(parts)
         with tqdm(total=len(listing), desc="fetch partitions", unit=" image sets", disable=not progress) as bar:
@@ -450,8 +502,9 @@ def _renames(local: Mapping[str, str], levels: Mapping[str, str]) -> dict[str, s
     return out
 
 
-def _schema(partitions: list[dict[str, Any]], levels: Mapping[str, str],
-            names: Sequence[str] = FRAME_NAMES) -> dict[str, Any]:
+def _schema(
+    partitions: list[dict[str, Any]], levels: Mapping[str, str], names: Sequence[str] = FRAME_NAMES
+) -> dict[str, Any]:
     """Per level: every column in first-seen order, which hold JSON cells, and the dtypes of the others."""
     schema = {}
     for level in names:
@@ -623,8 +676,15 @@ def open_snapshot(path: str | os.PathLike) -> SnapshotFrames:
             if not count:
                 out[level] = dd.from_pandas(meta, npartitions=1)
                 continue
-            out[level] = dd.from_map(_read_flat, list(range(count)), path=path, level=level, meta=meta,
-                                     enforce_metadata=False, label=f"ahi-{level}")
+            out[level] = dd.from_map(
+                _read_flat,
+                list(range(count)),
+                path=path,
+                level=level,
+                meta=meta,
+                enforce_metadata=False,
+                label=f"ahi-{level}",
+            )
     return out
 
 
@@ -651,19 +711,21 @@ def save_frames(frames: Mapping[str, Any], path: str | os.PathLike, *, client: A
     if snapshot is None:
         raise TypeError("save_frames takes open_snapshot()'s result (after edits): it names the snapshot")
     task = dask.delayed(_save_partition, pure=False)
-    tasks = {level: [task(piece, n, path, level) for n, piece in enumerate(frames[level].to_delayed())]
-             for level in levels}
+    tasks = {
+        level: [task(piece, n, path, level) for n, piece in enumerate(frames[level].to_delayed())] for level in levels
+    }
     results = _compute([t for level in levels for t in tasks[level]], client)
     infos: dict[str, list[dict[str, Any]]] = {}
     for level in levels:
-        infos[level], results = results[: len(tasks[level])], results[len(tasks[level]):]
+        infos[level], results = results[: len(tasks[level])], results[len(tasks[level]) :]
     manifest = {
         "format": EDITS_FORMAT,
         "format_version": FORMAT_VERSION,
         "snapshot": os.path.abspath(snapshot.path),
         "frames": infos,
-        "schema": {level: _schema([{"frames": {level: info}} for info in infos[level]], {}, [level])[level]
-                   for level in levels},
+        "schema": {
+            level: _schema([{"frames": {level: info}} for info in infos[level]], {}, [level])[level] for level in levels
+        },
     }
     temporary = os.path.join(path, "manifest.json.tmp")
     with open(temporary, "w") as handle:
@@ -701,8 +763,13 @@ def _split(frame: pd.DataFrame, snapshot: ScaleSnapshot) -> list[pd.DataFrame]:
     return [frame.iloc[np.flatnonzero(where == n)] for n in range(len(snapshot.partitions))]
 
 
-def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.DataFrame]],
-                    vrs: Mapping[str, str] | None, rows: str = "selection") -> tuple[pd.DataFrame, pd.DataFrame]:
+def _diff_partition(
+    path: str,
+    number: int,
+    pieces: list[tuple[str | None, pd.DataFrame]],
+    vrs: Mapping[str, str] | None,
+    rows: str = "selection",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """On a worker: ``curation.curate.differ.diff`` of one partition's edited frames against its documents."""
     from curation.curate.differ import diff as diff_frames
 
@@ -718,8 +785,10 @@ def _diff_partition(path: str, number: int, pieces: list[tuple[str | None, pd.Da
         frame = to_pandas(piece, level)
         foreign = [i for i in set(frame.index.get_level_values(0)) - allowed if snapshot.partition_of(i) is not None]
         if foreign:
-            raise ValueError(f"edited {level} partition {number} holds image sets of other partitions: keep the "
-                             "partitioning of open_snapshot (filter, assign, map_partitions; no repartition)")
+            raise ValueError(
+                f"edited {level} partition {number} holds image sets of other partitions: keep the "
+                "partitioning of open_snapshot (filter, assign, map_partitions; no repartition)"
+            )
         if level == "studies" and to_local:
             frame = frame.rename(columns=to_local)
         frames.append((level, frame))
@@ -775,8 +844,10 @@ def diff(
     for hint, frame in _edited_items(edited):
         if isinstance(frame, dd.DataFrame):
             if frame.npartitions != count:
-                raise ValueError(f"the edited frame has {frame.npartitions} partitions, the snapshot {count}: keep "
-                                 "the partitioning of open_snapshot (filter, assign, map_partitions; no repartition)")
+                raise ValueError(
+                    f"the edited frame has {frame.npartitions} partitions, the snapshot {count}: keep "
+                    "the partitioning of open_snapshot (filter, assign, map_partitions; no repartition)"
+                )
             for number, piece in enumerate(frame.to_delayed()):
                 per_part[number].append((hint, piece))
         else:
@@ -795,8 +866,14 @@ def diff(
     return changes
 
 
-def _plan_partition(path: str, number: int, changes: pd.DataFrame, problems: pd.DataFrame,
-                    vrs: Mapping[str, str], options: Mapping[str, Any]) -> UpdatePlan:
+def _plan_partition(
+    path: str,
+    number: int,
+    changes: pd.DataFrame,
+    problems: pd.DataFrame,
+    vrs: Mapping[str, str],
+    options: Mapping[str, Any],
+) -> UpdatePlan:
     """On a worker: ``curation.curate.planner.plan`` of one partition's changes against its documents."""
     from curation.curate.planner import plan as plan_changes
 
@@ -826,16 +903,20 @@ def plan(
     count = len(scale.partitions)
 
     def cut(table: pd.DataFrame) -> list[pd.DataFrame]:
-        where = np.fromiter((scale.partition_of(i) or 0 if isinstance(i, str) else 0 for i in table["ImageSetID"]),
-                            dtype=np.int64, count=len(table))
+        where = np.fromiter(
+            (scale.partition_of(i) or 0 if isinstance(i, str) else 0 for i in table["ImageSetID"]),
+            dtype=np.int64,
+            count=len(table),
+        )
         return [table.iloc[np.flatnonzero(where == n)].reset_index(drop=True) for n in range(count)]
 
     change_parts, problem_parts = cut(changes.changes), cut(changes.problems)
     options = {"max_blob_bytes": max_blob_bytes, "include_study_image_sets": include_study_image_sets}
     task = dask.delayed(_plan_partition, pure=False)
     numbers = [n for n in range(count) if len(change_parts[n]) or len(problem_parts[n])]
-    plans = _compute([task(scale.path, n, change_parts[n], problem_parts[n], dict(changes.vrs), options)
-                      for n in numbers], client)
+    plans = _compute(
+        [task(scale.path, n, change_parts[n], problem_parts[n], dict(changes.vrs), options) for n in numbers], client
+    )
     folding = {r.image_set_id for p in plans for r in p.requests if r.affects}
     requests = [r for p in plans for r in p.requests if r.image_set_id in folding]
     requests += [r for p in plans for r in p.requests if r.image_set_id not in folding]
@@ -867,8 +948,11 @@ def _part_sql(snapshot: ScaleSnapshot, part: Mapping[str, Any], level: str, json
     renames = _renames(part["levels"], snapshot.levels) if level == "studies" else {}
     own = {renames.get(c, c): c for c in info["columns"]}
     items = [f"{_quote(k)} AS {_quote(v)}" for k, v in renames.items() if k in info["columns"]]
-    text = [f"to_json({_quote(c)})::VARCHAR AS {_quote(c)}" for name, c in own.items()
-            if name in json_columns and c not in info["json_columns"]]
+    text = [
+        f"to_json({_quote(c)})::VARCHAR AS {_quote(c)}"
+        for name, c in own.items()
+        if name in json_columns and c not in info["json_columns"]
+    ]
     select = "SELECT *"
     if text:
         select += f" REPLACE ({', '.join(text)})"

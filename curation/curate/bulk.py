@@ -58,8 +58,19 @@ def _plain(value: Any, codec: str) -> Any:
     return _ABSENT
 
 
-def bulk_edits(targets: Targets, coercer: Coercer, kind: str, spec: Spec, column: Any, opos: np.ndarray,
-               olds: list, news: list, codec: str, changes: list[Change], problems: list[Problem]) -> list[int]:
+def bulk_edits(
+    targets: Targets,
+    coercer: Coercer,
+    kind: str,
+    spec: Spec,
+    column: Any,
+    opos: np.ndarray,
+    olds: list,
+    news: list,
+    codec: str,
+    changes: list[Change],
+    problems: list[Problem],
+) -> list[int]:
     """Record the plain cells' changes (and value problems); return the indices left for ``Coercer.edit``."""
     vr, vm = dicom.vr_vm_of(spec.key)
     rest: list[int] = []
@@ -85,7 +96,8 @@ def bulk_edits(targets: Targets, coercer: Coercer, kind: str, spec: Spec, column
     refused: dict[str, str | None] = {}
     reason: str | None
     for (_, before, new), image_set, series_uid, sop, label in zip(
-            taken, picked[0].tolist(), series, sops, labels, strict=True):
+        taken, picked[0].tolist(), series, sops, labels, strict=True
+    ):
         if before is _ABSENT and coercer.validate:
             if image_set not in refused:
                 refused[image_set] = level_problem(targets.holding, image_set, spec.key, spec.level)
@@ -95,8 +107,15 @@ def bulk_edits(targets: Targets, coercer: Coercer, kind: str, spec: Spec, column
                 continue
         problem = coercer.check_value(new, vr, vm) if coercer.validate else None
         if problem:
-            problems.append(Problem(image_set, label, column, spec.key,
-                                    f"value {short(new)} does not fit {spec.key} (VR {vr}): {problem}"))
+            problems.append(
+                Problem(
+                    image_set,
+                    label,
+                    column,
+                    spec.key,
+                    f"value {short(new)} does not fit {spec.key} (VR {vr}): {problem}",
+                )
+            )
         op = ChangeOp.ADD if before is _ABSENT else ChangeOp.UPDATE
         old = None if before is _ABSENT else (NULL if before is None else before)
         changes.append(Change(image_set, spec.level, series_uid, sop, spec.key, vr, old, new, op, label, column))

@@ -32,7 +32,6 @@ CHANGE_COLUMNS = (
 )
 
 
-
 class ChangeOp(StrEnum):
     """What one ChangeSet row does (the ``op`` column holds these values as plain strings)."""
 
@@ -72,8 +71,19 @@ class Change:
 
     def record(self) -> tuple:
         """The row as a tuple in ``CHANGE_COLUMNS`` order (``op`` as its plain string)."""
-        return (self.image_set, self.level, self.series, self.sop, self.attribute, self.vr, self.old, self.new,
-                self.op.value, self.row, self.column)
+        return (
+            self.image_set,
+            self.level,
+            self.series,
+            self.sop,
+            self.attribute,
+            self.vr,
+            self.old,
+            self.new,
+            self.op.value,
+            self.row,
+            self.column,
+        )
 
 
 @dataclass(slots=True)
@@ -88,6 +98,7 @@ class Problem:
 
     def record(self) -> tuple:
         return self.image_set, self.row, self.column, self.attribute, self.reason
+
 
 #: The columns of ``ChangeSet.problems``: what is wrong, where, and whether planning must stop for it.
 PROBLEM_COLUMNS = ("ImageSetID", "row", "column", "attribute", "reason")
@@ -135,8 +146,7 @@ class ChangeSet:
         """Per change, why it needs ``force`` (a list of reasons; empty when it does not): information only."""
         reasons = [
             change_force_reasons(attribute, vr, op)
-            for attribute, vr, op in zip(self.changes["attribute"], self.changes["VR"], self.changes["op"],
-                                         strict=True)
+            for attribute, vr, op in zip(self.changes["attribute"], self.changes["VR"], self.changes["op"], strict=True)
         ]
         return pd.Series(reasons, index=self.changes.index, dtype=object, name="force_reasons")
 
@@ -154,8 +164,9 @@ class ChangeSet:
     def removals(self) -> dict[str, int]:
         """How many attributes, instances and series the changes remove."""
         ops = self.changes["op"].value_counts()
-        return {what: int(ops.get(op, 0)) for what, op in zip(("attributes", "instances", "series"), REMOVALS,
-                                                                 strict=True)}
+        return {
+            what: int(ops.get(op, 0)) for what, op in zip(("attributes", "instances", "series"), REMOVALS, strict=True)
+        }
 
     def __repr__(self) -> str:
         ops = self.changes["op"].value_counts()
@@ -198,5 +209,7 @@ def payload_removals(payloads: Iterable[Any]) -> dict[str, int]:
 
 def removal_text(counts: dict[str, int]) -> str:
     """``"removes 2 attribute(s), 0 instance(s), 1 series"``: the removals a first line always shows."""
-    return (f"removes {counts.get('attributes', 0)} attribute(s), {counts.get('instances', 0)} instance(s), "
-            f"{counts.get('series', 0)} series")
+    return (
+        f"removes {counts.get('attributes', 0)} attribute(s), {counts.get('instances', 0)} instance(s), "
+        f"{counts.get('series', 0)} series"
+    )

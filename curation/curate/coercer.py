@@ -61,8 +61,18 @@ class Coercer:
     def same_cell(self, old: Any, new: Any) -> bool:
         return is_absent(old) and is_absent(new)
 
-    def edit(self, kind: str, spec: Spec, position: int, old_cell: Any, new_cell: Any, old_codec: str,
-             new_codec: str, label: Any, column: Any) -> Edit | None:
+    def edit(
+        self,
+        kind: str,
+        spec: Spec,
+        position: int,
+        old_cell: Any,
+        new_cell: Any,
+        old_codec: str,
+        new_codec: str,
+        label: Any,
+        column: Any,
+    ) -> Edit | None:
         """The edit a changed cell makes, or None (no change, or a problem recorded in ``problems``)."""
         old = ABSENT if is_absent(old_cell) else decode(old_cell, old_codec)
         if is_remove(new_cell):
@@ -81,10 +91,15 @@ class Coercer:
             if old is not ABSENT and type(old_cell) is not str and new_cell == str(old_cell):
                 return None  # what astype(str) makes of the current cell: no edit
             if new_cell in MISSING_TEXTS:
-                self._problem(kind, label, column, spec.key,
-                              f"{new_cell!r} is the text pandas makes from a missing value, not a value: it is not "
-                              "planned (use curation.REMOVE to remove the attribute, \"\" to empty it, or restore "
-                              "the cell)")
+                self._problem(
+                    kind,
+                    label,
+                    column,
+                    spec.key,
+                    f"{new_cell!r} is the text pandas makes from a missing value, not a value: it is not "
+                    'planned (use curation.REMOVE to remove the attribute, "" to empty it, or restore '
+                    "the cell)",
+                )
                 return None
             if not new_cell and new_codec in TEXT_CODECS:
                 if old is not ABSENT and is_empty(old):
@@ -93,14 +108,20 @@ class Coercer:
                 return Edit(op, _cell(old), _cell(empty), self.vr_vm(spec, kind, position, old)[0])
         return self._coerced(kind, spec, position, old, new_cell, label, column)
 
-    def _coerced(self, kind: str, spec: Spec, position: int, old: Any, value: Any, label: Any,
-                 column: Any) -> Edit | None:
+    def _coerced(
+        self, kind: str, spec: Spec, position: int, old: Any, value: Any, label: Any, column: Any
+    ) -> Edit | None:
         vr, vm = self.vr_vm(spec, kind, position, old)
         if vr is None and dicom.is_tag_key(spec.key):
             seen = self.targets.known_vr(spec.key)
-            self._problem(kind, label, column, spec.key,
-                          f"tag {spec.key} has no VR: give it with diff(..., vrs={{{spec.key!r}: 'XX'}})"
-                          + (f" (other instances use {seen})" if seen else ""))
+            self._problem(
+                kind,
+                label,
+                column,
+                spec.key,
+                f"tag {spec.key} has no VR: give it with diff(..., vrs={{{spec.key!r}: 'XX'}})"
+                + (f" (other instances use {seen})" if seen else ""),
+            )
             return None
         single = not vm or vm == "1"
         if type(value) is str and vr in TEXT_VRS and single:

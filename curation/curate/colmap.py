@@ -60,21 +60,30 @@ class ColumnMapper:
 
     def _spec(self, kind: str, column: Any) -> Spec:
         if not isinstance(column, str):
-            return Spec(kind, str(column), "Instance", str(column),
-                        blocker="column names must be DICOM keywords or tags")
+            return Spec(
+                kind, str(column), "Instance", str(column), blocker="column names must be DICOM keywords or tags"
+            )
         qualifier, key, node_key = split_column(column)
         if kind == "frames":
-            return Spec("frames", column, "Instance", key,
-                        blocker="image frame data is AHI-generated and cannot be changed")
+            return Spec(
+                "frames", column, "Instance", key, blocker="image frame data is AHI-generated and cannot be changed"
+            )
         source, src_col, level = self._place(kind, column, qualifier, key)
         if kind in ("series", "instances") and qualifier is not None and qualifier != level:
-            return Spec(source, src_col, level, key,
-                        blocker=f"a {qualifier}-level column cannot be edited in the {kind} frame")
+            return Spec(
+                source, src_col, level, key, blocker=f"a {qualifier}-level column cannot be edited in the {kind} frame"
+            )
         if node_key:
             hint = "; give the VR of a new private tag with diff(..., vrs={tag: VR})" if key == "DICOMVRs" else ""
-            return Spec(source, src_col, level, key, node=True,
-                        blocker=f"{column} is not a DICOM attribute (AHI-generated or node data): it cannot be "
-                                f"changed with UpdateImageSetMetadata{hint}")
+            return Spec(
+                source,
+                src_col,
+                level,
+                key,
+                node=True,
+                blocker=f"{column} is not a DICOM attribute (AHI-generated or node data): it cannot be "
+                f"changed with UpdateImageSetMetadata{hint}",
+            )
         return self._checked(Spec(source, src_col, level, key))
 
     def _place(self, kind: str, column: str, qualifier: str | None, key: str) -> tuple[str, str, str]:
@@ -103,12 +112,18 @@ class ColumnMapper:
                 return _blocked(spec, f"tag keys are written with 8 uppercase hex digits: {key.upper()}")
             keyword = dicom.keyword_of(key)
             if keyword:
-                return _blocked(spec, f"tag {key} has the keyword {keyword}: AHI keys it by keyword, use column "
-                                      f"{keyword!r}")
+                return _blocked(
+                    spec, f"tag {key} has the keyword {keyword}: AHI keys it by keyword, use column {keyword!r}"
+                )
         elif not dicom.is_standard(key):
-            return Spec(spec.source, spec.src_col, level, key,
-                        warning=f"{key!r} is not a DICOM keyword (pydicom's dictionary) nor an 8-hex tag: AHI takes "
-                                "it only with force")
+            return Spec(
+                spec.source,
+                spec.src_col,
+                level,
+                key,
+                warning=f"{key!r} is not a DICOM keyword (pydicom's dictionary) nor an 8-hex tag: AHI takes "
+                "it only with force",
+            )
         return spec
 
     def study_level(self, qualifier: str | None, key: str) -> str:

@@ -150,8 +150,16 @@ class _Aligned:
 class _DiffOperation:
     """One diff: the phases in order, state shared through the attributes (see the module docstring)."""
 
-    def __init__(self, snapshot: Any, vrs: dict[str, str], *, rows: str = "selection", validate: bool = True,
-                 exact: bool = False, study_levels: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        snapshot: Any,
+        vrs: dict[str, str],
+        *,
+        rows: str = "selection",
+        validate: bool = True,
+        exact: bool = False,
+        study_levels: Mapping[str, str] | None = None,
+    ) -> None:
         if rows not in ROW_MODES:
             raise ValueError(f"rows must be one of {', '.join(map(repr, ROW_MODES))}, not {rows!r}")
         self.targets = Targets(snapshot, study_levels)
@@ -221,11 +229,15 @@ class _DiffOperation:
                 reason = "the row appears more than once in the edited frame (its first occurrence is used)"
             else:
                 unknown = True
-                reason = (f"this {what} does not exist in the snapshot: adding {what}s is not possible with "
-                          "UpdateImageSetMetadata")
+                reason = (
+                    f"this {what} does not exist in the snapshot: adding {what}s is not possible with "
+                    "UpdateImageSetMetadata"
+                )
                 if kind != "studies":
-                    reason += ("; if you changed a UID in the index, restore the index and put the new UID in the "
-                               "column of the same name instead (the index must keep the old UID)")
+                    reason += (
+                        "; if you changed a UID in the index, restore the index and put the new UID in the "
+                        "column of the same name instead (the index must keep the old UID)"
+                    )
             self.problems.append(Problem(image_set, label, None, None, reason))
         positions = positions.copy()
         positions[duplicated] = -1
@@ -234,23 +246,33 @@ class _DiffOperation:
     def _dropped(self, kind: str, dropped: np.ndarray, *, blocked: bool) -> None:
         """rows="all": rows absent from the frame become removals (instances, series) or problems."""
         if kind in ("frames", "studies"):
-            reason = ("image frames are AHI-generated and cannot be removed" if kind == "frames" else
-                      "rows='all' but this image set is not in the edited frame: an image set cannot be removed "
-                      "with UpdateImageSetMetadata (that is DeleteImageSet); left alone")
+            reason = (
+                "image frames are AHI-generated and cannot be removed"
+                if kind == "frames"
+                else "rows='all' but this image set is not in the edited frame: an image set cannot be removed "
+                "with UpdateImageSetMetadata (that is DeleteImageSet); left alone"
+            )
             for position in dropped:
                 label = self.targets.frame(kind).index[position]
-                self.problems.append(Problem(label[0] if isinstance(label, tuple) else label, label, None, None,
-                                             reason))
+                self.problems.append(
+                    Problem(label[0] if isinstance(label, tuple) else label, label, None, None, reason)
+                )
             return
         source = "series" if kind == "series" else "instances"
         target = self.dropped_series if kind == "series" else self.dropped_instances
         for position in dropped:
             label = self.targets.label(source, int(position))
             if blocked:
-                self.problems.append(Problem(
-                    label[0], label, None, None,
-                    "row missing from a frame that also has rows not in the snapshot (was the index edited?): "
-                    "not removed"))
+                self.problems.append(
+                    Problem(
+                        label[0],
+                        label,
+                        None,
+                        None,
+                        "row missing from a frame that also has rows not in the snapshot (was the index edited?): "
+                        "not removed",
+                    )
+                )
             else:
                 target.setdefault(int(position), label)
 
@@ -268,16 +290,28 @@ class _DiffOperation:
         if spec.blocker is not None:
             self._blocked(aligned, spec, column, opos, olds, news)
             return
-        new_codec = (aligned.codecs or {}).get(column) or self.columns.codec(aligned.kind, column, spec,
-                                                                            aligned.column(column).dtype)
+        new_codec = (aligned.codecs or {}).get(column) or self.columns.codec(
+            aligned.kind, column, spec, aligned.column(column).dtype
+        )
         old_codec = self.targets.codec(spec.source, spec.src_col) or new_codec
         if aligned.kind == "wide" and spec.source != "instances":
             self._uniform(aligned, spec, column, candidates, orig, new, old_codec, new_codec)
             return
         rest: Any = range(len(opos))
         if takes_bulk(spec, old_codec, new_codec, self.coercer.exact):
-            rest = bulk_edits(self.targets, self.coercer, aligned.kind, spec, column, opos, olds, news, old_codec,
-                              self.changes, self.problems)
+            rest = bulk_edits(
+                self.targets,
+                self.coercer,
+                aligned.kind,
+                spec,
+                column,
+                opos,
+                olds,
+                news,
+                old_codec,
+                self.changes,
+                self.problems,
+            )
         for i in rest:
             position, old, value = int(opos[i]), olds[i], news[i]
             label = self.targets.label(aligned.kind, position)
@@ -307,9 +341,15 @@ class _DiffOperation:
                 continue
             label = self.targets.label(aligned.kind, position)
             image_set = label[0] if isinstance(label, tuple) else label
-            self.problems.append(Problem(image_set, label, column, spec.key,
-                                         f"{spec.blocker} (was {diffrules.short(_shown(old))}, edited to "
-                                         f"{diffrules.short(_shown(value))})"))
+            self.problems.append(
+                Problem(
+                    image_set,
+                    label,
+                    column,
+                    spec.key,
+                    f"{spec.blocker} (was {diffrules.short(_shown(old))}, edited to {diffrules.short(_shown(value))})",
+                )
+            )
 
     def _record(self, spec: Spec, kind: str, position: int, edit: Edit, label: Any, column: Any) -> None:
         image_set, series, sop = self.targets.address(kind, spec.level, position)
@@ -329,14 +369,30 @@ class _DiffOperation:
         if self.validate and spec.warning:
             self.problems.append(Problem(image_set, label, column, key, spec.warning))
         if edit.problem:
-            self.problems.append(Problem(image_set, label, column, key,
-                                         f"value {diffrules.short(edit.new)} does not fit {key} (VR {vr}): "
-                                         f"{edit.problem}"))
-        self.changes.append(Change(image_set, spec.level, series, sop, key, vr, edit.old, edit.new, edit.op,
-                                   label, column))
+            self.problems.append(
+                Problem(
+                    image_set,
+                    label,
+                    column,
+                    key,
+                    f"value {diffrules.short(edit.new)} does not fit {key} (VR {vr}): {edit.problem}",
+                )
+            )
+        self.changes.append(
+            Change(image_set, spec.level, series, sop, key, vr, edit.old, edit.new, edit.op, label, column)
+        )
 
-    def _uniform(self, aligned: _Aligned, spec: Spec, column: Any, candidates: np.ndarray, orig: Any, new: Any,
-                 old_codec: str, new_codec: str) -> None:
+    def _uniform(
+        self,
+        aligned: _Aligned,
+        spec: Spec,
+        column: Any,
+        candidates: np.ndarray,
+        orig: Any,
+        new: Any,
+        old_codec: str,
+        new_codec: str,
+    ) -> None:
         """A wide column of a higher level: one change per parent when its rows agree, else a problem."""
         groups = self.targets.map_to(spec.source)[aligned.opos]
         is_changed = np.zeros(len(aligned.opos), dtype=bool)
@@ -345,7 +401,7 @@ class _DiffOperation:
         ordered = groups[order]
         olds, news = _cells(orig, np.arange(len(groups))), _cells(new, np.arange(len(groups)))
         for group in np.unique(groups[candidates]):
-            members = order[np.searchsorted(ordered, group, "left"):np.searchsorted(ordered, group, "right")]
+            members = order[np.searchsorted(ordered, group, "left") : np.searchsorted(ordered, group, "right")]
             first = int(members[is_changed[members]][0])
             position = int(aligned.opos[first])
             outcome: dict[bytes, tuple[Edit | None, list]] = {}
@@ -355,8 +411,9 @@ class _DiffOperation:
                 edit = None
                 if is_changed[member]:
                     before = len(self.problems)
-                    edit = self.coercer.edit("wide", spec, position, olds[first], news[member], old_codec, new_codec,
-                                             label, column)
+                    edit = self.coercer.edit(
+                        "wide", spec, position, olds[first], news[member], old_codec, new_codec, label, column
+                    )
                     failed = failed or len(self.problems) > before
                 key = diffrules.key(edit.new) + edit.op.encode() if edit is not None else b"keep"
                 outcome.setdefault(key, (edit, []))[1].append(label)
@@ -368,22 +425,40 @@ class _DiffOperation:
             elif (edit := next(iter(outcome.values()))[0]) is not None:
                 self._record(spec, "wide", position, edit, label, column)
 
-    def _not_uniform(self, spec: Spec, column: Any, label: Any, position: int, old: Any,
-                     outcome: dict[bytes, tuple[Edit | None, list]], count: int) -> None:
+    def _not_uniform(
+        self,
+        spec: Spec,
+        column: Any,
+        label: Any,
+        position: int,
+        old: Any,
+        outcome: dict[bytes, tuple[Edit | None, list]],
+        count: int,
+    ) -> None:
         image_set, series, _ = self.targets.address("wide", spec.level, position)
         parts = []
         for edit, labels in outcome.values():
             shown = ", ".join(repr(x) for x in labels[:_SHOWN_ROWS])
             more = f" and {len(labels) - _SHOWN_ROWS} more" if len(labels) > _SHOWN_ROWS else ""
-            value = "absent" if edit is not None and edit.op is ChangeOp.REMOVE else (
-                diffrules.short(edit.new) if edit is not None else diffrules.short(_shown(old)))
+            value = (
+                "absent"
+                if edit is not None and edit.op is ChangeOp.REMOVE
+                else (diffrules.short(edit.new) if edit is not None else diffrules.short(_shown(old)))
+            )
             current = " (the current value)" if edit is None else ""
             parts.append(f"{value}{current} in rows {shown}{more}")
         what = "series" if spec.source == "series" else "image set"
         where = f"{what} {series if spec.source == 'series' else image_set}"
-        self.problems.append(Problem(image_set, label, column, spec.key,
-                                     f"{spec.key} is a {spec.level}-level attribute shared by the {count} rows of "
-                                     f"{where}; the edit must be uniform across them, found: " + "; ".join(parts)))
+        self.problems.append(
+            Problem(
+                image_set,
+                label,
+                column,
+                spec.key,
+                f"{spec.key} is a {spec.level}-level attribute shared by the {count} rows of "
+                f"{where}; the edit must be uniform across them, found: " + "; ".join(parts),
+            )
+        )
 
     # -- phases 5 and 6: rule checks, result --
 
@@ -446,12 +521,17 @@ def _shown(value: Any) -> Any:
 
 def _table(records: list[tuple], names: tuple[str, ...]) -> pd.DataFrame:
     columns = list(zip(*records, strict=True)) if records else [()] * len(names)
-    return pd.DataFrame({name: pd.Series(np.fromiter(col, dtype=object, count=len(col)), dtype=object)
-                         for name, col in zip(names, columns, strict=True)})
+    return pd.DataFrame(
+        {
+            name: pd.Series(np.fromiter(col, dtype=object, count=len(col)), dtype=object)
+            for name, col in zip(names, columns, strict=True)
+        }
+    )
 
 
-def diff(snapshot: Any, edited: Any, *, vrs: Mapping[str, str] | None = None, strict: bool = False,
-         rows: str = "selection") -> ChangeSet:
+def diff(
+    snapshot: Any, edited: Any, *, vrs: Mapping[str, str] | None = None, strict: bool = False, rows: str = "selection"
+) -> ChangeSet:
     """The ChangeSet that turns ``snapshot`` into the ``edited`` frames (see the module docstring).
 
     ``rows="selection"`` (default) leaves rows absent from a frame alone; ``rows="all"`` removes the instances
@@ -499,9 +579,8 @@ def _realign(mapping: dict, old_mapping: dict, uid_key: str) -> dict:
         if new not in added or not isinstance(node, dict) or (node.get("DICOM") or {}).get(uid_key) != new:
             continue
         before = next((rank[k] for k in reversed(new_keys[:position]) if k in rank), -1)
-        after = next((rank[k] for k in new_keys[position + 1:] if k in rank), len(old_keys))
-        candidates = [k for k in removed if k in pool and before < rank[k] < after] or [k for k in removed
-                                                                                         if k in pool]
+        after = next((rank[k] for k in new_keys[position + 1 :] if k in rank), len(old_keys))
+        candidates = [k for k in removed if k in pool and before < rank[k] < after] or [k for k in removed if k in pool]
         if not candidates:
             continue
         best = max(candidates, key=lambda k: _similarity(old_mapping[k], mapping[new], uid_key))
@@ -518,8 +597,10 @@ def _align_uids(old: dict, new: dict) -> dict:
     aligned = {}
     for uid, node in series.items():
         if uid in old_series and isinstance(node, dict) and isinstance(node.get("Instances"), dict):
-            node = {**node, "Instances": _realign(node["Instances"], old_series[uid].get("Instances") or {},
-                                                  "SOPInstanceUID")}
+            node = {
+                **node,
+                "Instances": _realign(node["Instances"], old_series[uid].get("Instances") or {}, "SOPInstanceUID"),
+            }
         aligned[uid] = node
     new_study["Series"] = aligned
     return {**new, "Study": new_study}

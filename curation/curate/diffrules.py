@@ -48,8 +48,9 @@ def short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def node_removals(targets: Targets, dropped_instances: Mapping[int, Any], dropped_series: Mapping[int, Any],
-                  problems: list[Problem]) -> list[Change]:
+def node_removals(
+    targets: Targets, dropped_instances: Mapping[int, Any], dropped_series: Mapping[int, Any], problems: list[Problem]
+) -> list[Change]:
     """``remove_series``/``remove_instance`` changes for dropped rows (every instance of a series -> the series;
     every series of an image set -> a problem, nothing removed)."""
     series_ids = targets.ids("series")
@@ -62,15 +63,32 @@ def node_removals(targets: Targets, dropped_instances: Mapping[int, Any], droppe
         for found in np.flatnonzero((gone == total) & (total > 0)).tolist():
             wanted.setdefault(found, targets.label("series", found))
     blocked = _every_series_problems(targets, wanted, problems)
-    changes = [Change(series_ids[0][p], "Series", series_ids[1][p], None, None, None, None, None,
-                      ChangeOp.REMOVE_SERIES, label, None) for p, label in wanted.items()]
+    changes = [
+        Change(
+            series_ids[0][p],
+            "Series",
+            series_ids[1][p],
+            None,
+            None,
+            None,
+            None,
+            None,
+            ChangeOp.REMOVE_SERIES,
+            label,
+            None,
+        )
+        for p, label in wanted.items()
+    ]
     removed = {(c.image_set, c.series) for c in changes} | blocked
     instance_ids = targets.ids("instances")
     for position, label in dropped_instances.items():
         image_set, series, sop = (instance_ids[i][position] for i in range(3))
         if (image_set, series) not in removed:
-            changes.append(Change(image_set, "Instance", series, sop, None, None, None, None,
-                                  ChangeOp.REMOVE_INSTANCE, label, None))
+            changes.append(
+                Change(
+                    image_set, "Instance", series, sop, None, None, None, None, ChangeOp.REMOVE_INSTANCE, label, None
+                )
+            )
     return changes
 
 
@@ -86,9 +104,16 @@ def _every_series_problems(targets: Targets, wanted: dict[int, Any], problems: l
     removed = np.bincount(owner[positions], minlength=len(per_image_set))
     for study in np.flatnonzero((removed == per_image_set) & (removed > 0)):
         image_set = targets.frame("studies").index[int(study)]
-        problems.append(Problem(image_set, image_set, None, None,
-                                "the edits remove every series of this image set: an update cannot do that, use "
-                                "DeleteImageSet (nothing is removed from it)"))
+        problems.append(
+            Problem(
+                image_set,
+                image_set,
+                None,
+                None,
+                "the edits remove every series of this image set: an update cannot do that, use "
+                "DeleteImageSet (nothing is removed from it)",
+            )
+        )
         for position in positions[owner[positions] == study]:
             del wanted[int(position)]
             blocked.add((series_ids[0][position], series_ids[1][position]))
@@ -104,11 +129,18 @@ def check_targets(removals: list[Change], changes: list[Change], problems: list[
     kept = list(removals)
     for change in changes:
         inside = (change.level in ("Series", "Instance") and (change.image_set, change.series) in series) or (
-            change.level == "Instance" and (change.image_set, change.series, change.sop) in instances)
+            change.level == "Instance" and (change.image_set, change.series, change.sop) in instances
+        )
         if inside:
-            problems.append(Problem(change.image_set, change.row, change.column, change.attribute,
-                                    f"the edits change {change.attribute} of a {change.level.lower()} they also "
-                                    "remove"))
+            problems.append(
+                Problem(
+                    change.image_set,
+                    change.row,
+                    change.column,
+                    change.attribute,
+                    f"the edits change {change.attribute} of a {change.level.lower()} they also remove",
+                )
+            )
             continue
         kept.append(change)
     return kept
@@ -124,10 +156,17 @@ def dedupe(changes: list[Change], problems: list[Problem]) -> list[Change]:
         if other is change or (other.op == change.op and key(other.new) == key(change.new)):
             continue
         conflicts.add(spot)
-        problems.append(Problem(change.image_set, change.row, change.column, change.attribute,
-                                f"conflicting edits of {change.attribute}: {short(other.new)} ({other.op}, from row "
-                                f"{other.row!r} column {other.column!r}) and {short(change.new)} ({change.op}): "
-                                "neither is kept"))
+        problems.append(
+            Problem(
+                change.image_set,
+                change.row,
+                change.column,
+                change.attribute,
+                f"conflicting edits of {change.attribute}: {short(other.new)} ({other.op}, from row "
+                f"{other.row!r} column {other.column!r}) and {short(change.new)} ({change.op}): "
+                "neither is kept",
+            )
+        )
     return [c for spot, c in seen.items() if spot not in conflicts]
 
 
@@ -162,14 +201,26 @@ def check_primary(targets: Targets, changes: list[Change], problems: list[Proble
         refusals = rules.primary_refusals(change.level, change.attribute, op, reasons)
         if not refusals:
             continue
-        note = ("" if flag else " (the snapshot has no primary flag for this image set: it is treated as primary; "
-                "set snapshot.primary to override)")
-        problems.append(Problem(change.image_set, change.row, change.column, change.attribute,
-                                "; ".join(refusals) + note + ". " + rules.PRIMARY_WORKAROUND))
+        note = (
+            ""
+            if flag
+            else " (the snapshot has no primary flag for this image set: it is treated as primary; "
+            "set snapshot.primary to override)"
+        )
+        problems.append(
+            Problem(
+                change.image_set,
+                change.row,
+                change.column,
+                change.attribute,
+                "; ".join(refusals) + note + ". " + rules.PRIMARY_WORKAROUND,
+            )
+        )
 
 
-def level_problem(holding: Callable[[str], Mapping[str, set[str]]], image_set: str, key_: str,
-                  level: str) -> str | None:
+def level_problem(
+    holding: Callable[[str], Mapping[str, set[str]]], image_set: str, key_: str, level: str
+) -> str | None:
     """Why attribute ``key_`` cannot be added at ``level`` of ``image_set`` (None when it can): the document
     holds it elsewhere, or AHI's normalization puts it at another level (``curation.model.levels``)."""
     held = holding(key_).get(image_set, set())

@@ -841,8 +841,9 @@ def _plan(
         if not items:
             continue
         document = start.get(image_set, documents[image_set])
-        result = _plan_or_take(datastore_id, image_set, document, items, flags.get(image_set), limit, procedures,
-                               problems)
+        result = _plan_or_take(
+            datastore_id, image_set, document, items, flags.get(image_set), limit, procedures, problems
+        )
         if result is not None:
             planned[image_set] = result
 
@@ -864,9 +865,16 @@ def _plan(
     return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame, steps, undo)
 
 
-def _plan_or_take(datastore_id: str, image_set: str, document: dict[str, Any], items: list[_Change],
-                  flag: bool | None, limit: int, procedures: Procedures | None,
-                  problems: list[dict[str, Any]]) -> _Planned | None:
+def _plan_or_take(
+    datastore_id: str,
+    image_set: str,
+    document: dict[str, Any],
+    items: list[_Change],
+    flag: bool | None,
+    limit: int,
+    procedures: Procedures | None,
+    problems: list[dict[str, Any]],
+) -> _Planned | None:
     """The image set's plain requests; else, with procedures, the image set taken as a procedure member (None);
     else None with ``problems`` extended. The rows at fault are named (each change tried alone) only when the
     image set is neither planned nor taken."""
@@ -888,8 +896,9 @@ def _plan_or_take(datastore_id: str, image_set: str, document: dict[str, Any], i
 def _procedures(snapshot: Any, flags: Mapping[str, bool], limit: int, vrs: Mapping[str, str]) -> Procedures:
     """The copy-and-promote builder, with the planner's packing, fragments and descriptions as its hooks."""
 
-    def pack(image_set: str, document: dict[str, Any], items: list[_Change], is_primary: bool,
-             found: list[dict[str, Any]]) -> list[Any] | None:
+    def pack(
+        image_set: str, document: dict[str, Any], items: list[_Change], is_primary: bool, found: list[dict[str, Any]]
+    ) -> list[Any] | None:
         result = _plan_one(snapshot.datastore_id, image_set, document, items, is_primary, limit, found)
         return None if result is None else result.requests
 
@@ -912,14 +921,21 @@ def _prepared(changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]])
     return per_image_set
 
 
-def _plan_one(datastore_id: str, image_set: str, document: dict[str, Any], items: list[_Change],
-              flag: bool | None, limit: int, problems: list[dict[str, Any]], diagnose: bool = True) -> _Planned | None:
+def _plan_one(
+    datastore_id: str,
+    image_set: str,
+    document: dict[str, Any],
+    items: list[_Change],
+    flag: bool | None,
+    limit: int,
+    problems: list[dict[str, Any]],
+    diagnose: bool = True,
+) -> _Planned | None:
     """One image set's requests: one request when AHI takes it, else the removals first and the rest after
     (e.g. an attribute moved from the instances to their series); None with ``problems`` extended (see
     ``_plan_image_set`` for ``diagnose``)."""
     found: list[dict[str, Any]] = []
-    result = _plan_image_set(datastore_id, image_set, document, [(_units(items), False)], flag, limit, found,
-                             diagnose)
+    result = _plan_image_set(datastore_id, image_set, document, [(_units(items), False)], flag, limit, found, diagnose)
     removals = [c for c in items if c.op in ("remove", "remove_instance", "remove_series")]
     if result is None and 0 < len(removals) < len(items):
         rest = [c for c in items if c not in removals]
@@ -930,9 +946,15 @@ def _plan_one(datastore_id: str, image_set: str, document: dict[str, Any], items
     return result
 
 
-def _requests(order: list[str], bad: set[str], planned: dict[str, _Planned], affects: dict[str, list[str]],
-              version_ids: Mapping[str, str], documents: Mapping[str, dict[str, Any]],
-              start: Mapping[str, dict[str, Any]]) -> tuple[list[PlannedRequest], dict[str, str]]:
+def _requests(
+    order: list[str],
+    bad: set[str],
+    planned: dict[str, _Planned],
+    affects: dict[str, list[str]],
+    version_ids: Mapping[str, str],
+    documents: Mapping[str, dict[str, Any]],
+    start: Mapping[str, dict[str, Any]],
+) -> tuple[list[PlannedRequest], dict[str, str]]:
     """The planned requests in plan order (image sets with problems left out) and their base versions; the
     first request of an image set planned on its snapshot document carries that document's digest
     (``planned_on``: apply checks it before sending)."""

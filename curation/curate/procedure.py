@@ -517,21 +517,9 @@ class _StepWriter:
                 description=f"copy primary image set {image_set} to a new non-primary working copy{unknown}",
             )
         )
-        previous = copy
-        for index, (params, reasons, changes) in enumerate(member.copy_updates):
-            step = PlannedStep(
-                f"{image_set}:update.{index}",
-                StepKind.UPDATE,
-                Ref(copy),
-                image_set,
-                _call_params(params),
-                (previous,),
-                group,
-                force_reasons=tuple(reasons),
-                description=f"on the working copy of {image_set}: {self.describe(changes)}",
-            )
-            phases["update"].append(step)
-            previous = step.step_id
+        updates = self._updates(member.copy_updates, image_set, "update", copy, copy, group, "the working copy")
+        phases["update"].extend(updates)
+        previous = updates[-1].step_id if updates else copy
         verify = f"{image_set}:verify-copy"
         phases["verify"].append(
             PlannedStep(
@@ -611,25 +599,36 @@ class _StepWriter:
         )
         self._after_promotion(member, name, verify, phases)
 
+    def _updates(
+        self, packed: list[Packed], image_set: str, prefix: str, target: str, first: str, group: str, where: str
+    ) -> list[PlannedStep]:
+        """UpdateImageSetMetadata steps ``<image set>:<prefix>.<i>`` of the image set created by step ``target``,
+        in order, the first after step ``first``."""
+        steps: list[PlannedStep] = []
+        previous = first
+        for index, (params, reasons, changes) in enumerate(packed):
+            step = PlannedStep(
+                f"{image_set}:{prefix}.{index}",
+                StepKind.UPDATE,
+                Ref(target),
+                image_set,
+                _call_params(params),
+                (previous,),
+                group,
+                force_reasons=tuple(reasons),
+                description=f"on {where} of {image_set}: {self.describe(changes)}",
+            )
+            steps.append(step)
+            previous = step.step_id
+        return steps
+
     def _after_promotion(self, member: _Member, name: str, verify: str, phases: dict[str, list[PlannedStep]]) -> None:
         """The post-promotion updates (instance removals, D9) and the deletion of the working copy."""
         image_set = member.image_set
         copy, promote = f"{image_set}:copy", f"{image_set}:promote"
-        previous = verify
-        for index, (params, reasons, changes) in enumerate(member.post_updates):
-            step = PlannedStep(
-                f"{image_set}:post.{index}",
-                StepKind.UPDATE,
-                Ref(promote),
-                image_set,
-                _call_params(params),
-                (previous,),
-                name,
-                force_reasons=tuple(reasons),
-                description=f"on the new primary of {image_set}: {self.describe(changes)}",
-            )
-            phases["post"].append(step)
-            previous = step.step_id
+        updates = self._updates(member.post_updates, image_set, "post", promote, verify, name, "the new primary")
+        phases["post"].extend(updates)
+        previous = updates[-1].step_id if updates else verify
         phases["delete-copy"].append(
             PlannedStep(
                 f"{image_set}:delete-copy",

@@ -138,8 +138,11 @@ class Targets:
         if key not in self._holding:
             found: dict[str, set[str]] = {}
             studies = self.frame("studies")
-            columns = [(key, self.study_levels.get(key, "Study")), (f"@Patient:{key}", "Patient"),
-                       (f"@Study:{key}", "Study")]
+            columns = [
+                (key, self.study_levels.get(key, "Study")),
+                (f"@Patient:{key}", "Patient"),
+                (f"@Study:{key}", "Study"),
+            ]
             for column, level in columns:
                 if column in studies.columns:
                     for image_set in self.ids("studies")[0][~_missing(studies[column])]:
@@ -158,7 +161,8 @@ class Targets:
         if self._instance_vrs is None:
             instances = self.frame("instances")
             self._instance_vrs = (
-                instances["@DICOMVRs"].to_numpy(dtype=object) if "@DICOMVRs" in instances.columns
+                instances["@DICOMVRs"].to_numpy(dtype=object)
+                if "@DICOMVRs" in instances.columns
                 else np.full(len(instances), None, dtype=object)
             )
         vrs = self._instance_vrs[position]

@@ -22,8 +22,12 @@ _RECENT = 8
 class Documents(Mapping[str, dict[str, Any]]):
     """Read-only ``ImageSetID -> document``; values are dicts given or parsed from blobs (do not modify them)."""
 
-    def __init__(self, dicts: Mapping[str, dict[str, Any]] | None = None,
-                 blobs: Mapping[str, bytes] | None = None, order: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        dicts: Mapping[str, dict[str, Any]] | None = None,
+        blobs: Mapping[str, bytes] | None = None,
+        order: Iterable[str] | None = None,
+    ) -> None:
         self._dicts: dict[str, dict[str, Any]] = dict(dicts or {})
         self._blobs: dict[str, bytes] = {k: v for k, v in (blobs or {}).items() if k not in self._dicts}
         known = [*self._dicts, *self._blobs]
@@ -65,5 +69,8 @@ class Documents(Mapping[str, dict[str, Any]]):
     def without(self, image_set_ids: Iterable[str]) -> Documents:
         """The same documents less ``image_set_ids``."""
         gone = set(image_set_ids)
-        return Documents({k: v for k, v in self._dicts.items() if k not in gone},
-                         {k: v for k, v in self._blobs.items() if k not in gone}, self._order)
+        return Documents(
+            {k: v for k, v in self._dicts.items() if k not in gone},
+            {k: v for k, v in self._blobs.items() if k not in gone},
+            self._order,
+        )

@@ -30,8 +30,16 @@ import pyarrow.parquet as pq
 from curation.frames.cells import STR_DTYPE, freeze
 from curation.model.missing import NULL, is_absent
 
-__all__ = ["decode_cell", "encode_cell", "read_csv", "read_frame", "read_parquet", "to_csv", "to_parquet",
-           "write_frame"]
+__all__ = [
+    "decode_cell",
+    "encode_cell",
+    "read_csv",
+    "read_frame",
+    "read_parquet",
+    "to_csv",
+    "to_parquet",
+    "write_frame",
+]
 
 INDEX_PREFIX = "@index:"
 _METADATA_KEY = b"ahi-curation"
@@ -188,10 +196,20 @@ def read_csv(path: str | os.PathLike | io.StringIO) -> pd.DataFrame:
     columns = next(reader, None)
     kinds = next(reader, None)
     if not columns or kinds is None or len(kinds) != len(columns) or not set(kinds) <= set(_KINDS):
-        raise ValueError(f"{path}: not a CSV written by curation.to_csv (its second row names each column's kind: "
-                         f"{', '.join(_KINDS)})")
-    body = pd.read_csv(io.StringIO(text), skiprows=2, header=None, names=list(range(len(columns))), dtype=str,
-                       keep_default_na=False, na_values=[], quoting=csv.QUOTE_MINIMAL)
+        raise ValueError(
+            f"{path}: not a CSV written by curation.to_csv (its second row names each column's kind: "
+            f"{', '.join(_KINDS)})"
+        )
+    body = pd.read_csv(
+        io.StringIO(text),
+        skiprows=2,
+        header=None,
+        names=list(range(len(columns))),
+        dtype=str,
+        keep_default_na=False,
+        na_values=[],
+        quoting=csv.QUOTE_MINIMAL,
+    )
     index_names = [c for c, k in zip(columns, kinds, strict=True) if k == "index"]
     data: dict[str, Any] = {}
     for position, (column, kind) in enumerate(zip(columns, kinds, strict=True)):

@@ -264,8 +264,10 @@ def _frame(columns: dict[str, Any], index: pd.Index, deferred: list | None = Non
     A ``Deferred`` column is a placeholder of None until ``materialize`` (``deferred`` lists them)."""
     later = {name: values for name, values in columns.items() if isinstance(values, Deferred)}
     if later:
-        columns = {name: np.full(len(index), None, dtype=object) if name in later else values
-                   for name, values in columns.items()}
+        columns = {
+            name: np.full(len(index), None, dtype=object) if name in later else values
+            for name, values in columns.items()
+        }
     data = {
         name: pd.Series(values, dtype=object, copy=False) if isinstance(values, np.ndarray) else values
         for name, values in columns.items()
@@ -293,8 +295,13 @@ def flatten(document: dict[str, Any], *, copy: bool = True) -> Flattened:
     return _flatten([document], strict=True)
 
 
-def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True,
-                 deferred: list | None = None, levels: dict[str, str] | None = None) -> Flattened:
+def flatten_many(
+    documents: Iterable[dict[str, Any]],
+    *,
+    copy: bool = True,
+    deferred: list | None = None,
+    levels: dict[str, str] | None = None,
+) -> Flattened:
     """Flatten many documents at once (columns built in plain lists, each frame made once).
 
     A document that cannot be flattened (missing level, unknown VR, duplicate UIDs, an ImageSetID already
@@ -307,15 +314,22 @@ def flatten_many(documents: Iterable[dict[str, Any]], *, copy: bool = True,
     return _flatten(documents, strict=False, deferred=deferred, levels=levels)
 
 
-def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, deferred: list | None = None,
-             levels: dict[str, str] | None = None) -> Flattened:
+def _flatten(
+    documents: Iterable[dict[str, Any]],
+    *,
+    strict: bool,
+    deferred: list | None = None,
+    levels: dict[str, str] | None = None,
+) -> Flattened:
     with gc_paused():
-        return _flatten_documents(list(documents), strict=strict, deferred=deferred,
-                                  levels={} if levels is None else levels)
+        return _flatten_documents(
+            list(documents), strict=strict, deferred=deferred, levels={} if levels is None else levels
+        )
 
 
-def _flatten_documents(documents: list[dict[str, Any]], *, strict: bool, deferred: list | None,
-                       levels: dict[str, str]) -> Flattened:
+def _flatten_documents(
+    documents: list[dict[str, Any]], *, strict: bool, deferred: list | None, levels: dict[str, str]
+) -> Flattened:
     failures: list[tuple[str | None, str, str]] = []
     placed = dict(levels)
     flat, reserved = _build(documents, deferred, strict, failures, levels)
@@ -380,7 +394,10 @@ def _uid_column(columns: dict[str, Any], key: str, keys: list[str], codecs: dict
 
 
 def _level_frame(
-    columns: dict[str, Sequence], index: pd.Index, vr_of: Any = None, codecs: dict[str, str] | None = None,
+    columns: dict[str, Sequence],
+    index: pd.Index,
+    vr_of: Any = None,
+    codecs: dict[str, str] | None = None,
     deferred: list | None = None,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """A level frame from per-column JSON values (MISSING = absent), each column under its codec (``cells``).
@@ -391,8 +408,11 @@ def _level_frame(
     data: dict[str, Any] = {}
     for name, values in columns.items():
         _, key, node_key = split_column(name)
-        vr = None if node_key else (vr_of(name, values) if vr_of is not None and dicom.is_tag_key(key)
-                                    else dicom.vr_of(key))
+        vr = (
+            None
+            if node_key
+            else (vr_of(name, values) if vr_of is not None and dicom.is_tag_key(key) else dicom.vr_of(key))
+        )
         data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key), deferred is not None)
     return _frame(data, index, deferred), codecs
 
@@ -448,8 +468,16 @@ def _collect(
     return image_set_id
 
 
-def _collect_series(image_set_id: str, series_uid: str, instances: dict, seen: dict[str, str],
-                    i_ids: list[list[str]], i_nodes: list[dict], f_ids: list[list], f_nodes: list[dict]) -> None:
+def _collect_series(
+    image_set_id: str,
+    series_uid: str,
+    instances: dict,
+    seen: dict[str, str],
+    i_ids: list[list[str]],
+    i_nodes: list[dict],
+    f_ids: list[list],
+    f_nodes: list[dict],
+) -> None:
     """Append one series' instance and frame nodes; the checks run in full only for a node that fails the
     quick ones (so that the error names what is wrong)."""
     i_a, i_b, i_c = i_ids
@@ -461,9 +489,12 @@ def _collect_series(image_set_id: str, series_uid: str, instances: dict, seen: d
             )
         seen[sop_uid] = series_uid
         vrs = instance.get("DICOMVRs") if type(instance) is dict else None
-        if (type(instance) is not dict or type(instance.get("DICOM")) is not dict
-                or not _INSTANCE_KEYS.issuperset(instance)
-                or (vrs is not None and (type(vrs) is not dict or not VALID_VRS.issuperset(vrs.values())))):
+        if (
+            type(instance) is not dict
+            or type(instance.get("DICOM")) is not dict
+            or not _INSTANCE_KEYS.issuperset(instance)
+            or (vrs is not None and (type(vrs) is not dict or not VALID_VRS.issuperset(vrs.values())))
+        ):
             _check_instance(image_set_id, sop_uid, instance)
         i_a.append(image_set_id)
         i_b.append(series_uid)
@@ -500,8 +531,9 @@ def _check_instance(image_set_id: str, sop_uid: str, instance: Any) -> None:
         raise FlattenError(image_set_id, f"instance {sop_uid}: unknown VR {vr!r} for {tag} in DICOMVRs")
 
 
-def _collect_frames(image_set_id: str, series_uid: str, sop_uid: str, frames: Any, f_ids: list[list],
-                    f_nodes: list[dict]) -> None:
+def _collect_frames(
+    image_set_id: str, series_uid: str, sop_uid: str, frames: Any, f_ids: list[list], f_nodes: list[dict]
+) -> None:
     if type(frames) is not list:
         raise FlattenError(image_set_id, f"instance {sop_uid}: ImageFrames is not a list of objects")
     for number, frame in enumerate(frames, 1):
@@ -558,8 +590,9 @@ def _build(
     r_other = {"@" + k: v for k, v in _transpose(r_nodes).items() if k not in ("DICOM", "Instances")}
     series_codecs: dict[str, str] = {}
     _uid_column(r_dicom, "SeriesInstanceUID", r_ids[1], series_codecs)
-    series_frame, series_codecs = _level_frame({**r_dicom, **r_other}, series_index, codecs=series_codecs,
-                                               deferred=deferred)
+    series_frame, series_codecs = _level_frame(
+        {**r_dicom, **r_other}, series_index, codecs=series_codecs, deferred=deferred
+    )
     instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
     i_dicom = _transpose([node["DICOM"] for node in i_nodes])
     i_other = {"@" + k: v for k, v in _transpose(i_nodes).items() if k not in ("DICOM", "ImageFrames")}
@@ -571,8 +604,9 @@ def _build(
     frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
     instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
     instance_codecs["@ImageFrames"] = COUNT
-    frames, frame_codecs = _frames_frame(f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX),
-                                         deferred)
+    frames, frame_codecs = _frames_frame(
+        f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX), deferred
+    )
     reserved: set[str] = set()
     if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
         for document in s_docs:
@@ -580,8 +614,7 @@ def _build(
                 check(document)
             except FlattenError as exc:
                 reserved.add(str(exc.image_set_id))
-    codecs = {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs,
-              "frames": frame_codecs}
+    codecs = {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs, "frames": frame_codecs}
     flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain}, codecs=codecs)
     return flat, reserved
 
@@ -632,8 +665,9 @@ def _private_vrs(nodes: list[dict]) -> Any:
 _FRAME_CODECS = {"ID": STR, PYRAMID: OBJECT}
 
 
-def _frames_frame(nodes: list[dict], index: pd.Index, deferred: list | None = None
-                  ) -> tuple[pd.DataFrame, dict[str, str]]:
+def _frames_frame(
+    nodes: list[dict], index: pd.Index, deferred: list | None = None
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
     missing = MISSING
     transposed = _transpose(nodes)
@@ -665,15 +699,15 @@ def concat_flattened(parts: list[Flattened]) -> Flattened | None:
             for column, codec in part.codecs.get(name, {}).items():
                 if merged.setdefault(column, codec) != codec:
                     return None
-        if any(merged.get(c) == INDEX for c in merged) and not all(INDEX in p.codecs.get(name, {}).values()
-                                                                     for p in parts if len(getattr(p, name))):
+        if any(merged.get(c) == INDEX for c in merged) and not all(
+            INDEX in p.codecs.get(name, {}).values() for p in parts if len(getattr(p, name))
+        ):
             return None
         codecs[name] = merged
     frames = {}
     for name in _FRAME_NAMES:
         pieces = [getattr(p, name) for p in parts]
-        frame = pd.concat([piece.reset_index(drop=True) for piece in pieces], axis=0, sort=False,
-                          ignore_index=True)
+        frame = pd.concat([piece.reset_index(drop=True) for piece in pieces], axis=0, sort=False, ignore_index=True)
         frame.index = _concat_index([piece.index for piece in pieces])
         order = [c for c in frame.columns if not c.startswith("@")]
         order += [c for c in frame.columns if c.startswith("@") and c != "@ImageFrames"]
@@ -685,8 +719,11 @@ def concat_flattened(parts: list[Flattened]) -> Flattened | None:
             values = frame.iloc[:, position]
             if column in partial and values.dtype == object and codecs[name].get(column, OBJECT) == OBJECT:
                 array = values.to_numpy()
-                gaps = np.fromiter((v is not None and v != v for v in array), dtype=bool, count=len(array)) \
-                    if len(array) else np.zeros(0, dtype=bool)
+                gaps = (
+                    np.fromiter((v is not None and v != v for v in array), dtype=bool, count=len(array))
+                    if len(array)
+                    else np.zeros(0, dtype=bool)
+                )
                 if gaps.any():  # a batch without the column: absent is None in an object column
                     array = array.copy()
                     array[gaps] = None
@@ -695,8 +732,11 @@ def concat_flattened(parts: list[Flattened]) -> Flattened | None:
     levels: dict[str, str] = {}
     for part in parts:
         levels.update(part.levels)
-    failures = pd.concat([p.failures for p in parts], ignore_index=True) if any(len(p.failures) for p in parts) \
+    failures = (
+        pd.concat([p.failures for p in parts], ignore_index=True)
+        if any(len(p.failures) for p in parts)
         else failures_frame([])
+    )
     return Flattened(**frames, levels=levels, failures=failures, codecs=codecs)
 
 
@@ -707,8 +747,10 @@ def _concat_index(indexes: list[pd.Index]) -> pd.Index:
     """The level indexes of consecutive batches as one, factorized once (``pd.concat`` would union the levels
     batch by batch: quadratic in the number of batches)."""
     names = tuple(str(name) for name in indexes[0].names)
-    arrays = [np.concatenate([index.get_level_values(i).to_numpy(dtype=object) for index in indexes])
-              for i in range(len(names))]
+    arrays = [
+        np.concatenate([index.get_level_values(i).to_numpy(dtype=object) for index in indexes])
+        for i in range(len(names))
+    ]
     if "frame" in names:
         position = names.index("frame")
         arrays[position] = arrays[position].astype(np.int64)
@@ -796,10 +838,12 @@ def unflatten(flattened: Flattened) -> list[dict[str, Any]]:
                 node["DICOM"][key] = value
     for root in roots:
         root["Study"]["Series"] = {}
-    series_nodes = _rebuild_level(series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances",
-                                  codecs.get("series", {}))
-    instance_nodes = _rebuild_level(instances, series_nodes, 3, lambda node: node["Instances"], None,
-                                    codecs.get("instances", {}))
+    series_nodes = _rebuild_level(
+        series, documents, 2, lambda doc: doc["Study"]["Series"], "Instances", codecs.get("series", {})
+    )
+    instance_nodes = _rebuild_level(
+        instances, series_nodes, 3, lambda node: node["Instances"], None, codecs.get("instances", {})
+    )
     _attach_frames(frames, instances, instance_nodes, codecs.get("frames", {}))
     result = []
     for root in roots:
@@ -855,8 +899,9 @@ def _attach_frames(
 ) -> None:
     counts: dict[tuple, Any] = {}
     if "@ImageFrames" in instances.columns:
-        for key, count in zip(_positions(instances.index), instances["@ImageFrames"].to_numpy(dtype=object),
-                              strict=True):
+        for key, count in zip(
+            _positions(instances.index), instances["@ImageFrames"].to_numpy(dtype=object), strict=True
+        ):
             counts[key] = count
     lists: dict[tuple, list] = {}
     for key in _positions(instances.index):
@@ -904,8 +949,11 @@ def wide_view(studies: pd.DataFrame, series: pd.DataFrame, instances: pd.DataFra
     series_keys = pd.MultiIndex.from_arrays([index.get_level_values(0), index.get_level_values(1)])
     parts = []
     taken: set[str] = set()
-    for frame, keys, level in ((studies, study_keys, None), (series, series_keys, "Series"),
-                               (instances, None, "Instance")):
+    for frame, keys, level in (
+        (studies, study_keys, None),
+        (series, series_keys, "Series"),
+        (instances, None, "Instance"),
+    ):
         part: pd.DataFrame | None
         if keys is None:
             part = frame

@@ -61,8 +61,9 @@ def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
     if isinstance(failures, pd.DataFrame):
         frame = failures.reset_index(drop=True).copy()
     else:
-        rows = [dict(zip(FAILURE_COLUMNS, r, strict=False)) if not isinstance(r, Mapping) else dict(r)
-                for r in failures]
+        rows = [
+            dict(zip(FAILURE_COLUMNS, r, strict=False)) if not isinstance(r, Mapping) else dict(r) for r in failures
+        ]
         frame = pd.DataFrame(rows, dtype=object)
     for column in FAILURE_COLUMNS:
         if column not in frame.columns:
@@ -107,8 +108,14 @@ def _flatten_blobs(blobs: Mapping[str, bytes], kept: dict[str, bytes], extra: li
         try:
             document = _parsed(image_set_id, blob)
         except DocumentError as exc:
-            extra.append({"ImageSetID": image_set_id, "stage": "parse", "code": type(exc).__name__,
-                          "error": f"{type(exc).__name__}: {exc}"})
+            extra.append(
+                {
+                    "ImageSetID": image_set_id,
+                    "stage": "parse",
+                    "code": type(exc).__name__,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
         else:
             kept[image_set_id] = blob
             batch.append(document)
@@ -159,8 +166,9 @@ class Snapshot:
         failures: pd.DataFrame,
         flattened: Flattened | None = None,
     ) -> None:
-        self._documents = documents if isinstance(documents, Documents) else Documents(
-            {doc["ImageSetID"]: doc for doc in documents})
+        self._documents = (
+            documents if isinstance(documents, Documents) else Documents({doc["ImageSetID"]: doc for doc in documents})
+        )
         self.datastore_id = datastore_id
         self._version_ids = dict(version_ids)
         self._failures = failures
@@ -192,8 +200,7 @@ class Snapshot:
                 if image_set_id in seen:
                     raise FlattenError(image_set_id, "duplicate ImageSetID in the batch")
             except FlattenError as exc:
-                extra.append({"ImageSetID": exc.image_set_id, "stage": "flatten",
-                              "error": str(exc)})
+                extra.append({"ImageSetID": exc.image_set_id, "stage": "flatten", "error": str(exc)})
                 continue
             seen.add(image_set_id)
             kept.append(document)
@@ -231,8 +238,13 @@ class Snapshot:
         if extra:
             table = pd.concat([table, pd.DataFrame(extra, dtype=object)], ignore_index=True).astype(object)
         versions = {k: str(v) for k, v in (version_ids or {}).items() if k in kept}
-        return cls(Documents(blobs=kept, order=blobs), datastore_id=datastore_id, version_ids=versions,
-                   failures=table, flattened=flat)
+        return cls(
+            Documents(blobs=kept, order=blobs),
+            datastore_id=datastore_id,
+            version_ids=versions,
+            failures=table,
+            flattened=flat,
+        )
 
     # --- contents ----------------------------------------------------------------------------------------
 
@@ -240,10 +252,7 @@ class Snapshot:
         return len(self._documents)
 
     def __repr__(self) -> str:
-        return (
-            f"Snapshot(datastore_id={self.datastore_id!r}, image_sets={len(self)}, "
-            f"failures={len(self._failures)})"
-        )
+        return f"Snapshot(datastore_id={self.datastore_id!r}, image_sets={len(self)}, failures={len(self._failures)})"
 
     def _repr_html_(self) -> str:
         """The notebook display: image sets, series, instances, failures, primary or not (``curation.ui.display``)."""
@@ -338,8 +347,15 @@ class Snapshot:
         """The level frames as one ``Flattened`` (copies), e.g. for ``curation.frames.flattening.unflatten``."""
         flat = self._flattened()
         studies, series, instances, frames = (getattr(flat, n).copy() for n in FRAME_NAMES)
-        return Flattened(studies, series, instances, frames, dict(flat.levels), flat.failures.copy(),
-                         codecs={name: dict(codecs) for name, codecs in flat.codecs.items()})
+        return Flattened(
+            studies,
+            series,
+            instances,
+            frames,
+            dict(flat.levels),
+            flat.failures.copy(),
+            codecs={name: dict(codecs) for name, codecs in flat.codecs.items()},
+        )
 
     # --- column metadata ---------------------------------------------------------------------------------
 
@@ -443,8 +459,9 @@ class Snapshot:
                 name: read_frame(os.path.join(path, f"{name}.parquet"), manifest["frames"][name])
                 for name in FRAME_NAMES
             }
-            flat = Flattened(**frames, levels=dict(manifest["levels"]), failures=failures_frame([]),
-                             codecs=manifest["codecs"])
+            flat = Flattened(
+                **frames, levels=dict(manifest["levels"]), failures=failures_frame([]), codecs=manifest["codecs"]
+            )
         snapshot = cls(
             documents,
             datastore_id=manifest["datastore_id"],

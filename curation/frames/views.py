@@ -76,7 +76,12 @@ def parse_dt(text: str) -> pd.Timestamp | None:
     try:
         return pd.Timestamp(
             datetime(
-                int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0),
+                int(year),
+                int(month or 1),
+                int(day or 1),
+                int(hour or 0),
+                int(minute or 0),
+                int(second or 0),
                 int((fraction or "0").ljust(6, "0")),
             )
         )
@@ -174,7 +179,8 @@ def typed(frame: pd.DataFrame, vrs: Any = None) -> pd.DataFrame:
             for i, part in enumerate(PN_COMPONENTS):
                 columns[f"{column}.{part}"] = pd.Series(
                     [_pn_part(v, i, _multi_valued(column)) for v in values.to_numpy(dtype=object)],
-                    index=frame.index, dtype=object,
+                    index=frame.index,
+                    dtype=object,
                 )
         else:
             columns[column] = values.copy()
@@ -239,8 +245,11 @@ def explode(frame: pd.DataFrame, attribute: str) -> pd.DataFrame:
         item_name = f"item{len([n for n in names if str(n).startswith('item')]) + 1}"
     names.append(item_name)
     tuples = [(*parent, number) for parent, number in zip(parents, items, strict=True)]
-    index = pd.MultiIndex.from_tuples(tuples, names=names) if tuples else pd.MultiIndex.from_arrays(
-        [[] for _ in names], names=names)
+    index = (
+        pd.MultiIndex.from_tuples(tuples, names=names)
+        if tuples
+        else pd.MultiIndex.from_arrays([[] for _ in names], names=names)
+    )
     keys = dict.fromkeys(k for row in rows for k in row)
     data = {}
     for key in keys:

@@ -266,17 +266,28 @@ class Database:
         with ``facts`` (what :func:`curation.model.rules.promotion_refusal` compares with), by ImageSetID."""
         found: set[str] = set()
         if facts.study_uid is not None:
-            found |= {r[0] for r in conn.execute(
-                "SELECT image_set_id FROM image_sets WHERE datastore_id = ? AND is_primary = 1 AND deleted = 0 "
-                "AND study_uid = ?", (datastore_id, facts.study_uid))}
-        for table, column, uids in (("image_set_series", "series_uid", facts.series),
-                                    ("image_set_instances", "sop_uid", facts.sops)):
+            found |= {
+                r[0]
+                for r in conn.execute(
+                    "SELECT image_set_id FROM image_sets WHERE datastore_id = ? AND is_primary = 1 AND deleted = 0 "
+                    "AND study_uid = ?",
+                    (datastore_id, facts.study_uid),
+                )
+            }
+        for table, column, uids in (
+            ("image_set_series", "series_uid", facts.series),
+            ("image_set_instances", "sop_uid", facts.sops),
+        ):
             for chunk in _chunks(sorted(uids)):
                 marks = ", ".join("?" * len(chunk))
-                found |= {r[0] for r in conn.execute(
-                    f"SELECT s.image_set_id FROM image_sets s JOIN {table} r USING (image_set_id) "
-                    f"WHERE s.datastore_id = ? AND s.is_primary = 1 AND s.deleted = 0 AND r.{column} IN ({marks})",
-                    (datastore_id, *chunk))}
+                found |= {
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT s.image_set_id FROM image_sets s JOIN {table} r USING (image_set_id) "
+                        f"WHERE s.datastore_id = ? AND s.is_primary = 1 AND s.deleted = 0 AND r.{column} IN ({marks})",
+                        (datastore_id, *chunk),
+                    )
+                }
         found.discard(facts.image_set_id)
         out = []
         for image_set_id in sorted(found):
@@ -284,8 +295,9 @@ class Database:
             out.append(primary_facts(self.document(conn, image_set_id, row.fetchone()[0]), image_set_id))
         return out
 
-    def promotion_refusal(self, conn: sqlite3.Connection, datastore_id: str, document: dict[str, Any],
-                          image_set_id: str = "") -> Refusal | None:
+    def promotion_refusal(
+        self, conn: sqlite3.Connection, datastore_id: str, document: dict[str, Any], image_set_id: str = ""
+    ) -> Refusal | None:
         """Why ``document`` cannot be primary in ``datastore_id`` now (:func:`curation.model.rules.promotion_refusal`
         against the primary image sets it could conflict with), or None."""
         facts = primary_facts(document, image_set_id)

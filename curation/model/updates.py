@@ -236,8 +236,9 @@ def _static_force_reasons(key: str, vr: str | None, attribute: _Attribute) -> tu
         return _STATIC_REASONS[key, vr]
     except KeyError:
         pass
-    reasons = _STATIC_REASONS[key, vr] = tuple(rules.force_reasons(
-        key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard))
+    reasons = _STATIC_REASONS[key, vr] = tuple(
+        rules.force_reasons(key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard)
+    )
     return reasons
 
 
@@ -301,13 +302,17 @@ _new = object.__new__
 _set_attribute = object.__setattr__
 
 
-def _edit(op: EditOp, level: str, path: str, series: str | None, sop: str | None, key: str, value: Any,
-          vr: str | None) -> Edit:
+def _edit(
+    op: EditOp, level: str, path: str, series: str | None, sop: str | None, key: str, value: Any, vr: str | None
+) -> Edit:
     """``Edit(op, level, path, series, sop, key, value, vr)`` without the frozen dataclass' ``__init__`` (which
     sets each field through ``object.__setattr__``: half the cost of an edit of the walk); the same object."""
     edit = _new(Edit)
-    _set_attribute(edit, "__dict__", {"op": op, "level": level, "path": path, "series": series, "sop": sop,
-                                      "key": key, "value": value, "vr": vr})
+    _set_attribute(
+        edit,
+        "__dict__",
+        {"op": op, "level": level, "path": path, "series": series, "sop": sop, "key": key, "value": value, "vr": vr},
+    )
     return edit
 
 
@@ -437,8 +442,14 @@ class _Planner:
             self._dicom_holder(instance_node, target, op, allowed=("DICOM", "DICOMVRs"))
 
     def _attribute(
-        self, target: _Target, key: str, value: Any, op: EditOp, current_dicom: dict[str, Any],
-        current_vrs: dict[str, Any], payload_vr: str | None,
+        self,
+        target: _Target,
+        key: str,
+        value: Any,
+        op: EditOp,
+        current_dicom: dict[str, Any],
+        current_vrs: dict[str, Any],
+        payload_vr: str | None,
     ) -> None:
         path = f"{target.path}.DICOM.{key}"
         attribute = _checked_attribute(key, path)
@@ -460,10 +471,16 @@ class _Planner:
             sent_vr = payload_vr
             problem = _value_problem(vr, attribute.vm, value)
             if problem:
-                reasons = tuple(rules.force_reasons(
-                    key, vr=vr, vm=attribute.vm, private=attribute.private, standard=attribute.standard,
-                    value_problem=f"value {_short(value)}: {problem}",
-                ))
+                reasons = tuple(
+                    rules.force_reasons(
+                        key,
+                        vr=vr,
+                        vm=attribute.vm,
+                        private=attribute.private,
+                        standard=attribute.standard,
+                        value_problem=f"value {_short(value)}: {problem}",
+                    )
+                )
             else:
                 reasons = _static_force_reasons(key, vr, attribute)
         refusals = _primary_refusals(level, key, op)
@@ -534,7 +551,8 @@ class _Planner:
             if edit.key not in taken:
                 taken[edit.key] = (
                     {sop for series in self.series.values() for sop in series.get("Instances", {})}
-                    if edit.key == "SOPInstanceUID" else set(self.series)
+                    if edit.key == "SOPInstanceUID"
+                    else set(self.series)
                 )
             problem = rules.new_uid_problem(edit.key, edit.value, taken[edit.key], image_set=self.image_set)
             if problem:

@@ -57,8 +57,15 @@ _STRING = re.compile(r"[\\\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 #: What the default-repertoire VRs refuse: anything but printable ASCII, and the backslash.
 _ASCII = re.compile(r"[^\x20-\x5b\x5d-\x7e]")
 
-_NAMES = {"\x00": " (NUL)", "\t": " (TAB)", "\n": " (LF, line feed)", "\x0c": " (FF, form feed)",
-          "\r": " (CR, carriage return)", "\x1b": " (ESC)", "\x7f": " (DEL)"}
+_NAMES = {
+    "\x00": " (NUL)",
+    "\t": " (TAB)",
+    "\n": " (LF, line feed)",
+    "\x0c": " (FF, form feed)",
+    "\r": " (CR, carriage return)",
+    "\x1b": " (ESC)",
+    "\x7f": " (DEL)",
+}
 _UNLIMITED = 2**32 - 2
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -78,8 +85,10 @@ def _pn(value: str) -> str | None:
     for number, group in enumerate(value.split("="), start=1):
         components = group.split("^")
         if len(components) > 5:
-            return (f"PN component group {number} has {len(components)} components ('^'-separated); "
-                    "at most five are allowed (family, given, middle, prefix, suffix)")
+            return (
+                f"PN component group {number} has {len(components)} components ('^'-separated); "
+                "at most five are allowed (family, given, middle, prefix, suffix)"
+            )
     return None
 
 
@@ -125,11 +134,17 @@ def _offset_problem(sign: str, offset: str) -> str | None:
 #: The stored syntax of DA, TM and DT (PS3.5 Table 6.2-1; the query ranges of PS3.4 C.2.2.2.5 excluded).
 _MOMENTS: dict[str, tuple[re.Pattern[str], str]] = {
     "DA": (re.compile(r"(?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})"), "YYYYMMDD (8 digits"),
-    "TM": (re.compile(r"(?P<hour>\d{2})(?:(?P<minute>\d{2})(?:(?P<second>\d{2})(?:\.\d{1,6})?)?)? ?"),
-           "HH[MM[SS[.F{1-6}]]] (digits"),
-    "DT": (re.compile(r"(?P<year>\d{4})(?:(?P<month>\d{2})(?:(?P<day>\d{2})(?:(?P<hour>\d{2})(?:(?P<minute>\d{2})"
-                      r"(?:(?P<second>\d{2})(?:\.\d{1,6})?)?)?)?)?)?(?:(?P<sign>[+-])(?P<offset>\d{4}))? ?"),
-           "YYYY[MM[DD[HH[MM[SS[.F{1-6}]]]]]][&ZZXX] (digits"),
+    "TM": (
+        re.compile(r"(?P<hour>\d{2})(?:(?P<minute>\d{2})(?:(?P<second>\d{2})(?:\.\d{1,6})?)?)? ?"),
+        "HH[MM[SS[.F{1-6}]]] (digits",
+    ),
+    "DT": (
+        re.compile(
+            r"(?P<year>\d{4})(?:(?P<month>\d{2})(?:(?P<day>\d{2})(?:(?P<hour>\d{2})(?:(?P<minute>\d{2})"
+            r"(?:(?P<second>\d{2})(?:\.\d{1,6})?)?)?)?)?)?(?:(?P<sign>[+-])(?P<offset>\d{4}))? ?"
+        ),
+        "YYYY[MM[DD[HH[MM[SS[.F{1-6}]]]]]][&ZZXX] (digits",
+    ),
 }
 
 
@@ -228,15 +243,23 @@ RULES: Mapping[str, Rule] = {
     "UR": Rule("text", _ASCII, _ASCII_TEXT, _UNLIMITED, pydicom=True),
     "UT": Rule("text", _TEXT_CONTROL, _TEXTS, _UNLIMITED),
     "AT": Rule("tag", check=_at),
-    **{vr: Rule("binary", check=_binary(word)) for vr, word in
-       (("OB", 1), ("OD", 8), ("OF", 4), ("OL", 4), ("OV", 8), ("OW", 2), ("UN", 1))},
+    **{
+        vr: Rule("binary", check=_binary(word))
+        for vr, word in (("OB", 1), ("OD", 8), ("OF", 4), ("OL", 4), ("OV", 8), ("OW", 2), ("UN", 1))
+    },
     **{vr: Rule("integer", pydicom=True) for vr in ("US", "SS", "UL", "SL", "SV", "UV")},
     "FL": Rule("number", check=_float(_FLOAT32_MAX), pydicom=True),
     "FD": Rule("number", check=_float(math.inf), pydicom=True),
 }
 
-_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
-               dict: "an object"}
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
 _TAKES: dict[Kind, str] = {
     "text": "is text and takes a JSON string",
     "binary": "is binary and takes a base64 JSON string",
@@ -268,8 +291,10 @@ def _character_problem(vr: str, rule: Rule, value: str) -> str | None:
     char = found.group()
     where = f"at position {found.start()}"
     if char == "\\":
-        return (f"a backslash ({where}) is the delimiter between values (PS3.5 6.4) and cannot be inside a value "
-                f"of VR {vr} (the values of a multi-valued attribute are the items of its list)")
+        return (
+            f"a backslash ({where}) is the delimiter between values (PS3.5 6.4) and cannot be inside a value "
+            f"of VR {vr} (the values of a multi-valued attribute are the items of its list)"
+        )
     code = f"U+{ord(char):04X}"
     if char.isprintable():
         shown = f"the character {char!r} ({code})"

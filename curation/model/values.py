@@ -327,12 +327,16 @@ def same_value(left: Any, right: Any) -> bool:
     tl, tr = type(left), type(right)
     if tl is list or tr is list:
         return (
-            tl is list and tr is list and len(left) == len(right)
+            tl is list
+            and tr is list
+            and len(left) == len(right)
             and all(same_value(a, b) for a, b in zip(left, right, strict=True))
         )
     if tl is dict or tr is dict:
         return (
-            tl is dict and tr is dict and left.keys() == right.keys()
+            tl is dict
+            and tr is dict
+            and left.keys() == right.keys()
             and all(same_value(v, right[k]) for k, v in left.items())
         )
     if (tl is bool) != (tr is bool):

@@ -77,8 +77,9 @@ def research_copies(
                 answer = limiters.call(client, Action.COPY_IMAGE_SET, partial(client.copy_image_set, **params))
                 created = answer["destinationImageSetProperties"]["imageSetId"]
                 row["copy_image_set_id"] = created
-                done = wait_for(IMAGE_SET_COPIED, client.get_image_set, settings, datastoreId=datastore_id,
-                                imageSetId=created)
+                done = wait_for(
+                    IMAGE_SET_COPIED, client.get_image_set, settings, datastoreId=datastore_id, imageSetId=created
+                )
                 row["copy_version"], row["status"] = done.get("versionId"), "copied"
         except WaiterError as exc:
             last = dict(exc.last_response or {})

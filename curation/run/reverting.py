@@ -142,8 +142,9 @@ def revert(
     return frame
 
 
-def _revert_steps(undo: UpdatePlan, client: HealthImagingClient, journal: Journal, options: RunOptions,
-                  records: list[Record]) -> pd.DataFrame:
+def _revert_steps(
+    undo: UpdatePlan, client: HealthImagingClient, journal: Journal, options: RunOptions, records: list[Record]
+) -> pd.DataFrame:
     """Run a revert plan with procedures; its result maps pre-plan IDs and apply's new IDs to the third ones."""
     from curation.run.mapping import mapping_from_records
     from curation.run.promoting import run_steps
@@ -151,4 +152,3 @@ def _revert_steps(undo: UpdatePlan, client: HealthImagingClient, journal: Journa
     frame = run_steps(undo, client, journal, options, purpose=Purpose.REVERT)
     frame.attrs["id_mapping"] = mapping_from_records(records).then(frame.attrs["id_mapping"])
     return frame
-

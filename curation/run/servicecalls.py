@@ -80,9 +80,7 @@ class ServiceCalls:
     def document(self, image_set_id: str, version_id: str) -> dict[str, Any]:
         """The metadata document of one version."""
         params = {"datastoreId": self.datastore_id, "imageSetId": image_set_id, "versionId": str(version_id)}
-        blob = self.read(
-            Action.GET_IMAGE_SET_METADATA, lambda: read_blob(self.client.get_image_set_metadata(**params))
-        )
+        blob = self.read(Action.GET_IMAGE_SET_METADATA, lambda: read_blob(self.client.get_image_set_metadata(**params)))
         return parse_document(blob)
 
     def update(self, call: dict[str, Any]) -> UpdateImageSetMetadataResponseTypeDef:

@@ -73,8 +73,9 @@ class Steps:
         self.journal = journal
 
     # journal -------------------------------------------------------------------------------------------
-    def log(self, request: PlannedRequest, status: RequestStatus, base: str | None, *, sync: bool = True,
-            **extra: Any) -> None:
+    def log(
+        self, request: PlannedRequest, status: RequestStatus, base: str | None, *, sync: bool = True, **extra: Any
+    ) -> None:
         if self.journal is None:
             return
         record = {

@@ -47,8 +47,9 @@ def make_snapshot(*, primary: bool | None = False, two_series: bool = False) -> 
     docs = [copy.deepcopy(d) for d in _DOCS.values()]
     if two_series:
         docs[1] = _two_series(docs[1])
-    snapshot = Snapshot.from_documents(docs, datastore_id="8a23b5b729c44f0d8b15cfd06253c5cd",
-                                       version_ids={d["ImageSetID"]: "1" for d in docs})
+    snapshot = Snapshot.from_documents(
+        docs, datastore_id="8a23b5b729c44f0d8b15cfd06253c5cd", version_ids={d["ImageSetID"]: "1" for d in docs}
+    )
     if primary is not None:
         snapshot.primary = {d["ImageSetID"]: primary for d in docs}
     return snapshot
@@ -67,8 +68,9 @@ def rows(changes) -> list[dict]:
 def instance_label(snapshot: Snapshot, image_set: str, n: int = 0) -> tuple:
     """The ``n``-th instance row label of ``image_set`` (read from the document: cheaper than a frame copy)."""
     document = snapshot.documents[image_set]
-    labels = [(image_set, series, sop) for series, node in document["Study"]["Series"].items()
-              for sop in node["Instances"]]
+    labels = [
+        (image_set, series, sop) for series, node in document["Study"]["Series"].items() for sop in node["Instances"]
+    ]
     return labels[n]
 
 
@@ -95,11 +97,21 @@ def test_patient_name_update_is_one_patient_level_row(snap):
     studies = snap.studies
     studies.loc[CT, "PatientName"] = "MX^MX"
     changes = diff(snap, studies)
-    assert rows(changes) == [{
-        "ImageSetID": CT, "level": "Patient", "SeriesInstanceUID": None, "SOPInstanceUID": None,
-        "attribute": "PatientName", "VR": "PN", "old": "MAYRA^POETA", "new": "MX^MX", "op": "update",
-        "row": CT, "column": "PatientName",
-    }]
+    assert rows(changes) == [
+        {
+            "ImageSetID": CT,
+            "level": "Patient",
+            "SeriesInstanceUID": None,
+            "SOPInstanceUID": None,
+            "attribute": "PatientName",
+            "VR": "PN",
+            "old": "MAYRA^POETA",
+            "new": "MX^MX",
+            "op": "update",
+            "row": CT,
+            "column": "PatientName",
+        }
+    ]
     assert changes.problems.empty
 
 
@@ -148,7 +160,12 @@ def test_set_to_missing_removes_with_the_current_value(snap):
     studies.loc[CT, "StudyDescription"] = None
     [row] = rows(diff(snap, studies))
     assert (row["op"], row["level"], row["attribute"], row["old"], row["new"]) == (
-        "remove", "Study", "StudyDescription", "CT Liver", None)
+        "remove",
+        "Study",
+        "StudyDescription",
+        "CT Liver",
+        None,
+    )
 
 
 def test_null_empties_the_attribute_distinct_from_removal(snap):
@@ -211,8 +228,14 @@ def test_values_are_coerced_to_ahi_encoding(snap):
     instances.at[label, "InstanceNumber"] = np.int64(7)
     instances.at[label, "Rows"] = np.int32(256)
     got = {r["attribute"]: r["new"] for r in rows(diff(snap, [studies, instances]))}
-    assert got == {"StudyDate": "20240203", "StudyTime": "101112", "ImageType": ["ORIGINAL", "SECONDARY"],
-                   "SliceThickness": "2.5", "InstanceNumber": "7", "Rows": 256}
+    assert got == {
+        "StudyDate": "20240203",
+        "StudyTime": "101112",
+        "ImageType": ["ORIGINAL", "SECONDARY"],
+        "SliceThickness": "2.5",
+        "InstanceNumber": "7",
+        "Rows": 256,
+    }
     assert type(got["Rows"]) is int
 
 
@@ -260,11 +283,21 @@ def test_dropped_instance_row_removes_the_instance(snap):
     label = instance_label(snap, US, 3)
     assert len(diff(snap, instances.drop(index=[label]))) == 0  # a selection: the row is left alone
     changes = diff(snap, instances.drop(index=[label]), rows="all")
-    assert rows(changes) == [{
-        "ImageSetID": US, "level": "Instance", "SeriesInstanceUID": label[1], "SOPInstanceUID": label[2],
-        "attribute": None, "VR": None, "old": None, "new": None, "op": "remove_instance", "row": label,
-        "column": None,
-    }]
+    assert rows(changes) == [
+        {
+            "ImageSetID": US,
+            "level": "Instance",
+            "SeriesInstanceUID": label[1],
+            "SOPInstanceUID": label[2],
+            "attribute": None,
+            "VR": None,
+            "old": None,
+            "new": None,
+            "op": "remove_instance",
+            "row": label,
+            "column": None,
+        }
+    ]
 
 
 def test_dropping_every_instance_of_a_series_removes_the_series():
@@ -274,7 +307,8 @@ def test_dropping_every_instance_of_a_series_removes_the_series():
     edited = instances.drop(index=[(US, SECOND_SERIES, sop) for sop in gone])
     changes = diff(snapshot, edited, rows="all")
     assert [(r["op"], r["SeriesInstanceUID"], r["SOPInstanceUID"]) for r in rows(changes)] == [
-        ("remove_series", SECOND_SERIES, None)]
+        ("remove_series", SECOND_SERIES, None)
+    ]
 
 
 def test_dropping_a_series_row_removes_the_series():
@@ -282,7 +316,8 @@ def test_dropping_a_series_row_removes_the_series():
     series = snapshot.series
     changes = diff(snapshot, series.drop(index=[(US, SECOND_SERIES)]), rows="all")
     assert [(r["op"], r["level"], r["SeriesInstanceUID"], r["row"]) for r in rows(changes)] == [
-        ("remove_series", "Series", SECOND_SERIES, (US, SECOND_SERIES))]
+        ("remove_series", "Series", SECOND_SERIES, (US, SECOND_SERIES))
+    ]
 
 
 def test_removing_every_series_of_an_image_set_is_a_problem(snap):
@@ -300,7 +335,13 @@ def test_new_private_tag_needs_a_vr(snap):
     instances.at[label, "001910F9"] = 97
     [row] = rows(diff(snap, instances, vrs={"001910F9": "DS"}))
     assert (row["op"], row["level"], row["SOPInstanceUID"], row["attribute"], row["VR"], row["new"]) == (
-        "add", "Instance", label[2], "001910F9", "DS", "97")
+        "add",
+        "Instance",
+        label[2],
+        "001910F9",
+        "DS",
+        "97",
+    )
     refused = diff(snap, instances)
     assert len(refused) == 0
     [problem] = refused.problems.to_dict("records")
@@ -314,7 +355,12 @@ def test_existing_private_tag_takes_the_instance_vr(snap):
     instances.at[label, "7FDF0010"] = "GE_GENESIS_DD"
     [row] = rows(diff(snap, instances))
     assert (row["op"], row["attribute"], row["VR"], row["old"], row["new"]) == (
-        "update", "7FDF0010", "LO", "ACUSON:1.2.840.113680.1.0", "GE_GENESIS_DD")
+        "update",
+        "7FDF0010",
+        "LO",
+        "ACUSON:1.2.840.113680.1.0",
+        "GE_GENESIS_DD",
+    )
 
 
 def test_hex_key_of_a_keyword_is_refused(snap):
@@ -331,7 +377,12 @@ def test_sop_instance_uid_change_is_addressed_by_the_old_uid(snap):
     instances.loc[label, "SOPInstanceUID"] = "1.2.3.4.5"
     [row] = rows(diff(snap, instances))
     assert (row["op"], row["attribute"], row["SOPInstanceUID"], row["old"], row["new"]) == (
-        "update", "SOPInstanceUID", label[2], label[2], "1.2.3.4.5")
+        "update",
+        "SOPInstanceUID",
+        label[2],
+        label[2],
+        "1.2.3.4.5",
+    )
 
 
 def test_uid_already_used_in_the_image_set_is_a_problem(snap):
@@ -371,7 +422,9 @@ def test_wide_uniform_edit_is_one_change(snap):
     wide.loc[US, "Modality"] = "OT"
     changes = diff(snap, wide)
     assert [(r["level"], r["attribute"], r["SeriesInstanceUID"], r["new"]) for r in rows(changes)] == [
-        ("Patient", "PatientName", None, "MX^MX"), ("Series", "Modality", US_SERIES, "OT")]
+        ("Patient", "PatientName", None, "MX^MX"),
+        ("Series", "Modality", US_SERIES, "OT"),
+    ]
     assert changes.problems.empty
 
 
@@ -394,7 +447,9 @@ def test_wide_instance_columns_and_dropped_rows(snap):
     dropped = wide.loc[[US]].index[1]
     changes = diff(snap, wide.drop(index=[dropped]), rows="all")
     assert sorted((r["op"], r["SOPInstanceUID"]) for r in rows(changes)) == [
-        ("remove_instance", dropped[2]), ("update", label[2])]
+        ("remove_instance", dropped[2]),
+        ("update", label[2]),
+    ]
 
 
 def test_several_frames_and_conflicting_edits(snap):
@@ -436,8 +491,9 @@ def test_diff_documents_reads_a_version_change():
     node["DICOM"]["SOPInstanceUID"] = "1.2.3.9"
     node["DICOM"]["001910F9"] = "97"
     node["DICOMVRs"]["001910F9"] = "DS"
-    new["Study"]["Series"][US_SERIES]["Instances"] = {("1.2.3.9" if k == second else k): v
-                                                     for k, v in instances.items()}
+    new["Study"]["Series"][US_SERIES]["Instances"] = {
+        ("1.2.3.9" if k == second else k): v for k, v in instances.items()
+    }
     changes = diff_documents(old, new)
     got = [(r["op"], r["attribute"], r["SOPInstanceUID"], r["new"]) for r in rows(changes)]
     assert got == [
@@ -458,8 +514,10 @@ def test_display_escapes_and_summarises(snap):
     text = changes._repr_html_()
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert text.index("problem") < text.index("StudyDescription")
-    assert repr(changes) == ("ChangeSet(2 change(s) in 2 image set(s): 2 update; removes 0 attribute(s), "
-                             "0 instance(s), 0 series; 1 problem(s))")
+    assert repr(changes) == (
+        "ChangeSet(2 change(s) in 2 image set(s): 2 update; removes 0 attribute(s), "
+        "0 instance(s), 0 series; 1 problem(s))"
+    )
     assert changes.summary().loc[CT, "update"] == 1
 
 
@@ -534,9 +592,18 @@ def _expected(column: str, codec: str, old: object, new: object, vrs: dict) -> s
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 8), st.sampled_from(_EDITABLE), st.integers(0, 8),
-                          st.sampled_from(["copy", "none", "empty", "nan", "remove"])), max_size=12),
-       st.sets(st.integers(0, 8), max_size=3))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 8),
+            st.sampled_from(_EDITABLE),
+            st.integers(0, 8),
+            st.sampled_from(["copy", "none", "empty", "nan", "remove"]),
+        ),
+        max_size=12,
+    ),
+    st.sets(st.integers(0, 8), max_size=3),
+)
 def test_diff_matches_a_naive_cell_loop(edits, drops):
     edited = _US_INSTANCES.copy()
     for row, column, source, kind in edits:
@@ -556,8 +623,10 @@ def test_diff_matches_a_naive_cell_loop(edits, drops):
                 expected.add((label[2], column, op))
     removals = {label[2] for label in _US_INSTANCES.index} - {label[2] for label in edited.index}
     attribute_rows = changes.changes[changes.changes["op"].isin(["add", "update", "remove"])]
-    assert set(zip(attribute_rows["SOPInstanceUID"], attribute_rows["attribute"], attribute_rows["op"],
-                   strict=True)) == expected
+    assert (
+        set(zip(attribute_rows["SOPInstanceUID"], attribute_rows["attribute"], attribute_rows["op"], strict=True))
+        == expected
+    )
     removed = changes.changes[changes.changes["op"] == "remove_instance"]["SOPInstanceUID"]
     assert set(removed) == (removals if len(removals) < 9 else set())
 

@@ -37,8 +37,9 @@ def _documents(count: int) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def changes() -> Any:
     documents = _documents(3)
-    snap = Snapshot.from_documents(documents, datastore_id=DATASTORE,
-                                   version_ids={d["ImageSetID"]: "3" for d in documents})
+    snap = Snapshot.from_documents(
+        documents, datastore_id=DATASTORE, version_ids={d["ImageSetID"]: "3" for d in documents}
+    )
     snap.primary = {d["ImageSetID"]: False for d in documents}
     edited = snap.instances.copy()
     edited["InstanceNumber"] = [str(100 + i) for i in range(len(edited))]
@@ -75,7 +76,8 @@ def test_fast_path_refuses_a_path_set_twice() -> None:
     assert planner._whole([planner._Unit([change]), planner._Unit([twice])], 30_000) is None
     whole = planner._whole([planner._Unit([change])], 30_000)
     assert whole is not None and whole.updates()["updatableAttributes"] == (
-        '{"SchemaVersion":1.1,"Study":{"DICOM":{"StudyDescription":"A"}}}')
+        '{"SchemaVersion":1.1,"Study":{"DICOM":{"StudyDescription":"A"}}}'
+    )
     assert whole.blobs["u"].size == len(whole.updates()["updatableAttributes"])
 
 

@@ -554,8 +554,10 @@ def study_siblings(doppler: dict[str, Any]) -> list[dict[str, Any]]:
         new = f"{old}.{n}"
         node["DICOM"]["SeriesInstanceUID"] = new
         # a SOP instance belongs to one primary image set: each sibling's instances are its own
-        node["Instances"] = {f"{sop}.{n}": dict(i, DICOM={**i["DICOM"], "SOPInstanceUID": f"{sop}.{n}"})
-                             for sop, i in node["Instances"].items()}
+        node["Instances"] = {
+            f"{sop}.{n}": dict(i, DICOM={**i["DICOM"], "SOPInstanceUID": f"{sop}.{n}"})
+            for sop, i in node["Instances"].items()
+        }
         document["Study"]["Series"] = {new: node}
         documents.append(document)
     return documents

@@ -28,14 +28,24 @@ from curation.frames.snapshot import Snapshot
 from curation.model.missing import is_absent
 
 REFERENCE = Path(__file__).parents[1] / "data" / "reference"
-PYDICOM_FILES = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose_1frame.dcm", "liver_1frame.dcm",
-                 "examples_overlay.dcm", "SC_rgb_small_odd.dcm", "emri_small.dcm", "US1_J2KR.dcm")
+PYDICOM_FILES = (
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "JPEG2000.dcm",
+    "rtdose_1frame.dcm",
+    "liver_1frame.dcm",
+    "examples_overlay.dcm",
+    "SC_rgb_small_odd.dcm",
+    "emri_small.dcm",
+    "US1_J2KR.dcm",
+)
 
 
 def _reference() -> Snapshot:
     documents = [json.loads(p.read_text()) for p in sorted(REFERENCE.glob("*.json"))]
-    snapshot = Snapshot.from_documents(documents, datastore_id="0" * 32,
-                                       version_ids={d["ImageSetID"]: "1" for d in documents})
+    snapshot = Snapshot.from_documents(
+        documents, datastore_id="0" * 32, version_ids={d["ImageSetID"]: "1" for d in documents}
+    )
     snapshot.primary = {d["ImageSetID"]: False for d in documents}
     return snapshot
 
@@ -61,8 +71,10 @@ def snap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 def found(changes: Any) -> set[tuple]:
     """(op, row, column, new) of every change (new as JSON text, so lists compare)."""
     table = changes.changes
-    return {(op, row, column, json.dumps(None if new is curation.NULL else new))
-            for op, row, column, new in zip(table["op"], table["row"], table["column"], table["new"], strict=True)}
+    return {
+        (op, row, column, json.dumps(None if new is curation.NULL else new))
+        for op, row, column, new in zip(table["op"], table["row"], table["column"], table["new"], strict=True)
+    }
 
 
 def planned(snapshot: Snapshot, edited: Any, rows: str = "selection") -> set[tuple]:
@@ -173,8 +185,11 @@ def test_merge_with_a_lookup_table_plans_the_matched_rows(snap: Snapshot) -> Non
     lookup["NewComments"] = [f"LOOKED UP {n}" for n in range(len(lookup))]
     merged = studies.reset_index().merge(lookup, on="PatientName", how="left").set_index("ImageSetID")
     edited = studies.copy()
-    edited["PatientComments"] = merged["NewComments"].reindex(studies.index).fillna(
-        studies["PatientComments"] if "PatientComments" in studies.columns else np.nan)
+    edited["PatientComments"] = (
+        merged["NewComments"]
+        .reindex(studies.index)
+        .fillna(studies["PatientComments"] if "PatientComments" in studies.columns else np.nan)
+    )
     expected = set()
     for row, value in merged["NewComments"].items():
         if isinstance(value, str):
@@ -187,7 +202,8 @@ def test_sorting_and_resetting_the_index_by_uid_work_and_plan_only_the_edit(snap
     instances = snap.instances
     by_uid = instances.sort_values("SOPInstanceUID")  # the UID is an index level, sortable by name
     assert list(by_uid.index.get_level_values("SOPInstanceUID")) == sorted(
-        instances.index.get_level_values("SOPInstanceUID"))
+        instances.index.get_level_values("SOPInstanceUID")
+    )
     flat = snap.series.reset_index()
     assert {"ImageSetID", "SeriesInstanceUID"} <= set(flat.columns)
     back = flat.set_index(["ImageSetID", "SeriesInstanceUID"])
@@ -195,8 +211,11 @@ def test_sorting_and_resetting_the_index_by_uid_work_and_plan_only_the_edit(snap
     edited = by_uid.copy()
     row = edited.index[-1]
     edited.loc[row, "ImageComments"] = "SORTED"
-    op = "update" if "ImageComments" in instances.columns and not is_absent(instances.loc[row, "ImageComments"]) \
+    op = (
+        "update"
+        if "ImageComments" in instances.columns and not is_absent(instances.loc[row, "ImageComments"])
         else "add"
+    )
     assert planned(snap, edited) == {(op, row, "ImageComments", '"SORTED"')}
 
 
@@ -217,16 +236,22 @@ def test_fillna_fills_only_absent_cells_and_replace_only_empty_ones(snap: Snapsh
     studies = snap.studies
     edited = studies.copy()
     edited["StudyDescription"] = edited["StudyDescription"].fillna("UNKNOWN")
-    expected = {("add", row, "StudyDescription", '"UNKNOWN"') for row in studies.index[studies["StudyDescription"]
-                                                                                       .isna()]}
+    expected = {
+        ("add", row, "StudyDescription", '"UNKNOWN"') for row in studies.index[studies["StudyDescription"].isna()]
+    }
     assert planned(snap, edited) == expected
     edited = studies.copy()
     columns = [c for c in text_columns(studies) if snap.vr(c) in ("LO", "SH", "PN", "CS", "LT", "ST", "UT", "UC")]
     edited[columns] = edited[columns].replace("", "EMPTY")
-    expected = {("update", row, column, '"EMPTY"') for column in columns for row in studies.index
-                if studies.loc[row, column] == "" and column not in ("StudyInstanceUID",)}
+    expected = {
+        ("update", row, column, '"EMPTY"')
+        for column in columns
+        for row in studies.index
+        if studies.loc[row, column] == "" and column not in ("StudyInstanceUID",)
+    }
     expected = {e for e in expected if not _multi(e[2])} | {
-        ("update", e[1], e[2], '["EMPTY"]') for e in expected if _multi(e[2])}
+        ("update", e[1], e[2], '["EMPTY"]') for e in expected if _multi(e[2])
+    }
     assert planned(snap, edited) == expected
 
 
@@ -249,13 +274,16 @@ def test_concat_of_filtered_pieces_plans_only_their_edits(snap: Snapshot) -> Non
 
 
 @pytest.mark.parametrize("level", ["studies", "series", "instances", "wide"])
-def test_filter_then_edit_plans_only_the_edit_and_rows_all_removes_exactly_the_rest(snap: Snapshot,
-                                                                                     level: str) -> None:
+def test_filter_then_edit_plans_only_the_edit_and_rows_all_removes_exactly_the_rest(snap: Snapshot, level: str) -> None:
     frame = getattr(snap, level)
-    column = {"studies": "StudyDescription", "series": "SeriesDescription", "instances": "ImageComments",
-              "wide": "ImageComments"}[level]
+    column = {
+        "studies": "StudyDescription",
+        "series": "SeriesDescription",
+        "instances": "ImageComments",
+        "wide": "ImageComments",
+    }[level]
     keep = np.zeros(len(frame), dtype=bool)
-    keep[:: 2] = True
+    keep[::2] = True
     sub = frame[keep].copy()
     sub[column] = "FILTERED"
     expected = set()
@@ -273,8 +301,11 @@ def test_filter_then_edit_plans_only_the_edit_and_rows_all_removes_exactly_the_r
         in_removed_series = {label[2] for label in frame.index[~keep] if label[1] in dropped_series}
         blocked = set(with_removals.problems["ImageSetID"])  # an image set would lose its last series
         assert all("every series" in reason for reason in with_removals.problems["reason"])
-        assert removed | in_removed_series == {sop for sop in gone if frame.loc[frame.index.get_level_values(
-            "SOPInstanceUID") == sop].index[0][0] not in blocked}
+        assert removed | in_removed_series == {
+            sop
+            for sop in gone
+            if frame.loc[frame.index.get_level_values("SOPInstanceUID") == sop].index[0][0] not in blocked
+        }
         assert with_removals.removals()["instances"] == len(removed)
         assert with_removals.removals()["series"] == len(dropped_series)
 
@@ -284,16 +315,20 @@ def test_the_issue_workflow_on_a_three_instance_series() -> None:
     document = json.loads((REFERENCE / "us-doppler-9-instances.json").read_text())
     series = next(iter(document["Study"]["Series"].values()))
     series["Instances"] = dict(list(series["Instances"].items())[:3])
-    snapshot = Snapshot.from_documents([copy.deepcopy(document)], datastore_id="0" * 32,
-                                       version_ids={document["ImageSetID"]: "1"})
+    snapshot = Snapshot.from_documents(
+        [copy.deepcopy(document)], datastore_id="0" * 32, version_ids={document["ImageSetID"]: "1"}
+    )
     snapshot.primary = {document["ImageSetID"]: False}
     instances = snapshot.instances
     mask = np.array([True, False, False])
     sub = instances[mask].copy()
     sub["ImageComments"] = "x"
     changes = curation.diff(snapshot, sub)
-    assert list(changes.changes["op"]) == ["add"] and changes.removals() == {"attributes": 0, "instances": 0,
-                                                                           "series": 0}
+    assert list(changes.changes["op"]) == ["add"] and changes.removals() == {
+        "attributes": 0,
+        "instances": 0,
+        "series": 0,
+    }
     studies = snapshot.studies
     columns = text_columns(studies)
     studies[columns] = studies[columns].apply(lambda s: s.str.upper())

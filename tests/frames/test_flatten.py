@@ -51,8 +51,9 @@ base64s = st.binary(max_size=6).map(lambda b: base64.b64encode(b).decode())
 hex32 = st.text("0123456789abcdef", min_size=32, max_size=32)
 uids = st.lists(st.integers(0, 10**6), min_size=2, max_size=4).map(lambda p: "1.2." + ".".join(map(str, p)))
 json_scalars = st.none() | st.booleans() | ints | floats | text
-json_values = st.recursive(json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3),
-                           max_leaves=6)
+json_values = st.recursive(
+    json_scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3), max_leaves=6
+)
 
 
 def scalar_for(vr: str) -> st.SearchStrategy:
@@ -99,8 +100,13 @@ frame_dicts = st.fixed_dictionaries(
     optional={
         "ID": hex32 | st.none(),
         "PixelDataChecksumFromBaseToFullResolution": st.lists(
-            st.fixed_dictionaries({"Width": st.integers(1, 4096), "Height": st.integers(1, 4096),
-                                   "Checksum": st.integers(0, 2**32 - 1) | st.none()}),
+            st.fixed_dictionaries(
+                {
+                    "Width": st.integers(1, 4096),
+                    "Height": st.integers(1, 4096),
+                    "Checksum": st.integers(0, 2**32 - 1) | st.none(),
+                }
+            ),
             max_size=3,
         ),
         "MinPixelValue": st.integers(-2000, 0) | floats | st.none(),
@@ -117,12 +123,17 @@ def instance_nodes(draw: st.DrawFn) -> dict:
     private = [k for k in node["DICOM"] if dicom.is_tag_key(k)]
     if draw(st.booleans()) or private:
         node["DICOMVRs"] = {tag: draw(st.sampled_from(TWO_LETTER_VRS)) for tag in private}
-    extra = draw(st.fixed_dictionaries({}, optional={
-        "StoredTransferSyntaxUID": st.just("1.2.840.10008.1.2.4.202") | st.none(),
-        "ChecksumType": st.just("DECOMPRESSED"),
-        "ImageFrames": st.lists(frame_dicts, max_size=3),
-        "FutureInstanceKey": json_values,
-    }))
+    extra = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "StoredTransferSyntaxUID": st.just("1.2.840.10008.1.2.4.202") | st.none(),
+                "ChecksumType": st.just("DECOMPRESSED"),
+                "ImageFrames": st.lists(frame_dicts, max_size=3),
+                "FutureInstanceKey": json_values,
+            },
+        )
+    )
     node.update(extra)
     return node
 
@@ -180,8 +191,11 @@ def test_generated_round_trip_is_exact(document: dict) -> None:
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(hex32, min_size=1, max_size=4, unique=True).flatmap(
-    lambda ids: st.tuples(*(documents(image_set_id=i) for i in ids))))
+@given(
+    st.lists(hex32, min_size=1, max_size=4, unique=True).flatmap(
+        lambda ids: st.tuples(*(documents(image_set_id=i) for i in ids))
+    )
+)
 def test_generated_batch_round_trip(docs: tuple[dict, ...]) -> None:
     flat = flatten_many(docs)
     assert len(flat.failures) == 0

@@ -43,8 +43,11 @@ KEEP = (
     "PatientOrientation", "Rows", "PixelData", "SequenceOfUltrasoundRegions", "7FDD0010", "7FDF1001",
 )  # fmt: skip
 
-_TEXT = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ", min_size=1, max_size=12).map(str.strip).filter(
-    lambda s: bool(s) and s not in MISSING_TEXTS)  # diff refuses the text pandas makes of missing values
+_TEXT = (
+    st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ", min_size=1, max_size=12)
+    .map(str.strip)
+    .filter(lambda s: bool(s) and s not in MISSING_TEXTS)
+)  # diff refuses the text pandas makes of missing values
 _CODE = st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ_", min_size=1, max_size=10).filter(lambda s: s not in MISSING_TEXTS)
 _NUMBER = st.integers(0, 9999).map(str)
 _NAME = st.tuples(_CODE, _CODE).map("^".join)
@@ -235,8 +238,11 @@ def comparable(frame: pd.DataFrame, codecs: dict[str, str]) -> dict[tuple, dict[
     out = {}
     for label, values in zip(frame.index, array, strict=True):
         key = label if isinstance(label, tuple) else (label,)
-        out[key] = {c: cell(v, k) for c, k, v in zip(columns, kinds, values, strict=True)
-                    if not is_absent(v) and not is_remove(v)}
+        out[key] = {
+            c: cell(v, k)
+            for c, k, v in zip(columns, kinds, values, strict=True)
+            if not is_absent(v) and not is_remove(v)
+        }
     return out
 
 

@@ -95,9 +95,7 @@ def test_bad_documents_become_failures(documents: list[dict]) -> None:
     broken["ImageSetID"] = "b" * 32
     del broken["Patient"]
     earlier = pd.DataFrame([{"ImageSetID": "c" * 32, "stage": "fetch", "error": "ThrottlingException"}])
-    snapshot = Snapshot.from_documents(
-        [documents[0], broken, documents[0]], datastore_id=DATASTORE, failures=earlier
-    )
+    snapshot = Snapshot.from_documents([documents[0], broken, documents[0]], datastore_id=DATASTORE, failures=earlier)
     assert snapshot.image_set_ids == [documents[0]["ImageSetID"]]
     failures = snapshot.failures
     assert list(failures["ImageSetID"]) == ["c" * 32, "b" * 32, documents[0]["ImageSetID"]]
@@ -129,9 +127,7 @@ def test_save_and_load_round_trip(snapshot: Snapshot, tmp_path: Path) -> None:
     instance = loaded.instances.iloc[0]
     assert instance["KVP"] == "120 " and instance["ImageType"] == "DERIVED\\PRIMARY\\AXIAL"
     assert loaded.level("PatientName") == "Patient"
-    assert [canonical(d) for d in unflatten(loaded.flattened)] == [
-        canonical(d) for d in snapshot.documents.values()
-    ]
+    assert [canonical(d) for d in unflatten(loaded.flattened)] == [canonical(d) for d in snapshot.documents.values()]
 
 
 def test_csv_and_parquet_export(snapshot: Snapshot, tmp_path: Path) -> None:
@@ -164,8 +160,9 @@ def test_csv_and_parquet_export(snapshot: Snapshot, tmp_path: Path) -> None:
     assert str(instances_pq["Rows"].dtype) == "Int64" and instances_pq["Rows"].iloc[0] == 640
     assert str(instances_pq["KVP"].dtype) == "str"
     for name in ("studies", "series", "instances", "frames"):
-        pd.testing.assert_frame_equal(curation.read_parquet(tmp_path / "pq" / f"{name}.parquet"),
-                                      getattr(snapshot, name))
+        pd.testing.assert_frame_equal(
+            curation.read_parquet(tmp_path / "pq" / f"{name}.parquet"), getattr(snapshot, name)
+        )
 
 
 def test_from_blobs_holds_the_blobs_and_parses_on_demand(documents: list[dict]) -> None:

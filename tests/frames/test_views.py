@@ -59,8 +59,9 @@ def test_typed_person_names(snapshot: Snapshot) -> None:
 
 
 def test_typed_with_mapping_and_without_vrs() -> None:
-    frame = pd.DataFrame({"When": ["20180803160125.605+0100", NULL, None], "StudyTime": ["0930", "10", "bad"]},
-                         dtype=object)
+    frame = pd.DataFrame(
+        {"When": ["20180803160125.605+0100", NULL, None], "StudyTime": ["0930", "10", "bad"]}, dtype=object
+    )
     view = typed(frame, {"When": "DT"})
     assert view["When"].tolist()[0] == pd.Timestamp("2018-08-03 16:01:25.605")
     assert view["When"].isna().tolist() == [False, True, True]

@@ -57,17 +57,27 @@ def test_uid_rules() -> None:
     assert not rules.rekeys("SeriesInstanceUID", "Instance") and not rules.rekeys("StudyInstanceUID", "Study")
     assert rules.uid_removal_refusal("ImageComments", "Instance") is None
     assert rules.uid_removal_refusal("SOPInstanceUID", "Instance") == (
-        "SOPInstanceUID cannot be removed, it identifies the instance")
+        "SOPInstanceUID cannot be removed, it identifies the instance"
+    )
     assert rules.new_uid_problem("SOPInstanceUID", "1.2.3", {"1.2.4"}, image_set="s") is None
-    assert "already used in image set s" in str(rules.new_uid_problem("SOPInstanceUID", "1.2.4", {"1.2.4"},
-                                                                      image_set="s"))
+    assert "already used in image set s" in str(
+        rules.new_uid_problem("SOPInstanceUID", "1.2.4", {"1.2.4"}, image_set="s")
+    )
     for bad in ("", None, 5):
         assert "non-empty string" in str(rules.new_uid_problem("SeriesInstanceUID", bad, set(), image_set="s"))
 
 
 def test_generated_keys() -> None:
-    for key in ("SchemaVersion", "DatastoreID", "ImageSetID", "PixelData", "Checksum", "ImageFrames",
-                "StoredTransferSyntaxUID", "ChecksumType"):
+    for key in (
+        "SchemaVersion",
+        "DatastoreID",
+        "ImageSetID",
+        "PixelData",
+        "Checksum",
+        "ImageFrames",
+        "StoredTransferSyntaxUID",
+        "ChecksumType",
+    ):
         assert "generated attribute " + key in str(rules.generated_key_refusal(key))
     assert rules.generated_key_refusal("DICOMVRs") is None
     assert rules.generated_key_refusal("PatientName") is None
@@ -78,8 +88,9 @@ def test_generated_keys() -> None:
 
 @pytest.fixture(scope="module")
 def snap() -> Snapshot:
-    snapshot = Snapshot.from_documents([copy.deepcopy(_US)], datastore_id="8a23b5b729c44f0d8b15cfd06253c5cd",
-                                       version_ids={US: "1"})
+    snapshot = Snapshot.from_documents(
+        [copy.deepcopy(_US)], datastore_id="8a23b5b729c44f0d8b15cfd06253c5cd", version_ids={US: "1"}
+    )
     snapshot.primary = {US: False}
     return snapshot
 

@@ -63,8 +63,12 @@ UTC_MINUS_5 = dt.timezone(dt.timedelta(hours=-5))
         (["A", None], "CS", "1-n", ["A", None]),
         ({"CodeValue": "1", "CodeMeaning": "x"}, "SQ", "1", [{"CodeValue": "1", "CodeMeaning": "x"}]),
         ([{"ReferencedFrameNumber": 3}], "SQ", "1", [{"ReferencedFrameNumber": ["3"]}]),
-        ([{"StudyDate": dt.date(2021, 5, 6), "CodeValue": None}], "SQ", "1",
-         [{"StudyDate": "20210506", "CodeValue": None}]),
+        (
+            [{"StudyDate": dt.date(2021, 5, 6), "CodeValue": None}],
+            "SQ",
+            "1",
+            [{"StudyDate": "20210506", "CodeValue": None}],
+        ),
         (NULL, "LO", "1", NULL),
         (None, "LO", "1", None),
         (np.nan, "DS", "1", None),
@@ -167,8 +171,9 @@ _FINITE = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e300, max
         _TIMES.map(lambda v: (v, "TM", "1")),
         st.datetimes(min_value=dt.datetime(1900, 1, 1)).map(lambda v: (v, "DT", "1")),
         _FINITE.map(lambda v: (v, "DS", "1")),
-        st.decimals(allow_nan=False, allow_infinity=False, places=6,
-                    min_value=-10**9, max_value=10**9).map(lambda v: (v, "DS", "1")),
+        st.decimals(allow_nan=False, allow_infinity=False, places=6, min_value=-(10**9), max_value=10**9).map(
+            lambda v: (v, "DS", "1")
+        ),
         st.integers(-(2**31), 2**31 - 1).map(lambda v: (v, "IS", "1")),
         st.integers(0, 65535).map(lambda v: (v, "US", "1")),
         st.integers(-(2**31), 2**31 - 1).map(lambda v: (np.int64(v), "SL", "1")),
@@ -187,14 +192,56 @@ def test_valid_inputs_coerce_to_valid_values(case):
 
 
 _ANY = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), st.binary(max_size=8),
-              _DATES, _TIMES, st.decimals(), st.just(NULL), st.just(pd.NA)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=3),
-                            st.tuples(inner, inner)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=20),
+        st.binary(max_size=8),
+        _DATES,
+        _TIMES,
+        st.decimals(),
+        st.just(NULL),
+        st.just(pd.NA),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=3), st.tuples(inner, inner)
+    ),
     max_leaves=8,
 )
-_VRS = st.sampled_from(["AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OW", "PN",
-                        "SH", "SL", "SQ", "SS", "ST", "TM", "UI", "UL", "UN", "US", "UT", "US or SS", None])
+_VRS = st.sampled_from(
+    [
+        "AE",
+        "AS",
+        "AT",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "FD",
+        "FL",
+        "IS",
+        "LO",
+        "LT",
+        "OB",
+        "OW",
+        "PN",
+        "SH",
+        "SL",
+        "SQ",
+        "SS",
+        "ST",
+        "TM",
+        "UI",
+        "UL",
+        "UN",
+        "US",
+        "UT",
+        "US or SS",
+        None,
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)

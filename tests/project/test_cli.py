@@ -52,9 +52,9 @@ def test_apply_then_revert_a_saved_plan_over_http(tmp_path: Path, capsys: pytest
 
         assert main(["apply", str(plan_path), "--journal", str(journal), "--dry-run", *common]) == 0
         assert not journal.exists()
-        assert _latest_document(store, report.datastore_id, image_set_id)["Study"]["DICOM"].get(
-            "StudyDescription"
-        ) is None
+        assert (
+            _latest_document(store, report.datastore_id, image_set_id)["Study"]["DICOM"].get("StudyDescription") is None
+        )
 
         reading = ["--endpoint-url", url, "--no-progress"]
         assert main(["verify", str(plan_path), *reading]) == 1  # not applied yet: the difference is listed
@@ -90,8 +90,14 @@ def _closed_port() -> int:
 @pytest.fixture
 def no_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No AWS configuration at all: no region, no profile, no credentials (and no metadata service)."""
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_SESSION_TOKEN"):
+    for name in (
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_PROFILE",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
@@ -106,8 +112,11 @@ def files(tmp_path: Path) -> dict[str, Path]:
     from curation.run.journal import Journal, Purpose
 
     def made(description: str) -> UpdatePlan:
-        params = {"datastoreId": "d" * 32, "imageSetId": "a" * 32,
-                  "updateImageSetMetadataUpdates": {"revertToVersionId": "1"}}
+        params = {
+            "datastoreId": "d" * 32,
+            "imageSetId": "a" * 32,
+            "updateImageSetMetadataUpdates": {"revertToVersionId": "1"},
+        }
         request = PlannedRequest("a" * 32, 0, params, description=description)
         return UpdatePlan.build("d" * 32, {"a" * 32: "2"}, [request])
 
@@ -129,24 +138,38 @@ def _mistakes(f: dict[str, Path]) -> dict[str, tuple[list[str], str]]:
     return {
         "missing plan": (["apply", str(f["dir"] / "nope.json"), "--journal", journal, *local], "there is no plan file"),
         "missing journal (revert)": (["revert", str(f["dir"] / "nope.jsonl"), *local], "there is no journal"),
-        "missing journal (verify)": (["verify", str(f["plan"]), "--journal", str(f["dir"] / "nope.jsonl"), *local],
-                                     "there is no journal"),
-        "journal folder missing": (["apply", str(f["plan"]), "--journal", str(f["dir"] / "no" / "j.jsonl"), *local],
-                                   "its folder does not exist"),
+        "missing journal (verify)": (
+            ["verify", str(f["plan"]), "--journal", str(f["dir"] / "nope.jsonl"), *local],
+            "there is no journal",
+        ),
+        "journal folder missing": (
+            ["apply", str(f["plan"]), "--journal", str(f["dir"] / "no" / "j.jsonl"), *local],
+            "its folder does not exist",
+        ),
         "no region, no endpoint": (["apply", str(f["plan"]), "--journal", journal], "no AWS region"),
-        "no credentials": (["apply", str(f["plan"]), "--journal", journal, "--region", "us-east-1"],
-                           "no AWS credentials"),
-        "unknown profile": (["apply", str(f["plan"]), "--journal", journal, "--profile", "nobody"],
-                            "no AWS profile named 'nobody'"),
-        "bad endpoint": (["apply", str(f["plan"]), "--journal", journal, "--endpoint-url", "not a url"],
-                         "cannot use endpoint"),
+        "no credentials": (
+            ["apply", str(f["plan"]), "--journal", journal, "--region", "us-east-1"],
+            "no AWS credentials",
+        ),
+        "unknown profile": (
+            ["apply", str(f["plan"]), "--journal", journal, "--profile", "nobody"],
+            "no AWS profile named 'nobody'",
+        ),
+        "bad endpoint": (
+            ["apply", str(f["plan"]), "--journal", journal, "--endpoint-url", "not a url"],
+            "cannot use endpoint",
+        ),
         "edited plan": (["apply", str(f["edited"]), "--journal", journal, *local], "was changed after it was made"),
         "truncated plan": (["apply", str(f["truncated"]), "--journal", journal, *local], "not valid JSON"),
-        "journal given as plan": (["apply", str(f["foreign"]), "--journal", journal, *local],
-                                  "this is an apply journal"),
+        "journal given as plan": (
+            ["apply", str(f["foreign"]), "--journal", journal, *local],
+            "this is an apply journal",
+        ),
         "plan given as journal": (["revert", str(f["plan"]), *local], "is not JSON"),
-        "another plan's journal": (["apply", str(f["plan"]), "--journal", str(f["foreign"]), *local],
-                                   "is the journal of plan"),
+        "another plan's journal": (
+            ["apply", str(f["plan"]), "--journal", str(f["foreign"]), *local],
+            "is the journal of plan",
+        ),
         "a bad rate": (["apply", str(f["plan"]), "--journal", journal, "--rate", "fast"], "not a number"),
         "no journal option": (["apply", str(f["plan"])], "required: --journal"),
         "no workers": (["apply", str(f["plan"]), "--journal", journal, "--max-workers", "0"], "at least 1 worker"),
@@ -193,12 +216,25 @@ def test_the_console_script_shows_no_traceback_and_has_a_version(tmp_path: Path)
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "curation.cli", "apply", str(tmp_path / "x.json"), "--journal",
-                           str(tmp_path / "j.jsonl")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "apply",
+            str(tmp_path / "x.json"),
+            "--journal",
+            str(tmp_path / "j.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert "there is no plan file" in done.stderr
-    version = subprocess.run([sys.executable, "-m", "curation.cli", "--version"], capture_output=True, text=True,
-                             timeout=120)
+    version = subprocess.run(
+        [sys.executable, "-m", "curation.cli", "--version"], capture_output=True, text=True, timeout=120
+    )
     assert version.returncode == 0 and version.stdout.startswith("ahi-curation 0.")
 
 

@@ -17,7 +17,7 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
-PATCH_PREFIX = '''
+PATCH_PREFIX = """
 import sys
 
 import orjson
@@ -26,18 +26,23 @@ import curation
 
 _plan = sys.modules["curation.curate.planner"]
 assert isinstance(_plan._Blob.text, type(lambda: None)), "curation.curate.planner._Blob.text moved: update this test"
-'''
+"""
 
 #: the SchemaVersion wrapper left out of every blob
-DROP_SCHEMA_VERSION = PATCH_PREFIX + '''
+DROP_SCHEMA_VERSION = (
+    PATCH_PREFIX
+    + """
 def _text(self):
     return orjson.dumps({k: v for k, v in self.root.items() if k != "SchemaVersion"}).decode()
 
 _plan._Blob.text = _text
-'''
+"""
+)
 
 #: the instance level dropped, as the React sample's payload builder does (instance nodes flattened away)
-DROP_INSTANCE_LEVEL = PATCH_PREFIX + '''
+DROP_INSTANCE_LEVEL = (
+    PATCH_PREFIX
+    + """
 def _text(self):
     root = orjson.loads(orjson.dumps(self.root))
     for series in root.get("Study", {}).get("Series", {}).values():
@@ -46,7 +51,8 @@ def _text(self):
     return orjson.dumps(root).decode()
 
 _plan._Blob.text = _text
-'''
+"""
+)
 
 
 def _run_broken(notebook: str, patch: str) -> tuple[int, str]:

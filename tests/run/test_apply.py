@@ -626,8 +626,17 @@ def test_a_stale_first_send_onto_this_plans_own_version_is_not_a_conflict(popula
         if params["latestVersionId"] == "1" and _latest(store, datastore_id, ids[0]) == "1":
             store.call("UpdateImageSetMetadata", {**first.params, "latestVersionId": "1"})  # the other run's send
             with open(journal, "ab") as handle:  # ... and its record, appended by another process
-                record = {"kind": "request", "plan_id": plan.plan_id, "operation": "update", "image_set_id": ids[0],
-                          "index": 0, "base_version": "1", "status": "done", "new_version": "2", "time": "t"}
+                record = {
+                    "kind": "request",
+                    "plan_id": plan.plan_id,
+                    "operation": "update",
+                    "image_set_id": ids[0],
+                    "index": 0,
+                    "base_version": "1",
+                    "status": "done",
+                    "new_version": "2",
+                    "time": "t",
+                }
                 handle.write(orjson.dumps(record) + b"\n")
 
     client.meta.events.register("provide-client-params.medical-imaging.UpdateImageSetMetadata", other_run_first)

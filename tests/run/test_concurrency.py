@@ -72,8 +72,20 @@ def test_concurrent_appliers_on_one_journal(local_store: Any, tmp_path: Path, ap
     update_plan.save(plan_path)
     gate = Gate(local_store)
     with serving(Service(gate)) as endpoint:
-        command = [sys.executable, "-m", "curation.cli", "apply", str(plan_path), "--journal", str(journal),
-                   "--endpoint-url", endpoint, "--rate", "none", "--no-progress"]
+        command = [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "apply",
+            str(plan_path),
+            "--journal",
+            str(journal),
+            "--endpoint-url",
+            endpoint,
+            "--rate",
+            "none",
+            "--no-progress",
+        ]
         processes = [
             subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(appliers)
@@ -115,6 +127,14 @@ def test_concurrent_appliers_on_one_journal(local_store: Any, tmp_path: Path, ap
 
 
 def revert_command(journal: Path, endpoint: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "curation.cli", "revert", str(journal), "--endpoint-url", endpoint,
-               "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "curation.cli",
+        "revert",
+        str(journal),
+        "--endpoint-url",
+        endpoint,
+        "--no-progress",
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120)

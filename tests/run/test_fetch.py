@@ -495,7 +495,10 @@ def test_every_metadata_call_goes_through_the_rate_limiter(small_document):
     fake = CountingClient(docs)
     clock = FakeClock()
     limiters = Limiters(
-        rates={"GetImageSetMetadata": 10}, bursts={"GetImageSetMetadata": 2}, adaptive=False, clock=clock,
+        rates={"GetImageSetMetadata": 10},
+        bursts={"GetImageSetMetadata": 2},
+        adaptive=False,
+        clock=clock,
         sleep=clock.sleep,
     )
     versions = {d["ImageSetID"]: "1" for d in docs}
@@ -648,8 +651,9 @@ def test_injected_faults_are_retried_by_botocore_until_every_image_set_is_fetche
     from botocore.config import Config
 
     store, datastore_id, expected = populated
-    client = local.client(store, fault_rate=0.2, seed=7, config=Config(retries={"mode": "standard",
-                                                                                "total_max_attempts": 10}))
+    client = local.client(
+        store, fault_rate=0.2, seed=7, config=Config(retries={"mode": "standard", "total_max_attempts": 10})
+    )
     result = fetch_documents(client, datastore_id, max_workers=4, progress=False)
     calls = client.meta.local_service.calls
     assert calls["GetImageSetMetadata"] > len(expected)  # faults were injected, and retried by botocore

@@ -48,8 +48,14 @@ PLAN = _plan()
 
 
 def _request(index: int, status: str, image_set: str = A, **extra: Any) -> dict[str, Any]:
-    return {"kind": "request", "plan_id": PLAN.plan_id, "image_set_id": image_set, "index": index,
-            "status": status, **extra}
+    return {
+        "kind": "request",
+        "plan_id": PLAN.plan_id,
+        "image_set_id": image_set,
+        "index": index,
+        "status": status,
+        **extra,
+    }
 
 
 def test_created_owner_only_even_with_a_permissive_umask(tmp_path: Path) -> None:
@@ -225,8 +231,9 @@ def test_chains_follow_versions_not_file_order() -> None:
         _request(1, "done", base_version="3", new_version="4"),  # written first, happened second
         _request(0, "done", base_version="1", new_version="3"),  # version 2 is someone else's, between ours
         _request(0, "conflict", base_version="1", actual="2"),  # a conflict record is not a link
-        _request(0, "done", image_set=B, base_version="5", new_version="6",
-                 affected={A: ["4", "5"]}),  # our study-wide request moved A from 4 to 5
+        _request(
+            0, "done", image_set=B, base_version="5", new_version="6", affected={A: ["4", "5"]}
+        ),  # our study-wide request moved A from 4 to 5
     ]
     chains = VersionChains(records, {A: "1", B: "5"})
     assert chains.end(A) == "5" and chains.ours(A) == {"3", "4", "5"} and chains.before(A) == "1"

@@ -22,7 +22,6 @@ from curation.run.limits import BETA, AdaptiveLimiter, Attempts, Limiters, accou
 STANDARD = Config(retries={"mode": "standard", "total_max_attempts": 3})
 
 
-
 def _serve(limiter: AdaptiveLimiter, clock: Any, seconds: float, rate: float) -> None:
     """Send (and succeed) at ``rate`` for ``seconds`` of fake time, or as fast as the limiter allows."""
     end = clock.now + seconds
@@ -127,7 +126,9 @@ def test_every_attempt_botocore_makes_takes_a_token_and_feeds_the_limiter(
     limiters = Limiters(rates={"GetImageSet": 1}, bursts={"GetImageSet": 1}, clock=clock, sleep=clock.sleep)
     attempts = Attempts()
     info = limiters.call(
-        client, "GetImageSet", lambda: client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id),
+        client,
+        "GetImageSet",
+        lambda: client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id),
         attempts=attempts,
     )
     assert info["imageSetId"] == image_set_id
@@ -145,13 +146,19 @@ def test_a_refused_connection_is_counted_as_never_reaching_the_service(fast_boto
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again when the block ends: nothing listens there
     client = boto3.client(
-        "medical-imaging", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-        aws_access_key_id="x", aws_secret_access_key="x", config=STANDARD.merge(Config(inject_host_prefix=False)),
+        "medical-imaging",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+        aws_access_key_id="x",
+        aws_secret_access_key="x",
+        config=STANDARD.merge(Config(inject_host_prefix=False)),
     )
     attempts = Attempts()
     with pytest.raises(EndpointConnectionError):
         Limiters(rates={"GetImageSet": None}).call(
-            client, "GetImageSet", lambda: client.get_image_set(datastoreId="d" * 32, imageSetId="a" * 32),
+            client,
+            "GetImageSet",
+            lambda: client.get_image_set(datastoreId="d" * 32, imageSetId="a" * 32),
             attempts=attempts,
         )
     assert attempts.sent == attempts.unreachable == 3 and attempts.nothing_reached
@@ -168,9 +175,7 @@ def _quota(name: str, value: float, unit: str = "SECOND") -> dict[str, Any]:
 
 
 def test_account_quotas_are_read_from_service_quotas() -> None:
-    client = boto3.client(
-        "service-quotas", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    client = boto3.client("service-quotas", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(client)
     stub.add_response(
         "list_service_quotas",
@@ -201,9 +206,7 @@ def test_account_quotas_are_read_from_service_quotas() -> None:
 
 
 def test_a_caller_who_may_not_read_service_quotas_gets_the_documented_ones() -> None:
-    client = boto3.client(
-        "service-quotas", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
-    )
+    client = boto3.client("service-quotas", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     stub = Stubber(client)
     stub.add_client_error("list_service_quotas", "AccessDeniedException", "not allowed", 400)
     with stub:

@@ -55,8 +55,7 @@ def test_a_copy_that_ends_copy_failed_is_reported_and_the_source_kept(served: An
     before = curation.fetch(client, datastore, sources, progress=False)
     store.fail_next_copies(1, "INTERNAL_ERROR: the copy broke", promote=False)
     clock = FakeClock()
-    table = curation.research_copies(client, datastore, sources, wait=WaitSettings(0.01, 5, clock.sleep, clock),
-                                     **FAST)
+    table = curation.research_copies(client, datastore, sources, wait=WaitSettings(0.01, 5, clock.sleep, clock), **FAST)
     assert table["status"].tolist() == ["failed", "copied"]
     assert "COPY_FAILED" in table.loc[0, "error"] and "the copy broke" in table.loc[0, "error"]
     after = curation.fetch(client, datastore, sources, progress=False)

@@ -103,8 +103,15 @@ class Flaky:
 def test_only_what_the_predicate_accepts_is_waited_out_with_full_jitter() -> None:
     clock = FakeClock()
     fn = Flaky(*[client_error("ConflictException", 409, NOT_CONSISTENT)] * 4)
-    result = retry_call(fn, retryable=is_not_consistent_yet, max_attempts=5, base_delay=1.0, max_delay=5.0,
-                        sleep=clock.sleep, rng=lambda: 0.5)
+    result = retry_call(
+        fn,
+        retryable=is_not_consistent_yet,
+        max_attempts=5,
+        base_delay=1.0,
+        max_delay=5.0,
+        sleep=clock.sleep,
+        rng=lambda: 0.5,
+    )
     assert result == "ok" and fn.calls == 5
     assert clock.sleeps == [0.5, 1.0, 2.0, 2.5]  # 0.5 * min(5, 1 * 2**n)
     for error in (client_error("ThrottlingException", 429), client_error("InternalServerException", 500)):

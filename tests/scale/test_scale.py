@@ -90,9 +90,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
 @pytest.fixture(scope="module")
 def memory(service: tuple[str, str]) -> Any:
     endpoint, datastore_id = service
-    client = boto3.client("medical-imaging", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="local", aws_secret_access_key="local",
-                          config=Config(inject_host_prefix=False))
+    client = boto3.client(
+        "medical-imaging",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(inject_host_prefix=False),
+    )
     snapshot = fetch(client, datastore_id, progress=False)
     client.close()
     return snapshot
@@ -102,8 +107,9 @@ def memory(service: tuple[str, str]) -> Any:
 def scaled(service: tuple[str, str], dask_client: Client, tmp_path_factory: pytest.TempPathFactory) -> Any:
     endpoint, datastore_id = service
     path = tmp_path_factory.mktemp("scale-snapshot")
-    return scale.fetch_to_parquet(endpoint, datastore_id, path, client=dask_client, partition_size=PARTITION_SIZE,
-                                  rate=200.0, progress=False)
+    return scale.fetch_to_parquet(
+        endpoint, datastore_id, path, client=dask_client, partition_size=PARTITION_SIZE, rate=200.0, progress=False
+    )
 
 
 def test_fetch_to_parquet_writes_partitions_whole_studies_and_manifest(scaled: Any, memory: Any) -> None:
@@ -172,27 +178,41 @@ def _edit_instances(frame: pd.DataFrame, ids: set[str], dropped: set[str], sop_c
     frame = frame.copy()
     image_sets = frame.index.get_level_values(0)
     frame["ImageComments"] = frame["ImageComments"].where(~image_sets.isin(list(ids)), "edited at scale")
-    return frame[~frame[sop_column].isin(list(dropped))] if sop_column in frame else frame[
-        ~frame.index.get_level_values(2).isin(list(dropped))]
+    return (
+        frame[~frame[sop_column].isin(list(dropped))]
+        if sop_column in frame
+        else frame[~frame.index.get_level_values(2).isin(list(dropped))]
+    )
 
 
-def test_scale_diff_and_plan_equal_the_in_memory_ones(scaled: Any, memory: Any, dask_client: Client,
-                                                      tmp_path: Path) -> None:
+def test_scale_diff_and_plan_equal_the_in_memory_ones(
+    scaled: Any, memory: Any, dask_client: Client, tmp_path: Path
+) -> None:
     ids = memory.image_set_ids
     touched = {ids[0], ids[12], ids[29]}
     names = {ids[20]}
-    odd = [i for i in ids if len(memory.documents[i]["Study"]["Series"][next(iter(
-        memory.documents[i]["Study"]["Series"]))]["Instances"]) == 2]
+    odd = [
+        i
+        for i in ids
+        if len(memory.documents[i]["Study"]["Series"][next(iter(memory.documents[i]["Study"]["Series"]))]["Instances"])
+        == 2
+    ]
     dropped = {memory.instances.loc[odd[0]].index[1][1], memory.instances.loc[odd[-1]].index[1][1]}
 
     frames = scale.open_snapshot(scaled.path)
     studies = frames["studies"].map_partitions(_edit_studies, touched, names, meta=frames["studies"]._meta)
-    instances = frames["instances"].map_partitions(_edit_instances, touched, dropped, "SOPInstanceUID",
-                                                   meta=frames["instances"]._meta)
+    instances = frames["instances"].map_partitions(
+        _edit_instances, touched, dropped, "SOPInstanceUID", meta=frames["instances"]._meta
+    )
     ours = scale.diff(frames, {"studies": studies, "instances": instances}, rows="all", client=dask_client)
-    theirs = memory_diff(memory, {"studies": _edit_studies(memory.studies, touched, names),
-                                  "instances": _edit_instances(memory.instances, touched, dropped, "-")},
-                         rows="all")
+    theirs = memory_diff(
+        memory,
+        {
+            "studies": _edit_studies(memory.studies, touched, names),
+            "instances": _edit_instances(memory.instances, touched, dropped, "-"),
+        },
+        rows="all",
+    )
     assert len(theirs.changes) > 10 and set(theirs.changes["op"]) >= {"update", "remove", "remove_instance"}
     pd.testing.assert_frame_equal(ours.changes, theirs.changes)
     pd.testing.assert_frame_equal(ours.problems, theirs.problems)
@@ -206,8 +226,9 @@ def test_scale_diff_and_plan_equal_the_in_memory_ones(scaled: Any, memory: Any, 
     saved = scale.save_frames(edited, tmp_path / "edits", client=dask_client)
     reopened = scale.open_snapshot(saved)
     assert set(reopened) == {"studies", "instances"} and reopened.snapshot.path == scaled.path
-    pd.testing.assert_frame_equal(scale.to_pandas(reopened["studies"].compute(), "studies"),
-                                  _edit_studies(memory.studies, touched, names))
+    pd.testing.assert_frame_equal(
+        scale.to_pandas(reopened["studies"].compute(), "studies"), _edit_studies(memory.studies, touched, names)
+    )
     again = scale.diff(scaled, saved, rows="all", client=dask_client)
     pd.testing.assert_frame_equal(again.changes, theirs.changes)
 
@@ -256,8 +277,9 @@ def test_partitions_keep_studies_whole_in_listing_order() -> None:
     ]
 
 
-def test_each_partition_fetches_under_its_share_of_the_rate(service: tuple[str, str], dask_client: Client,
-                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_partition_fetches_under_its_share_of_the_rate(
+    service: tuple[str, str], dask_client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     seen: list[tuple[float, float]] = []
     original = scale.fetch_documents
 
@@ -267,8 +289,16 @@ def test_each_partition_fetches_under_its_share_of_the_rate(service: tuple[str, 
 
     monkeypatch.setattr(scale, "fetch_documents", recording)  # the LocalCluster's workers are threads here
     endpoint, datastore_id = service
-    snapshot = scale.fetch_to_parquet(endpoint, datastore_id, tmp_path / "s", client=dask_client, partition_size=10,
-                                      rate=40.0, burst=80.0, progress=False)
+    snapshot = scale.fetch_to_parquet(
+        endpoint,
+        datastore_id,
+        tmp_path / "s",
+        client=dask_client,
+        partition_size=10,
+        rate=40.0,
+        burst=80.0,
+        progress=False,
+    )
     threads = sum(dask_client.nthreads().values())
     share = min(threads, len(snapshot.partitions))
     assert len(seen) == len(snapshot.partitions) >= 3
