@@ -419,6 +419,8 @@ class LocalHTTPServer(socketserver.TCPServer):
             while True:
                 try:
                     keep = connection.serve_one()
+                except (ConnectionResetError, BrokenPipeError):  # the client went away: nothing to answer
+                    keep = False
                 except Exception:  # a handler bug must not kill the worker
                     logger.exception("%s: the connection failed", connection.client_address[0])
                     keep = False
