@@ -34,6 +34,7 @@ import logging
 import queue
 import select
 import selectors
+import signal
 import socket
 import socketserver
 import threading
@@ -551,6 +552,17 @@ def _how_to_sign(url: str, credentials: Credentials | None, generated: bool, reg
     return "\n".join(lines)
 
 
+def _stop_on_ctrl_c() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM stop the server even when this process inherited them ignored or blocked
+    (a process started from a test runner's worker, a notebook kernel or ``nohup`` does: POSIX keeps both an
+    ignored disposition and the signal mask across exec)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def run_server(
     store_path: Any,
     host: str = "127.0.0.1",
@@ -560,7 +572,7 @@ def run_server(
     auth: bool = True,
     **options: Any,
 ) -> None:
-    """Serve ``store_path`` until Ctrl-C; print the endpoint URL and how to sign for it first.
+    """Serve ``store_path`` until Ctrl-C or SIGTERM; print the endpoint URL and how to sign for it first.
 
     ``credentials`` None with ``auth`` generates a key pair for this run; ``auth=False`` serves unsigned
     requests. ``options``: those of :func:`make_server` (``create``, ``allowed_hosts``, ``limits`` ...) and
@@ -568,6 +580,7 @@ def run_server(
     """
     generated = auth and credentials is None
     key = (credentials or generate_credentials()) if auth else None
+    _stop_on_ctrl_c()
     server = make_server(store_path, host, port, credentials=key, **options)
     region = getattr(server.service.store, "region", "us-east-1")
     try:

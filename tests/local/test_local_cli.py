@@ -222,3 +222,44 @@ def test_credentials_come_from_flags_environment_or_profile(tmp_path: Path, monk
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(shared))
     assert resolve_credentials(profile="curator") == Credentials("AKIAPROFILE", "profile-secret")  # beats env
     assert "profile-secret" not in repr(resolve_credentials(profile="curator"))
+
+
+@pytest.mark.parametrize("inherited", ["ignored", "blocked"])
+def test_serve_stops_on_ctrl_c_and_sigterm_even_when_started_with_them_ignored_or_blocked(
+    tmp_path: Path, inherited: str
+) -> None:
+    """A server started by a process that ignores SIGINT (a test runner's worker, ``nohup``, a notebook kernel)
+    or blocks it inherits that across exec; Ctrl-C must still stop it, and so must SIGTERM (``docker stop``)."""
+
+    def inherit() -> None:
+        if inherited == "ignored":
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        else:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+    for number, stop in enumerate((signal.SIGINT, signal.SIGTERM)):
+        command = [
+            sys.executable,
+            "-m",
+            "curation.cli",
+            "serve",
+            "--store",
+            str(tmp_path / f"s{number}"),
+            "--create",
+            "--port",
+            "0",
+            "--no-auth",
+        ]
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=inherit
+        )
+        try:
+            assert process.stdout is not None and "http://127.0.0.1:" in process.stdout.readline()
+            process.send_signal(stop)
+            assert process.wait(timeout=60) == 0, stop
+            assert "Traceback" not in (process.stderr.read() if process.stderr else "")
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
