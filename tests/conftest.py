@@ -65,18 +65,24 @@ def http_endpoint(local_store: Any) -> Iterator[str]:
         yield endpoint
 
 
-@pytest.fixture
-def http_client(http_endpoint: str) -> Any:
-    """A boto3 medical-imaging client for ``http_endpoint`` (no host prefix, no retries)."""
+def endpoint_client(endpoint: str, config: Config = NO_RETRIES) -> Any:
+    """A boto3 medical-imaging client for an embedded service's ``endpoint``, signing with the pair
+    ``serving()`` accepts by default, host prefix injection off, botocore's ``config`` otherwise."""
     import boto3
 
     global _SESSION
     _SESSION = _SESSION or boto3.session.Session()
     return _SESSION.client(
         "medical-imaging",
-        endpoint_url=http_endpoint,
+        endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="local",
         aws_secret_access_key="local",
-        config=NO_RETRIES.merge(Config(inject_host_prefix=False)),
+        config=config.merge(Config(inject_host_prefix=False)),
     )
+
+
+@pytest.fixture
+def http_client(http_endpoint: str) -> Any:
+    """A boto3 medical-imaging client for ``http_endpoint`` (no host prefix, no retries)."""
+    return endpoint_client(http_endpoint)

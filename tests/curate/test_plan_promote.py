@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import orjson
 import pandas as pd
 import pydicom
 import pytest
-from botocore.config import Config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import generate_uid
@@ -30,6 +28,7 @@ from curation.curate.planstep import Ref, StepKind
 from curation.curate.updateplan import PlanEditedError, PlanError, UpdatePlan
 from curation.model.document import digest
 from curation.model.errors import AHIError
+from tests.conftest import endpoint_client
 
 TEST_FILES = Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files"
 STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"
@@ -80,15 +79,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Any, Any]]:
 
     store = Store(tmp_path / "store")
     with serving(store) as endpoint:
-        client = boto3.session.Session().client(
-            "medical-imaging",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=Config(retries={"total_max_attempts": 1}, inject_host_prefix=False),
-        )
-        yield client, store
+        yield endpoint_client(endpoint), store
 
 
 def imported(served: tuple[Any, Any], tmp_path: Path, *names: str) -> curation.Snapshot:

@@ -67,18 +67,11 @@ def ct_series(directory: Any, count: int, *, study_uid: str | None = None, seed:
 def served(local_store: Any) -> Any:
     """The fresh store served over HTTP and a boto3 client for it (botocore's standard retries, no host
     prefix): ``(store, endpoint, client)``."""
-    import boto3
     from botocore.config import Config
 
     from curation.local.server import serving
+    from tests.conftest import endpoint_client
 
     with serving(local_store) as endpoint:
-        client = boto3.session.Session().client(
-            "medical-imaging",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="local",
-            aws_secret_access_key="local",
-            config=Config(inject_host_prefix=False, retries={"mode": "standard", "total_max_attempts": 3}),
-        )
+        client = endpoint_client(endpoint, Config(retries={"mode": "standard", "total_max_attempts": 3}))
         yield local_store, endpoint, client
