@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.model import dictionary
 from curation.model.missing import NULL, is_absent
@@ -150,14 +151,27 @@ def freeze_all(values: list) -> list:
     if list in present:
         positions = [i for i, k in enumerate(kinds) if k is list]
         lists = [values[i] for i in positions]
-        items = iter(freeze_all(list(chain.from_iterable(lists))))
-        for i, array in zip(positions, map(tuple, map(islice, repeat(items), map(len, lists))), strict=True):
+        items = list(chain.from_iterable(lists))
+        frozen_items = freeze_all(items)
+        arrays: Iterable[tuple] = (  # arrays of plain values (the usual) are copied in C
+            map(tuple, lists)
+            if frozen_items is items
+            else map(tuple, map(islice, repeat(iter(frozen_items)), map(len, lists)))
+        )
+        for i, array in zip(positions, arrays, strict=True):
             out[i] = array
     if dict in present:
         positions = [i for i, k in enumerate(kinds) if k is dict]
         dicts = [values[i] for i in positions]
-        items = iter(freeze_all(list(chain.from_iterable(map(dict.values, dicts)))))
-        frozen = map(FrozenDict, map(zip, map(dict.keys, dicts), map(islice, repeat(items), map(len, dicts))))
+        items = list(chain.from_iterable(map(dict.values, dicts)))
+        frozen_items = freeze_all(items)
+        frozen: Iterable[FrozenDict] = (
+            map(FrozenDict, dicts)
+            if frozen_items is items
+            else map(
+                FrozenDict, map(zip, map(dict.keys, dicts), map(islice, repeat(iter(frozen_items)), map(len, dicts)))
+            )
+        )
         for i, mapping in zip(positions, frozen, strict=True):
             out[i] = mapping
     return out
@@ -228,51 +242,63 @@ def _mask(values: Sequence, marker: Any) -> np.ndarray:
     return np.fromiter(map(is_, values, repeat(marker)), dtype=bool, count=len(values))
 
 
-def _str_array(array: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    """A pandas ``str`` array from an object array of str and None (None -> missing), built by Arrow in C."""
-    arrow = pa.array(array, type=pa.large_string(), from_pandas=True)
+_LARGE_STRING = pa.large_string()
+_BLANK = pa.scalar("", _LARGE_STRING)
+_STR_LISTS = pa.list_(_LARGE_STRING)
+_TEXT_TYPES = frozenset({str, type(None), object})
+_LIST_TYPES = frozenset({list, type(None), object})
+
+
+def _str_array(arrow: pa.Array) -> pd.api.extensions.ExtensionArray:
+    """A pandas ``str`` array over an Arrow ``large_string`` array (nulls are missing)."""
     return pd.arrays.ArrowStringArray(arrow, dtype=STR_DTYPE)  # type: ignore[call-arg]  # stubs lack dtype=
 
 
+def _nulls_blank(arrow: pa.Array, values: Sequence, types: set) -> pa.Array:
+    """``arrow`` with the cells whose JSON value is ``null`` set to ``""`` (present-empty); absent ones stay null."""
+    if type(None) not in types:
+        return arrow
+    return pc.if_else(_mask(values, None), _BLANK, arrow)
+
+
 def _text(values: Sequence, types: set) -> tuple[Any, str] | None:
-    """A ``str`` column of single values (str, JSON null, MISSING), or None when the spellings mix."""
-    if not types <= {str, type(None), object}:
+    """A ``str`` column of single values (str, JSON null, MISSING), or None when the spellings mix.
+
+    Arrow reads the values in one pass (MISSING masked, so absent is missing; a JSON null is ``""``)."""
+    if not types <= _TEXT_TYPES:
         return None
     has_null = type(None) in types
-    if has_null and "" in values:
+    has_blank = "" in values
+    if has_null and has_blank:
         return None
-    array = np.fromiter(values, dtype=object, count=len(values))
-    if has_null:
-        array[_mask(values, None)] = ""
-    spelling = STR if has_null or "" not in values else STR_BLANK
-    if object in types:
-        array[_mask(values, MISSING)] = None
-    return _str_array(array), spelling
+    arrow = pa.array(values, type=_LARGE_STRING, mask=_mask(values, MISSING) if object in types else None)
+    return _str_array(_nulls_blank(arrow, values, types)), STR if has_null or not has_blank else STR_BLANK
 
 
 def _joined(values: Sequence, types: set) -> tuple[Any, str] | None:
-    """A ``str`` column of backslash-joined arrays, or None when an array cannot be spelled so."""
-    if not types <= {list, type(None), object}:
+    """A ``str`` column of backslash-joined arrays, or None when an array cannot be spelled so.
+
+    Arrow reads the arrays (refusing an item that is no string) and joins them in C++; refused too: a ``null``
+    item, an empty array, ``[""]`` (both would join to ``""``) and an item holding a backslash."""
+    if not types <= _LIST_TYPES:
         return None
-    every = types == {list}
-    lists = values if every else [v for v in values if type(v) is list]
-    if not set(map(type, chain.from_iterable(lists))) <= {str}:
+    absent = _mask(values, MISSING) if object in types else None
+    try:
+        lists = pa.array(values, type=_STR_LISTS, mask=absent)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None
-    texts = list(map("\\".join, lists))
-    # [] and [""] both join to "" (refused); an item holding a backslash shows as more backslashes than the
-    # separators (one fewer than the items of each array)
-    if lists and ("" in texts or "\x00".join(texts).count("\\") != sum(map(len, lists)) - len(lists)):
+    items = lists.flatten()
+    if items.null_count or (len(items) and pc.any(pc.match_substring(items, "\\")).as_py()):
         return None
-    array = np.empty(len(values), dtype=object)
-    if every:
-        array[:] = texts
-    elif lists:
-        kinds = list(map(type, values))
-        mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=len(values))
-        array[mask] = texts
-    if type(None) in types:
-        array[_mask(values, None)] = ""
-    return _str_array(array), JOINED
+    if pc.any(pc.equal(pc.list_value_length(lists), 0)).as_py():
+        return None
+    texts = pc.binary_join(lists, _BACKSLASH)
+    if pc.any(pc.equal(texts, _BLANK)).as_py():
+        return None
+    return _str_array(_nulls_blank(texts, values, types)), JOINED
+
+
+_BACKSLASH = pa.scalar("\\", _LARGE_STRING)
 
 
 def _int64(values: Sequence, types: set) -> tuple[Any, str] | None:
@@ -332,40 +358,38 @@ def _shared(containers: list) -> list:
 _BUILDERS = {STR: _text, JOINED: _joined, INT64: _int64, FLOAT64: _float64}
 
 
-class Deferred:
-    """An object column kept as JSON text until the documents it came from are freed (``materialize``).
-
-    Cells made while a large parsed batch is alive are scattered through its memory, which then cannot be
-    given back; made after, from text, they are packed together. ``Snapshot.from_blobs`` defers.
-    """
-
-    __slots__ = ("missing", "text")
-
-    def __init__(self, values: Sequence) -> None:
-        self.missing = _mask(values, MISSING)
-        self.text = orjson.dumps([None if v is MISSING else v for v in values])
-
-    def materialize(self) -> np.ndarray:
-        values = orjson.loads(self.text)
-        for position in np.flatnonzero(self.missing).tolist():
-            values[position] = MISSING
-        return object_array(values)
-
-
-def column_array(values: Sequence, codec: str, defer: bool = False) -> tuple[Any, str]:
+def column_array(values: Sequence, codec: str) -> tuple[Any, str]:
     """The column of ``values`` (JSON values, ``MISSING`` for absent) under ``codec``, or ``object`` when they do
-    not fit it; returns the array and the codec actually used (a ``Deferred`` object column when ``defer``)."""
+    not fit it; returns the array and the codec actually used."""
     builder = _BUILDERS.get(STR if codec == STR_BLANK else codec)
     if builder is not None:
         built = builder(values, set(map(type, values)))
         if built is not None:
             return built
-    if defer:
-        try:
-            return Deferred(values), OBJECT
-        except (orjson.JSONEncodeError, TypeError):  # an int beyond 64 bits: build it now
-            pass
     return object_array(values), OBJECT
+
+
+def concat_arrays(chunks: Sequence[Any], rows: Sequence[int]) -> Any:
+    """One column from the arrays ``column_array`` made for consecutive batches under one codec (None for a
+    batch without the column: absent there, ``rows`` long), concatenated once."""
+    kind = next(c for c in chunks if c is not None)
+    if isinstance(kind, np.ndarray):
+        return np.concatenate(
+            [np.full(n, None, dtype=object) if c is None else c for c, n in zip(chunks, rows, strict=True)]
+        )
+    if isinstance(kind, pd.arrays.ArrowStringArray):
+        pieces: list[pa.Array] = []
+        for chunk, n in zip(chunks, rows, strict=True):
+            if chunk is None:
+                pieces.append(pa.nulls(n, _LARGE_STRING))
+            else:
+                pieces.extend(chunk.__arrow_array__().chunks)
+        return _str_array(pa.chunked_array(pieces, type=_LARGE_STRING).combine_chunks())
+    filled = [
+        type(kind)(np.zeros(n, dtype=kind.dtype.numpy_dtype), np.ones(n, dtype=bool)) if c is None else c
+        for c, n in zip(chunks, rows, strict=True)
+    ]
+    return type(kind)._concat_same_type(filled)
 
 
 def infer_codec(key: str, vr: str | None, dtype: Any, node: bool = False) -> str:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -57,9 +57,9 @@ from curation.frames.cells import (
     OBJECT,
     REMOVE,
     STR,
-    Deferred,
     codec_for,
     column_array,
+    concat_arrays,
     decode,
     infer_codec,
     is_empty,
@@ -258,32 +258,15 @@ def _child_index(parent: pd.Index, counts: list, arrays: list[list], names: tupl
     return pd.MultiIndex(levels=levels, codes=codes, names=list(names), verify_integrity=False)
 
 
-def _frame(columns: dict[str, Any], index: pd.Index, deferred: list | None = None) -> pd.DataFrame:
-    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference).
-
-    A ``Deferred`` column is a placeholder of None until ``materialize`` (``deferred`` lists them)."""
-    later = {name: values for name, values in columns.items() if isinstance(values, Deferred)}
-    if later:
-        columns = {
-            name: np.full(len(index), None, dtype=object) if name in later else values
-            for name, values in columns.items()
-        }
+def _frame(columns: dict[str, Any], index: pd.Index) -> pd.DataFrame:
+    """A frame from column arrays made once: object ndarrays stay object (no ``str`` inference)."""
     data = {
         name: pd.Series(values, dtype=object, copy=False) if isinstance(values, np.ndarray) else values
         for name, values in columns.items()
     }
     frame = pd.DataFrame(data, columns=list(data)) if data else pd.DataFrame(index=range(len(index)))
     frame.index = index
-    if later and deferred is not None:
-        deferred.extend((frame, name, values) for name, values in later.items())
     return frame
-
-
-def materialize(deferred: list) -> None:
-    """Put the deferred object columns in their frames (in place, column positions kept)."""
-    while deferred:
-        frame, name, values = deferred.pop()
-        frame.isetitem(frame.columns.get_loc(name), pd.Series(values.materialize(), index=frame.index, dtype=object))
 
 
 def flatten(document: dict[str, Any], *, copy: bool = True) -> Flattened:
@@ -296,43 +279,38 @@ def flatten(document: dict[str, Any], *, copy: bool = True) -> Flattened:
 
 
 def flatten_many(
-    documents: Iterable[dict[str, Any]],
-    *,
-    copy: bool = True,
-    deferred: list | None = None,
-    levels: dict[str, str] | None = None,
+    documents: Iterable[dict[str, Any]], *, copy: bool = True, levels: dict[str, str] | None = None
 ) -> Flattened:
     """Flatten many documents at once (columns built in plain lists, each frame made once).
 
     A document that cannot be flattened (missing level, unknown VR, duplicate UIDs, an ImageSetID already
-    seen in the batch) is left out and listed in ``failures``; the rest are returned. With a ``deferred`` list,
-    object columns stay JSON text (``cells.Deferred``) until ``materialize(deferred)``: call it after freeing
-    the documents, so that the cells are packed in memory (``Snapshot.from_blobs`` does). ``levels`` is the
-    Patient/Study placement of the keys earlier batches met (updated), so that batches flattened one after the
-    other name their ``studies`` columns alike (see ``concat_flattened``).
+    seen in the batch) is left out and listed in ``failures``; the rest are returned. ``levels`` is the
+    Patient/Study placement of the keys earlier batches met (updated).
     """
-    return _flatten(documents, strict=False, deferred=deferred, levels=levels)
-
-
-def _flatten(
-    documents: Iterable[dict[str, Any]],
-    *,
-    strict: bool,
-    deferred: list | None = None,
-    levels: dict[str, str] | None = None,
-) -> Flattened:
     with gc_paused():
-        return _flatten_documents(
-            list(documents), strict=strict, deferred=deferred, levels={} if levels is None else levels
-        )
+        failures: list[tuple[str | None, str, str]] = []
+        part = batch_part(list(documents), failures, {} if levels is None else levels)
+        flat = assemble([part])
+    assert flat is not None  # one part always assembles
+    flat.failures = failures_frame(failures)
+    return flat
 
 
-def _flatten_documents(
-    documents: list[dict[str, Any]], *, strict: bool, deferred: list | None, levels: dict[str, str]
-) -> Flattened:
-    failures: list[tuple[str | None, str, str]] = []
+def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool) -> Flattened:
+    with gc_paused():
+        part = batch_part(list(documents), [], {}, strict=strict)
+        flat = assemble([part])
+    assert flat is not None
+    return flat
+
+
+def batch_part(
+    documents: list[dict[str, Any]], failures: list, levels: dict[str, str], *, strict: bool = False
+) -> Part:
+    """The columns of a batch of documents (``assemble`` makes frames of one or many batches). A document that
+    cannot be flattened is listed in ``failures`` (``strict``: raised); ``levels`` is updated."""
     placed = dict(levels)
-    flat, reserved = _build(documents, deferred, strict, failures, levels)
+    part, reserved = _part(documents, strict, failures, levels)
     if reserved:
         # rare: some DICOM key starts with "@"; find those documents and flatten the others
         keep = []
@@ -347,13 +325,10 @@ def _flatten_documents(
                 if strict:
                     raise
                 failures.append((exc.image_set_id, "flatten", str(exc)))
-        if deferred is not None:
-            deferred.clear()
         levels.clear()
         levels.update(placed)
-        flat, _ = _build(keep, deferred, strict, [], levels)
-    flat.failures = failures_frame(failures)
-    return flat
+        part, _ = _part(keep, strict, [], levels)
+    return part
 
 
 _MISSING = MISSING
@@ -393,14 +368,10 @@ def _uid_column(columns: dict[str, Any], key: str, keys: list[str], codecs: dict
         codecs[key] = INDEX
 
 
-def _level_frame(
-    columns: dict[str, Sequence],
-    index: pd.Index,
-    vr_of: Any = None,
-    codecs: dict[str, str] | None = None,
-    deferred: list | None = None,
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """A level frame from per-column JSON values (MISSING = absent), each column under its codec (``cells``).
+def _level_columns(
+    columns: dict[str, Sequence], vr_of: Any = None, codecs: dict[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A level's column arrays from per-column JSON values (MISSING = absent), each under its codec (``cells``).
 
     ``vr_of(name, values)`` gives a column's VR when the dictionary does not (private tags, from DICOMVRs).
     """
@@ -413,8 +384,8 @@ def _level_frame(
             if node_key
             else (vr_of(name, values) if vr_of is not None and dicom.is_tag_key(key) else dicom.vr_of(key))
         )
-        data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key), deferred is not None)
-    return _frame(data, index, deferred), codecs
+        data[name], codecs[name] = column_array(values, codec_for(key, vr, node_key))
+    return data, codecs
 
 
 _INSTANCE_KEYS = frozenset({"DICOM", "DICOMVRs", "StoredTransferSyntaxUID", "ChecksumType", "ImageFrames"})
@@ -478,8 +449,54 @@ def _collect_series(
     f_ids: list[list],
     f_nodes: list[dict],
 ) -> None:
-    """Append one series' instance and frame nodes; the checks run in full only for a node that fails the
-    quick ones (so that the error names what is wrong)."""
+    """Append one series' instance and frame nodes. The quick checks run over the whole series at once (in C);
+    when one fails, ``_collect_series_checked`` goes node by node so that the error names what is wrong."""
+    uids = list(instances)
+    nodes = list(instances.values())
+    if seen.keys().isdisjoint(uids) and set(map(type, nodes)) == _JUST_DICT:
+        frame_lists = list(map(dict.get, nodes, repeat("ImageFrames"), repeat(_NO_FRAMES)))
+        vrs = [v for v in map(dict.get, nodes, repeat("DICOMVRs")) if v is not None]
+        frames = list(chain.from_iterable(frame_lists))
+        if (
+            set(map(type, map(dict.get, nodes, repeat("DICOM")))) == _JUST_DICT
+            and _INSTANCE_KEYS.issuperset(chain.from_iterable(nodes))
+            and set(map(type, vrs)) <= _JUST_DICT
+            and VALID_VRS.issuperset(chain.from_iterable(map(dict.values, vrs)))
+            and set(map(type, frame_lists)) == _JUST_LIST
+            and set(map(type, frames)) <= _JUST_DICT
+            and _FRAME_KEY_SET.issuperset(chain.from_iterable(frames))
+        ):
+            seen.update(dict.fromkeys(uids, series_uid))
+            count = len(uids)
+            i_ids[0].extend(repeat(image_set_id, count))
+            i_ids[1].extend(repeat(series_uid, count))
+            i_ids[2].extend(uids)
+            i_nodes.extend(nodes)
+            counts = list(map(len, frame_lists))
+            f_ids[0].extend(repeat(image_set_id, len(frames)))
+            f_ids[1].extend(repeat(series_uid, len(frames)))
+            f_ids[2].extend(chain.from_iterable(map(repeat, uids, counts)))
+            f_ids[3].extend(chain.from_iterable(map(range, repeat(1), [c + 1 for c in counts])))
+            f_nodes.extend(frames)
+            return
+    _collect_series_checked(image_set_id, series_uid, instances, seen, i_ids, i_nodes, f_ids, f_nodes)
+
+
+_JUST_DICT = {dict}
+_JUST_LIST = {list}
+
+
+def _collect_series_checked(
+    image_set_id: str,
+    series_uid: str,
+    instances: dict,
+    seen: dict[str, str],
+    i_ids: list[list[str]],
+    i_nodes: list[dict],
+    f_ids: list[list],
+    f_nodes: list[dict],
+) -> None:
+    """``_collect_series`` node by node: the full checks run for a node that fails the quick ones."""
     i_a, i_b, i_c = i_ids
     f_a, f_b, f_c, f_d = f_ids
     for sop_uid, instance in instances.items():
@@ -546,13 +563,31 @@ def _collect_frames(
         f_nodes.append(frame)
 
 
-def _build(
-    documents: list[dict[str, Any]], deferred: list | None, strict: bool, failures: list, levels: dict[str, str]
-) -> tuple[Flattened, set[str]]:
-    """Collect the nodes of every valid document (checked on the way, see ``check``) and build the frames.
+@dataclass
+class Part:
+    """One batch's frames before they are DataFrames: the keys of each level's rows, and per frame its column
+    arrays and codecs. ``assemble`` makes the frames of one or many parts at once."""
 
-    Returns the frames and the image sets whose DICOM keys start with ``@`` (then refused by the caller).
-    """
+    s_ids: list[str]
+    series_counts: list[int]
+    r_ids: list[list[str]]
+    instance_counts: list[int]
+    i_ids: list[list[str]]
+    frame_counts: list[int | None]
+    f_ids: list[list]
+    columns: dict[str, dict[str, Any]]
+    codecs: dict[str, dict[str, str]]
+    levels: dict[str, str]
+
+    def rows(self, name: str) -> int:
+        ids = {"studies": self.s_ids, "series": self.r_ids[0], "instances": self.i_ids[0], "frames": self.f_ids[0]}
+        return len(ids[name])
+
+
+def _collect_all(
+    documents: list[dict[str, Any]], strict: bool, failures: list
+) -> tuple[list[dict], list[list], list[dict], list[list], list[dict], list[list], list[dict]]:
+    """The valid documents and their series, instance and frame keys and nodes (checked, see ``check``)."""
     r_ids: list[list[str]] = [[], []]
     r_nodes: list[dict] = []
     i_ids: list[list[str]] = [[], [], []]
@@ -562,7 +597,6 @@ def _build(
     seen_ids: set[str] = set()
     s_docs: list[dict] = []
     all_lists: tuple[list, ...] = (*r_ids, r_nodes, *i_ids, i_nodes, *f_ids, f_nodes)
-
     for document in documents:
         marks = [len(x) for x in all_lists]
         try:
@@ -576,37 +610,36 @@ def _build(
             continue
         seen_ids.add(image_set_id)
         s_docs.append(document)
+    return s_docs, r_ids, r_nodes, i_ids, i_nodes, f_ids, f_nodes
 
+
+def _part(
+    documents: list[dict[str, Any]], strict: bool, failures: list, levels: dict[str, str]
+) -> tuple[Part, set[str]]:
+    """The columns of every valid document, and the image sets whose DICOM keys start with ``@`` (then refused
+    by the caller)."""
+    s_docs, r_ids, r_nodes, i_ids, i_nodes, f_ids, f_nodes = _collect_all(documents, strict, failures)
     s_ids, s_plain, s_other = _study_columns(s_docs, levels)
-    n_s = len(s_ids)
     for columns in (s_plain, s_other):
         for values in columns.values():
-            values.extend([MISSING] * (n_s - len(values)))
-    study_index = build_index([s_ids], STUDY_INDEX)
-    studies, study_codecs = _level_frame({**s_plain, **s_other}, study_index, deferred=deferred)
-    series_counts = [len(document["Study"]["Series"]) for document in s_docs]
-    series_index = _child_index(study_index, series_counts, r_ids, SERIES_INDEX)
+            values.extend([MISSING] * (len(s_ids) - len(values)))
+    study_columns, study_codecs = _level_columns({**s_plain, **s_other})
     r_dicom = _transpose([node["DICOM"] for node in r_nodes])
     r_other = {"@" + k: v for k, v in _transpose(r_nodes).items() if k not in ("DICOM", "Instances")}
     series_codecs: dict[str, str] = {}
     _uid_column(r_dicom, "SeriesInstanceUID", r_ids[1], series_codecs)
-    series_frame, series_codecs = _level_frame(
-        {**r_dicom, **r_other}, series_index, codecs=series_codecs, deferred=deferred
-    )
-    instance_index = _child_index(series_index, [len(node["Instances"]) for node in r_nodes], i_ids, INSTANCE_INDEX)
+    series_columns, series_codecs = _level_columns({**r_dicom, **r_other}, codecs=series_codecs)
     i_dicom = _transpose([node["DICOM"] for node in i_nodes])
     i_other = {"@" + k: v for k, v in _transpose(i_nodes).items() if k not in ("DICOM", "ImageFrames")}
     instance_codecs: dict[str, str] = {}
     _uid_column(i_dicom, "SOPInstanceUID", i_ids[2], instance_codecs)
-    instances, instance_codecs = _level_frame(
-        {**i_dicom, **i_other}, instance_index, _private_vrs(i_nodes), codecs=instance_codecs, deferred=deferred
+    instance_columns, instance_codecs = _level_columns(
+        {**i_dicom, **i_other}, _private_vrs(i_nodes), codecs=instance_codecs
     )
     frame_counts = [len(node["ImageFrames"]) if "ImageFrames" in node else None for node in i_nodes]
-    instances["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
+    instance_columns["@ImageFrames"] = pd.array(frame_counts, dtype="Int64")
     instance_codecs["@ImageFrames"] = COUNT
-    frames, frame_codecs = _frames_frame(
-        f_nodes, _child_index(instance_index, frame_counts, f_ids, FRAME_INDEX), deferred
-    )
+    frame_columns, frame_codecs = _frames_columns(f_nodes)
     reserved: set[str] = set()
     if any(key[:1] == "@" for cols in (s_plain, r_dicom, i_dicom) for key in cols):
         for document in s_docs:
@@ -614,9 +647,19 @@ def _build(
                 check(document)
             except FlattenError as exc:
                 reserved.add(str(exc.image_set_id))
-    codecs = {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs, "frames": frame_codecs}
-    flat = Flattened(studies, series_frame, instances, frames, {k: levels[k] for k in s_plain}, codecs=codecs)
-    return flat, reserved
+    part = Part(
+        s_ids,
+        [len(document["Study"]["Series"]) for document in s_docs],
+        r_ids,
+        [len(node["Instances"]) for node in r_nodes],
+        i_ids,
+        frame_counts,
+        f_ids,
+        {"studies": study_columns, "series": series_columns, "instances": instance_columns, "frames": frame_columns},
+        {"studies": study_codecs, "series": series_codecs, "instances": instance_codecs, "frames": frame_codecs},
+        {k: levels[k] for k in s_plain},
+    )
+    return part, reserved
 
 
 def _study_columns(s_docs: list[dict], levels: dict[str, str]) -> tuple[list[str], dict[str, list], dict[str, list]]:
@@ -665,10 +708,8 @@ def _private_vrs(nodes: list[dict]) -> Any:
 _FRAME_CODECS = {"ID": STR, PYRAMID: OBJECT}
 
 
-def _frames_frame(
-    nodes: list[dict], index: pd.Index, deferred: list | None = None
-) -> tuple[pd.DataFrame, dict[str, str]]:
-    """The frames frame: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
+def _frames_columns(nodes: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The frames frame's columns: known keys typed (Int64 / str when exact), full-resolution size, extras as @Key."""
     missing = MISSING
     transposed = _transpose(nodes)
     absent = (missing,) * len(nodes)
@@ -679,82 +720,73 @@ def _frames_frame(
     columns: dict[str, Any] = {}
     codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64), deferred is not None)
+        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64))
     for key, values in transposed.items():
         if key not in _FRAME_KEY_SET:
-            columns["@" + key], codecs["@" + key] = column_array(values, STR, deferred is not None)
-    return _frame(columns, index, deferred), codecs
-
-
-def concat_flattened(parts: list[Flattened]) -> Flattened | None:
-    """The batches flattened one after the other (with one shared ``levels``) as one ``Flattened``, exactly as
-    flattening all their documents at once gives it; None when their codecs differ for a column (one batch
-    spelled its empty values ``null``, another ``""``, say): then flatten them together instead."""
-    if len(parts) == 1:
-        return parts[0]
-    codecs: dict[str, dict[str, str]] = {}
-    for name in _FRAME_NAMES:
-        merged: dict[str, str] = {}
-        for part in parts:
-            for column, codec in part.codecs.get(name, {}).items():
-                if merged.setdefault(column, codec) != codec:
-                    return None
-        if any(merged.get(c) == INDEX for c in merged) and not all(
-            INDEX in p.codecs.get(name, {}).values() for p in parts if len(getattr(p, name))
-        ):
-            return None
-        codecs[name] = merged
-    frames = {}
-    for name in _FRAME_NAMES:
-        pieces = [getattr(p, name) for p in parts]
-        frame = pd.concat([piece.reset_index(drop=True) for piece in pieces], axis=0, sort=False, ignore_index=True)
-        frame.index = _concat_index([piece.index for piece in pieces])
-        order = [c for c in frame.columns if not c.startswith("@")]
-        order += [c for c in frame.columns if c.startswith("@") and c != "@ImageFrames"]
-        order += [c for c in frame.columns if c == "@ImageFrames"]
-        if order != list(frame.columns):  # as one flatten orders them: DICOM keys, node keys, frame counts
-            frame = frame[order]
-        partial = {c for p in parts for c in frame.columns if c not in getattr(p, name).columns}
-        for position, column in enumerate(frame.columns):
-            values = frame.iloc[:, position]
-            if column in partial and values.dtype == object and codecs[name].get(column, OBJECT) == OBJECT:
-                array = values.to_numpy()
-                gaps = (
-                    np.fromiter((v is not None and v != v for v in array), dtype=bool, count=len(array))
-                    if len(array)
-                    else np.zeros(0, dtype=bool)
-                )
-                if gaps.any():  # a batch without the column: absent is None in an object column
-                    array = array.copy()
-                    array[gaps] = None
-                    frame.isetitem(position, pd.Series(array, index=frame.index, dtype=object))
-        frames[name] = frame
-    levels: dict[str, str] = {}
-    for part in parts:
-        levels.update(part.levels)
-    failures = (
-        pd.concat([p.failures for p in parts], ignore_index=True)
-        if any(len(p.failures) for p in parts)
-        else failures_frame([])
-    )
-    return Flattened(**frames, levels=levels, failures=failures, codecs=codecs)
+            columns["@" + key], codecs["@" + key] = column_array(values, STR)
+    return columns, codecs
 
 
 _FRAME_NAMES = ("studies", "series", "instances", "frames")
 
 
-def _concat_index(indexes: list[pd.Index]) -> pd.Index:
-    """The level indexes of consecutive batches as one, factorized once (``pd.concat`` would union the levels
-    batch by batch: quadratic in the number of batches)."""
-    names = tuple(str(name) for name in indexes[0].names)
-    arrays = [
-        np.concatenate([index.get_level_values(i).to_numpy(dtype=object) for index in indexes])
-        for i in range(len(names))
-    ]
-    if "frame" in names:
-        position = names.index("frame")
-        arrays[position] = arrays[position].astype(np.int64)
-    return build_index([a.tolist() for a in arrays], names)
+def assemble(parts: list[Part]) -> Flattened | None:
+    """The frames of batches flattened one after the other (with one shared ``levels``), exactly as flattening
+    all their documents at once gives them: each column's arrays concatenated once, each index built once. None
+    when the batches' codecs differ for a column (one batch spelled its empty values ``null``, another ``""``,
+    say): then flatten their documents together instead."""
+    codecs = _merged_codecs(parts)
+    if codecs is None:
+        return None
+    one = parts[0] if len(parts) == 1 else None
+
+    def joined(name: str) -> list:
+        return getattr(one, name) if one else list(chain.from_iterable(getattr(p, name) for p in parts))
+
+    def joined_ids(name: str, width: int) -> list[list]:
+        if one:
+            return getattr(one, name)
+        return [list(chain.from_iterable(getattr(p, name)[i] for p in parts)) for i in range(width)]
+
+    study_index = build_index([joined("s_ids")], STUDY_INDEX)
+    series_index = _child_index(study_index, joined("series_counts"), joined_ids("r_ids", 2), SERIES_INDEX)
+    instance_index = _child_index(series_index, joined("instance_counts"), joined_ids("i_ids", 3), INSTANCE_INDEX)
+    frame_index = _child_index(instance_index, joined("frame_counts"), joined_ids("f_ids", 4), FRAME_INDEX)
+    indexes = {"studies": study_index, "series": series_index, "instances": instance_index, "frames": frame_index}
+    frames = {name: _frame(_concat_columns(parts, name), indexes[name]) for name in _FRAME_NAMES}
+    levels: dict[str, str] = {}
+    for part in parts:
+        levels.update(part.levels)
+    return Flattened(**frames, levels=levels, codecs=codecs)
+
+
+def _merged_codecs(parts: list[Part]) -> dict[str, dict[str, str]] | None:
+    """Every column's codec across the batches; None when two batches chose differently for a column (or only
+    some of them hold a UID in the index)."""
+    codecs: dict[str, dict[str, str]] = {}
+    for name in _FRAME_NAMES:
+        merged: dict[str, str] = {}
+        for part in parts:
+            for column, codec in part.codecs[name].items():
+                if merged.setdefault(column, codec) != codec:
+                    return None
+        if INDEX in merged.values() and not all(INDEX in p.codecs[name].values() for p in parts if p.rows(name)):
+            return None
+        codecs[name] = merged
+    return codecs
+
+
+def _concat_columns(parts: list[Part], name: str) -> dict[str, Any]:
+    """Frame ``name``'s columns over the batches, ordered as one flatten orders them (DICOM keys, node keys, frame
+    counts); a batch without a column holds it absent."""
+    if len(parts) == 1:
+        return parts[0].columns[name]
+    seen = dict.fromkeys(chain.from_iterable(p.columns[name] for p in parts))
+    order = [c for c in seen if not c.startswith("@")]
+    order += [c for c in seen if c.startswith("@") and c != "@ImageFrames"]
+    order += [c for c in seen if c == "@ImageFrames"]
+    rows = [p.rows(name) for p in parts]
+    return {column: concat_arrays([p.columns[name].get(column) for p in parts], rows) for column in order}
 
 
 # --- unflatten ---------------------------------------------------------------------------------------------
