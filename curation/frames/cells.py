@@ -244,9 +244,9 @@ def _mask(values: Sequence, marker: Any) -> np.ndarray:
 
 _LARGE_STRING = pa.large_string()
 _BLANK = pa.scalar("", _LARGE_STRING)
-_STR_LISTS = pa.list_(_LARGE_STRING)
 _TEXT_TYPES = frozenset({str, type(None), object})
 _LIST_TYPES = frozenset({list, type(None), object})
+_JUST_LIST = {list}
 
 
 def _str_array(arrow: pa.Array) -> pd.api.extensions.ExtensionArray:
@@ -276,29 +276,24 @@ def _text(values: Sequence, types: set) -> tuple[Any, str] | None:
 
 
 def _joined(values: Sequence, types: set) -> tuple[Any, str] | None:
-    """A ``str`` column of backslash-joined arrays, or None when an array cannot be spelled so.
-
-    Arrow reads the arrays (refusing an item that is no string) and joins them in C++; refused too: a ``null``
-    item, an empty array, ``[""]`` (both would join to ``""``) and an item holding a backslash."""
+    """A ``str`` column of backslash-joined arrays, or None when an array cannot be spelled so: an item that is
+    no string (``join`` refuses it), an empty array or ``[""]`` (both would join to ``""``), an item holding a
+    backslash (more backslashes than separators)."""
     if not types <= _LIST_TYPES:
         return None
-    absent = _mask(values, MISSING) if object in types else None
+    every = types == _JUST_LIST
+    lists = values if every else [v for v in values if type(v) is list]
     try:
-        lists = pa.array(values, type=_STR_LISTS, mask=absent)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        texts = list(map("\\".join, lists))
+    except TypeError:
         return None
-    items = lists.flatten()
-    if items.null_count or (len(items) and pc.any(pc.match_substring(items, "\\")).as_py()):
+    if lists and ("" in texts or "".join(texts).count("\\") != sum(map(len, lists)) - len(lists)):
         return None
-    if pc.any(pc.equal(pc.list_value_length(lists), 0)).as_py():
-        return None
-    texts = pc.binary_join(lists, _BACKSLASH)
-    if pc.any(pc.equal(texts, _BLANK)).as_py():
-        return None
-    return _str_array(_nulls_blank(texts, values, types)), JOINED
-
-
-_BACKSLASH = pa.scalar("\\", _LARGE_STRING)
+    if every:
+        return _str_array(pa.array(texts, type=_LARGE_STRING)), JOINED
+    array = np.empty(len(values), dtype=object)
+    array[np.fromiter(map(is_, map(type, values), repeat(list)), dtype=bool, count=len(values))] = texts
+    return _str_array(_nulls_blank(pa.array(array, type=_LARGE_STRING), values, types)), JOINED
 
 
 def _int64(values: Sequence, types: set) -> tuple[Any, str] | None:

@@ -45,6 +45,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -338,8 +339,8 @@ def _transpose(dicts: list[dict]) -> dict[str, tuple]:
     """Columns of a list of row dicts: key -> tuple of values (``_MISSING`` where a row lacks the key).
 
     Keys in first-seen order. Rows sharing one key sequence (instances of a series, usually) are transposed
-    in C (``zip``); otherwise each row is first laid out on the union of the keys (``{**template, **row}``,
-    also in C).
+    in C (``zip``); otherwise each row is first laid out on the union of the keys (padded, or rearranged by an
+    ``itemgetter``, also in C).
     """
     if not dicts:
         return {}
@@ -349,15 +350,22 @@ def _transpose(dicts: list[dict]) -> dict[str, tuple]:
         (keys,) = distinct
         rows = list(map(tuple, map(dict.values, dicts)))  # row-major first: much kinder to the CPU cache
     else:
-        template = dict.fromkeys(chain.from_iterable(distinct), _MISSING)
-        keys = tuple(template)
-        # a row whose keys are a prefix of the union only needs padding
+        keys = tuple(dict.fromkeys(chain.from_iterable(distinct)))
+        # a row whose keys are a prefix of the union only needs padding; any other is rearranged by a getter
+        # (its values, then MISSING, picked in the union's order)
         pads = {sig: (_MISSING,) * (len(keys) - len(sig)) for sig in distinct if keys[: len(sig)] == sig}
+        getters = {sig: _rearrange(sig, keys) for sig in distinct if sig not in pads}
         rows = [
-            tuple(row.values()) + pad if (pad := pads.get(sig)) is not None else tuple({**template, **row}.values())
+            tuple(row.values()) + pad if (pad := pads.get(sig)) is not None else getters[sig]((*row.values(), _MISSING))
             for row, sig in zip(dicts, signatures, strict=True)
         ]
     return dict(zip(keys, zip(*rows, strict=True), strict=True))
+
+
+def _rearrange(signature: tuple[str, ...], keys: tuple[str, ...]) -> Any:
+    """A getter of a row's values (followed by MISSING) in the order of ``keys``: MISSING for a key it lacks."""
+    positions = {key: i for i, key in enumerate(signature)}
+    return itemgetter(*[positions.get(key, len(signature)) for key in keys])
 
 
 def _uid_column(columns: dict[str, Any], key: str, keys: list[str], codecs: dict[str, str]) -> None:
