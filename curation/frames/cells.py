@@ -317,8 +317,9 @@ def _float64(values: Sequence, types: set) -> tuple[Any, str] | None:
     return pd.arrays.FloatingArray(data, mask), FLOAT64
 
 
-def object_array(values: Sequence) -> np.ndarray:
-    """Immutable object cells: MISSING -> None (absent), None -> NULL, lists/dicts frozen."""
+def object_array(values: Sequence, share: bool = True) -> np.ndarray:
+    """Immutable object cells: MISSING -> None (absent), None -> NULL, lists/dicts frozen (equal ones frozen once
+    and shared unless ``share`` is False: for values known to differ, where looking for equal ones is waste)."""
     n = len(values)
     types = set(map(type, values))
     array = np.fromiter(values, dtype=object, count=n)
@@ -327,7 +328,8 @@ def object_array(values: Sequence) -> np.ndarray:
         mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
         if dict in types:
             mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
-        frozen = _shared(array[mask].tolist())
+        containers = array[mask].tolist()
+        frozen = _shared(containers) if share else freeze_all(containers)
         array[mask] = np.fromiter(frozen, dtype=object, count=len(frozen))
     if type(None) in types:
         array[_mask(values, None)] = NULL
@@ -353,15 +355,15 @@ def _shared(containers: list) -> list:
 _BUILDERS = {STR: _text, JOINED: _joined, INT64: _int64, FLOAT64: _float64}
 
 
-def column_array(values: Sequence, codec: str) -> tuple[Any, str]:
+def column_array(values: Sequence, codec: str, share: bool = True) -> tuple[Any, str]:
     """The column of ``values`` (JSON values, ``MISSING`` for absent) under ``codec``, or ``object`` when they do
-    not fit it; returns the array and the codec actually used."""
+    not fit it (``share``: see ``object_array``); returns the array and the codec actually used."""
     builder = _BUILDERS.get(STR if codec == STR_BLANK else codec)
     if builder is not None:
         built = builder(values, set(map(type, values)))
         if built is not None:
             return built
-    return object_array(values), OBJECT
+    return object_array(values, share), OBJECT
 
 
 def concat_arrays(chunks: Sequence[Any], rows: Sequence[int]) -> Any:

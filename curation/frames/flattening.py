@@ -728,7 +728,8 @@ def _frames_columns(nodes: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
     columns: dict[str, Any] = {}
     codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64))
+        # every frame's pyramid holds its own checksums: no two are equal
+        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64), share=name != PYRAMID)
     for key, values in transposed.items():
         if key not in _FRAME_KEY_SET:
             columns["@" + key], codecs["@" + key] = column_array(values, STR)
