@@ -3,7 +3,8 @@
 Inputs: ``tests/data/reference/ct-588-instances.json`` and generated datastores of 20,000 and 100,000 instances
 (image sets of 500; ``scale`` shrinks them) made by varying the CT reference: new UIDs and values, and a
 realistic mix (series with BodyPartExamined, private tags with DICOMVRs, null values, sequences on some
-instances, multi-frame instances).
+instances, multi-frame instances, and each frame's own pixel checksums: the 588 of the reference repeated would
+let equal cells be shared, which AHI's data never allows).
 
 - Ours is what a notebook user does first: ``Snapshot.from_blobs(blobs).instances`` (parse, flatten every level,
   hand out the instances frame), the blobs being plain JSON bytes. The floor is ``orjson.loads`` of the same
@@ -96,8 +97,11 @@ def generate_datastore(image_sets: int, per_set: int = INSTANCES_PER_SET, seed: 
                 dicom["SourceImageSequence"] = copy.deepcopy(sequence)
                 dicom["ImageComments"] = None
             if i % 50 == 0:
-                node["ImageFrames"] = node["ImageFrames"] * 2
+                node["ImageFrames"] = node["ImageFrames"] + copy.deepcopy(node["ImageFrames"])
                 dicom["NumberOfFrames"] = "2"
+            for frame in node["ImageFrames"]:  # as in AHI, every frame's pixels have their own checksums
+                for level in frame["PixelDataChecksumFromBaseToFullResolution"]:
+                    level["Checksum"] = rng.getrandbits(32)
             nodes[sop_uid] = node
         study["Series"] = {series_uid: {"DICOM": series_dicom, "Instances": nodes}}
         document = {

@@ -75,7 +75,8 @@ def _failures(failures: pd.DataFrame | list | None) -> pd.DataFrame:
 
 #: Documents are parsed and their columns built this many instances at a time (then freed), the frames made
 #: once from all the batches' columns: the peak of parsed dicts stays one batch, and a batch this small is still
-#: in the CPU cache while its columns are read out of it (measured: 2,500 took 1.4x as long).
+#: in the CPU cache while its columns are read out of it (measured: the instance columns of batches of 2,500
+#: took 1.4x as long).
 BATCH_INSTANCES = 500
 
 
@@ -220,8 +221,9 @@ class Snapshot:
     ) -> Snapshot:
         """A snapshot of fetched metadata blobs (``{ImageSetID: bytes}``, gzip or JSON), held compactly.
 
-        The blobs are parsed and flattened in batches (``BATCH_INSTANCES``) with the cyclic GC paused
-        (``gc_paused``: a parsed batch is a large acyclic graph), then only the blobs and the frames are kept:
+        The blobs are parsed and their columns built in batches (``BATCH_INSTANCES``) with the cyclic GC paused
+        (``gc_paused``: a parsed batch is a large acyclic graph), each frame made once from all the batches'
+        columns (``flattening.assemble``); then only the blobs and the frames are kept:
         ``documents`` parses a blob again when asked for it. A blob that does not parse, or whose document
         cannot be flattened or names another image set, is a failure (stage ``"parse"`` or ``"flatten"``).
         """
