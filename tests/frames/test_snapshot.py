@@ -211,3 +211,47 @@ def test_from_blobs_in_batches_equals_one_flatten(documents: list[dict], monkeyp
         pd.testing.assert_frame_equal(getattr(batched, name), getattr(whole, name))
     assert batched.codecs("instances") == whole.codecs("instances")
     assert [canonical(d) for d in unflatten(batched.flattened)] == [canonical(d) for d in docs]
+
+
+def _variants(documents: list[dict]) -> list[dict]:
+    """Copies of the first reference document under new IDs, each missing or respelling some columns."""
+    base = documents[0]
+    out = []
+    for number, change in enumerate(("drop-int", "drop-object", "blank", "null", "keep")):
+        doc = copy.deepcopy(base)
+        doc["ImageSetID"] = f"{number + 1:032x}"
+        series = next(iter(doc["Study"]["Series"].values()))
+        for instance in series["Instances"].values():
+            dicom = instance["DICOM"]
+            if change == "drop-int":
+                dicom.pop("Rows", None)
+            elif change == "drop-object":
+                dicom.pop("SourceImageSequence", None)
+                instance.pop("DICOMVRs", None)
+            elif change == "blank":
+                dicom["ImageComments"] = ""
+            elif change == "null":
+                dicom["ImageComments"] = None
+        out.append(doc)
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 2, 10_000])
+def test_batches_missing_or_respelling_columns_equal_one_flatten(
+    documents: list[dict], monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Columns absent from some batches (Int64, object, str) come back absent; batches that spell an empty value
+    differently ("" in one, null in another) make the column what one flatten makes it (object)."""
+    import curation.frames.snapshot as snapshot_module
+    from curation.model.document import encode_document
+
+    docs = _variants(documents)
+    monkeypatch.setattr(snapshot_module, "BATCH_INSTANCES", batch)
+    batched = Snapshot.from_blobs({d["ImageSetID"]: encode_document(d) for d in docs}, datastore_id=DATASTORE)
+    whole = Snapshot.from_documents(docs, datastore_id=DATASTORE)
+    for name in ("studies", "series", "instances", "frames"):
+        pd.testing.assert_frame_equal(getattr(batched, name), getattr(whole, name))
+        assert batched.codecs(name) == whole.codecs(name)
+    assert whole.codecs("instances")["ImageComments"] == "object"
+    assert batched.instances["Rows"].isna().sum() == len(batched.instances.loc[docs[0]["ImageSetID"]])
+    assert [canonical(d) for d in unflatten(batched.flattened)] == [canonical(d) for d in docs]
