@@ -56,6 +56,8 @@ def objects(values: Any) -> np.ndarray:
     """A column's cells as a 1-D object array (no copy when it already is one)."""
     if isinstance(values, np.ndarray) and values.dtype == object:
         return values
+    if isinstance(getattr(values, "dtype", None), pd.ArrowDtype):  # nested Arrow cells as lists, not arrays
+        return np.fromiter(values.tolist(), dtype=object, count=len(values))
     return np.asarray(values.to_numpy(dtype=object) if hasattr(values, "to_numpy") else values, dtype=object)
 
 
@@ -69,6 +71,7 @@ def changed(orig: Any, new: Any) -> np.ndarray:
         isinstance(orig, pd.api.extensions.ExtensionArray)
         and isinstance(new, pd.api.extensions.ExtensionArray)
         and orig.dtype == new.dtype
+        and not isinstance(orig.dtype, pd.ArrowDtype)  # Arrow compares no lists: compared as cells below
     ):
         return _typed(orig, new)
     left, right = objects(orig), objects(new)

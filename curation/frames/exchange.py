@@ -2,15 +2,16 @@
 
 ``to_csv(frame, path)`` writes the index levels as leading columns, then every column: ``str`` cells as their
 text, numbers as numbers, object cells (sequences, arrays of numbers, binary values, ``NULL``) as JSON text.
-A second header row names each column's kind (``index``, ``str``, ``Int64``, ``Float64``, ``json``) so that
+A second header row names each column's kind (``index``, ``str``, ``Int64``, ``Float64``, ``json``, ``pyramid``:
+the frames' pyramids, as JSON text) so that
 ``read_csv(path)`` gives back the same frame: same index, dtypes and cells. One thing CSV cannot carry: a
 present-empty ``""`` and an absent cell are both an empty field, read back as missing; ``diff`` treats a
 missing cell over a present-empty attribute as "unchanged", so an edited CSV plans only what was edited.
 
 ``to_parquet``/``read_parquet`` do the same in Parquet with native Arrow types (``str`` -> string, ``Int64`` ->
-int64, ``Float64`` -> double; JSON text only for object columns), exact, ``""`` included; the kinds are kept in
-the file's key-value metadata. ``write_frame``/``read_frame`` are the same encoding for ``Snapshot.save`` and
-``curation.scale`` (the description is returned / given instead of stored).
+int64, ``Float64`` -> double, the frames' pyramids as list<struct>; JSON text only for object columns), exact,
+``""`` included; the kinds are kept in the file's key-value metadata. ``write_frame``/``read_frame`` are the same
+encoding for ``Snapshot.save`` and ``curation.scale`` (the description is returned / given instead of stored).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.frames.cells import STR_DTYPE, freeze
+from curation.frames.cells import PYRAMID, PYRAMID_DTYPE, PYRAMID_TYPE, STR_DTYPE, freeze, thaw
 from curation.model.missing import NULL, is_absent
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 
 INDEX_PREFIX = "@index:"
 _METADATA_KEY = b"ahi-curation"
-_KINDS = ("index", "str", "Int64", "Float64", "json")
+_KINDS = ("index", "str", "Int64", "Float64", "json", PYRAMID)
 
 
 def encode_cell(value: Any) -> str | None:
@@ -66,11 +67,15 @@ def _kind(values: pd.Series) -> str:
         return "str"
     if str(dtype) in ("Int64", "Float64"):
         return str(dtype)
+    if dtype == PYRAMID_DTYPE:
+        return PYRAMID
     return "json"
 
 
 def _encoded(values: pd.Series) -> Any:
     array = values.to_numpy(dtype=object)
+    if values.dtype == PYRAMID_DTYPE:
+        return pd.array([None if is_absent(v) else orjson.dumps(thaw(v)).decode() for v in array], dtype=STR_DTYPE)
     return pd.array([encode_cell(v) for v in array], dtype=STR_DTYPE)
 
 
@@ -106,14 +111,20 @@ def _table(frame: pd.DataFrame) -> tuple[pa.Table, dict[str, Any]]:
     names = _index_names(frame)
     data: dict[str, Any] = {INDEX_PREFIX + name: frame.index.get_level_values(i) for i, name in enumerate(names)}
     json_columns = []
+    arrow_columns = {}
     for column in frame.columns:
         values = frame[column]
-        if _kind(values) == "json":
+        kind = _kind(values)
+        if kind == "json":
             json_columns.append(column)
             data[column] = _encoded(values)
+        elif kind == PYRAMID:  # added as Arrow: pandas' metadata would name a dtype it cannot read back
+            arrow_columns[str(column)] = values.array.__arrow_array__()
         else:
             data[column] = values.array
     table = pa.Table.from_pandas(pd.DataFrame(data, index=range(len(frame))), preserve_index=False)
+    for column, arrow in arrow_columns.items():
+        table = table.append_column(column, arrow)
     return table, {"index": names, "columns": [str(c) for c in frame.columns], "json_columns": json_columns}
 
 
@@ -123,7 +134,13 @@ def read_frame(path: str | os.PathLike, info: Mapping[str, Any]) -> pd.DataFrame
 
 
 def _from_table(table: pa.Table, info: Mapping[str, Any]) -> pd.DataFrame:
-    frame = table.to_pandas(types_mapper={pa.large_string(): STR_DTYPE, pa.string(): STR_DTYPE}.get)
+    for position, field in enumerate(table.schema):
+        if pa.types.is_list(field.type) and field.type.value_type == PYRAMID_TYPE.value_type:
+            # Parquet names a list's items "element": the same pyramids as Arrow names them
+            table = table.set_column(position, field.name, table.column(position).cast(PYRAMID_TYPE))
+    frame = table.to_pandas(
+        types_mapper={pa.large_string(): STR_DTYPE, pa.string(): STR_DTYPE, PYRAMID_TYPE: PYRAMID_DTYPE}.get
+    )
     index_names = list(info["index"])
     json_columns = set(info["json_columns"])
     data: dict[str, Any] = {}
@@ -170,7 +187,7 @@ def to_csv(frame: pd.DataFrame, path: str | os.PathLike | None = None) -> str | 
         data[f"{i}"] = frame.index.get_level_values(i)
     for j, column in enumerate(frame.columns):
         values = frame[column]
-        data[f"c{j}"] = _encoded(values) if kinds[len(names) + j] == "json" else values.array
+        data[f"c{j}"] = _encoded(values) if kinds[len(names) + j] in ("json", PYRAMID) else values.array
     body = pd.DataFrame(data, index=range(len(frame)))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -230,6 +247,9 @@ def _csv_column(texts: list[str], kind: str) -> Any:
         return pd.array([int(t) if t else None for t in texts], dtype="Int64")
     if kind == "Float64":
         return pd.array([float(t) if t else None for t in texts], dtype="Float64")
+    if kind == PYRAMID:
+        arrow = pa.array([orjson.loads(t) if t else None for t in texts], type=PYRAMID_TYPE)
+        return pd.arrays.ArrowExtensionArray(arrow)
     array = np.empty(len(texts), dtype=object)
     array[:] = [decode_cell(t) if t else None for t in texts]
     return pd.Series(array, dtype=object, copy=False)

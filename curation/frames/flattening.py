@@ -66,6 +66,7 @@ from curation.frames.cells import (
     is_empty,
     is_remove,
 )
+from curation.frames.cells import PYRAMID as PYRAMID_CODEC
 from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
 from curation.model.dictionary import VALID_VRS
@@ -713,7 +714,7 @@ def _private_vrs(nodes: list[dict]) -> Any:
     return vr_of
 
 
-_FRAME_CODECS = {"ID": STR, PYRAMID: OBJECT}
+_FRAME_CODECS = {"ID": STR, PYRAMID: PYRAMID_CODEC}
 
 
 def _frames_columns(nodes: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -728,7 +729,7 @@ def _frames_columns(nodes: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
     columns: dict[str, Any] = {}
     codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        # every frame's pyramid holds its own checksums: no two are equal
+        # every frame's pyramid holds its own checksums: no two are equal (as object cells, none to share)
         columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64), share=name != PYRAMID)
     for key, values in transposed.items():
         if key not in _FRAME_KEY_SET:

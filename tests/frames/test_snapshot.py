@@ -154,7 +154,7 @@ def test_csv_and_parquet_export(snapshot: Snapshot, tmp_path: Path) -> None:
     assert list(series.columns[:2]) == ["@index:ImageSetID", "@index:SeriesInstanceUID"]
     frames = pd.read_parquet(tmp_path / "pq" / "frames.parquet")
     assert str(frames["FrameSizeInBytes"].dtype) == "Int64"
-    pyramid = json.loads(frames["PixelDataChecksumFromBaseToFullResolution"].iloc[0])
+    pyramid = list(frames["PixelDataChecksumFromBaseToFullResolution"].iloc[0])  # native list<struct>, not JSON
     assert pyramid == [{"Width": 640, "Height": 640, "Checksum": 989529591}]
     instances_pq = pd.read_parquet(tmp_path / "pq" / "instances.parquet")
     assert str(instances_pq["Rows"].dtype) == "Int64" and instances_pq["Rows"].iloc[0] == 640
