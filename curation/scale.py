@@ -33,7 +33,8 @@ Needs the optional ``scale`` extra (``pip install 'ahi-curation[scale]'``: dask[
   journal)`` on the plan ``plan`` returns (AHI's update quota is per account, 0.25/s: nothing to gain from
   spreading it over workers).
 - ``sql(path, query)``: DuckDB over the Parquet files, with views ``studies``, ``series``, ``instances`` and
-  ``frames`` (index levels as plain columns, object cells as DuckDB ``JSON``: ``Modality->>'$' = 'CT'``);
+  ``frames`` (index levels as plain columns, object cells as DuckDB ``JSON``: ``Modality->>'$' = 'CT'``, the
+  frames' pyramids as a native ``STRUCT`` list);
   JSON results are decoded and the index restored, so the frame is one the rest of the toolkit takes.
 
 The same code runs on a ``LocalCluster`` or any scheduler (``client=Client("tcp://...")``); ``path`` must
@@ -55,6 +56,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curation.curate.changeset import ChangeSet, empty_changes, empty_problems
+from curation.frames.cells import PYRAMID_DTYPE
 from curation.frames.exchange import decode_cell, read_frame, write_frame
 from curation.frames.flattening import (
     FRAME_INDEX,
@@ -548,7 +550,8 @@ def _conform(frame: pd.DataFrame, schema: Mapping[str, Any], renames: Mapping[st
         elif column in json_columns:
             data[column] = pd.Series(np.full(len(frame), None, dtype=object), index=frame.index, dtype=object)
         else:
-            data[column] = pd.Series(pd.array([None] * len(frame), dtype=schema["dtypes"][column]), index=frame.index)
+            empty = pd.array([None] * len(frame), dtype=_dtype(schema["dtypes"][column]))
+            data[column] = pd.Series(empty, index=frame.index)
     out = pd.DataFrame(data, index=frame.index, columns=schema["columns"])
     return out
 
@@ -640,10 +643,15 @@ def _read_flat(number: int, path: str, level: str) -> pd.DataFrame:
     return to_flat(_read_part(path, level, number), level)
 
 
+def _dtype(name: str) -> Any:
+    """A column's dtype from its recorded name (pandas cannot parse the frames' pyramids' nested Arrow type)."""
+    return PYRAMID_DTYPE if name == str(PYRAMID_DTYPE) else name
+
+
 def _meta(schema: Mapping[str, Any], level: str) -> pd.DataFrame:
     data = {}
     for column in schema["columns"]:
-        dtype = object if column in schema["json_columns"] else schema["dtypes"][column]
+        dtype = object if column in schema["json_columns"] else _dtype(schema["dtypes"][column])
         data[column] = pd.Series(pd.array([], dtype=dtype))
     index = build_index([[] for _ in INDEXES[level]], INDEXES[level])
     frame = pd.DataFrame(data, columns=schema["columns"]).set_axis(index, axis=0)
