@@ -18,6 +18,8 @@ The team's decision (issue 13 with issue 17), implemented here and nowhere else:
    column when every pyramid is exactly that: a cell reads as a list of dicts (a new one each time, so editing it
    never changes the frame). As frozen cells they took half as much memory as the whole JSON did (a tuple of
    three dicts per frame, none equal to another); as Arrow, a twentieth.
+   pandas' own ``read_parquet`` cannot read such a column back with its default
+   backend (pandas-dev/pandas#53011): pass ``dtype_backend="pyarrow"``, or use ``curation.read_parquet``.
 5. ``object``: everything else (SQ, binary VRs, AT, multi-valued numbers, the fall-backs, keys without a VR):
    immutable cells, tuples for arrays and ``FrozenDict`` for sequence items (so a frame is handed out without a
    deep copy), ``NULL`` for present-empty, None for absent.
