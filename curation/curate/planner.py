@@ -63,7 +63,7 @@ from curation.curate.updateplan import (
     UpdatePlan,
     _json_default,
     _jsonable,
-    document_digest,
+    snapshot_digest,
 )
 from curation.frames.flattening import NULL
 from curation.frames.gcpause import gc_paused
@@ -851,7 +851,7 @@ def _plan(
     for carrier in list(affects):
         if bad & {carrier, *affects[carrier]}:
             bad |= {carrier, *affects[carrier]}
-    requests, base_versions = _requests(order, bad, planned, affects, snapshot.version_ids, documents, start)
+    requests, base_versions = _requests(order, bad, planned, affects, snapshot, start)
     steps: list[PlannedStep] = []
     undo: dict[str, Undo] = {}
     first = changes.problems
@@ -951,13 +951,13 @@ def _requests(
     bad: set[str],
     planned: dict[str, _Planned],
     affects: dict[str, list[str]],
-    version_ids: Mapping[str, str],
-    documents: Mapping[str, dict[str, Any]],
+    snapshot: Any,
     start: Mapping[str, dict[str, Any]],
 ) -> tuple[list[PlannedRequest], dict[str, str]]:
     """The planned requests in plan order (image sets with problems left out) and their base versions; the
     first request of an image set planned on its snapshot document carries that document's digest
-    (``planned_on``: apply checks it before sending)."""
+    (``planned_on``: apply checks it before sending; remembered per snapshot)."""
+    version_ids = snapshot.version_ids
     requests: list[PlannedRequest] = []
     base_versions: dict[str, str] = {}
     for image_set in order:
@@ -968,7 +968,7 @@ def _requests(
             description = _description(items)
             if touched:
                 description += f" (includeStudyImageSets: also {len(touched)} other image set(s) of the study)"
-            planned_on = document_digest(documents[image_set]) if index == 0 and image_set not in start else None
+            planned_on = snapshot_digest(snapshot, image_set) if index == 0 and image_set not in start else None
             requests.append(PlannedRequest(image_set, index, params, reasons, list(touched), description, planned_on))
         for member in (image_set, *affects.get(image_set, [])):
             if member in version_ids:
