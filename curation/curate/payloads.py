@@ -1,0 +1,180 @@
+"""plan's fast path: an image set's plain changes straight from the ChangeSet's columns to its one payload.
+
+Most image sets of a ChangeSet only add or update keyword attributes (no removal, no private tag, no row twice,
+everything in one blob). For those, ``plan`` needs no per-change object: ``simple_groups`` finds them with
+column operations, ``build`` sorts all their rows at once in the packing order (``planner._units``: Patient,
+Study, then each series by UID: its attributes, its instances by SOPInstanceUID, its SeriesInstanceUID change
+last; attributes by name, a UID change last) and puts each value straight into the nested payload, which is
+then the dict ``planner._whole`` would build, so the blob text, and the plan's hash, are the same. Every other
+image set (and one whose payload is over the limit or refused by ``check_updates``) takes the general path;
+``tests/curate/test_plan_payloads.py`` checks both paths give the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+
+__all__ = ["Group", "build", "simple_groups"]
+
+_SIMPLE_OPS = ("add", "update")
+_LEVELS = ("Patient", "Study", "Series", "Instance")
+_UIDS = ("SOPInstanceUID", "SeriesInstanceUID")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+@dataclass
+class Group:
+    """One image set's plain changes, in the packing order: their payload, how many, and a description."""
+
+    payload: dict[str, Any]
+    count: int
+    description: str
+    #: the group's row positions in the ChangeSet table (the general path reads them when it must)
+    rows: np.ndarray
+
+
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    return table[name].to_numpy(dtype=object)
+
+
+def _is_hex_key(key: str) -> bool:
+    return len(key) == 8 and set(key) <= _HEX
+
+
+def _texts(values: np.ndarray) -> np.ndarray:
+    """True where a cell is a ``str``."""
+    return np.fromiter((type(v) is str for v in values.tolist()), dtype=bool, count=len(values))
+
+
+def simple_groups(table: pd.DataFrame, documents: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Image set -> its row positions, for the image sets whose every row is a plain change: an add or update
+    of a keyword attribute at a known level, addressed by exactly the UIDs its level needs, no spot twice."""
+    needed = ("ImageSetID", "level", "SeriesInstanceUID", "SOPInstanceUID", "attribute", "op", "new")
+    if not len(table) or any(name not in table.columns for name in needed):
+        return {}
+    level = _column(table, "level")
+    attribute = _column(table, "attribute")
+    series, sop = _column(table, "SeriesInstanceUID"), _column(table, "SOPInstanceUID")
+    instance = np.asarray(level == "Instance", dtype=bool)
+    deep = np.asarray(level == "Series", dtype=bool) | instance
+    has_series, has_sop = _texts(series), _texts(sop)
+    ok = np.asarray(table["op"].isin(_SIMPLE_OPS), dtype=bool) & np.asarray(table["level"].isin(_LEVELS), dtype=bool)
+    ok &= _texts(attribute) & (deep == has_series) & (instance == has_sop)
+    ok &= np.asarray(pd.isna(series) | deep, dtype=bool) & np.asarray(pd.isna(sop) | instance, dtype=bool)
+    ok[ok] = [not _is_hex_key(a) and bool(a) for a in attribute[ok].tolist()]
+    image_sets = _column(table, "ImageSetID")
+    ok &= _texts(image_sets)
+    spots = table[["ImageSetID", "level", "SeriesInstanceUID", "SOPInstanceUID", "attribute"]]
+    ok &= ~np.asarray(spots.duplicated(keep=False), dtype=bool)
+    codes, uniques = pd.factorize(image_sets)
+    bad = np.zeros(len(uniques), dtype=bool)
+    bad[codes[~ok]] = True
+    known = np.fromiter((u in documents for u in uniques.tolist()), dtype=bool, count=len(uniques))
+    good = np.flatnonzero(~bad & known)
+    if not len(good):
+        return {}
+    rows = np.flatnonzero(np.isin(codes, good))
+    order = rows[np.argsort(codes[rows], kind="stable")]
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return {str(image_sets[part[0]]): part for part in np.split(order, bounds)}
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Each text's rank in sorted order (``sorted`` of Python strings)."""
+    codes, _ = pd.factorize(values, sort=True)
+    return codes
+
+
+def _packing_order(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (of one or more image sets, grouped) in ``planner._units`` order within each image set."""
+    level = _column(table, "level")[rows]
+    attribute = _column(table, "attribute")[rows]
+    series = np.where((level == "Series") | (level == "Instance"), _column(table, "SeriesInstanceUID")[rows], "")
+    sop = np.where(level == "Instance", _column(table, "SOPInstanceUID")[rows], "")
+    image_set = _column(table, "ImageSetID")[rows]
+    group, _ = pd.factorize(image_set)
+    rank = np.select([level == "Patient", level == "Study"], [0, 1], 2)
+    uid = (attribute == _UIDS[0]) | (attribute == _UIDS[1])
+    section = np.where(level == "Instance", 1, np.where((level == "Series") & (attribute == "SeriesInstanceUID"), 2, 0))
+    keys = (group, rank, _ranks(series.astype(object)), section, _ranks(sop.astype(object)), uid, _ranks(attribute))
+    return rows[np.lexsort(keys[::-1])]
+
+
+def _node(root: dict[str, Any], level: str, series: str | None, sop: str | None) -> dict[str, Any]:
+    """The DICOM object of a node of the payload, made (with the objects on the way) when new."""
+    if level == "Patient":
+        holder: dict[str, Any] = root.setdefault("Patient", {})
+    else:
+        holder = root.setdefault("Study", {})
+        if level != "Study":
+            holder = holder.setdefault("Series", {}).setdefault(series, {})
+            if level == "Instance":
+                holder = holder.setdefault("Instances", {}).setdefault(sop, {})
+    dicom: dict[str, Any] = holder.setdefault("DICOM", {})
+    return dicom
+
+
+def _where(level: str, series: str | None, sop: str | None) -> str:
+    return {"Series": f"series {series}", "Instance": f"instance {sop}"}.get(level, level)
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def build(
+    table: pd.DataFrame,
+    groups: Mapping[str, np.ndarray],
+    value: Callable[[Any], Any],
+    schema_version: float,
+) -> dict[str, Group]:
+    """The payload of each of ``groups`` (``simple_groups``), values turned to JSON by ``value``."""
+    if not groups:
+        return {}
+    rows = _packing_order(table, np.concatenate(list(groups.values())))
+    image_sets = _column(table, "ImageSetID")[rows].tolist()
+    levels = _column(table, "level")[rows].tolist()
+    series = [
+        s if level in ("Series", "Instance") else None
+        for s, level in zip(_column(table, "SeriesInstanceUID")[rows].tolist(), levels, strict=True)
+    ]
+    sops = [
+        s if level == "Instance" else None
+        for s, level in zip(_column(table, "SOPInstanceUID")[rows].tolist(), levels, strict=True)
+    ]
+    attributes = _column(table, "attribute")[rows].tolist()
+    ops = _column(table, "op")[rows].tolist()
+    news = [v if type(v) is str else value(v) for v in _column(table, "new")[rows].tolist()]
+    out: dict[str, Group] = {}
+    start = 0
+    for end in [*np.flatnonzero(np.diff(pd.factorize(np.asarray(image_sets, dtype=object))[0])) + 1, len(rows)]:
+        root: dict[str, Any] = {"SchemaVersion": schema_version}
+        nodes: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
+        counts: dict[str, int] = {}
+        for i in range(start, end):
+            spot = (levels[i], series[i], sops[i])
+            dicom = nodes.get(spot)
+            if dicom is None:
+                dicom = nodes[spot] = _node(root, *spot)
+            dicom[attributes[i]] = news[i]
+            counts[ops[i]] = counts.get(ops[i], 0) + 1
+        count = end - start
+        if count <= 3:
+            text = "; ".join(
+                f"{ops[i]} {attributes[i]} = {_short(news[i])} ({_where(levels[i], series[i], sops[i])})"
+                for i in range(start, end)
+            )
+        else:
+            names = {"add": "addition", "update": "update"}
+            parts = ", ".join(f"{n} {names[op]}{'s' if n > 1 else ''}" for op, n in counts.items())
+            text = f"{count} changes ({parts}) on {len(nodes)} node(s)"
+        out[image_sets[start]] = Group(root, count, text, groups[image_sets[start]])
+        start = end
+    return out
