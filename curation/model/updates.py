@@ -243,6 +243,10 @@ def _static_force_reasons(key: str, vr: str | None, attribute: _Attribute) -> tu
 
 
 _STATIC_REASONS: dict[tuple[str, str | None], tuple[str, ...]] = {}
+#: (keyword, level) -> (what the dictionary says, static force reasons, primary refusals) of a set the walk
+#: checked once: a pure function of the two for a keyword (not a hex key) that is not AHI-generated
+#: (``_Planner._plain_set``)
+_PLAIN_SETS: dict[tuple[str, str], tuple[_Attribute, tuple[str, ...], tuple[str, ...]]] = {}
 #: ``value_problem`` of text values, remembered (``validation.value_problem`` keeps its own cache of every kind
 #: of value; text is most of what updates carry and is looked up here without building that cache's key)
 _TEXT_PROBLEMS: dict[tuple[str | None, str | None, Any], str | None] = {}
@@ -341,6 +345,8 @@ class _Planner:
         self._levels: dict[str, set[str]] = {}
         self.series: dict[str, Any] = document.get("Study", {}).get("Series", {})
         self.image_set: str = document.get("ImageSetID", "<unknown>")
+        #: True once a removableAttributes payload is walked (``check_consistency`` has removals to check)
+        self.removing = False
 
     def levels_holding(self, key: str) -> set[str]:
         """The levels at which the document holds attribute ``key`` (any series or instance counts)."""
@@ -361,6 +367,7 @@ class _Planner:
         return self._levels[key]
 
     def walk(self, payload: dict[str, Any], op: EditOp) -> None:
+        self.removing = self.removing or op == EditOp.REMOVE
         for key, node in payload.items():
             if key == "SchemaVersion":
                 continue
@@ -451,9 +458,14 @@ class _Planner:
         current_vrs: dict[str, Any],
         payload_vr: str | None,
     ) -> None:
+        level = target.level
+        if op is EditOp.SET and payload_vr is None and key in current_dicom:
+            plain = _PLAIN_SETS.get((key, level))
+            if plain is not None:
+                self._plain_set(target, key, value, plain)
+                return
         path = f"{target.path}.DICOM.{key}"
         attribute = _checked_attribute(key, path)
-        level = target.level
         if key not in current_dicom:
             misplaced = rules.level_problem(key, level, self.levels_holding(key), image_set=self.image_set)
             if misplaced:
@@ -489,6 +501,32 @@ class _Planner:
         if reasons:
             self.reasons.extend(f"{path}: {reason}" for reason in reasons)
         self.edits.append(_edit(op, level, path, target.series, target.sop, key, value, sent_vr))
+        if op is EditOp.SET and not attribute.hex_keyed:
+            _PLAIN_SETS[key, level] = (attribute, _static_force_reasons(key, vr, attribute), refusals)
+
+    def _plain_set(self, target: _Target, key: str, value: Any, plain: tuple[_Attribute, tuple, tuple]) -> None:
+        """``_attribute`` of a keyword already in the node, set without a DICOMVRs entry: what the general path
+        decided for this key and level before (``_PLAIN_SETS``) and the value's own check."""
+        attribute, static, refusals = plain
+        path = f"{target.path}.DICOM.{key}"
+        problem = _value_problem(attribute.vr, attribute.vm, value)
+        if problem:
+            self.reasons.extend(
+                f"{path}: {reason}"
+                for reason in rules.force_reasons(
+                    key,
+                    vr=attribute.vr,
+                    vm=attribute.vm,
+                    private=attribute.private,
+                    standard=attribute.standard,
+                    value_problem=f"value {_short(value)}: {problem}",
+                )
+            )
+        elif static:
+            self.reasons.extend(f"{path}: {reason}" for reason in static)
+        if refusals:
+            self.primary_refusals.extend(f"{path}: {refusal}" for refusal in refusals)
+        self.edits.append(_edit(EditOp.SET, target.level, path, target.series, target.sop, key, value, None))
 
     @staticmethod
     def _check_removal(level: str, path: str, key: str, value: Any, current_dicom: dict[str, Any]) -> None:
@@ -504,6 +542,10 @@ class _Planner:
             raise _refuse(f"{path}: {refusal}")
 
     def check_consistency(self) -> None:
+        if not self.removing:  # only sets: nothing edited inside a removed node, no path in both blobs
+            self._check_remaining(set(), set())
+            self._check_new_uids()
+            return
         removed_series = {edit.series for edit in self.edits if edit.op == EditOp.REMOVE_SERIES}
         removed_instances = {(edit.series, edit.sop) for edit in self.edits if edit.op == EditOp.REMOVE_INSTANCE}
         seen: dict[tuple, str] = {}
