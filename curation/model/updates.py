@@ -273,6 +273,8 @@ def _value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
 
 
 _TEXT_ONLY = {str}
+#: a text value ``_TEXT_PROBLEMS`` has not seen yet
+_UNKNOWN = "unknown"
 
 
 @cache
@@ -410,9 +412,47 @@ class _Planner:
         if vrs:
             _check_payload_vrs(path, vrs, dicom, current_vrs, op)
         current_dicom = current.get("DICOM") or {}
+        if op is EditOp.SET and not vrs:
+            self._sets(target, dicom, current_dicom, current_vrs)
+            return
         attribute = self._attribute
         for key, value in dicom.items():
             attribute(target, key, value, op, current_dicom, current_vrs, vrs.get(key) if vrs else None)
+
+    def _sets(self, target: _Target, dicom: dict[str, Any], current_dicom: dict, current_vrs: dict) -> None:
+        """``_attribute`` of each set of a node without DICOMVRs; a keyword already in the node whose key and
+        level the walk has checked before (``_PLAIN_SETS``) and whose text value fits, inline."""
+        level, prefix, series, sop = target.level, f"{target.path}.DICOM.", target.series, target.sop
+        plain_sets, text_problems, edits, op = _PLAIN_SETS, _TEXT_PROBLEMS, self.edits, EditOp.SET
+        for key, value in dicom.items():
+            plain = plain_sets.get((key, level)) if key in current_dicom else None
+            if plain is None:
+                self._attribute(target, key, value, op, current_dicom, current_vrs, None)
+                continue
+            attribute, static, refusals = plain
+            if static or refusals or type(value) is not str:
+                self._plain_set(target, key, value, plain)
+                continue
+            problem = text_problems.get((attribute.vr, attribute.vm, value), _UNKNOWN)
+            if problem is not None:
+                self._plain_set(target, key, value, plain)
+                continue
+            edit = _new(Edit)
+            _set_attribute(
+                edit,
+                "__dict__",
+                {
+                    "op": op,
+                    "level": level,
+                    "path": prefix + key,
+                    "series": series,
+                    "sop": sop,
+                    "key": key,
+                    "value": value,
+                    "vr": None,
+                },
+            )
+            edits.append(edit)
 
     def _current_node(self, target: _Target) -> dict[str, Any]:
         if target.level in ("Patient", "Study"):
@@ -459,11 +499,6 @@ class _Planner:
         payload_vr: str | None,
     ) -> None:
         level = target.level
-        if op is EditOp.SET and payload_vr is None and key in current_dicom:
-            plain = _PLAIN_SETS.get((key, level))
-            if plain is not None:
-                self._plain_set(target, key, value, plain)
-                return
         path = f"{target.path}.DICOM.{key}"
         attribute = _checked_attribute(key, path)
         if key not in current_dicom:
