@@ -48,8 +48,23 @@ def _is_hex_key(key: str) -> bool:
 
 
 def _texts(values: np.ndarray) -> np.ndarray:
-    """True where a cell is a ``str``."""
+    """True where a cell is a ``str`` (a column of text and missing cells is told apart in one pass)."""
+    missing = np.asarray(pd.isna(values), dtype=bool)
+    if pd.api.types.infer_dtype(values[~missing], skipna=False) in ("string", "empty"):
+        return ~missing
     return np.fromiter((type(v) is str for v in values.tolist()), dtype=bool, count=len(values))
+
+
+_TEXT = {str}
+
+
+def _json_ready(value: Any, convert: Callable[[Any], Any]) -> Any:
+    """``convert(value)`` (the planner's JSON conversion), skipped for text and arrays of text (sent as they
+    are: the payload is only serialised)."""
+    kind = type(value)
+    if kind is str or (kind is list and set(map(type, value)) <= _TEXT):
+        return value
+    return convert(value)
 
 
 def simple_groups(table: pd.DataFrame, documents: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -67,7 +82,9 @@ def simple_groups(table: pd.DataFrame, documents: Mapping[str, Any]) -> dict[str
     ok = np.asarray(table["op"].isin(_SIMPLE_OPS), dtype=bool) & np.asarray(table["level"].isin(_LEVELS), dtype=bool)
     ok &= _texts(attribute) & (deep == has_series) & (instance == has_sop)
     ok &= np.asarray(pd.isna(series) | deep, dtype=bool) & np.asarray(pd.isna(sop) | instance, dtype=bool)
-    ok[ok] = [not _is_hex_key(a) and bool(a) for a in attribute[ok].tolist()]
+    names, distinct = pd.factorize(attribute[ok])
+    keyword = np.fromiter((bool(a) and not _is_hex_key(a) for a in distinct.tolist()), dtype=bool, count=len(distinct))
+    ok[ok] = keyword[names]
     image_sets = _column(table, "ImageSetID")
     ok &= _texts(image_sets)
     spots = table[["ImageSetID", "level", "SeriesInstanceUID", "SOPInstanceUID", "attribute"]]
@@ -151,7 +168,7 @@ def build(
     ]
     attributes = _column(table, "attribute")[rows].tolist()
     ops = _column(table, "op")[rows].tolist()
-    news = [v if type(v) is str else value(v) for v in _column(table, "new")[rows].tolist()]
+    news = [_json_ready(v, value) for v in _column(table, "new")[rows].tolist()]
     out: dict[str, Group] = {}
     start = 0
     for end in [*np.flatnonzero(np.diff(pd.factorize(np.asarray(image_sets, dtype=object))[0])) + 1, len(rows)]:

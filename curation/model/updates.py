@@ -48,7 +48,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from botocore.model import StructureShape
@@ -247,19 +247,22 @@ _STATIC_REASONS: dict[tuple[str, str | None], tuple[str, ...]] = {}
 #: checked once: a pure function of the two for a keyword (not a hex key) that is not AHI-generated
 #: (``_Planner._plain_set``)
 _PLAIN_SETS: dict[tuple[str, str], tuple[_Attribute, tuple[str, ...], tuple[str, ...]]] = {}
-#: ``value_problem`` of text values, remembered (``validation.value_problem`` keeps its own cache of every kind
-#: of value; text is most of what updates carry and is looked up here without building that cache's key)
-_TEXT_PROBLEMS: dict[tuple[str | None, str | None, Any], str | None] = {}
+#: ``value_problem`` of text values (and numbers, keyed with their type), remembered (``validation.value_problem``
+#: keeps its own cache of every kind of value; these are most of what updates carry and are looked up here
+#: without building that cache's key)
+_TEXT_PROBLEMS: dict[tuple[Any, ...], str | None] = {}
 _TEXT_PROBLEMS_SIZE = 65_536
 
 
 def _value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
-    """``value_problem(vr, vm, value)``, text values and arrays of text remembered."""
+    """``value_problem(vr, vm, value)``, text values, arrays of text and numbers (with their type) remembered."""
     kind = type(value)
     if kind is str:
-        key: tuple[str | None, str | None, Any] = (vr, vm, value)
+        key: tuple[Any, ...] = (vr, vm, value)
     elif kind is list and value and set(map(type, value)) == _TEXT_ONLY:
         key = (vr, vm, tuple(value))
+    elif kind is int or kind is float:
+        key = (vr, vm, kind, value)
     else:
         return value_problem(vr, vm, value)
     try:
@@ -322,9 +325,9 @@ def _edit(
     return edit
 
 
-@dataclass(frozen=True)
-class _Target:
-    """A node of the document an update addresses: its level, its path in the payload and its UIDs."""
+class _Target(NamedTuple):
+    """A node of the document an update addresses: its level, its path in the payload and its UIDs (a named
+    tuple: one is made per node of a payload, and a frozen dataclass costs several times as much to make)."""
 
     level: str
     path: str
@@ -430,10 +433,17 @@ class _Planner:
                 self._attribute(target, key, value, op, current_dicom, current_vrs, None)
                 continue
             attribute, static, refusals = plain
-            if static or refusals or type(value) is not str:
-                self._plain_set(target, key, value, plain)
-                continue
-            problem = text_problems.get((attribute.vr, attribute.vm, value), _UNKNOWN)
+            kind = type(value)
+            if static or refusals:
+                problem: str | None = _UNKNOWN
+            elif kind is str:
+                problem = text_problems.get((attribute.vr, attribute.vm, value), _UNKNOWN)
+            elif kind is int or kind is float:
+                problem = text_problems.get((attribute.vr, attribute.vm, kind, value), _UNKNOWN)
+            elif kind is list and value and set(map(type, value)) == _TEXT_ONLY:
+                problem = text_problems.get((attribute.vr, attribute.vm, tuple(value)), _UNKNOWN)
+            else:
+                problem = _UNKNOWN
             if problem is not None:
                 self._plain_set(target, key, value, plain)
                 continue
