@@ -534,16 +534,23 @@ class _DiffOperation:
     def _order(self, table: pd.DataFrame) -> np.ndarray:
         """Image set order of the snapshot, then level, series, instance, operation, attribute."""
         studies = self.targets.frame("studies").index
-        rank = studies.get_indexer(pd.Index(table["ImageSetID"].astype(str)))
+        codes, distinct = pd.factorize(table["ImageSetID"].to_numpy(dtype=object), use_na_sentinel=False)
+        rank = studies.get_indexer(pd.Index(pd.Series(distinct, dtype=object).astype(str)))[codes]
         keys = (  # most significant first; np.lexsort is stable and takes the most significant last
             np.where(rank < 0, len(studies), rank),
-            table["level"].map(LEVEL_RANK).fillna(9).to_numpy(),
+            _ranked(table["level"], LEVEL_RANK),
             _text_rank(table["SeriesInstanceUID"]),
             _text_rank(table["SOPInstanceUID"]),
-            table["op"].map(_OP_RANK).fillna(9).to_numpy(),
+            _ranked(table["op"], _OP_RANK),
             _text_rank(table["attribute"]),
         )
         return np.lexsort(keys[::-1])
+
+
+def _ranked(values: pd.Series, ranks: Mapping[str, int]) -> np.ndarray:
+    """``values.map(ranks).fillna(9)``, looked up once per distinct value."""
+    codes, distinct = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=False)
+    return np.array([ranks.get(v, 9) for v in distinct.tolist()], dtype=np.int64)[codes]
 
 
 def _text_rank(values: pd.Series) -> np.ndarray:
