@@ -993,7 +993,8 @@ def _plan_group(
     params = _params(datastore_id, image_set, {"updatableAttributes": text.decode()})
     try:
         updates = params["updateImageSetMetadataUpdates"]["DICOMUpdates"]
-        reasons, _ = check_updates(document, updates, is_primary=flag is None or flag, max_blob_bytes=limit)
+        primary = flag is None or flag
+        reasons, _ = check_updates(document, updates, is_primary=primary, max_blob_bytes=limit, keep_edits=False)
     except AHIError:
         return None
     if reasons:

@@ -342,8 +342,11 @@ def _same_json(left: Any, right: Any) -> bool:
 class _Planner:
     """Walks the payloads against the document, collecting edits, force reasons and primary refusals."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], keep_edits: bool = True) -> None:
         self.document = document
+        #: False: the plain sets of ``_sets`` keep no Edit (the caller wants the checks only; the UID sets that
+        #: ``_check_new_uids`` reads are kept)
+        self.keep_edits = keep_edits
         self.edits: list[Edit] = []
         self.reasons: list[str] = []
         self.primary_refusals: list[str] = []
@@ -427,6 +430,7 @@ class _Planner:
         level the walk has checked before (``_PLAIN_SETS``) and whose text value fits, inline."""
         level, prefix, series, sop = target.level, f"{target.path}.DICOM.", target.series, target.sop
         plain_sets, text_problems, edits, op = _PLAIN_SETS, _TEXT_PROBLEMS, self.edits, EditOp.SET
+        keep, rekeying = self.keep_edits, rules.REKEYING_UIDS
         for key, value in dicom.items():
             plain = plain_sets.get((key, level)) if key in current_dicom else None
             if plain is None:
@@ -446,6 +450,8 @@ class _Planner:
                 problem = _UNKNOWN
             if problem is not None:
                 self._plain_set(target, key, value, plain)
+                continue
+            if not keep and key not in rekeying:
                 continue
             edit = _new(Edit)
             _set_attribute(
@@ -668,8 +674,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _plan(document: dict[str, Any], parsed: ParsedUpdates) -> _Planner:
-    planner = _Planner(document)
+def _plan(document: dict[str, Any], parsed: ParsedUpdates, keep_edits: bool = True) -> _Planner:
+    planner = _Planner(document, keep_edits)
     if parsed.removable is not None:
         planner.walk(parsed.removable, EditOp.REMOVE)
     if parsed.updatable is not None:
@@ -864,8 +870,10 @@ def check_updates(
     *,
     is_primary: bool = False,
     max_blob_bytes: int | None = None,
+    keep_edits: bool = True,
 ) -> tuple[list[str], list[Edit]]:
-    """The planner's fast path: ``(force_reasons(document, updates), the edits)``, the blobs parsed once.
+    """The planner's fast path: ``(force_reasons(document, updates), the edits)``, the blobs parsed once
+    (``keep_edits=False``: the checks only, no edits returned, for a caller that will not apply them).
 
     Raises the same refusals, in the same order, as ``force_reasons`` followed by ``apply_to_document`` of the
     DICOMUpdates ``updates`` with ``force`` set exactly when there are reasons (and ``is_primary``).
@@ -873,13 +881,13 @@ def check_updates(
     """
     max_blob_bytes = model_max_blob_bytes() if max_blob_bytes is None else max_blob_bytes
     updatable, removable = _parse_dicom_updates(updates, max_blob_bytes)
-    planner = _plan(document, ParsedUpdates(updatable, removable, None, False, False))
+    planner = _plan(document, ParsedUpdates(updatable, removable, None, False, False), keep_edits)
     if is_primary and planner.primary_refusals:
         raise _refuse(planner.primary_refusals[0])
     if planner.reasons and is_primary:
         why = "; ".join(planner.reasons)
         raise _refuse(f"The force flag cannot override DICOM metadata constraints on a primary image set: {why}")
-    return list(planner.reasons), planner.edits
+    return list(planner.reasons), planner.edits if keep_edits else []
 
 
 def apply_checked(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:

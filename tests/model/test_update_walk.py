@@ -28,9 +28,9 @@ def _payload(document: dict[str, Any], values: dict[str, Any]) -> dict[str, str]
     return {"updatableAttributes": orjson.dumps({"SchemaVersion": 1.1, "Study": study}).decode()}
 
 
-def _walk(document: dict[str, Any], blobs: dict[str, str], primary: bool) -> Any:
+def _walk(document: dict[str, Any], blobs: dict[str, str], primary: bool, keep_edits: bool = True) -> Any:
     try:
-        reasons, edits = updates.check_updates(document, blobs, is_primary=primary)
+        reasons, edits = updates.check_updates(document, blobs, is_primary=primary, keep_edits=keep_edits)
     except AHIError as exc:
         return exc.message
     return reasons, [edit.__dict__ for edit in edits]
@@ -58,3 +58,15 @@ def test_a_remembered_walk_equals_a_fresh_one(
     assert again == fresh
     other = _walk(copy.deepcopy(document), blobs, primary)
     assert other == fresh
+    checks_only = _walk(document, blobs, primary, keep_edits=False)
+    assert checks_only == (fresh if isinstance(fresh, str) else (fresh[0], []))
+
+
+def test_checks_only_still_refuse_a_uid_already_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    document = _document()
+    uids = [instance_uid for _, instance_uid, _ in iter_instances(document)]
+    blobs = _payload(document, {"InstanceNumber": "3", "SOPInstanceUID": uids[1]})
+    monkeypatch.setattr(updates, "_PLAIN_SETS", {})
+    for keep_edits in (True, False, False):
+        refusal = _walk(document, blobs, False, keep_edits)
+        assert isinstance(refusal, str) and uids[1] in refusal
