@@ -12,6 +12,7 @@ image set (and one whose payload is over the limit or refused by ``check_updates
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -108,19 +109,26 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _packing_order(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
-    """``rows`` (of one or more image sets, grouped) in ``planner._units`` order within each image set."""
+def _packing_order(table: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rows`` (of one or more image sets, grouped) in ``planner._units`` order within each image set, and
+    for each of them whether it starts an image set and whether it starts a run of rows of one node."""
     level = _column(table, "level")[rows]
     attribute = _column(table, "attribute")[rows]
     series = np.where((level == "Series") | (level == "Instance"), _column(table, "SeriesInstanceUID")[rows], "")
     sop = np.where(level == "Instance", _column(table, "SOPInstanceUID")[rows], "")
-    image_set = _column(table, "ImageSetID")[rows]
-    group, _ = pd.factorize(image_set)
+    group, _ = pd.factorize(_column(table, "ImageSetID")[rows])
     rank = np.select([level == "Patient", level == "Study"], [0, 1], 2)
     uid = (attribute == _UIDS[0]) | (attribute == _UIDS[1])
     section = np.where(level == "Instance", 1, np.where((level == "Series") & (attribute == "SeriesInstanceUID"), 2, 0))
-    keys = (group, rank, _ranks(series.astype(object)), section, _ranks(sop.astype(object)), uid, _ranks(attribute))
-    return rows[np.lexsort(keys[::-1])]
+    series_rank, sop_rank = _ranks(series.astype(object)), _ranks(sop.astype(object))
+    keys = (group, rank, series_rank, section, sop_rank, uid, _ranks(attribute))
+    order = np.lexsort(keys[::-1])
+    node = np.stack([group[order], rank[order], series_rank[order], (section == 1)[order], sop_rank[order]])
+    starts_group = np.ones(len(order), dtype=bool)
+    starts_run = np.ones(len(order), dtype=bool)
+    starts_group[1:] = node[0, 1:] != node[0, :-1]
+    starts_run[1:] = (node[:, 1:] != node[:, :-1]).any(axis=0)
+    return rows[order], starts_group, starts_run
 
 
 def _node(root: dict[str, Any], level: str, series: str | None, sop: str | None) -> dict[str, Any]:
@@ -146,52 +154,59 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _description(
+    ops: list[str], attributes: list[str], news: list[Any], spots: list[tuple], count: int, nodes: int
+) -> str:
+    """What ``planner._description`` says of these changes (in packing order)."""
+    if count <= 3:
+        return "; ".join(
+            f"{op} {attribute} = {_short(new)} ({_where(*spot)})"
+            for op, attribute, new, spot in zip(ops, attributes, news, spots, strict=True)
+        )
+    names = {"add": "addition", "update": "update"}
+    counts = {op: ops.count(op) for op in dict.fromkeys(ops)}
+    parts = ", ".join(f"{n} {names[op]}{'s' if n > 1 else ''}" for op, n in counts.items())
+    return f"{count} changes ({parts}) on {nodes} node(s)"
+
+
 def build(
     table: pd.DataFrame,
     groups: Mapping[str, np.ndarray],
     value: Callable[[Any], Any],
     schema_version: float,
 ) -> dict[str, Group]:
-    """The payload of each of ``groups`` (``simple_groups``), values turned to JSON by ``value``."""
+    """The payload of each of ``groups`` (``simple_groups``), values turned to JSON by ``value``: each run of
+    rows of one node put into it at once."""
     if not groups:
         return {}
-    rows = _packing_order(table, np.concatenate(list(groups.values())))
+    rows, starts_group, starts_run = _packing_order(table, np.concatenate(list(groups.values())))
     image_sets = _column(table, "ImageSetID")[rows].tolist()
-    levels = _column(table, "level")[rows].tolist()
-    series = [
-        s if level in ("Series", "Instance") else None
-        for s, level in zip(_column(table, "SeriesInstanceUID")[rows].tolist(), levels, strict=True)
-    ]
-    sops = [
-        s if level == "Instance" else None
-        for s, level in zip(_column(table, "SOPInstanceUID")[rows].tolist(), levels, strict=True)
-    ]
+    level = _column(table, "level")[rows]
+    levels = level.tolist()
+    deep = (level == "Series") | (level == "Instance")
+    series_list = np.asarray(np.where(deep, _column(table, "SeriesInstanceUID")[rows], None), dtype=object).tolist()
+    instance = level == "Instance"
+    sops = np.asarray(np.where(instance, _column(table, "SOPInstanceUID")[rows], None), dtype=object).tolist()
     attributes = _column(table, "attribute")[rows].tolist()
     ops = _column(table, "op")[rows].tolist()
     news = [_json_ready(v, value) for v in _column(table, "new")[rows].tolist()]
     out: dict[str, Group] = {}
-    start = 0
-    for end in [*np.flatnonzero(np.diff(pd.factorize(np.asarray(image_sets, dtype=object))[0])) + 1, len(rows)]:
-        root: dict[str, Any] = {"SchemaVersion": schema_version}
-        nodes: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
-        counts: dict[str, int] = {}
-        for i in range(start, end):
-            spot = (levels[i], series[i], sops[i])
-            dicom = nodes.get(spot)
-            if dicom is None:
-                dicom = nodes[spot] = _node(root, *spot)
-            dicom[attributes[i]] = news[i]
-            counts[ops[i]] = counts.get(ops[i], 0) + 1
-        count = end - start
-        if count <= 3:
-            text = "; ".join(
-                f"{ops[i]} {attributes[i]} = {_short(news[i])} ({_where(levels[i], series[i], sops[i])})"
-                for i in range(start, end)
-            )
-        else:
-            names = {"add": "addition", "update": "update"}
-            parts = ", ".join(f"{n} {names[op]}{'s' if n > 1 else ''}" for op, n in counts.items())
-            text = f"{count} changes ({parts}) on {len(nodes)} node(s)"
-        out[image_sets[start]] = Group(root, count, text, groups[image_sets[start]])
-        start = end
+    runs = [*np.flatnonzero(starts_run).tolist(), len(rows)]
+    group_starts = set(np.flatnonzero(starts_group).tolist())
+    root: dict[str, Any] = {}
+    nodes: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
+    first = 0
+    for a, b in itertools.pairwise(runs):
+        if a in group_starts:
+            root, nodes, first = {"SchemaVersion": schema_version}, {}, a
+        spot = (levels[a], series_list[a], sops[a])
+        dicom = nodes.get(spot)
+        if dicom is None:
+            dicom = nodes[spot] = _node(root, *spot)
+        dicom.update(zip(attributes[a:b], news[a:b], strict=True))
+        if b == len(rows) or b in group_starts:
+            few = b - first <= 3
+            spots = list(zip(levels[first:b], series_list[first:b], sops[first:b], strict=True)) if few else []
+            text = _description(ops[first:b], attributes[first:b], news[first:b], spots, b - first, len(nodes))
+            out[image_sets[first]] = Group(root, b - first, text, groups[image_sets[first]])
     return out

@@ -438,10 +438,8 @@ class _Planner:
                 continue
             attribute, static, refusals = plain
             kind = type(value)
-            if static or refusals:
-                problem: str | None = _UNKNOWN
-            elif kind is str:
-                problem = text_problems.get((attribute.vr, attribute.vm, value), _UNKNOWN)
+            if kind is str:
+                problem: str | None = text_problems.get((attribute.vr, attribute.vm, value), _UNKNOWN)
             elif kind is int or kind is float:
                 problem = text_problems.get((attribute.vr, attribute.vm, kind, value), _UNKNOWN)
             elif kind is list and value and set(map(type, value)) == _TEXT_ONLY:
@@ -451,6 +449,10 @@ class _Planner:
             if problem is not None:
                 self._plain_set(target, key, value, plain)
                 continue
+            if static:
+                self.reasons.extend(f"{prefix}{key}: {reason}" for reason in static)
+            if refusals:
+                self.primary_refusals.extend(f"{prefix}{key}: {refusal}" for refusal in refusals)
             if not keep and key not in rekeying:
                 continue
             edit = _new(Edit)
