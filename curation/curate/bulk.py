@@ -207,9 +207,10 @@ def typed_block(
     taken = np.flatnonzero(plain)
     if not len(taken):
         return rest, None
-    old_cells = orig.take(taken).to_numpy(dtype=object)
+    old_taken = orig.take(taken)
+    old_cells = old_taken.to_numpy(dtype=object)
     new_cells = new.take(taken).to_numpy(dtype=object)
-    absent = np.asarray(pd.isna(old_cells), dtype=bool)
+    absent = np.asarray(old_taken.isna(), dtype=bool)
     keep = absent.copy()
     present = ~absent
     keep[present] = np.asarray(old_cells[present] != new_cells[present], dtype=bool)
