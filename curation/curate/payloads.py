@@ -92,7 +92,7 @@ def simple_groups(table: pd.DataFrame, documents: Mapping[str, Any]) -> dict[str
     ok &= ~np.asarray(spots.duplicated(keep=False), dtype=bool)
     codes, uniques = pd.factorize(image_sets)
     bad = np.zeros(len(uniques), dtype=bool)
-    bad[codes[~ok]] = True
+    bad[codes[~ok & (codes >= 0)]] = True  # (a missing ImageSetID has code -1 and no image set)
     known = np.fromiter((u in documents for u in uniques.tolist()), dtype=bool, count=len(uniques))
     good = np.flatnonzero(~bad & known)
     if not len(good):
