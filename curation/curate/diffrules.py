@@ -209,21 +209,20 @@ def check_primary(targets: Targets, changes: list[Change], problems: list[Proble
         refusals = rules.primary_refusals(change.level, change.attribute, op, reasons)
         if not refusals:
             continue
-        note = (
-            ""
-            if flag
-            else " (the snapshot has no primary flag for this image set: it is treated as primary; "
-            "set snapshot.primary to override)"
-        )
         problems.append(
-            Problem(
-                change.image_set,
-                change.row,
-                change.column,
-                change.attribute,
-                "; ".join(refusals) + note + ". " + rules.PRIMARY_WORKAROUND,
-            )
+            Problem(change.image_set, change.row, change.column, change.attribute, _primary_reason(refusals, flag))
         )
+
+
+def _primary_reason(refusals: list[str], flag: bool | None) -> str:
+    """The problem text of a change a primary image set refuses (``flag`` None: the flag is unknown)."""
+    note = (
+        ""
+        if flag
+        else " (the snapshot has no primary flag for this image set: it is treated as primary; "
+        "set snapshot.primary to override)"
+    )
+    return "; ".join(refusals) + note + ". " + rules.PRIMARY_WORKAROUND
 
 
 def check_primary_block(targets: Targets, block: ChangeBlock, problems: list[Problem]) -> None:
@@ -240,21 +239,7 @@ def check_primary_block(targets: Targets, block: ChangeBlock, problems: list[Pro
         flag = flags[image_set]
         if flag is False or not refused[op]:
             continue
-        note = (
-            ""
-            if flag
-            else " (the snapshot has no primary flag for this image set: it is treated as primary; "
-            "set snapshot.primary to override)"
-        )
-        problems.append(
-            Problem(
-                image_set,
-                row,
-                block.column,
-                block.attribute,
-                "; ".join(refused[op]) + note + ". " + rules.PRIMARY_WORKAROUND,
-            )
-        )
+        problems.append(Problem(image_set, row, block.column, block.attribute, _primary_reason(refused[op], flag)))
 
 
 def level_problem(
