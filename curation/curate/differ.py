@@ -62,8 +62,16 @@ import numpy as np
 import pandas as pd
 
 from curation.curate import diffrules
-from curation.curate.bulk import bulk_edits, takes_bulk
-from curation.curate.changeset import CHANGE_COLUMNS, PROBLEM_COLUMNS, Change, ChangeOp, ChangeSet, Problem
+from curation.curate.bulk import bulk_edits, takes_block, takes_bulk, typed_block
+from curation.curate.changeset import (
+    CHANGE_COLUMNS,
+    PROBLEM_COLUMNS,
+    Change,
+    ChangeBlock,
+    ChangeOp,
+    ChangeSet,
+    Problem,
+)
 from curation.curate.coercer import Coercer, Edit
 from curation.curate.colmap import ColumnMapper, Spec
 from curation.curate.compare import changed
@@ -169,6 +177,8 @@ class _DiffOperation:
         self.columns = ColumnMapper(self.targets)
         self.coercer = Coercer(self.targets, vrs, validate=validate, exact=exact)
         self.changes: list[Change] = []
+        #: the bulk path's changes, each with the length of ``changes`` when it came (their place in the order)
+        self.blocks: list[tuple[int, ChangeBlock]] = []
         self.problems: list[Problem] = self.coercer.problems
         self.dropped_instances: dict[int, Any] = {}
         self.dropped_series: dict[int, Any] = {}
@@ -284,11 +294,9 @@ class _DiffOperation:
         candidates = changed(orig, new)
         if not len(candidates):
             return
-        olds = _cells(orig, candidates)
-        news = _cells(new, candidates)
-        opos = aligned.opos[candidates]
         if spec.blocker is not None:
-            self._blocked(aligned, spec, column, opos, olds, news)
+            opos = aligned.opos[candidates]
+            self._blocked(aligned, spec, column, opos, _cells(orig, candidates), _cells(new, candidates))
             return
         new_codec = (aligned.codecs or {}).get(column) or self.columns.codec(
             aligned.kind, column, spec, aligned.column(column).dtype
@@ -297,27 +305,51 @@ class _DiffOperation:
         if aligned.kind == "wide" and spec.source != "instances":
             self._uniform(aligned, spec, column, candidates, orig, new, old_codec, new_codec)
             return
-        rest: Any = range(len(opos))
+        rest: Any = None
         if takes_bulk(spec, old_codec, new_codec, self.coercer.exact):
-            rest = bulk_edits(
-                self.targets,
-                self.coercer,
-                aligned.kind,
-                spec,
-                column,
-                opos,
-                olds,
-                news,
-                old_codec,
-                self.changes,
-                self.problems,
-            )
-        for i in rest:
+            if takes_block(old_codec, orig, new):
+                left, block = typed_block(
+                    self.targets,
+                    self.coercer,
+                    aligned.kind,
+                    spec,
+                    column,
+                    aligned.opos[candidates],
+                    orig.take(candidates),
+                    new.take(candidates),
+                    old_codec,
+                    self.problems,
+                )
+                if block is not None and len(block):
+                    self.blocks.append((len(self.changes), block))
+                candidates = candidates[left]
+            else:
+                rest = self._bulk(aligned, spec, column, candidates, orig, new, old_codec)
+        olds, news, opos = _cells(orig, candidates), _cells(new, candidates), aligned.opos[candidates]
+        for i in range(len(opos)) if rest is None else rest:
             position, old, value = int(opos[i]), olds[i], news[i]
             label = self.targets.label(aligned.kind, position)
             edit = self.coercer.edit(aligned.kind, spec, position, old, value, old_codec, new_codec, label, column)
             if edit is not None:
                 self._record(spec, aligned.kind, position, edit, label, column)
+
+    def _bulk(
+        self, aligned: _Aligned, spec: Spec, column: Any, candidates: np.ndarray, orig: Any, new: Any, codec: str
+    ) -> list[int]:
+        """``bulk_edits`` of the changed cells; the indices (into ``candidates``) left for ``Coercer.edit``."""
+        return bulk_edits(
+            self.targets,
+            self.coercer,
+            aligned.kind,
+            spec,
+            column,
+            aligned.opos[candidates],
+            _cells(orig, candidates),
+            _cells(new, candidates),
+            codec,
+            self.changes,
+            self.problems,
+        )
 
     def _pair(self, aligned: _Aligned, spec: Spec, column: Any) -> tuple[Any, Any]:
         """The snapshot's and the edited cells of one column, aligned row by row."""
@@ -464,31 +496,61 @@ class _DiffOperation:
 
     def get_result(self, vrs: dict[str, str]) -> ChangeSet:
         removals = diffrules.node_removals(self.targets, self.dropped_instances, self.dropped_series, self.problems)
-        changes = diffrules.check_targets(removals, self.changes, self.problems)
-        if self._frames_added > 1:
-            changes = diffrules.dedupe(changes, self.problems)
+        segments = self._segments()
+        if removals or self._frames_added > 1 or any(rules.rekeys(b.attribute, b.level) for _, b in self.blocks):
+            # the rules that relate changes to one another need them one by one
+            flat = [c for segment in segments for c in (segment if isinstance(segment, list) else segment.changes())]
+            changes = diffrules.check_targets(removals, flat, self.problems)
+            if self._frames_added > 1:
+                changes = diffrules.dedupe(changes, self.problems)
+            segments = [changes]
         if self.validate:
-            diffrules.check_uids(self.targets, changes, self.problems)
-            diffrules.check_primary(self.targets, changes, self.problems)
-        table = _table([c.record() for c in changes], CHANGE_COLUMNS)
+            singles = [c for segment in segments if isinstance(segment, list) for c in segment]
+            diffrules.check_uids(self.targets, singles, self.problems)
+            for segment in segments:
+                if isinstance(segment, list):
+                    diffrules.check_primary(self.targets, segment, self.problems)
+                else:
+                    diffrules.check_primary_block(self.targets, segment, self.problems)
+        table = _segments_table(segments)
         if len(table) > 1:
             table = table.take(self._order(table)).reset_index(drop=True)
         problems = _table([p.record() for p in self.problems], PROBLEM_COLUMNS)
         return ChangeSet(changes=table, problems=problems, snapshot=self.targets.snapshot, vrs=dict(vrs))
 
+    def _segments(self) -> list[list[Change] | ChangeBlock]:
+        """The changes in the order they were found: runs of single changes and the bulk path's blocks."""
+        out: list[list[Change] | ChangeBlock] = []
+        start = 0
+        for at, block in self.blocks:
+            if at > start:
+                out.append(self.changes[start:at])
+            out.append(block)
+            start = at
+        if start < len(self.changes) or not out:
+            out.append(self.changes[start:])
+        return out
+
     def _order(self, table: pd.DataFrame) -> np.ndarray:
         """Image set order of the snapshot, then level, series, instance, operation, attribute."""
         studies = self.targets.frame("studies").index
-        rank = studies.get_indexer(pd.Index(table["ImageSetID"].astype(str)))
+        codes, distinct = pd.factorize(table["ImageSetID"].to_numpy(dtype=object), use_na_sentinel=False)
+        rank = studies.get_indexer(pd.Index(pd.Series(distinct, dtype=object).astype(str)))[codes]
         keys = (  # most significant first; np.lexsort is stable and takes the most significant last
             np.where(rank < 0, len(studies), rank),
-            table["level"].map(LEVEL_RANK).fillna(9).to_numpy(),
+            _ranked(table["level"], LEVEL_RANK),
             _text_rank(table["SeriesInstanceUID"]),
             _text_rank(table["SOPInstanceUID"]),
-            table["op"].map(_OP_RANK).fillna(9).to_numpy(),
+            _ranked(table["op"], _OP_RANK),
             _text_rank(table["attribute"]),
         )
         return np.lexsort(keys[::-1])
+
+
+def _ranked(values: pd.Series, ranks: Mapping[str, int]) -> np.ndarray:
+    """``values.map(ranks).fillna(9)``, looked up once per distinct value."""
+    codes, distinct = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=False)
+    return np.array([ranks.get(v, 9) for v in distinct.tolist()], dtype=np.int64)[codes]
 
 
 def _text_rank(values: pd.Series) -> np.ndarray:
@@ -517,6 +579,21 @@ def _shown(value: Any) -> Any:
     from curation.model.missing import is_absent
 
     return None if is_absent(value) else thaw(value)
+
+
+def _segments_table(segments: list[list[Change] | ChangeBlock]) -> pd.DataFrame:
+    """The ChangeSet table of the segments' changes, in order (object columns, cells as they are)."""
+    parts: list[list[np.ndarray]] = []
+    for segment in segments:
+        if isinstance(segment, ChangeBlock):
+            parts.append(segment.columns())
+        elif segment:
+            columns = list(zip(*[c.record() for c in segment], strict=True))
+            parts.append([np.fromiter(col, dtype=object, count=len(col)) for col in columns])
+    if not parts:
+        return _table([], CHANGE_COLUMNS)
+    joined = [np.concatenate([part[i] for part in parts]) for i in range(len(CHANGE_COLUMNS))]
+    return pd.DataFrame({name: pd.Series(joined[i], dtype=object) for i, name in enumerate(CHANGE_COLUMNS)})
 
 
 def _table(records: list[tuple], names: tuple[str, ...]) -> pd.DataFrame:

@@ -13,14 +13,22 @@ from typing import Any
 import numpy as np
 import orjson
 
-from curation.curate.changeset import Change, ChangeOp, Problem
+from curation.curate.changeset import Change, ChangeBlock, ChangeOp, Problem
 from curation.curate.targets import Targets
 from curation.frames.cells import is_empty
 from curation.model import rules
 from curation.model.levels import level_of
 from curation.model.missing import NULL
 
-__all__ = ["check_primary", "check_targets", "check_uids", "dedupe", "level_problem", "node_removals"]
+__all__ = [
+    "check_primary",
+    "check_primary_block",
+    "check_targets",
+    "check_uids",
+    "dedupe",
+    "level_problem",
+    "node_removals",
+]
 
 _NODE_OPS = (ChangeOp.REMOVE_INSTANCE, ChangeOp.REMOVE_SERIES)
 _LEVEL_RANK = {"Patient": 0, "Study": 1, "Series": 2, "Instance": 3}
@@ -201,21 +209,37 @@ def check_primary(targets: Targets, changes: list[Change], problems: list[Proble
         refusals = rules.primary_refusals(change.level, change.attribute, op, reasons)
         if not refusals:
             continue
-        note = (
-            ""
-            if flag
-            else " (the snapshot has no primary flag for this image set: it is treated as primary; "
-            "set snapshot.primary to override)"
-        )
         problems.append(
-            Problem(
-                change.image_set,
-                change.row,
-                change.column,
-                change.attribute,
-                "; ".join(refusals) + note + ". " + rules.PRIMARY_WORKAROUND,
-            )
+            Problem(change.image_set, change.row, change.column, change.attribute, _primary_reason(refusals, flag))
         )
+
+
+def _primary_reason(refusals: list[str], flag: bool | None) -> str:
+    """The problem text of a change a primary image set refuses (``flag`` None: the flag is unknown)."""
+    note = (
+        ""
+        if flag
+        else " (the snapshot has no primary flag for this image set: it is treated as primary; "
+        "set snapshot.primary to override)"
+    )
+    return "; ".join(refusals) + note + ". " + rules.PRIMARY_WORKAROUND
+
+
+def check_primary_block(targets: Targets, block: ChangeBlock, problems: list[Problem]) -> None:
+    """``check_primary`` of a block's changes: the refusals worked out once per operation, flags per image set."""
+    image_sets = block.image_set.tolist()
+    flags = {image_set: targets.is_primary(image_set) for image_set in set(image_sets)}
+    if all(flag is False for flag in flags.values()):
+        return
+    refused: dict[str, list[str]] = {}
+    for op in set(block.op.tolist()):
+        reasons = rules.change_force_reasons(block.attribute, block.vr, op)
+        refused[op] = rules.primary_refusals(block.level, block.attribute, "set", reasons)
+    for image_set, op, row in zip(image_sets, block.op.tolist(), block.row.tolist(), strict=True):
+        flag = flags[image_set]
+        if flag is False or not refused[op]:
+            continue
+        problems.append(Problem(image_set, row, block.column, block.attribute, _primary_reason(refused[op], flag)))
 
 
 def level_problem(

@@ -52,6 +52,8 @@ import orjson
 import pandas as pd
 
 from curation.curate.changeset import OPERATIONS, PROBLEM_COLUMNS, ChangeSet, empty_problems
+from curation.curate.payloads import Group, simple_groups
+from curation.curate.payloads import build as build_groups
 from curation.curate.procedure import Hooks, PrimaryMode, Procedures
 from curation.curate.updateplan import (
     SCHEMA_VERSION,
@@ -63,7 +65,7 @@ from curation.curate.updateplan import (
     UpdatePlan,
     _json_default,
     _jsonable,
-    document_digest,
+    snapshot_digest,
 )
 from curation.frames.flattening import NULL
 from curation.frames.gcpause import gc_paused
@@ -204,11 +206,13 @@ def _fragments(change: _Change, document: dict[str, Any], vrs: Mapping[str, str]
             change.fragments.append(("u", (*path, "DICOMVRs", key), vr))
 
 
-def _read_changes(changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]]) -> dict[str, list[_Change]]:
-    """ChangeSet rows -> _Change per image set (first-seen order); malformed rows become problems."""
+def _read_changes(
+    table: pd.DataFrame, snapshot: Any, problems: list[dict[str, Any]], first: dict[str, int] | None = None
+) -> dict[str, list[_Change]]:
+    """ChangeSet rows -> _Change per image set (first-seen order); malformed rows become problems. ``first``
+    (when given) gets the position of each image set's first row kept."""
     out: dict[str, list[_Change]] = {}
     documents = snapshot.documents
-    table = changes.changes
     count = len(table)
 
     def column(name: str) -> list[Any]:
@@ -237,7 +241,7 @@ def _read_changes(changes: ChangeSet, snapshot: Any, problems: list[dict[str, An
         strict=True,
     )
     known: set[str] = set()
-    for values in rows:
+    for position, values in enumerate(rows):
         change = _Change(*values)
         image_set = change.image_set
         reason = None
@@ -250,6 +254,8 @@ def _read_changes(changes: ChangeSet, snapshot: Any, problems: list[dict[str, An
         if reason:
             problems.append(change.problem(reason))
             continue
+        if image_set not in out and first is not None:
+            first[image_set] = position
         out.setdefault(image_set, []).append(change)
     return out
 
@@ -618,6 +624,8 @@ def _row_problems(
 @dataclass
 class _Planned:
     requests: list[tuple[dict[str, Any], list[str], list[_Change]]]
+    #: each request's description when made without _Change objects (``_plan_group``)
+    descriptions: list[str] | None = None
 
 
 def _plan_image_set(
@@ -816,15 +824,17 @@ def _plan(
     datastore_id = snapshot.datastore_id
     flags = _primary_flags(snapshot)
     problems: list[dict[str, Any]] = []
-    per_image_set = _prepared(changes, snapshot, problems)
+    fast = primary is PrimaryMode.REFUSE and not include_study_image_sets
+    per_image_set = _prepared(changes, snapshot, problems, fast)
     procedures = _procedures(snapshot, flags, limit, changes.vrs) if primary is PrimaryMode.PROMOTE else None
-    folds = _folds(per_image_set, documents, flags) if include_study_image_sets else {}
+    lists = {k: v for k, v in per_image_set.items() if isinstance(v, list)}  # all of them when folding
+    folds = _folds(lists, documents, flags) if include_study_image_sets else {}
     planned: dict[str, _Planned] = {}
     affects: dict[str, list[str]] = {}
     start: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for carrier, (siblings, keys) in folds.items():
-        folded = _plan_fold(datastore_id, carrier, siblings, keys, per_image_set, documents, flags, limit)
+        folded = _plan_fold(datastore_id, carrier, siblings, keys, lists, documents, flags, limit)
         if folded is None:
             continue
         planned[carrier], after = folded
@@ -832,18 +842,14 @@ def _plan(
         order.append(carrier)
         for sibling in siblings:
             start[sibling] = after[sibling]
-            per_image_set[sibling] = [c for c in per_image_set[sibling] if _fold_key(c) not in keys]
+            per_image_set[sibling] = [c for c in lists[sibling] if _fold_key(c) not in keys]
     for image_set, items in per_image_set.items():
         if image_set in planned:
             continue
         if image_set not in order:
             order.append(image_set)
-        if not items:
-            continue
         document = start.get(image_set, documents[image_set])
-        result = _plan_or_take(
-            datastore_id, image_set, document, items, flags.get(image_set), limit, procedures, problems
-        )
+        result = _plan_items(changes, image_set, document, items, flags.get(image_set), limit, procedures, problems)
         if result is not None:
             planned[image_set] = result
 
@@ -851,7 +857,7 @@ def _plan(
     for carrier in list(affects):
         if bad & {carrier, *affects[carrier]}:
             bad |= {carrier, *affects[carrier]}
-    requests, base_versions = _requests(order, bad, planned, affects, snapshot.version_ids, documents, start)
+    requests, base_versions = _requests(order, bad, planned, affects, snapshot, start)
     steps: list[PlannedStep] = []
     undo: dict[str, Undo] = {}
     first = changes.problems
@@ -863,6 +869,28 @@ def _plan(
     if len(problem_frame) and not allow_problems:
         raise PlanError(problem_frame)
     return UpdatePlan.build(datastore_id, base_versions, requests, problem_frame, steps, undo)
+
+
+def _plan_items(
+    changes: ChangeSet,
+    image_set: str,
+    document: dict[str, Any],
+    items: list[_Change] | Group,
+    flag: bool | None,
+    limit: int,
+    procedures: Procedures | None,
+    problems: list[dict[str, Any]],
+) -> _Planned | None:
+    """One image set planned: its payload group as it is when AHI takes it, else the general path."""
+    datastore_id = changes.snapshot.datastore_id
+    if isinstance(items, Group):
+        result = _plan_group(datastore_id, image_set, document, items, flag, limit)
+        if result is not None:
+            return result
+        items = _group_changes(changes, changes.snapshot, items, problems)
+    if not items:
+        return None
+    return _plan_or_take(datastore_id, image_set, document, items, flag, limit, procedures, problems)
 
 
 def _plan_or_take(
@@ -908,17 +936,70 @@ def _procedures(snapshot: Any, flags: Mapping[str, bool], limit: int, vrs: Mappi
     return Procedures(snapshot, flags, limit, Hooks(pack, lambda c, d: _fragments(c, d, vrs), _description, replan))
 
 
-def _prepared(changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]]) -> dict[str, list[_Change]]:
-    """The ChangeSet's rows per image set, normalized, each with the payload fragments that express it."""
+def _prepared(
+    changes: ChangeSet, snapshot: Any, problems: list[dict[str, Any]], fast: bool = False
+) -> dict[str, list[_Change] | Group]:
+    """The ChangeSet's rows per image set (first-seen order), normalized, each with the payload fragments that
+    express it; with ``fast``, an image set of plain changes is its payload group instead (``payloads``)."""
     documents = snapshot.documents
-    per_image_set = _read_changes(changes, snapshot, problems)
-    for image_set, items in list(per_image_set.items()):
-        document = documents[image_set]
-        items = _normalize(image_set, items, document, problems)
-        for change in items:
-            _fragments(change, document, changes.vrs)
-        per_image_set[image_set] = items
-    return per_image_set
+    table = changes.changes
+    groups = simple_groups(table, documents) if fast else {}
+    built = build_groups(table, groups, _json_value, SCHEMA_VERSION)
+    first: dict[str, int] = {}
+    if built:
+        taken = np.zeros(len(table), dtype=bool)
+        for rows in groups.values():
+            taken[rows] = True
+        rest = np.flatnonzero(~taken)
+        per_image_set = _read_changes(table.take(rest), snapshot, problems, first)
+        first = {image_set: int(rest[position]) for image_set, position in first.items()}
+    else:
+        per_image_set = _read_changes(table, snapshot, problems)
+    out: dict[str, list[_Change] | Group] = {}
+    for image_set, items in per_image_set.items():
+        out[image_set] = _expressed(image_set, items, documents[image_set], changes.vrs, problems)
+    if not built:
+        return out
+    first.update({image_set: int(groups[image_set][0]) for image_set in built})
+    out.update(built)
+    return {image_set: out[image_set] for image_set in sorted(out, key=first.__getitem__)}
+
+
+def _expressed(
+    image_set: str, items: list[_Change], document: dict[str, Any], vrs: Mapping[str, str], problems: list
+) -> list[_Change]:
+    """One image set's changes normalized, each with its fragments."""
+    items = _normalize(image_set, items, document, problems)
+    for change in items:
+        _fragments(change, document, vrs)
+    return items
+
+
+def _group_changes(changes: ChangeSet, snapshot: Any, group: Group, problems: list) -> list[_Change]:
+    """A payload group's rows as the general path reads them (when its payload does not go as it is)."""
+    image_set = str(changes.changes["ImageSetID"].iat[int(group.rows[0])])
+    items = _read_changes(changes.changes.take(group.rows), snapshot, problems).get(image_set, [])
+    return _expressed(image_set, items, snapshot.documents[image_set], changes.vrs, problems)
+
+
+def _plan_group(
+    datastore_id: str, image_set: str, document: dict[str, Any], group: Group, flag: bool | None, limit: int
+) -> _Planned | None:
+    """A payload group's one request, as ``_plan_image_set`` makes it; None when the blob is over the limit or
+    AHI would refuse it (the general path then packs it and names the rows at fault)."""
+    text = orjson.dumps(group.payload)
+    if len(text) > limit:
+        return None
+    params = _params(datastore_id, image_set, {"updatableAttributes": text.decode()})
+    try:
+        updates = params["updateImageSetMetadataUpdates"]["DICOMUpdates"]
+        primary = flag is None or flag
+        reasons, _ = check_updates(document, updates, is_primary=primary, max_blob_bytes=limit, keep_edits=False)
+    except AHIError:
+        return None
+    if reasons:
+        params = {**params, "force": True}
+    return _Planned([(params, reasons, [])], [group.description])
 
 
 def _plan_one(
@@ -951,13 +1032,13 @@ def _requests(
     bad: set[str],
     planned: dict[str, _Planned],
     affects: dict[str, list[str]],
-    version_ids: Mapping[str, str],
-    documents: Mapping[str, dict[str, Any]],
+    snapshot: Any,
     start: Mapping[str, dict[str, Any]],
 ) -> tuple[list[PlannedRequest], dict[str, str]]:
     """The planned requests in plan order (image sets with problems left out) and their base versions; the
     first request of an image set planned on its snapshot document carries that document's digest
-    (``planned_on``: apply checks it before sending)."""
+    (``planned_on``: apply checks it before sending; remembered per snapshot)."""
+    version_ids = snapshot.version_ids
     requests: list[PlannedRequest] = []
     base_versions: dict[str, str] = {}
     for image_set in order:
@@ -965,10 +1046,11 @@ def _requests(
             continue
         for index, (params, reasons, items) in enumerate(planned[image_set].requests):
             touched = affects.get(image_set, []) if params.get("includeStudyImageSets") else []
-            description = _description(items)
+            descriptions = planned[image_set].descriptions
+            description = _description(items) if descriptions is None else descriptions[index]
             if touched:
                 description += f" (includeStudyImageSets: also {len(touched)} other image set(s) of the study)"
-            planned_on = document_digest(documents[image_set]) if index == 0 and image_set not in start else None
+            planned_on = snapshot_digest(snapshot, image_set) if index == 0 and image_set not in start else None
             requests.append(PlannedRequest(image_set, index, params, reasons, list(touched), description, planned_on))
         for member in (image_set, *affects.get(image_set, [])):
             if member in version_ids:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "UpdatePlan",
     "content_digest",
     "document_digest",
+    "snapshot_digest",
 ]
 
 FORMAT = "ahi-curation-plan"
@@ -96,6 +98,40 @@ def content_digest(value: Any) -> str:
 def document_digest(document: Mapping[str, Any]) -> str:
     """The digest of a metadata document (what ``PlannedRequest.planned_on`` records)."""
     return content_digest(document)
+
+
+#: snapshot -> image set -> (the blob or document object digested, its digest); see ``snapshot_digest``
+_SNAPSHOT_DIGESTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[object, str]]] = weakref.WeakKeyDictionary()
+
+
+def snapshot_digest(snapshot: Any, image_set_id: str) -> str:
+    """``document_digest`` of a snapshot's document, computed once per snapshot and document.
+
+    Why: a plan records the digest of every planned document (``planned_on``), and hashing a 100-instance
+    document costs about as much as diffing it; a snapshot's documents never change (they are read-only), so
+    a second plan on the same snapshot reuses the digests. The cache holds the blob (or document object) it
+    hashed and is used only while the snapshot still hands out that same object.
+    """
+    documents = snapshot.documents
+    blob = getattr(documents, "blob", None)
+    source: object = blob(image_set_id) if callable(blob) else None
+    if source is None:
+        source = documents[image_set_id]
+    try:
+        known = _SNAPSHOT_DIGESTS.setdefault(snapshot, {})
+    except TypeError:  # a snapshot-like object that cannot be weakly referenced
+        return document_digest(documents[image_set_id])
+    cached = known.get(image_set_id)
+    if cached is not None and cached[0] is source:
+        return cached[1]
+    digest = document_digest(documents[image_set_id] if not isinstance(source, dict) else source)
+    known[image_set_id] = (source, digest)
+    return digest
+
+
+def forget_snapshot_digests() -> None:
+    """Drop every remembered ``snapshot_digest`` (benchmarks measure a first plan with it)."""
+    _SNAPSHOT_DIGESTS.clear()
 
 
 # --- plan data ---------------------------------------------------------------------------------------------

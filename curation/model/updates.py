@@ -48,7 +48,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from botocore.model import StructureShape
@@ -243,19 +243,26 @@ def _static_force_reasons(key: str, vr: str | None, attribute: _Attribute) -> tu
 
 
 _STATIC_REASONS: dict[tuple[str, str | None], tuple[str, ...]] = {}
-#: ``value_problem`` of text values, remembered (``validation.value_problem`` keeps its own cache of every kind
-#: of value; text is most of what updates carry and is looked up here without building that cache's key)
-_TEXT_PROBLEMS: dict[tuple[str | None, str | None, Any], str | None] = {}
+#: (keyword, level) -> (what the dictionary says, static force reasons, primary refusals) of a set the walk
+#: checked once: a pure function of the two for a keyword (not a hex key) that is not AHI-generated
+#: (``_Planner._plain_set``)
+_PLAIN_SETS: dict[tuple[str, str], tuple[_Attribute, tuple[str, ...], tuple[str, ...]]] = {}
+#: ``value_problem`` of text values (and numbers, keyed with their type), remembered (``validation.value_problem``
+#: keeps its own cache of every kind of value; these are most of what updates carry and are looked up here
+#: without building that cache's key)
+_TEXT_PROBLEMS: dict[tuple[Any, ...], str | None] = {}
 _TEXT_PROBLEMS_SIZE = 65_536
 
 
 def _value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
-    """``value_problem(vr, vm, value)``, text values and arrays of text remembered."""
+    """``value_problem(vr, vm, value)``, text values, arrays of text and numbers (with their type) remembered."""
     kind = type(value)
     if kind is str:
-        key: tuple[str | None, str | None, Any] = (vr, vm, value)
+        key: tuple[Any, ...] = (vr, vm, value)
     elif kind is list and value and set(map(type, value)) == _TEXT_ONLY:
         key = (vr, vm, tuple(value))
+    elif kind is int or kind is float:
+        key = (vr, vm, kind, value)
     else:
         return value_problem(vr, vm, value)
     try:
@@ -269,6 +276,8 @@ def _value_problem(vr: str | None, vm: str | None, value: Any) -> str | None:
 
 
 _TEXT_ONLY = {str}
+#: a text value ``_TEXT_PROBLEMS`` has not seen yet
+_UNKNOWN = "unknown"
 
 
 @cache
@@ -316,9 +325,9 @@ def _edit(
     return edit
 
 
-@dataclass(frozen=True)
-class _Target:
-    """A node of the document an update addresses: its level, its path in the payload and its UIDs."""
+class _Target(NamedTuple):
+    """A node of the document an update addresses: its level, its path in the payload and its UIDs (a named
+    tuple: one is made per node of a payload, and a frozen dataclass costs several times as much to make)."""
 
     level: str
     path: str
@@ -333,14 +342,19 @@ def _same_json(left: Any, right: Any) -> bool:
 class _Planner:
     """Walks the payloads against the document, collecting edits, force reasons and primary refusals."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], keep_edits: bool = True) -> None:
         self.document = document
+        #: False: the plain sets of ``_sets`` keep no Edit (the caller wants the checks only; the UID sets that
+        #: ``_check_new_uids`` reads are kept)
+        self.keep_edits = keep_edits
         self.edits: list[Edit] = []
         self.reasons: list[str] = []
         self.primary_refusals: list[str] = []
         self._levels: dict[str, set[str]] = {}
         self.series: dict[str, Any] = document.get("Study", {}).get("Series", {})
         self.image_set: str = document.get("ImageSetID", "<unknown>")
+        #: True once a removableAttributes payload is walked (``check_consistency`` has removals to check)
+        self.removing = False
 
     def levels_holding(self, key: str) -> set[str]:
         """The levels at which the document holds attribute ``key`` (any series or instance counts)."""
@@ -361,6 +375,7 @@ class _Planner:
         return self._levels[key]
 
     def walk(self, payload: dict[str, Any], op: EditOp) -> None:
+        self.removing = self.removing or op == EditOp.REMOVE
         for key, node in payload.items():
             if key == "SchemaVersion":
                 continue
@@ -403,9 +418,59 @@ class _Planner:
         if vrs:
             _check_payload_vrs(path, vrs, dicom, current_vrs, op)
         current_dicom = current.get("DICOM") or {}
+        if op is EditOp.SET and not vrs:
+            self._sets(target, dicom, current_dicom, current_vrs)
+            return
         attribute = self._attribute
         for key, value in dicom.items():
             attribute(target, key, value, op, current_dicom, current_vrs, vrs.get(key) if vrs else None)
+
+    def _sets(self, target: _Target, dicom: dict[str, Any], current_dicom: dict, current_vrs: dict) -> None:
+        """``_attribute`` of each set of a node without DICOMVRs; a keyword already in the node whose key and
+        level the walk has checked before (``_PLAIN_SETS``) and whose text value fits, inline."""
+        level, prefix, series, sop = target.level, f"{target.path}.DICOM.", target.series, target.sop
+        plain_sets, text_problems, edits, op = _PLAIN_SETS, _TEXT_PROBLEMS, self.edits, EditOp.SET
+        keep, rekeying = self.keep_edits, rules.REKEYING_UIDS
+        for key, value in dicom.items():
+            plain = plain_sets.get((key, level)) if key in current_dicom else None
+            if plain is None:
+                self._attribute(target, key, value, op, current_dicom, current_vrs, None)
+                continue
+            attribute, static, refusals = plain
+            kind = type(value)
+            if kind is str:
+                problem: str | None = text_problems.get((attribute.vr, attribute.vm, value), _UNKNOWN)
+            elif kind is int or kind is float:
+                problem = text_problems.get((attribute.vr, attribute.vm, kind, value), _UNKNOWN)
+            elif kind is list and value and set(map(type, value)) == _TEXT_ONLY:
+                problem = text_problems.get((attribute.vr, attribute.vm, tuple(value)), _UNKNOWN)
+            else:
+                problem = _UNKNOWN
+            if problem is not None:
+                self._plain_set(target, key, value, plain)
+                continue
+            if static:
+                self.reasons.extend(f"{prefix}{key}: {reason}" for reason in static)
+            if refusals:
+                self.primary_refusals.extend(f"{prefix}{key}: {refusal}" for refusal in refusals)
+            if not keep and key not in rekeying:
+                continue
+            edit = _new(Edit)
+            _set_attribute(
+                edit,
+                "__dict__",
+                {
+                    "op": op,
+                    "level": level,
+                    "path": prefix + key,
+                    "series": series,
+                    "sop": sop,
+                    "key": key,
+                    "value": value,
+                    "vr": None,
+                },
+            )
+            edits.append(edit)
 
     def _current_node(self, target: _Target) -> dict[str, Any]:
         if target.level in ("Patient", "Study"):
@@ -451,9 +516,9 @@ class _Planner:
         current_vrs: dict[str, Any],
         payload_vr: str | None,
     ) -> None:
+        level = target.level
         path = f"{target.path}.DICOM.{key}"
         attribute = _checked_attribute(key, path)
-        level = target.level
         if key not in current_dicom:
             misplaced = rules.level_problem(key, level, self.levels_holding(key), image_set=self.image_set)
             if misplaced:
@@ -489,6 +554,32 @@ class _Planner:
         if reasons:
             self.reasons.extend(f"{path}: {reason}" for reason in reasons)
         self.edits.append(_edit(op, level, path, target.series, target.sop, key, value, sent_vr))
+        if op is EditOp.SET and not attribute.hex_keyed:
+            _PLAIN_SETS[key, level] = (attribute, _static_force_reasons(key, vr, attribute), refusals)
+
+    def _plain_set(self, target: _Target, key: str, value: Any, plain: tuple[_Attribute, tuple, tuple]) -> None:
+        """``_attribute`` of a keyword already in the node, set without a DICOMVRs entry: what the general path
+        decided for this key and level before (``_PLAIN_SETS``) and the value's own check."""
+        attribute, static, refusals = plain
+        path = f"{target.path}.DICOM.{key}"
+        problem = _value_problem(attribute.vr, attribute.vm, value)
+        if problem:
+            self.reasons.extend(
+                f"{path}: {reason}"
+                for reason in rules.force_reasons(
+                    key,
+                    vr=attribute.vr,
+                    vm=attribute.vm,
+                    private=attribute.private,
+                    standard=attribute.standard,
+                    value_problem=f"value {_short(value)}: {problem}",
+                )
+            )
+        elif static:
+            self.reasons.extend(f"{path}: {reason}" for reason in static)
+        if refusals:
+            self.primary_refusals.extend(f"{path}: {refusal}" for refusal in refusals)
+        self.edits.append(_edit(EditOp.SET, target.level, path, target.series, target.sop, key, value, None))
 
     @staticmethod
     def _check_removal(level: str, path: str, key: str, value: Any, current_dicom: dict[str, Any]) -> None:
@@ -504,6 +595,10 @@ class _Planner:
             raise _refuse(f"{path}: {refusal}")
 
     def check_consistency(self) -> None:
+        if not self.removing:  # only sets: nothing edited inside a removed node, no path in both blobs
+            self._check_remaining(set(), set())
+            self._check_new_uids()
+            return
         removed_series = {edit.series for edit in self.edits if edit.op == EditOp.REMOVE_SERIES}
         removed_instances = {(edit.series, edit.sop) for edit in self.edits if edit.op == EditOp.REMOVE_INSTANCE}
         seen: dict[tuple, str] = {}
@@ -581,8 +676,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _plan(document: dict[str, Any], parsed: ParsedUpdates) -> _Planner:
-    planner = _Planner(document)
+def _plan(document: dict[str, Any], parsed: ParsedUpdates, keep_edits: bool = True) -> _Planner:
+    planner = _Planner(document, keep_edits)
     if parsed.removable is not None:
         planner.walk(parsed.removable, EditOp.REMOVE)
     if parsed.updatable is not None:
@@ -777,8 +872,10 @@ def check_updates(
     *,
     is_primary: bool = False,
     max_blob_bytes: int | None = None,
+    keep_edits: bool = True,
 ) -> tuple[list[str], list[Edit]]:
-    """The planner's fast path: ``(force_reasons(document, updates), the edits)``, the blobs parsed once.
+    """The planner's fast path: ``(force_reasons(document, updates), the edits)``, the blobs parsed once
+    (``keep_edits=False``: the checks only, no edits returned, for a caller that will not apply them).
 
     Raises the same refusals, in the same order, as ``force_reasons`` followed by ``apply_to_document`` of the
     DICOMUpdates ``updates`` with ``force`` set exactly when there are reasons (and ``is_primary``).
@@ -786,13 +883,13 @@ def check_updates(
     """
     max_blob_bytes = model_max_blob_bytes() if max_blob_bytes is None else max_blob_bytes
     updatable, removable = _parse_dicom_updates(updates, max_blob_bytes)
-    planner = _plan(document, ParsedUpdates(updatable, removable, None, False, False))
+    planner = _plan(document, ParsedUpdates(updatable, removable, None, False, False), keep_edits)
     if is_primary and planner.primary_refusals:
         raise _refuse(planner.primary_refusals[0])
     if planner.reasons and is_primary:
         why = "; ".join(planner.reasons)
         raise _refuse(f"The force flag cannot override DICOM metadata constraints on a primary image set: {why}")
-    return list(planner.reasons), planner.edits
+    return list(planner.reasons), planner.edits if keep_edits else []
 
 
 def apply_checked(document: dict[str, Any], edits: list[Edit]) -> dict[str, Any]:
