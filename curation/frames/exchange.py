@@ -51,6 +51,8 @@ def encode_cell(value: Any) -> str | None:
     """An object cell as JSON text (NULL -> ``null``, tuples -> arrays); absent stays None."""
     if is_absent(value):
         return None
+    if isinstance(value, np.ndarray):  # a pyramid cell read with to_numpy(dtype=object)
+        value = thaw(value)
     return orjson.dumps(None if value is NULL else value).decode()
 
 
@@ -74,8 +76,6 @@ def _kind(values: pd.Series) -> str:
 
 def _encoded(values: pd.Series) -> Any:
     array = values.to_numpy(dtype=object)
-    if values.dtype == PYRAMID_DTYPE:
-        return pd.array([None if is_absent(v) else orjson.dumps(thaw(v)).decode() for v in array], dtype=STR_DTYPE)
     return pd.array([encode_cell(v) for v in array], dtype=STR_DTYPE)
 
 
