@@ -409,23 +409,16 @@ def concat_arrays(chunks: Sequence[Any], rows: Sequence[int]) -> Any:
         return np.concatenate(
             [np.full(n, None, dtype=object) if c is None else c for c, n in zip(chunks, rows, strict=True)]
         )
-    if isinstance(kind, pd.arrays.ArrowStringArray):
+    if isinstance(kind, pd.arrays.ArrowExtensionArray):  # str and pyramid columns
+        arrow_type = kind.__arrow_array__().type
         pieces: list[pa.Array] = []
         for chunk, n in zip(chunks, rows, strict=True):
             if chunk is None:
-                pieces.append(pa.nulls(n, _LARGE_STRING))
+                pieces.append(pa.nulls(n, arrow_type))
             else:
                 pieces.extend(chunk.__arrow_array__().chunks)
-        return _str_array(pa.chunked_array(pieces, type=_LARGE_STRING).combine_chunks())
-    if isinstance(kind, pd.arrays.ArrowExtensionArray):
-        arrow_type = kind.__arrow_array__().type
-        arrows: list[pa.Array] = []
-        for chunk, n in zip(chunks, rows, strict=True):
-            if chunk is None:
-                arrows.append(pa.nulls(n, arrow_type))
-            else:
-                arrows.extend(chunk.__arrow_array__().chunks)
-        return pd.arrays.ArrowExtensionArray(pa.chunked_array(arrows, type=arrow_type).combine_chunks())
+        arrow = pa.chunked_array(pieces, type=arrow_type).combine_chunks()
+        return _str_array(arrow) if isinstance(kind, pd.arrays.ArrowStringArray) else type(kind)(arrow)
     filled = [
         type(kind)(np.zeros(n, dtype=kind.dtype.numpy_dtype), np.ones(n, dtype=bool)) if c is None else c
         for c, n in zip(chunks, rows, strict=True)
