@@ -351,9 +351,8 @@ def _pyramid(values: Sequence, types: set) -> tuple[Any, str] | None:
     return pd.arrays.ArrowExtensionArray(arrow), PYRAMID
 
 
-def object_array(values: Sequence, share: bool = True) -> np.ndarray:
-    """Immutable object cells: MISSING -> None (absent), None -> NULL, lists/dicts frozen (equal ones frozen once
-    and shared unless ``share`` is False: for values known to differ, where looking for equal ones is waste)."""
+def object_array(values: Sequence) -> np.ndarray:
+    """Immutable object cells: MISSING -> None (absent), None -> NULL, lists/dicts frozen."""
     n = len(values)
     types = set(map(type, values))
     array = np.fromiter(values, dtype=object, count=n)
@@ -362,8 +361,7 @@ def object_array(values: Sequence, share: bool = True) -> np.ndarray:
         mask = np.fromiter(map(is_, kinds, repeat(list)), dtype=bool, count=n)
         if dict in types:
             mask |= np.fromiter(map(is_, kinds, repeat(dict)), dtype=bool, count=n)
-        containers = array[mask].tolist()
-        frozen = _shared(containers) if share else freeze_all(containers)
+        frozen = _shared(array[mask].tolist())
         array[mask] = np.fromiter(frozen, dtype=object, count=len(frozen))
     if type(None) in types:
         array[_mask(values, None)] = NULL
@@ -390,15 +388,15 @@ _BUILDERS = {STR: _text, JOINED: _joined, INT64: _int64, FLOAT64: _float64, PYRA
 _JUST_DICT = {dict}
 
 
-def column_array(values: Sequence, codec: str, share: bool = True) -> tuple[Any, str]:
+def column_array(values: Sequence, codec: str) -> tuple[Any, str]:
     """The column of ``values`` (JSON values, ``MISSING`` for absent) under ``codec``, or ``object`` when they do
-    not fit it (``share``: see ``object_array``); returns the array and the codec actually used."""
+    not fit it; returns the array and the codec actually used."""
     builder = _BUILDERS.get(STR if codec == STR_BLANK else codec)
     if builder is not None:
         built = builder(values, set(map(type, values)))
         if built is not None:
             return built
-    return object_array(values, share), OBJECT
+    return object_array(values), OBJECT
 
 
 def concat_arrays(chunks: Sequence[Any], rows: Sequence[int]) -> Any:

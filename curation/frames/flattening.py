@@ -289,20 +289,15 @@ def flatten_many(
     seen in the batch) is left out and listed in ``failures``; the rest are returned. ``levels`` is the
     Patient/Study placement of the keys earlier batches met (updated).
     """
+    return _flatten(documents, strict=False, levels={} if levels is None else levels)
+
+
+def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool, levels: dict[str, str] | None = None) -> Flattened:
+    failures: list[tuple[str | None, str, str]] = []
     with gc_paused():
-        failures: list[tuple[str | None, str, str]] = []
-        part = batch_part(list(documents), failures, {} if levels is None else levels)
-        flat = assemble([part])
+        flat = assemble([batch_part(list(documents), failures, {} if levels is None else levels, strict=strict)])
     assert flat is not None  # one part always assembles
     flat.failures = failures_frame(failures)
-    return flat
-
-
-def _flatten(documents: Iterable[dict[str, Any]], *, strict: bool) -> Flattened:
-    with gc_paused():
-        part = batch_part(list(documents), [], {}, strict=strict)
-        flat = assemble([part])
-    assert flat is not None
     return flat
 
 
@@ -729,8 +724,7 @@ def _frames_columns(nodes: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
     columns: dict[str, Any] = {}
     codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        # every frame's pyramid holds its own checksums: no two are equal (as object cells, none to share)
-        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64), share=name != PYRAMID)
+        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64))
     for key, values in transposed.items():
         if key not in _FRAME_KEY_SET:
             columns["@" + key], codecs["@" + key] = column_array(values, STR)
