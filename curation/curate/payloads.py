@@ -5,9 +5,11 @@ everything in one blob). For those, ``plan`` needs no per-change object: ``simpl
 column operations, ``build`` sorts all their rows at once in the packing order (``planner._units``: Patient,
 Study, then each series by UID: its attributes, its instances by SOPInstanceUID, its SeriesInstanceUID change
 last; attributes by name, a UID change last) and puts each value straight into the nested payload, which is
-then the dict ``planner._whole`` would build, so the blob text, and the plan's hash, are the same. Every other
-image set (and one whose payload is over the limit or refused by ``check_updates``) takes the general path;
-``tests/curate/test_plan_payloads.py`` checks both paths give the same plan.
+then the dict ``planner._whole`` would build, so the blob text, and the plan's hash, are the same. The rows
+of all the groups are checked at once (``updates.PlainSets``: each distinct value of an attribute once), and a
+group whose rows alone do not tell is walked by ``check_updates``. Every other image set (and one whose payload
+is over the limit or refused) takes the general path; ``tests/curate/test_plan_payloads.py`` checks both paths
+give the same plan.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+
+from curation.model.updates import PlainSets
 
 __all__ = ["Group", "build", "simple_groups"]
 
@@ -38,6 +42,14 @@ class Group:
     description: str
     #: the group's row positions in the ChangeSet table (the general path reads them when it must)
     rows: np.ndarray
+    #: the checks of every group's sets, and this group's rows in them (``reasons``)
+    checks: PlainSets
+    span: tuple[int, int]
+
+    def reasons(self, document: dict[str, Any], is_primary: bool) -> list[str] | None:
+        """``check_updates`` of the payload on ``document`` (its force reasons) where the rows alone tell,
+        else None (``PlainSets.reasons``)."""
+        return self.checks.reasons(document, *self.span, is_primary)
 
 
 def _column(table: pd.DataFrame, name: str) -> np.ndarray:
@@ -192,6 +204,7 @@ def build(
     news = [_json_ready(v, value) for v in _column(table, "new")[rows].tolist()]
     out: dict[str, Group] = {}
     runs = [*np.flatnonzero(starts_run).tolist(), len(rows)]
+    checks = PlainSets(levels, series_list, sops, attributes, news, runs)
     group_starts = set(np.flatnonzero(starts_group).tolist())
     root: dict[str, Any] = {}
     nodes: dict[tuple[str, str | None, str | None], dict[str, Any]] = {}
@@ -208,5 +221,6 @@ def build(
             few = b - first <= 3
             spots = list(zip(levels[first:b], series_list[first:b], sops[first:b], strict=True)) if few else []
             text = _description(ops[first:b], attributes[first:b], news[first:b], spots, b - first, len(nodes))
-            out[image_sets[first]] = Group(root, b - first, text, groups[image_sets[first]])
+            rows_of = groups[image_sets[first]]
+            out[image_sets[first]] = Group(root, b - first, text, rows_of, checks, (first, b))
     return out

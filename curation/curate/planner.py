@@ -991,12 +991,14 @@ def _plan_group(
     if len(text) > limit:
         return None
     params = _params(datastore_id, image_set, {"updatableAttributes": text.decode()})
-    try:
-        updates = params["updateImageSetMetadataUpdates"]["DICOMUpdates"]
-        primary = flag is None or flag
-        reasons, _ = check_updates(document, updates, is_primary=primary, max_blob_bytes=limit, keep_edits=False)
-    except AHIError:
-        return None
+    primary = flag is None or flag
+    reasons = group.reasons(document, primary)
+    if reasons is None:
+        try:
+            updates = params["updateImageSetMetadataUpdates"]["DICOMUpdates"]
+            reasons, _ = check_updates(document, updates, is_primary=primary, max_blob_bytes=limit, keep_edits=False)
+        except AHIError:
+            return None
     if reasons:
         params = {**params, "force": True}
     return _Planned([(params, reasons, [])], [group.description])

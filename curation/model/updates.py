@@ -44,13 +44,18 @@ Where AHI's behaviour is not documented, the strict reading is taken:
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
+import pandas as pd
 from botocore.model import StructureShape
 
 from curation.model import dictionary, rules
@@ -63,6 +68,7 @@ from curation.model.vr import ALL_VRS
 __all__ = [
     "Edit",
     "ParsedUpdates",
+    "PlainSets",
     "apply_checked",
     "apply_to_document",
     "check_updates",
@@ -951,3 +957,168 @@ def apply_to_document(
             raise _refuse(f"The force flag cannot override DICOM metadata constraints on a primary image set: {why}")
         raise _refuse(f"The force flag is required for this update: {why}")
     return _apply_edits(document, planner.edits)
+
+
+# --- many payloads of keyword sets checked at once ----------------------------------------------------------------
+
+
+def _sent(value: Any) -> Any:
+    """``value`` as the service reads it back from the blob (a non-finite float is sent as null)."""
+    kind = type(value)
+    if kind is str or kind is int or (kind is float and math.isfinite(value)):
+        return value
+    return orjson.loads(orjson.dumps(value))
+
+
+class PlainSets:
+    """:func:`check_updates` (``keep_edits=False``) of many payloads at once, from their rows: each payload
+    only sets keyword attributes without DICOMVRs, no attribute twice in a node (the planner's payload groups).
+
+    The rows are given in the order the walk visits them (Patient, Study, then each series: its attributes,
+    its instances), each with its node (``levels``, ``series``, ``sops``), attribute ``keys`` and JSON
+    ``values``; ``runs`` are the starts of the runs of rows of one node, with ``len(keys)`` last. A value's
+    check depends only on the attribute and the value, so each distinct one is checked once for all the
+    payloads; per payload, :meth:`reasons` then only looks the nodes and keys up in the document. Where the
+    walk could refuse or would do more than check sets of attributes already there (a new attribute, a node
+    missing, a UID of a node, an AHI-generated key, a refusal on a primary image set), :meth:`reasons` answers
+    None and the caller asks :func:`check_updates`.
+    """
+
+    def __init__(
+        self,
+        levels: list[str],
+        series: list[str | None],
+        sops: list[str | None],
+        keys: list[str],
+        values: list[Any],
+        runs: list[int],
+    ) -> None:
+        self.levels, self.series, self.sops, self.keys, self.runs = levels, series, sops, keys, runs
+        count = len(keys)
+        codes, distinct = _factorize(keys)
+        unchecked = np.zeros(len(distinct), dtype=bool)
+        attributes: list[_Attribute | None] = []
+        for number, key in enumerate(distinct):
+            walkable = key not in rules.REKEYING_UIDS and not _HEX_KEY.fullmatch(key)
+            walkable = walkable and not rules.generated_key_refusal(key)
+            attributes.append(_attribute(key) if walkable else None)
+            unchecked[number] = not walkable
+        #: rows the walk would not only check: the payloads holding one go to check_updates
+        self._unchecked = np.concatenate([[0], np.cumsum(unchecked[codes])])
+        problems = self._value_problems(codes, attributes, values)
+        #: row -> the force reasons of its set, in the walk's words (rows without any are not kept)
+        self._reasons: dict[int, tuple[str, ...]] = {}
+        pairs = codes * len(_LEVELS) + np.fromiter(map(_LEVELS.index, levels), dtype=np.int64, count=count)
+        distinct_pairs, pair_of_row = np.unique(pairs, return_inverse=True)
+        refusing = np.zeros(len(distinct_pairs), dtype=bool)
+        for number, pair in enumerate(distinct_pairs.tolist()):
+            attribute = attributes[pair // len(_LEVELS)]
+            if attribute is None:
+                continue
+            key = attribute.key
+            refusing[number] = bool(_primary_refusals(_LEVELS[pair % len(_LEVELS)], key, EditOp.SET))
+            static = _static_force_reasons(key, attribute.vr, attribute)
+            if static:
+                self._reasons.update(dict.fromkeys(np.flatnonzero(pair_of_row == number).tolist(), static))
+        refused = refusing[pair_of_row]
+        for row, (value, problem) in problems.items():
+            attribute = attributes[codes[row]]
+            assert attribute is not None
+            self._reasons[row] = tuple(
+                rules.force_reasons(
+                    attribute.key,
+                    vr=attribute.vr,
+                    vm=attribute.vm,
+                    private=attribute.private,
+                    standard=attribute.standard,
+                    value_problem=f"value {_short(value)}: {problem}",
+                )
+            )
+        self._reasoned = np.array(sorted(self._reasons), dtype=np.int64)
+        self._refused = np.concatenate([[0], np.cumsum(refused)])
+
+    @staticmethod
+    def _value_problems(codes: np.ndarray, attributes: list[_Attribute | None], values: list[Any]) -> dict:
+        """Row -> (value, problem) of each row whose value does not fit its attribute, each distinct value of an
+        attribute checked once."""
+        found: dict[int, tuple[Any, str]] = {}
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        held = np.fromiter(values, dtype=object, count=len(values))
+        for rows in np.split(order, bounds) if len(order) else []:
+            attribute = attributes[codes[rows[0]]]
+            if attribute is None:
+                continue
+            vr, vm = attribute.vr, attribute.vm
+            column = held[rows].tolist()
+            if set(map(type, column)) <= _SCALARS:
+                spots = list(zip(map(type, column), column, strict=True))
+                bad = {
+                    spot: problem
+                    for spot in dict.fromkeys(spots)
+                    if (problem := _value_problem(vr, vm, _sent(spot[1]))) is not None
+                }
+                if bad:
+                    found.update((int(rows[i]), (s[1], bad[s])) for i, s in enumerate(spots) if s in bad)
+                continue
+            for row, value in zip(rows.tolist(), column, strict=True):
+                problem = _value_problem(vr, vm, _sent(value))
+                if problem is not None:
+                    found[row] = (value, problem)
+        return found
+
+    def reasons(self, document: dict[str, Any], start: int, stop: int, is_primary: bool) -> list[str] | None:
+        """``check_updates(document, payload, is_primary=is_primary, keep_edits=False)[0]`` of the payload of
+        rows ``start:stop`` (whole runs); None where only the walk can tell (it may refuse)."""
+        if self._unchecked[stop] != self._unchecked[start]:
+            return None
+        if is_primary and self._refused[stop] != self._refused[start]:
+            return None
+        study = document.get("Study", {})
+        every_series = study.get("Series", {})
+        if not every_series:
+            return None
+        runs, levels, keys = self.runs, self.levels, self.keys
+        first = bisect.bisect_left(runs, start)
+        for a, b in itertools.pairwise(runs[first : bisect.bisect_left(runs, stop) + 1]):
+            level = levels[a]
+            if level == "Patient":
+                node = document.get("Patient", {})
+            elif level == "Study":
+                node = study
+            else:
+                node = every_series.get(self.series[a])
+                if node is not None and level == "Instance":
+                    node = node.get("Instances", {}).get(self.sops[a])
+                if node is None:
+                    return None
+            current = node.get("DICOM") or {}
+            if not all(map(current.__contains__, keys[a:b])):
+                return None
+        low, high = np.searchsorted(self._reasoned, [start, stop]).tolist()
+        if is_primary and high > low:
+            return None
+        return [
+            f"{self._path(row)}.DICOM.{keys[row]}: {reason}"
+            for row in self._reasoned[low:high].tolist()
+            for reason in self._reasons[row]
+        ]
+
+    def _path(self, row: int) -> str:
+        level = self.levels[row]
+        if level in ("Patient", "Study"):
+            return level
+        if level == "Series":
+            return f"Study.Series.{self.series[row]}"
+        return f"Study.Series.{self.series[row]}.Instances.{self.sops[row]}"
+
+
+_LEVELS = ("Patient", "Study", "Series", "Instance")
+#: values whose (type, value) is their identity for the checks (hashable, checked as they are sent)
+_SCALARS = {str, int, float}
+
+
+def _factorize(keys: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Each key's number and the distinct keys (first-seen order)."""
+    codes, distinct = pd.factorize(np.asarray(keys, dtype=object))
+    return codes.astype(np.int64, copy=False), distinct.tolist()
