@@ -994,34 +994,15 @@ class PlainSets:
         runs: list[int],
     ) -> None:
         self.levels, self.series, self.sops, self.keys, self.runs = levels, series, sops, keys, runs
-        count = len(keys)
         codes, distinct = _factorize(keys)
-        unchecked = np.zeros(len(distinct), dtype=bool)
-        attributes: list[_Attribute | None] = []
-        for number, key in enumerate(distinct):
-            walkable = key not in rules.REKEYING_UIDS and not _HEX_KEY.fullmatch(key)
-            walkable = walkable and not rules.generated_key_refusal(key)
-            attributes.append(_attribute(key) if walkable else None)
-            unchecked[number] = not walkable
-        #: rows the walk would not only check: the payloads holding one go to check_updates
-        self._unchecked = np.concatenate([[0], np.cumsum(unchecked[codes])])
-        problems = self._value_problems(codes, attributes, values)
+        attributes = list(map(_walkable, distinct))
+        unchecked = np.fromiter((a is None for a in attributes), dtype=bool, count=len(attributes))
+        #: running counts of the rows only the walk can check, and of those a primary image set refuses
+        self._unchecked = _running_count(unchecked[codes])
         #: row -> the force reasons of its set, in the walk's words (rows without any are not kept)
         self._reasons: dict[int, tuple[str, ...]] = {}
-        pairs = codes * len(_LEVELS) + np.fromiter(map(_LEVELS.index, levels), dtype=np.int64, count=count)
-        distinct_pairs, pair_of_row = np.unique(pairs, return_inverse=True)
-        refusing = np.zeros(len(distinct_pairs), dtype=bool)
-        for number, pair in enumerate(distinct_pairs.tolist()):
-            attribute = attributes[pair // len(_LEVELS)]
-            if attribute is None:
-                continue
-            key = attribute.key
-            refusing[number] = bool(_primary_refusals(_LEVELS[pair % len(_LEVELS)], key, EditOp.SET))
-            static = _static_force_reasons(key, attribute.vr, attribute)
-            if static:
-                self._reasons.update(dict.fromkeys(np.flatnonzero(pair_of_row == number).tolist(), static))
-        refused = refusing[pair_of_row]
-        for row, (value, problem) in problems.items():
+        self._refused = _running_count(self._static_checks(codes, attributes, levels))
+        for row, (value, problem) in self._value_problems(codes, attributes, values).items():
             attribute = attributes[codes[row]]
             assert attribute is not None
             self._reasons[row] = tuple(
@@ -1035,7 +1016,23 @@ class PlainSets:
                 )
             )
         self._reasoned = np.array(sorted(self._reasons), dtype=np.int64)
-        self._refused = np.concatenate([[0], np.cumsum(refused)])
+
+    def _static_checks(self, codes: np.ndarray, attributes: list[_Attribute | None], levels: list[str]) -> np.ndarray:
+        """Each row's static force reasons into ``_reasons`` (by key and level, as the walk remembers them in
+        ``_PLAIN_SETS``); returns where a primary image set refuses the set."""
+        pairs = codes * len(_LEVELS) + np.fromiter(map(_LEVELS.index, levels), dtype=np.int64, count=len(levels))
+        distinct, pair_of_row = np.unique(pairs, return_inverse=True)
+        refusing = np.zeros(len(distinct), dtype=bool)
+        for number, pair in enumerate(distinct.tolist()):
+            attribute = attributes[pair // len(_LEVELS)]
+            if attribute is None:
+                continue
+            refusing[number] = bool(_primary_refusals(_LEVELS[pair % len(_LEVELS)], attribute.key, EditOp.SET))
+            static = _static_force_reasons(attribute.key, attribute.vr, attribute)
+            if static:
+                self._reasons.update(dict.fromkeys(np.flatnonzero(pair_of_row == number).tolist(), static))
+        refused: np.ndarray = refusing[pair_of_row]
+        return refused
 
     @staticmethod
     def _value_problems(codes: np.ndarray, attributes: list[_Attribute | None], values: list[Any]) -> dict:
@@ -1116,6 +1113,19 @@ class PlainSets:
 _LEVELS = ("Patient", "Study", "Series", "Instance")
 #: values whose (type, value) is their identity for the checks (hashable, checked as they are sent)
 _SCALARS = {str, int, float}
+
+
+def _walkable(key: str) -> _Attribute | None:
+    """What the dictionary says of ``key`` when the walk only checks a set of it; None for a key the walk
+    treats otherwise (a UID that keys its node, a hex key, an AHI-generated key)."""
+    if key in rules.REKEYING_UIDS or _HEX_KEY.fullmatch(key) or rules.generated_key_refusal(key):
+        return None
+    return _attribute(key)
+
+
+def _running_count(flags: np.ndarray) -> np.ndarray:
+    """``counts[i]``: how many of ``flags[:i]`` are set (``counts[stop] - counts[start]`` counts a range)."""
+    return np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
 
 
 def _factorize(keys: list[str]) -> tuple[np.ndarray, list[str]]:
