@@ -51,6 +51,7 @@ __all__ = [
     "codec_for",
     "column_array",
     "decode",
+    "frame_array",
     "freeze",
     "is_empty",
     "is_remove",
@@ -285,7 +286,7 @@ def _text(values: Sequence, types: set) -> tuple[Any, str] | None:
     if has_null and has_blank:
         return None
     arrow = pa.array(values, type=_LARGE_STRING, mask=_mask(values, MISSING) if object in types else None)
-    return _str_array(_nulls_blank(arrow, values, types)), STR if has_null or not has_blank else STR_BLANK
+    return _nulls_blank(arrow, values, types), STR if has_null or not has_blank else STR_BLANK
 
 
 def _joined(values: Sequence, types: set) -> tuple[Any, str] | None:
@@ -303,10 +304,10 @@ def _joined(values: Sequence, types: set) -> tuple[Any, str] | None:
     if lists and ("" in texts or "".join(texts).count("\\") != sum(map(len, lists)) - len(lists)):
         return None
     if every:
-        return _str_array(pa.array(texts, type=_LARGE_STRING)), JOINED
+        return pa.array(texts, type=_LARGE_STRING), JOINED
     array = np.empty(len(values), dtype=object)
     array[np.fromiter(map(is_, map(type, values), repeat(list)), dtype=bool, count=len(values))] = texts
-    return _str_array(_nulls_blank(pa.array(array, type=_LARGE_STRING), values, types)), JOINED
+    return _nulls_blank(pa.array(array, type=_LARGE_STRING), values, types), JOINED
 
 
 def _int64(values: Sequence, types: set) -> tuple[Any, str] | None:
@@ -348,7 +349,7 @@ def _pyramid(values: Sequence, types: set) -> tuple[Any, str] | None:
         arrow = pa.array(values, type=PYRAMID_TYPE, mask=_mask(values, MISSING) if object in types else None)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return None
-    return pd.arrays.ArrowExtensionArray(arrow), PYRAMID
+    return arrow, PYRAMID
 
 
 def object_array(values: Sequence) -> np.ndarray:
@@ -390,13 +391,24 @@ _JUST_DICT = {dict}
 
 def column_array(values: Sequence, codec: str) -> tuple[Any, str]:
     """The column of ``values`` (JSON values, ``MISSING`` for absent) under ``codec``, or ``object`` when they do
-    not fit it; returns the array and the codec actually used."""
+    not fit it; returns the array and the codec actually used. A ``str`` or pyramid column is the bare Arrow
+    array (``frame_array`` makes it pandas' once the batches are joined: wrapping each batch's costs more than
+    reading it)."""
     builder = _BUILDERS.get(STR if codec == STR_BLANK else codec)
     if builder is not None:
         built = builder(values, set(map(type, values)))
         if built is not None:
             return built
     return object_array(values), OBJECT
+
+
+def frame_array(column: Any) -> Any:
+    """A column of ``column_array`` as a frame holds it: an Arrow array as pandas' (``str`` or pyramid)."""
+    if not isinstance(column, pa.Array):
+        return column
+    if column.type == _LARGE_STRING:
+        return _str_array(column)
+    return pd.arrays.ArrowExtensionArray(column)
 
 
 def concat_arrays(chunks: Sequence[Any], rows: Sequence[int]) -> Any:
@@ -407,16 +419,9 @@ def concat_arrays(chunks: Sequence[Any], rows: Sequence[int]) -> Any:
         return np.concatenate(
             [np.full(n, None, dtype=object) if c is None else c for c, n in zip(chunks, rows, strict=True)]
         )
-    if isinstance(kind, pd.arrays.ArrowExtensionArray):  # str and pyramid columns
-        arrow_type = kind.__arrow_array__().type
-        pieces: list[pa.Array] = []
-        for chunk, n in zip(chunks, rows, strict=True):
-            if chunk is None:
-                pieces.append(pa.nulls(n, arrow_type))
-            else:
-                pieces.extend(chunk.__arrow_array__().chunks)
-        arrow = pa.chunked_array(pieces, type=arrow_type).combine_chunks()
-        return _str_array(arrow) if isinstance(kind, pd.arrays.ArrowStringArray) else type(kind)(arrow)
+    if isinstance(kind, pa.Array):  # str and pyramid columns
+        pieces = [pa.nulls(n, kind.type) if c is None else c for c, n in zip(chunks, rows, strict=True)]
+        return frame_array(pa.concat_arrays(pieces))
     filled = [
         type(kind)(np.zeros(n, dtype=kind.dtype.numpy_dtype), np.ones(n, dtype=bool)) if c is None else c
         for c, n in zip(chunks, rows, strict=True)

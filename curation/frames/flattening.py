@@ -62,6 +62,7 @@ from curation.frames.cells import (
     column_array,
     concat_arrays,
     decode,
+    frame_array,
     infer_codec,
     is_empty,
     is_remove,
@@ -784,7 +785,7 @@ def _concat_columns(parts: list[Part], name: str) -> dict[str, Any]:
     """Frame ``name``'s columns over the batches, ordered as one flatten orders them (DICOM keys, node keys, frame
     counts); a batch without a column holds it absent."""
     if len(parts) == 1:
-        return parts[0].columns[name]
+        return {column: frame_array(values) for column, values in parts[0].columns[name].items()}
     seen = dict.fromkeys(chain.from_iterable(p.columns[name] for p in parts))
     order = [c for c in seen if not c.startswith("@")]
     order += [c for c in seen if c.startswith("@") and c != "@ImageFrames"]
