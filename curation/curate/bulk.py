@@ -175,17 +175,13 @@ def _held(cells: np.ndarray, absent: np.ndarray, codec: str) -> np.ndarray:
 
 
 def _value_problems(coercer: Coercer, news: np.ndarray, codec: str, vr: str | None, vm: str | None) -> list:
-    """``coercer.check_value`` of each new cell (text: each distinct value checked once)."""
+    """``coercer.check_value`` of each new cell, each distinct value checked once."""
     if not coercer.validate:
         return [None] * len(news)
-    found: dict[Any, str | None] = {}
+    codes, distinct = pd.factorize(news, use_na_sentinel=False)
     split = codec == JOINED
-    out = []
-    for value in news.tolist():
-        if value not in found:
-            found[value] = coercer.check_value(value.split("\\") if split else value, vr, vm)
-        out.append(found[value])
-    return out
+    found = [coercer.check_value(v.split("\\") if split else v, vr, vm) for v in distinct.tolist()]
+    return list(map(found.__getitem__, codes.tolist()))
 
 
 def typed_block(
