@@ -53,6 +53,7 @@ __all__ = [
     "decode",
     "frame_array",
     "freeze",
+    "full_resolution",
     "is_empty",
     "is_remove",
     "thaw",
@@ -350,6 +351,26 @@ def _pyramid(values: Sequence, types: set) -> tuple[Any, str] | None:
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
         return None
     return arrow, PYRAMID
+
+
+def full_resolution(pyramid: pa.Array) -> dict[str, Any] | None:
+    """The Width, Height and Checksum of each pyramid's last level (the full resolution) as ``Int64`` arrays,
+    read from the Arrow ``pyramid`` column ``_pyramid`` made (missing where a frame has no level); None when no
+    frame has one (the columns are then ``object``, as ``column_array`` makes columns of absent cells)."""
+    lengths = pc.list_value_length(pyramid).to_numpy(zero_copy_only=False)
+    present = np.asarray(pyramid.is_valid(), dtype=bool)
+    present[present] = lengths[present] > 0
+    if not present.any():
+        return None
+    offsets = pyramid.offsets.to_numpy()
+    last = np.where(present, offsets[1:] - 1, 0)
+    levels = pyramid.values
+    out = {}
+    for name in ("Width", "Height", "Checksum"):
+        data = levels.field(name).to_numpy()[last] if len(levels) else np.zeros(len(last), dtype=np.int64)
+        data[~present] = 0
+        out[name] = pd.arrays.IntegerArray(data, ~present)
+    return out
 
 
 def object_array(values: Sequence) -> np.ndarray:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, repeat, zip_longest
 from operator import itemgetter
 from typing import Any
 
@@ -63,6 +63,7 @@ from curation.frames.cells import (
     concat_arrays,
     decode,
     frame_array,
+    full_resolution,
     infer_codec,
     is_empty,
     is_remove,
@@ -346,17 +347,18 @@ def _transpose(dicts: list[dict]) -> dict[str, tuple]:
     if len(distinct) == 1:
         (keys,) = distinct
         rows = list(map(tuple, map(dict.values, dicts)))  # row-major first: much kinder to the CPU cache
-    else:
-        keys = tuple(dict.fromkeys(chain.from_iterable(distinct)))
-        # a row whose keys are a prefix of the union only needs padding; any other is rearranged by a getter
-        # (its values, then MISSING, picked in the union's order)
-        pads = {sig: (_MISSING,) * (len(keys) - len(sig)) for sig in distinct if keys[: len(sig)] == sig}
-        getters = {sig: _rearrange(sig, keys) for sig in distinct if sig not in pads}
-        rows = [
-            tuple(row.values()) + pad if (pad := pads.get(sig)) is not None else getters[sig]((*row.values(), _MISSING))
-            for row, sig in zip(dicts, signatures, strict=True)
-        ]
-    return dict(zip(keys, zip(*rows, strict=True), strict=True))
+        return dict(zip(keys, zip(*rows, strict=True), strict=True))
+    keys = tuple(dict.fromkeys(chain.from_iterable(distinct)))
+    # a row whose keys are a prefix of the union is padded by zip_longest; any other is first rearranged by a
+    # getter (its values, then MISSING, picked in the union's order)
+    getters = {sig: _rearrange(sig, keys) for sig in distinct if keys[: len(sig)] != sig}
+    rows = list(map(tuple, map(dict.values, dicts)))
+    if getters:
+        for number, sig in enumerate(signatures):
+            getter = getters.get(sig)
+            if getter is not None:
+                rows[number] = getter((*rows[number], _MISSING))
+    return dict(zip(keys, zip_longest(*rows, fillvalue=_MISSING), strict=True))
 
 
 def _rearrange(signature: tuple[str, ...], keys: tuple[str, ...]) -> Any:
@@ -719,13 +721,18 @@ def _frames_columns(nodes: list[dict]) -> tuple[dict[str, Any], dict[str, str]]:
     transposed = _transpose(nodes)
     absent = (missing,) * len(nodes)
     known: dict[str, Sequence] = {key: transposed.get(key, absent) for key in FRAME_KEYS}
-    fulls = [p[-1] if type(p) is list and p and type(p[-1]) is dict else {} for p in known[PYRAMID]]
-    for name in DERIVED_FRAME_COLUMNS:
-        known[name] = [full.get(name, missing) for full in fulls]
+    built = {PYRAMID: column_array(known[PYRAMID], PYRAMID_CODEC)}
+    derived = full_resolution(built[PYRAMID][0]) if built[PYRAMID][1] == PYRAMID_CODEC else None
+    if derived is None:
+        fulls = [p[-1] if type(p) is list and p and type(p[-1]) is dict else {} for p in known[PYRAMID]]
+        for name in DERIVED_FRAME_COLUMNS:
+            known[name] = [full.get(name, missing) for full in fulls]
+    else:
+        built.update((name, (derived[name], INT64)) for name in DERIVED_FRAME_COLUMNS)
     columns: dict[str, Any] = {}
     codecs: dict[str, str] = {}
     for name in FRAME_COLUMNS:
-        columns[name], codecs[name] = column_array(known[name], _FRAME_CODECS.get(name, INT64))
+        columns[name], codecs[name] = built.get(name) or column_array(known[name], _FRAME_CODECS.get(name, INT64))
     for key, values in transposed.items():
         if key not in _FRAME_KEY_SET:
             columns["@" + key], codecs["@" + key] = column_array(values, STR)

@@ -248,6 +248,20 @@ def _static_force_reasons(key: str, vr: str | None, attribute: _Attribute) -> tu
     return reasons
 
 
+def _value_force_reasons(key: str, vr: str | None, attribute: _Attribute, value: Any, problem: str) -> tuple[str, ...]:
+    """``rules.force_reasons`` of a set of ``attribute`` (keyed ``key``, VR ``vr``) whose value does not fit."""
+    return tuple(
+        rules.force_reasons(
+            key,
+            vr=vr,
+            vm=attribute.vm,
+            private=attribute.private,
+            standard=attribute.standard,
+            value_problem=f"value {_short(value)}: {problem}",
+        )
+    )
+
+
 _STATIC_REASONS: dict[tuple[str, str | None], tuple[str, ...]] = {}
 #: (keyword, level) -> (what the dictionary says, static force reasons, primary refusals) of a set the walk
 #: checked once: a pure function of the two for a keyword (not a hex key) that is not AHI-generated
@@ -542,16 +556,7 @@ class _Planner:
             sent_vr = payload_vr
             problem = _value_problem(vr, attribute.vm, value)
             if problem:
-                reasons = tuple(
-                    rules.force_reasons(
-                        key,
-                        vr=vr,
-                        vm=attribute.vm,
-                        private=attribute.private,
-                        standard=attribute.standard,
-                        value_problem=f"value {_short(value)}: {problem}",
-                    )
-                )
+                reasons = _value_force_reasons(key, vr, attribute, value, problem)
             else:
                 reasons = _static_force_reasons(key, vr, attribute)
         refusals = _primary_refusals(level, key, op)
@@ -571,15 +576,7 @@ class _Planner:
         problem = _value_problem(attribute.vr, attribute.vm, value)
         if problem:
             self.reasons.extend(
-                f"{path}: {reason}"
-                for reason in rules.force_reasons(
-                    key,
-                    vr=attribute.vr,
-                    vm=attribute.vm,
-                    private=attribute.private,
-                    standard=attribute.standard,
-                    value_problem=f"value {_short(value)}: {problem}",
-                )
+                f"{path}: {reason}" for reason in _value_force_reasons(key, attribute.vr, attribute, value, problem)
             )
         elif static:
             self.reasons.extend(f"{path}: {reason}" for reason in static)
@@ -1005,16 +1002,7 @@ class PlainSets:
         for row, (value, problem) in self._value_problems(codes, attributes, values).items():
             attribute = attributes[codes[row]]
             assert attribute is not None
-            self._reasons[row] = tuple(
-                rules.force_reasons(
-                    attribute.key,
-                    vr=attribute.vr,
-                    vm=attribute.vm,
-                    private=attribute.private,
-                    standard=attribute.standard,
-                    value_problem=f"value {_short(value)}: {problem}",
-                )
-            )
+            self._reasons[row] = _value_force_reasons(attribute.key, attribute.vr, attribute, value, problem)
         self._reasoned = np.array(sorted(self._reasons), dtype=np.int64)
 
     def _static_checks(self, codes: np.ndarray, attributes: list[_Attribute | None], levels: list[str]) -> np.ndarray:
