@@ -204,18 +204,28 @@ def edit(frame: Any, fraction: float, seed: int = 5) -> Any:
     return edited
 
 
+class _Unchecked:
+    """A stand-in for ``updates.PlainSets`` that checks nothing (every group is then walked)."""
+
+    def __init__(self, *rows: Any) -> None:
+        pass
+
+    def reasons(self, document: Any, start: int, stop: int, is_primary: bool) -> None:
+        return None
+
+
 @contextlib.contextmanager
 def walked_groups() -> Iterator[None]:
-    """plan with every payload group walked by ``check_updates`` (``Group.reasons`` answering None), as before
-    ``updates.PlainSets`` checked all the groups' sets at once; restored on exit."""
-    from curation.curate.payloads import Group
+    """plan as before ``updates.PlainSets``: no rows checked at once, every payload group walked by
+    ``check_updates``; restored on exit."""
+    from curation.curate import payloads
 
-    reasons = Group.reasons
-    Group.reasons = lambda self, document, is_primary: None  # type: ignore[method-assign]
+    checks = payloads.PlainSets
+    payloads.PlainSets = _Unchecked  # type: ignore[assignment,misc]
     try:
         yield
     finally:
-        Group.reasons = reasons  # type: ignore[method-assign]
+        payloads.PlainSets = checks  # type: ignore[misc]
 
 
 def _walked_plan(changes: Any) -> Any:
