@@ -557,6 +557,11 @@ def _text_rank(values: pd.Series) -> np.ndarray:
     """The rank of each cell's text in sorted order (missing as ""), for ``np.lexsort``: the order that sorting
     ``values.fillna("").astype(str)`` gives, without building that ``str`` column."""
     array = values.to_numpy(dtype=object)
+    if set(map(type, array)) <= _TEXT_OR_MISSING:
+        codes, distinct = pd.factorize(array, sort=True)  # a missing cell's code is -1, below every text
+        if len(distinct) and distinct[0] == "":
+            codes[codes < 0] = 0  # missing ranks with ""
+        return codes
     missing = pd.isna(array)
     if missing.any():
         array = array.copy()
@@ -565,6 +570,10 @@ def _text_rank(values: pd.Series) -> np.ndarray:
         array = np.array([str(v) for v in array], dtype=object)
     codes, _ = pd.factorize(array, sort=True)
     return codes
+
+
+#: cells whose order ``_text_rank`` reads from their text alone (None as "")
+_TEXT_OR_MISSING = {str, type(None)}
 
 
 def _cells(values: Any, positions: np.ndarray) -> list:
