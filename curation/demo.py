@@ -80,6 +80,7 @@ def _run(store_dir: Path) -> int:
     from curation.curate.differ import diff
     from curation.curate.planner import plan
     from curation.local.store import Store
+    from curation.model.quotas import documented_quota
     from curation.run.applying import apply
     from curation.run.fetching import fetch
     from curation.run.history import history, version_diff
@@ -121,7 +122,11 @@ def _run(store_dir: Path) -> int:
     _show(update_plan.requests_frame(), ["ImageSetID", "index", "force", "base_version", "description"])
 
     journal = store_dir / f"journal-{update_plan.plan_id}.jsonl"
-    _section(f"6. Apply (journal {journal.name}; AHI's default quota is 0.25 updates/s, the local one has none)")
+    default = documented_quota("UpdateImageSetMetadata")
+    _section(
+        f"6. Apply (journal {journal.name}; AHI's documented default quota is {default.rate:g} updates/s, "
+        f"burst {default.burst:g}; the local one has none)"
+    )
     result = apply(update_plan, client, journal, rate=20.0, burst=1, progress=False, poll=0.05)
     _show(result)
     applied = bool((result["status"] == "applied").all())
