@@ -67,6 +67,16 @@ def correct_studies(snapshot: Any) -> pd.DataFrame:
     return edited
 
 
+def _quota_note() -> str:
+    """What the demo says of the quota: AHI's documented default (``curation.model.quotas``), the local none."""
+    from curation.model.quotas import documented_quota
+
+    default = documented_quota("UpdateImageSetMetadata")
+    return (
+        f"AHI's documented default quota is {default.rate:g} updates/s, burst {default.burst:g}; the local one has none"
+    )
+
+
 def run_demo(store_path: str | os.PathLike[str] | None = None) -> int:
     """Run the demo on a store at ``store_path`` (default: a fresh temporary one); 0 when every step checks."""
     if store_path is None:
@@ -80,7 +90,6 @@ def _run(store_dir: Path) -> int:
     from curation.curate.differ import diff
     from curation.curate.planner import plan
     from curation.local.store import Store
-    from curation.model.quotas import documented_quota
     from curation.run.applying import apply
     from curation.run.fetching import fetch
     from curation.run.history import history, version_diff
@@ -122,11 +131,7 @@ def _run(store_dir: Path) -> int:
     _show(update_plan.requests_frame(), ["ImageSetID", "index", "force", "base_version", "description"])
 
     journal = store_dir / f"journal-{update_plan.plan_id}.jsonl"
-    default = documented_quota("UpdateImageSetMetadata")
-    _section(
-        f"6. Apply (journal {journal.name}; AHI's documented default quota is {default.rate:g} updates/s, "
-        f"burst {default.burst:g}; the local one has none)"
-    )
+    _section(f"6. Apply (journal {journal.name}; {_quota_note()})")
     result = apply(update_plan, client, journal, rate=20.0, burst=1, progress=False, poll=0.05)
     _show(result)
     applied = bool((result["status"] == "applied").all())
