@@ -364,12 +364,11 @@ def full_resolution(pyramid: pa.Array) -> dict[str, Any] | None:
         return None
     offsets = pyramid.offsets.to_numpy()
     last = np.where(present, offsets[1:] - 1, 0)
-    levels = pyramid.values
     out = {}
-    for name in ("Width", "Height", "Checksum"):
-        data = levels.field(name).to_numpy()[last] if len(levels) else np.zeros(len(last), dtype=np.int64)
+    for number, field in enumerate(PYRAMID_TYPE.value_type):
+        data = pyramid.values.field(number).to_numpy()[last]
         data[~present] = 0
-        out[name] = pd.arrays.IntegerArray(data, ~present)
+        out[field.name] = pd.arrays.IntegerArray(data, ~present)
     return out
 
 

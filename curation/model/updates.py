@@ -59,7 +59,7 @@ import pandas as pd
 from botocore.model import StructureShape
 
 from curation.model import dictionary, rules
-from curation.model.document import AHI_GENERATED_KEYS, parse_document
+from curation.model.document import AHI_GENERATED_KEYS, LEVELS, parse_document
 from curation.model.errors import AHIError
 from curation.model.rules import EditOp
 from curation.model.validation import value_problem
@@ -1008,14 +1008,14 @@ class PlainSets:
     def _static_checks(self, codes: np.ndarray, attributes: list[_Attribute | None], levels: list[str]) -> np.ndarray:
         """Each row's static force reasons into ``_reasons`` (by key and level, as the walk remembers them in
         ``_PLAIN_SETS``); returns where a primary image set refuses the set."""
-        pairs = codes * len(_LEVELS) + np.fromiter(map(_LEVELS.index, levels), dtype=np.int64, count=len(levels))
+        pairs = codes * len(LEVELS) + np.fromiter(map(LEVELS.index, levels), dtype=np.int64, count=len(levels))
         distinct, pair_of_row = np.unique(pairs, return_inverse=True)
         refusing = np.zeros(len(distinct), dtype=bool)
         for number, pair in enumerate(distinct.tolist()):
-            attribute = attributes[pair // len(_LEVELS)]
+            attribute = attributes[pair // len(LEVELS)]
             if attribute is None:
                 continue
-            refusing[number] = bool(_primary_refusals(_LEVELS[pair % len(_LEVELS)], attribute.key, EditOp.SET))
+            refusing[number] = bool(_primary_refusals(LEVELS[pair % len(LEVELS)], attribute.key, EditOp.SET))
             static = _static_force_reasons(attribute.key, attribute.vr, attribute)
             if static:
                 self._reasons.update(dict.fromkeys(np.flatnonzero(pair_of_row == number).tolist(), static))
@@ -1098,7 +1098,6 @@ class PlainSets:
         return f"Study.Series.{self.series[row]}.Instances.{self.sops[row]}"
 
 
-_LEVELS = ("Patient", "Study", "Series", "Instance")
 #: values whose (type, value) is their identity for the checks (hashable, checked as they are sent)
 _SCALARS = {str, int, float}
 

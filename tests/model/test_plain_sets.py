@@ -70,13 +70,10 @@ def _rows(spots: dict[tuple, Any]) -> tuple[list, dict[str, Any], list[int]]:
 
 def _check(payloads: list[dict[tuple, Any]], primary: bool) -> list[tuple[Any, list[str] | None]]:
     """(what check_updates says, what PlainSets says) of each payload, all checked by one PlainSets."""
-    every: list = []
-    spans, expected = [], []
+    laid_out, expected = [], []
     for spots in payloads:
         rows, payload, runs = _rows(spots)
-        start = len(every)
-        every.extend((rows, runs))
-        spans.append(start)
+        laid_out.append((rows, runs))
         try:
             blob = {"updatableAttributes": orjson.dumps(payload).decode()}
             expected.append(check_updates(DOCUMENT, blob, is_primary=primary, keep_edits=False)[0])
@@ -84,7 +81,7 @@ def _check(payloads: list[dict[tuple, Any]], primary: bool) -> list[tuple[Any, l
             expected.append(exc)
     levels, series, sops, keys, values, runs = [], [], [], [], [], []
     bounds = []
-    for rows, starts in zip(every[::2], every[1::2], strict=True):
+    for rows, starts in laid_out:
         offset = len(keys)
         runs.extend(offset + s for s in starts)
         for (level, series_uid, sop, key), value in rows:
