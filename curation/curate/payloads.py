@@ -23,12 +23,12 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from curation.model.document import LEVELS
 from curation.model.updates import PlainSets
 
 __all__ = ["Group", "build", "simple_groups"]
 
 _SIMPLE_OPS = ("add", "update")
-_LEVELS = ("Patient", "Study", "Series", "Instance")
 _UIDS = ("SOPInstanceUID", "SeriesInstanceUID")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
@@ -92,7 +92,7 @@ def simple_groups(table: pd.DataFrame, documents: Mapping[str, Any]) -> dict[str
     instance = np.asarray(level == "Instance", dtype=bool)
     deep = np.asarray(level == "Series", dtype=bool) | instance
     has_series, has_sop = _texts(series), _texts(sop)
-    ok = np.asarray(table["op"].isin(_SIMPLE_OPS), dtype=bool) & np.asarray(table["level"].isin(_LEVELS), dtype=bool)
+    ok = np.asarray(table["op"].isin(_SIMPLE_OPS), dtype=bool) & np.asarray(table["level"].isin(LEVELS), dtype=bool)
     ok &= _texts(attribute) & (deep == has_series) & (instance == has_sop)
     ok &= np.asarray(pd.isna(series) | deep, dtype=bool) & np.asarray(pd.isna(sop) | instance, dtype=bool)
     names, distinct = pd.factorize(attribute[ok])

@@ -69,6 +69,7 @@ from curation.curate.updateplan import (
 )
 from curation.frames.flattening import NULL
 from curation.frames.gcpause import gc_paused
+from curation.model.document import LEVELS
 from curation.model.errors import AHIError
 from curation.model.rules import PRIMARY_WORKAROUND
 from curation.model.updates import apply_checked, check_updates, force_reasons, study_part
@@ -77,7 +78,6 @@ __all__ = ["plan", "revert_plan"]
 
 _EMPTY_BLOB_SIZE = len(orjson.dumps({"SchemaVersion": SCHEMA_VERSION}))
 _ATTRIBUTE_OPS = ("add", "update", "remove")
-_LEVELS = ("Patient", "Study", "Series", "Instance")
 _HEX_KEY = re.compile(r"[0-9A-Fa-f]{8}")
 
 
@@ -274,7 +274,7 @@ def _malformed(change: _Change) -> str | None:
         if change.series is None or change.sop is None:
             return "remove_instance needs a SeriesInstanceUID and a SOPInstanceUID"
         return None
-    if level not in _LEVELS:
+    if level not in LEVELS:
         return f"unknown level {level!r}"
     if not isinstance(change.attribute, str) or not change.attribute:
         return f"{op} needs an attribute"

@@ -72,7 +72,7 @@ from curation.frames.cells import PYRAMID as PYRAMID_CODEC
 from curation.frames.gcpause import gc_paused
 from curation.model import dictionary as dicom
 from curation.model.dictionary import VALID_VRS
-from curation.model.document import DocumentError
+from curation.model.document import LEVELS, DocumentError
 from curation.model.missing import NULL, is_absent
 
 __all__ = [
@@ -96,7 +96,7 @@ PYRAMID = "PixelDataChecksumFromBaseToFullResolution"
 FRAME_KEYS = ("ID", PYRAMID, "MinPixelValue", "MaxPixelValue", "FrameSizeInBytes")
 FRAME_COLUMNS = ("ID", "FrameSizeInBytes", "MinPixelValue", "MaxPixelValue", "Width", "Height", "Checksum", PYRAMID)
 DERIVED_FRAME_COLUMNS = ("Width", "Height", "Checksum")
-QUALIFIER_LEVELS = ("Patient", "Study", "Series", "Instance")
+QUALIFIER_LEVELS = LEVELS
 _ROOT_STRUCTURE = ("ImageSetID", "Patient", "Study")
 #: Codec of ``instances["@ImageFrames"]`` (the number of frames; the frames are in ``frames``).
 COUNT = "count"
